@@ -1,0 +1,713 @@
+/*
+ * build: source -> workers -> writer pipeline that makes a store (build.h).
+ *
+ * Threads: the caller's thread runs the source and the progress line; the
+ * workers load, validate, measure and encode; the writer thread owns the
+ * store_writer (an LMDB write transaction belongs to one thread). Two
+ * bounded queues connect them, so memory stays flat whatever the input size.
+ *
+ * Dictionary: until DICT_SAMPLES records have arrived, workers send the
+ * transformed but uncompressed body; the writer trains the dictionary on
+ * that backlog, compresses it, and publishes the dictionary, after which
+ * workers compress on their own. Invariant: every record in the store is
+ * compressed with the one dictionary stored in "lmap.dict".
+ */
+#include "build.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lmap/version.h"
+#include "pool.h"
+#include "store.h"
+
+#define DICT_SAMPLES 2000
+#define DICT_MAX_BYTES (64 * 1024)
+#define QUEUE_DEPTH 256
+#define SCORE_SAMPLES_PER_RECORD 8
+#define SCORE_RESERVOIR (1u << 20)
+#define ERROR_RECORDS 256 /* records whose encoding error is measured */
+#define ERROR_STRIDE 17   /* ... one in ERROR_STRIDE of the first ones */
+#define ERROR_BOXES 16    /* random boxes per measured record */
+#define MAX_WORKERS 64
+
+/* ---- a bounded blocking queue of pointers ---- */
+
+typedef struct queue {
+  void *slot[QUEUE_DEPTH];
+  size_t head, count;
+  int closed;
+  pthread_mutex_t mu;
+  pthread_cond_t not_empty, not_full;
+} queue;
+
+static void queue_init(queue *q) {
+  memset(q, 0, sizeof *q);
+  pthread_mutex_init(&q->mu, NULL);
+  pthread_cond_init(&q->not_empty, NULL);
+  pthread_cond_init(&q->not_full, NULL);
+}
+
+static void queue_destroy(queue *q) {
+  pthread_mutex_destroy(&q->mu);
+  pthread_cond_destroy(&q->not_empty);
+  pthread_cond_destroy(&q->not_full);
+}
+
+static void queue_push(queue *q, void *p) {
+  pthread_mutex_lock(&q->mu);
+  while (q->count == QUEUE_DEPTH)
+    pthread_cond_wait(&q->not_full, &q->mu);
+  q->slot[(q->head + q->count++) % QUEUE_DEPTH] = p;
+  pthread_cond_signal(&q->not_empty);
+  pthread_mutex_unlock(&q->mu);
+}
+
+/* NULL once the queue is closed and drained. */
+static void *queue_pop(queue *q) {
+  pthread_mutex_lock(&q->mu);
+  while (q->count == 0 && !q->closed)
+    pthread_cond_wait(&q->not_empty, &q->mu);
+  void *p = NULL;
+  if (q->count) {
+    p = q->slot[q->head];
+    q->head = (q->head + 1) % QUEUE_DEPTH;
+    q->count--;
+    pthread_cond_signal(&q->not_full);
+  }
+  pthread_mutex_unlock(&q->mu);
+  return p;
+}
+
+static void queue_close(queue *q) {
+  pthread_mutex_lock(&q->mu);
+  q->closed = 1;
+  pthread_cond_broadcast(&q->not_empty);
+  pthread_mutex_unlock(&q->mu);
+}
+
+/* ---- shared state ---- */
+
+/* What a worker hands the writer for one item. */
+typedef struct result {
+  char id[LABELMAP_MAX_ID_LEN + 1];
+  char name[BUILD_MAX_NAME];
+  int err;
+  diag d;
+  int raw; /* body not yet compressed (dictionary pending) */
+  uint8_t *bytes;
+  size_t len;
+  float score_min, score_max;
+  double score_sum;
+  uint32_t score_count;
+  uint32_t nsamples;
+  float samples[SCORE_SAMPLES_PER_RECORD];
+  double prob_error; /* < 0 when not measured */
+} result;
+
+typedef struct build {
+  const build_opts *o;
+  const build_source *src;
+  queue work, results;
+  atomic_int failed;    /* stop everything: a fatal error was recorded */
+  atomic_ullong loaded; /* items taken by workers (sequence numbers) */
+  atomic_ullong written;
+  atomic_ullong skipped;
+
+  pthread_mutex_t mu;   /* guards the fields below */
+  int shape_set;
+  codec_shape shape;
+  char shape_from[BUILD_MAX_NAME];
+  int dict_ready;
+  uint8_t *dict;
+  size_t dict_len;
+  diag fatal;           /* the first fatal error */
+} build;
+
+static void fail(build *b, const diag *d) {
+  pthread_mutex_lock(&b->mu);
+  if (!atomic_load(&b->failed)) {
+    b->fatal = *d;
+    atomic_store(&b->failed, 1);
+  }
+  pthread_mutex_unlock(&b->mu);
+}
+
+/* ---- workers ---- */
+
+typedef struct worker {
+  build *b;
+  pthread_t thread;
+  void *wstate;
+  pool_ws *ws;
+  codec_ctx *codec;
+  float *probs_a, *probs_b;
+  float *rounded;
+} worker;
+
+/* Records the first map's shape as the store's; later maps must match. */
+static int check_shape(build *b, const labelmap *m, const char *name,
+                       diag *d) {
+  int rc = 0;
+  pthread_mutex_lock(&b->mu);
+  if (!b->shape_set) {
+    b->shape = (codec_shape){m->k, m->h, m->w, b->o->num_classes,
+                             b->o->encoding};
+    rc = codec_shape_check(&b->shape, d);
+    if (rc == 0) {
+      b->shape_set = 1;
+      snprintf(b->shape_from, sizeof b->shape_from, "%s", name);
+    }
+  } else if (m->k != b->shape.k || m->h != b->shape.h ||
+             m->w != b->shape.w) {
+    rc = diag_set(d, LMAP_EFORMAT,
+                  "tensor shape [2,%u,%u,%u] differs from the store's "
+                  "[2,%u,%u,%u] (set by %s)",
+                  m->k, m->h, m->w, b->shape.k, b->shape.h, b->shape.w,
+                  b->shape_from);
+  }
+  pthread_mutex_unlock(&b->mu);
+  return rc;
+}
+
+static uint64_t splitmix(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+static double unit(uint64_t *s) { return (double)(splitmix(s) >> 11) * 0x1p-53; }
+
+/* Maximum absolute probability difference between pooling the exact map
+ * and pooling it as the encoding stores it, over random boxes. */
+static double encoding_error(worker *w, const labelmap *m, uint64_t seq) {
+  const codec_shape *s = &w->b->shape;
+  size_t n = labelmap_entries(m);
+  memcpy(w->rounded, m->scores, n * sizeof *w->rounded);
+  labelmap r = *m;
+  r.scores = w->rounded;
+  codec_round_scores(s, &r);
+  uint64_t rng = seq * 7919 + 1;
+  double worst = 0;
+  for (int i = 0; i < ERROR_BOXES; i++) {
+    double x0 = unit(&rng), x1 = unit(&rng), y0 = unit(&rng), y1 = unit(&rng);
+    pool_query q = {{fmin(x0, x1), fmin(y0, y1), fmax(x0, x1), fmax(y0, y1)},
+                    POOL_BOX_XYXY, 1, false, true};
+    if (i == 0) /* the full image, the box every user tries first */
+      q.box[0] = q.box[1] = 0, q.box[2] = q.box[3] = 1;
+    pool_dense(m, s->num_classes, &q, w->ws, w->probs_a);
+    pool_dense(&r, s->num_classes, &q, w->ws, w->probs_b);
+    for (uint32_t c = 0; c < s->num_classes; c++)
+      worst = fmax(worst, fabs((double)w->probs_a[c] - w->probs_b[c]));
+  }
+  return worst;
+}
+
+static void measure_scores(result *r, const labelmap *m) {
+  size_t n = labelmap_entries(m);
+  r->score_min = INFINITY;
+  r->score_max = -INFINITY;
+  r->score_sum = 0;
+  for (size_t i = 0; i < n; i++) {
+    float v = m->scores[i];
+    r->score_min = fminf(r->score_min, v);
+    r->score_max = fmaxf(r->score_max, v);
+    r->score_sum += v;
+  }
+  r->score_count = (uint32_t)n;
+  r->nsamples = 0;
+  size_t step = n / SCORE_SAMPLES_PER_RECORD + 1;
+  for (size_t i = step / 2; i < n && r->nsamples < SCORE_SAMPLES_PER_RECORD;
+       i += step)
+    r->samples[r->nsamples++] = m->scores[i];
+}
+
+static int ensure_codec(worker *w, diag *d) {
+  build *b = w->b;
+  if (w->codec)
+    return 0;
+  pthread_mutex_lock(&b->mu);
+  int ready = b->dict_ready;
+  pthread_mutex_unlock(&b->mu);
+  if (!ready)
+    return 1; /* not yet: send the body raw */
+  /* The dictionary is immutable once ready, so it may be read unlocked. */
+  return codec_ctx_new(&b->shape, b->dict, b->dict_len, 3, &w->codec, d);
+}
+
+static int encode(worker *w, const labelmap *m, result *r) {
+  int rc = ensure_codec(w, &r->d);
+  if (rc < 0)
+    return rc;
+  if (rc == 0) {
+    size_t cap = codec_record_bound(w->codec);
+    r->bytes = malloc(cap);
+    if (r->bytes == NULL)
+      return diag_set(&r->d, LMAP_ENOMEM, "out of memory");
+    return codec_encode(w->codec, m, r->bytes, cap, &r->len, &r->d);
+  }
+  r->raw = 1;
+  r->len = codec_raw_size(&w->b->shape);
+  r->bytes = malloc(r->len);
+  if (r->bytes == NULL)
+    return diag_set(&r->d, LMAP_ENOMEM, "out of memory");
+  return codec_transform(&w->b->shape, m, r->bytes, &r->d);
+}
+
+static int process(worker *w, const build_item *it, result *r) {
+  build *b = w->b;
+  labelmap m;
+  int rc = b->src->load(b->src->ctx, w->wstate, it, &m, &r->d);
+  if (rc == 0)
+    rc = labelmap_validate(&m, b->o->num_classes, &r->d);
+  if (rc == 0)
+    rc = check_shape(b, &m, it->name, &r->d);
+  if (rc)
+    return rc;
+  measure_scores(r, &m);
+  uint64_t seq = atomic_fetch_add(&b->loaded, 1);
+  r->prob_error = -1;
+  if (seq % ERROR_STRIDE == 0 && seq / ERROR_STRIDE < ERROR_RECORDS) {
+    size_t n = labelmap_entries(&m);
+    if (w->rounded == NULL) {
+      w->rounded = malloc(n * sizeof *w->rounded);
+      if (w->rounded == NULL)
+        return diag_set(&r->d, LMAP_ENOMEM, "out of memory");
+    }
+    r->prob_error = encoding_error(w, &m, seq);
+  }
+  return encode(w, &m, r);
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  build *b = w->b;
+  build_item *it;
+  while ((it = queue_pop(&b->work)) != NULL) {
+    result *r = calloc(1, sizeof *r);
+    if (r == NULL || atomic_load(&b->failed)) {
+      free(r);
+      free(it->blob);
+      free(it);
+      continue;
+    }
+    memcpy(r->name, it->name, sizeof r->name);
+    r->err = process(w, it, r);
+    memcpy(r->id, it->id, sizeof r->id); /* a source may set it in load() */
+    if (r->err) {
+      free(r->bytes);
+      r->bytes = NULL;
+    }
+    free(it->blob);
+    free(it);
+    queue_push(&b->results, r);
+  }
+  return NULL;
+}
+
+/* ---- writer ---- */
+
+typedef struct writer {
+  build *b;
+  pthread_t thread;
+  store_writer *sw;
+  codec_ctx *codec;
+  result **backlog;
+  size_t nbacklog;
+  /* statistics */
+  float score_min, score_max;
+  double score_sum;
+  uint64_t score_count;
+  float *reservoir;
+  size_t nreservoir;
+  uint64_t seen_samples;
+  uint64_t rng;
+  double prob_error;
+  uint64_t error_records;
+  uint64_t record_bytes;
+  int err;
+  diag d;
+} writer;
+
+static int put(writer *wr, result *r) {
+  if (r->raw) {
+    size_t cap = codec_record_bound(wr->codec);
+    uint8_t *rec = malloc(cap);
+    size_t len;
+    if (rec == NULL)
+      return diag_set(&wr->d, LMAP_ENOMEM, "out of memory");
+    int rc = codec_compress_raw(wr->codec, r->bytes, rec, cap, &len, &wr->d);
+    if (rc) {
+      free(rec);
+      return rc;
+    }
+    free(r->bytes);
+    r->bytes = rec;
+    r->len = len;
+    r->raw = 0;
+  }
+  int rc = store_writer_put(wr->sw, r->id, strlen(r->id), r->bytes, r->len,
+                            &wr->d);
+  if (rc) {
+    diag_prefix(&wr->d, r->name);
+    if (rc == LMAP_EEXIST && wr->b->o->skip_bad) {
+      fprintf(stderr, "lmap %s: skipped %s\n", wr->b->o->cmd,
+              diag_text(&wr->d));
+      atomic_fetch_add(&wr->b->skipped, 1);
+      return 0;
+    }
+    return rc;
+  }
+  wr->record_bytes += r->len;
+  atomic_fetch_add(&wr->b->written, 1);
+  return 0;
+}
+
+/* Trains the dictionary on the backlog (or goes without when there is too
+ * little to train on), publishes it to the workers and writes the backlog. */
+static int train_and_flush(writer *wr) {
+  build *b = wr->b;
+  size_t raw = b->shape_set ? codec_raw_size(&b->shape) : 0;
+  uint8_t *samples = NULL, *dict = NULL;
+  size_t dict_len = 0;
+  if (wr->nbacklog > 0) {
+    samples = malloc(wr->nbacklog * raw);
+    dict = malloc(DICT_MAX_BYTES);
+    if (samples == NULL || dict == NULL) {
+      free(samples);
+      free(dict);
+      return diag_set(&wr->d, LMAP_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < wr->nbacklog; i++)
+      memcpy(samples + i * raw, wr->backlog[i]->bytes, raw);
+    if (codec_train_dict(&b->shape, samples, wr->nbacklog, dict,
+                         DICT_MAX_BYTES, &dict_len, NULL) != 0)
+      dict_len = 0; /* too few or too alike: no dictionary */
+    free(samples);
+  }
+  int rc = 0;
+  if (b->shape_set) {
+    rc = codec_ctx_new(&b->shape, dict, dict_len, 3, &wr->codec, &wr->d);
+    if (rc == 0 && dict_len)
+      rc = store_writer_put_meta(wr->sw, "lmap.dict", dict, dict_len,
+                                 &wr->d);
+  }
+  pthread_mutex_lock(&b->mu);
+  b->dict = dict;
+  b->dict_len = dict_len;
+  b->dict_ready = 1;
+  pthread_mutex_unlock(&b->mu);
+  for (size_t i = 0; i < wr->nbacklog; i++) {
+    if (rc == 0)
+      rc = put(wr, wr->backlog[i]);
+    free(wr->backlog[i]->bytes);
+    free(wr->backlog[i]);
+  }
+  wr->nbacklog = 0;
+  return rc;
+}
+
+static void add_stats(writer *wr, const result *r) {
+  wr->score_min = fminf(wr->score_min, r->score_min);
+  wr->score_max = fmaxf(wr->score_max, r->score_max);
+  wr->score_sum += r->score_sum;
+  wr->score_count += r->score_count;
+  for (uint32_t i = 0; i < r->nsamples; i++) {
+    /* Reservoir sampling keeps a uniform sample for the percentiles. */
+    uint64_t seen = wr->seen_samples++;
+    if (wr->nreservoir < SCORE_RESERVOIR) {
+      wr->reservoir[wr->nreservoir++] = r->samples[i];
+    } else {
+      uint64_t j = splitmix(&wr->rng) % (seen + 1);
+      if (j < SCORE_RESERVOIR)
+        wr->reservoir[j] = r->samples[i];
+    }
+  }
+  if (r->prob_error >= 0) {
+    wr->prob_error = fmax(wr->prob_error, r->prob_error);
+    wr->error_records++;
+  }
+}
+
+static void *writer_main(void *arg) {
+  writer *wr = arg;
+  build *b = wr->b;
+  result *r;
+  while ((r = queue_pop(&b->results)) != NULL) {
+    int keep = 0;
+    if (atomic_load(&b->failed) || wr->err) {
+      /* drain */
+    } else if (r->err) {
+      diag_prefix(&r->d, r->name);
+      if (b->o->skip_bad) {
+        fprintf(stderr, "%slmap %s: skipped %s\n", b->o->progress ? "\n" : "",
+                b->o->cmd, diag_text(&r->d));
+        atomic_fetch_add(&b->skipped, 1);
+      } else {
+        fail(b, &r->d);
+      }
+    } else {
+      add_stats(wr, r);
+      if (!b->dict_ready) {
+        wr->backlog[wr->nbacklog++] = r;
+        keep = 1;
+        if (wr->nbacklog == DICT_SAMPLES)
+          wr->err = train_and_flush(wr);
+      } else {
+        wr->err = put(wr, r);
+      }
+      if (wr->err)
+        fail(b, &wr->d);
+    }
+    if (!keep) {
+      free(r->bytes);
+      free(r);
+    }
+  }
+  if (!wr->err && !atomic_load(&b->failed) && !b->dict_ready) {
+    wr->err = train_and_flush(wr);
+    if (wr->err)
+      fail(b, &wr->d);
+  }
+  for (size_t i = 0; i < wr->nbacklog; i++) {
+    free(wr->backlog[i]->bytes);
+    free(wr->backlog[i]);
+  }
+  wr->nbacklog = 0;
+  return NULL;
+}
+
+/* ---- metadata ---- */
+
+static int cmp_float(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x > y) - (x < y);
+}
+
+static double percentile(const float *sorted, size_t n, double p) {
+  if (n == 0)
+    return 0;
+  size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+  return sorted[i];
+}
+
+static json_t *meta_json(const build *b, writer *wr, uint64_t records) {
+  const build_opts *o = b->o;
+  char created[32];
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  qsort(wr->reservoir, wr->nreservoir, sizeof *wr->reservoir, cmp_float);
+  const float *s = wr->reservoir;
+  size_t n = wr->nreservoir;
+  json_t *stats = json_pack(
+      "{s:f, s:f, s:f, s:f, s:f, s:f, s:I}", "min", (double)wr->score_min,
+      "max", (double)wr->score_max, "mean",
+      wr->score_count ? wr->score_sum / (double)wr->score_count : 0.0, "p01",
+      percentile(s, n, 0.01), "p50", percentile(s, n, 0.5), "p99",
+      percentile(s, n, 0.99), "sampled", (json_int_t)n);
+  return json_pack(
+      "{s:s, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:s, s:s, s:s, s:s, s:s, "
+      "s:o, s:f, s:{s:I, s:i}, s:f, s:I, s:b}",
+      "format", "lmap-store", "format_version", STORE_FORMAT_VERSION,
+      "grid_h", (int)b->shape.h, "grid_w", (int)b->shape.w, "topk",
+      (int)b->shape.k, "num_classes", (int)b->shape.num_classes, "encoding",
+      b->shape.encoding == CODEC_F32 ? "f32" : "f16", "record_count",
+      (json_int_t)records, "extent", o->extent ? o->extent : "full",
+      "source", o->source_desc ? o->source_desc : "", "annotator",
+      o->annotator ? o->annotator : "", "build_tool",
+      "lmap " LMAP_VERSION_STRING, "created", created, "score_stats", stats,
+      "encoding_max_prob_error", wr->prob_error, "encoding_error_sample",
+      "records", (json_int_t)wr->error_records, "boxes", ERROR_BOXES,
+      "bytes_per_record",
+      records ? (double)wr->record_bytes / (double)records : 0.0,
+      "dictionary_bytes", (json_int_t)b->dict_len, "class_names",
+      o->classes_json != NULL);
+}
+
+static int finish_meta(build *b, writer *wr, diag *d) {
+  uint64_t records = store_writer_count(wr->sw);
+  json_t *meta = meta_json(b, wr, records);
+  if (meta == NULL)
+    return diag_set(d, LMAP_ENOMEM, "cannot build the metadata document");
+  char *text = json_dumps(meta, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
+  json_decref(meta);
+  if (text == NULL)
+    return diag_set(d, LMAP_ENOMEM, "cannot serialise the metadata");
+  int rc = store_writer_put_meta(wr->sw, "lmap.meta", text, strlen(text), d);
+  free(text);
+  if (rc == 0 && b->o->classes_json)
+    rc = store_writer_put_meta(wr->sw, "lmap.classes", b->o->classes_json,
+                               strlen(b->o->classes_json), d);
+  return rc;
+}
+
+/* ---- the run ---- */
+
+static double now_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void show_progress(const build *b, double t0, int final) {
+  double el = now_seconds() - t0;
+  unsigned long long done = atomic_load(&b->written);
+  double rate = el > 0 ? (double)done / el : 0;
+  double frac = b->src->progress ? b->src->progress(b->src->ctx) : -1;
+  char eta[32] = "";
+  if (!final && frac > 0.01 && frac < 1)
+    snprintf(eta, sizeof eta, ", ETA %.0fs", el / frac - el);
+  fprintf(stderr, "\rlmap %s: %llu records, %.0f/s%s%s   ", b->o->cmd, done,
+          rate, eta, final ? "\n" : "");
+}
+
+static int worker_setup(build *b, worker *w) {
+  w->b = b;
+  w->wstate = b->src->worker_new ? b->src->worker_new(b->src->ctx) : NULL;
+  w->ws = pool_ws_new(b->o->num_classes);
+  w->probs_a = malloc(sizeof(float) * b->o->num_classes);
+  w->probs_b = malloc(sizeof(float) * b->o->num_classes);
+  if ((b->src->worker_new && !w->wstate) || !w->ws || !w->probs_a ||
+      !w->probs_b)
+    return LMAP_ENOMEM;
+  return 0;
+}
+
+static void worker_teardown(build *b, worker *w) {
+  if (w->wstate && b->src->worker_free)
+    b->src->worker_free(w->wstate);
+  pool_ws_free(w->ws);
+  codec_ctx_free(w->codec);
+  free(w->probs_a);
+  free(w->probs_b);
+  free(w->rounded);
+}
+
+int build_run(const build_opts *o, const build_source *src, build_stats *st,
+              diag *d) {
+  build b = {.o = o, .src = src};
+  writer wr = {.b = &b, .score_min = INFINITY, .score_max = -INFINITY,
+               .rng = 42};
+  worker workers[MAX_WORKERS];
+  int nworkers = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (nworkers < 1)
+    nworkers = 1;
+  if (nworkers > MAX_WORKERS)
+    nworkers = MAX_WORKERS;
+  memset(workers, 0, sizeof workers);
+  memset(st, 0, sizeof *st);
+  queue_init(&b.work);
+  queue_init(&b.results);
+  pthread_mutex_init(&b.mu, NULL);
+
+  double t0 = now_seconds();
+  int rc = store_writer_open(o->out, o->overwrite, &wr.sw, d);
+  if (rc)
+    goto out;
+  wr.backlog = malloc(DICT_SAMPLES * sizeof *wr.backlog);
+  wr.reservoir = malloc(SCORE_RESERVOIR * sizeof *wr.reservoir);
+  if (!wr.backlog || !wr.reservoir) {
+    rc = diag_set(d, LMAP_ENOMEM, "out of memory");
+    goto out;
+  }
+  int started = 0;
+  for (; started < nworkers; started++) {
+    if (worker_setup(&b, &workers[started]) != 0 ||
+        pthread_create(&workers[started].thread, NULL, worker_main,
+                       &workers[started]) != 0) {
+      worker_teardown(&b, &workers[started]);
+      break;
+    }
+  }
+  if (started == 0 || pthread_create(&wr.thread, NULL, writer_main, &wr)) {
+    rc = diag_set(d, LMAP_ENOMEM, "cannot start the build threads");
+    queue_close(&b.work);
+    for (int i = 0; i < started; i++) {
+      pthread_join(workers[i].thread, NULL);
+      worker_teardown(&b, &workers[i]);
+    }
+    goto out;
+  }
+
+  /* The producer: this thread. */
+  double last = t0;
+  for (uint64_t n = 0; !atomic_load(&b.failed); n++) {
+    build_item *it = calloc(1, sizeof *it);
+    if (it == NULL) {
+      diag e;
+      diag_set(&e, LMAP_ENOMEM, "out of memory");
+      fail(&b, &e);
+      break;
+    }
+    diag e;
+    diag_clear(&e);
+    int more = src->next(src->ctx, it, &e);
+    if (more <= 0) {
+      free(it->blob);
+      free(it);
+      if (more < 0)
+        fail(&b, &e);
+      break;
+    }
+    st->input_bytes += it->len;
+    queue_push(&b.work, it);
+    if (o->progress && (n & 255) == 0 && now_seconds() - last > 0.5) {
+      last = now_seconds();
+      show_progress(&b, t0, 0);
+    }
+  }
+  queue_close(&b.work);
+  for (int i = 0; i < started; i++)
+    pthread_join(workers[i].thread, NULL);
+  queue_close(&b.results);
+  pthread_join(wr.thread, NULL);
+  for (int i = 0; i < started; i++)
+    worker_teardown(&b, &workers[i]);
+
+  if (atomic_load(&b.failed)) {
+    *d = b.fatal;
+    rc = b.fatal.code ? b.fatal.code : LMAP_EINTERNAL;
+    goto out;
+  }
+  if (store_writer_count(wr.sw) == 0) {
+    rc = diag_set(d, LMAP_EFORMAT, "no label map was imported%s",
+                  atomic_load(&b.skipped) ? " (every input was bad)"
+                                          : " (the input holds none)");
+    goto out;
+  }
+  rc = finish_meta(&b, &wr, d);
+  if (rc)
+    goto out;
+  st->records = store_writer_count(wr.sw);
+  st->store_bytes = wr.record_bytes;
+  rc = store_writer_commit(wr.sw, d);
+  wr.sw = NULL;
+  if (rc)
+    goto out;
+  if (o->progress)
+    show_progress(&b, t0, 1);
+
+out:
+  store_writer_abort(wr.sw);
+  st->skipped = atomic_load(&b.skipped);
+  st->seconds = now_seconds() - t0;
+  st->max_prob_error = wr.prob_error;
+  codec_ctx_free(wr.codec);
+  free(wr.backlog);
+  free(wr.reservoir);
+  free(b.dict);
+  queue_destroy(&b.work);
+  queue_destroy(&b.results);
+  pthread_mutex_destroy(&b.mu);
+  return rc;
+}

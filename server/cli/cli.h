@@ -1,0 +1,46 @@
+/*
+ * The `lmap` tool's subcommands and the helpers they share.
+ *
+ * Exit codes (documented in `lmap --help` and the README):
+ *   0  success
+ *   1  the operation failed: bad input file, bad or missing store, I/O
+ *   2  usage error: unknown flag, missing or malformed argument
+ */
+#ifndef LMAP_CLI_H
+#define LMAP_CLI_H
+
+#include <stdint.h>
+
+#include "diag.h"
+
+#define EXIT_OK 0
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+
+int cmd_import(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_ids(int argc, char **argv);
+int cmd_get(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+
+/* Prints "lmap <cmd>: <message>" and "Try 'lmap <cmd> --help'"; returns
+ * EXIT_USAGE. */
+int cli_usage(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Prints "lmap <cmd>: <diag text>"; returns EXIT_FAIL. */
+int cli_fail(const char *cmd, const diag *d);
+
+/* Strict number parsing: the whole string, within [min, max]. 0 or -1. */
+int cli_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out);
+int cli_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+
+/* "a,b,c,d" -> four finite doubles. 0 or -1. */
+int cli_box(const char *s, double box[4]);
+
+/* "H" or "HxW" -> grid sides. 0 or -1. */
+int cli_grid(const char *s, uint32_t *h, uint32_t *w);
+
+#endif /* LMAP_CLI_H */

@@ -1,0 +1,132 @@
+/* lmap import: the official release (or any [2,K,H,W] .pt set) -> store. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "importer.h"
+
+static const char help[] =
+    "usage: lmap import SRC -o STORE [options]\n"
+    "\n"
+    "Imports label maps saved with torch.save (zip or legacy format; float32,\n"
+    "float16 or bfloat16; shape [2, K, H, W]: plane 0 scores, plane 1 class\n"
+    "indices) into a new store. SRC is a directory tree of .pt files, a .tar of\n"
+    "them (optionally compressed), or - for a tar on stdin. The id of each map\n"
+    "is its file name without .pt. The store appears only when the import\n"
+    "succeeds.\n"
+    "\n"
+    "options:\n"
+    "  -o, --output STORE        the store to create (required)\n"
+    "  -C, --num-classes C       number of classes (default 1000, or the\n"
+    "                            number of names in --classes)\n"
+    "      --classes FILE        class names: one per line, or a JSON array\n"
+    "  -e, --encoding f16|f32    score encoding (default f16)\n"
+    "      --skip-bad            report bad files and go on (default: fail)\n"
+    "  -j, --threads N           worker threads (default: one per core)\n"
+    "  -f, --force               replace STORE if it exists\n"
+    "      --source TEXT         where the maps come from (metadata)\n"
+    "      --annotator TEXT      the model that made them (metadata)\n"
+    "      --extent full|center_crop  what the map covers (default full)\n"
+    "      --progress / --no-progress  progress line (default: on a terminal)\n"
+    "\n"
+    "exit status: 0 success, 1 a bad file or I/O failure (named), 2 usage.\n";
+
+int cmd_import(int argc, char **argv) {
+  enum { O_CLASSES = 256, O_SKIP, O_SOURCE, O_ANNOT, O_EXTENT, O_PROG, O_NOPROG };
+  static const struct option longopts[] = {
+      {"output", required_argument, 0, 'o'},
+      {"num-classes", required_argument, 0, 'C'},
+      {"classes", required_argument, 0, O_CLASSES},
+      {"encoding", required_argument, 0, 'e'},
+      {"skip-bad", no_argument, 0, O_SKIP},
+      {"threads", required_argument, 0, 'j'},
+      {"force", no_argument, 0, 'f'},
+      {"source", required_argument, 0, O_SOURCE},
+      {"annotator", required_argument, 0, O_ANNOT},
+      {"extent", required_argument, 0, O_EXTENT},
+      {"progress", no_argument, 0, O_PROG},
+      {"no-progress", no_argument, 0, O_NOPROG},
+      {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  build_opts o = {.cmd = "import", .encoding = CODEC_F16, .extent = "full",
+                  .progress = isatty(2)};
+  const char *classes_file = NULL;
+  uint32_t num_classes = 0, threads = 0;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "o:C:e:j:fh", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'o': o.out = optarg; break;
+    case 'C':
+      if (cli_u32(optarg, 1, LABELMAP_MAX_CLASSES, &num_classes))
+        return cli_usage("import", "--num-classes: '%s' is not an integer in [1, %u]",
+                         optarg, LABELMAP_MAX_CLASSES);
+      break;
+    case O_CLASSES: classes_file = optarg; break;
+    case 'e':
+      if (strcmp(optarg, "f16") == 0) o.encoding = CODEC_F16;
+      else if (strcmp(optarg, "f32") == 0) o.encoding = CODEC_F32;
+      else return cli_usage("import", "--encoding: '%s' is not f16 or f32", optarg);
+      break;
+    case O_SKIP: o.skip_bad = true; break;
+    case 'j':
+      if (cli_u32(optarg, 1, 64, &threads))
+        return cli_usage("import", "--threads: '%s' is not in [1, 64]", optarg);
+      o.threads = (int)threads;
+      break;
+    case 'f': o.overwrite = 1; break;
+    case O_SOURCE: o.source_desc = optarg; break;
+    case O_ANNOT: o.annotator = optarg; break;
+    case O_EXTENT:
+      if (strcmp(optarg, "full") && strcmp(optarg, "center_crop"))
+        return cli_usage("import", "--extent: '%s' is not full or center_crop", optarg);
+      o.extent = optarg;
+      break;
+    case O_PROG: o.progress = true; break;
+    case O_NOPROG: o.progress = false; break;
+    case 'h': fputs(help, stdout); return EXIT_OK;
+    default: return cli_usage("import", "bad option");
+    }
+  }
+  if (optind + 1 != argc)
+    return cli_usage("import", optind == argc ? "missing SRC" : "one SRC expected");
+  if (o.out == NULL)
+    return cli_usage("import", "missing -o STORE");
+  const char *src = argv[optind];
+
+  diag d;
+  diag_clear(&d);
+  char *classes_json = NULL;
+  if (classes_file) {
+    uint32_t named;
+    if (importer_read_classes(classes_file, &classes_json, &named, &d))
+      return cli_fail("import", &d);
+    if (num_classes && num_classes != named) {
+      free(classes_json);
+      return cli_usage("import", "--num-classes %u but %s names %u classes",
+                       num_classes, classes_file, named);
+    }
+    num_classes = named;
+  }
+  o.num_classes = num_classes ? num_classes : 1000;
+  o.classes_json = classes_json;
+  if (o.source_desc == NULL)
+    o.source_desc = src;
+
+  build_stats st;
+  int rc = importer_run(src, &o, &st, &d);
+  free(classes_json);
+  if (rc)
+    return cli_fail("import", &d);
+  fprintf(stderr,
+          "lmap import: %llu records (%llu skipped) in %.2fs, %.0f records/s, "
+          "%.0f bytes/record, max prob error of %s %.3g -> %s\n",
+          (unsigned long long)st.records, (unsigned long long)st.skipped,
+          st.seconds, st.seconds > 0 ? (double)st.records / st.seconds : 0,
+          st.records ? (double)st.store_bytes / (double)st.records : 0,
+          o.encoding == CODEC_F32 ? "f32" : "f16", st.max_prob_error, o.out);
+  return EXIT_OK;
+}

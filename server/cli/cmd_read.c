@@ -1,0 +1,443 @@
+/* lmap info / ids / get / export: read-only views of a store. */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "dynbuf.h"
+#include "itemjson.h"
+#include "npy.h"
+#include "pool.h"
+#include "store.h"
+
+static int open_store(const char *cmd, const char *path, store **s) {
+  diag d;
+  diag_clear(&d);
+  if (store_open(path, s, &d))
+    return cli_fail(cmd, &d);
+  return EXIT_OK;
+}
+
+/* ---- info ---- */
+
+static const char info_help[] =
+    "usage: lmap info STORE [--json]\n"
+    "\n"
+    "Shows the store's metadata: shape, classes, encoding and its measured\n"
+    "error, record count, score statistics, provenance.\n";
+
+static void print_value(const char *key, json_t *v, int indent) {
+  printf("%*s%-26s ", indent, "", key);
+  if (json_is_string(v))
+    printf("%s\n", json_string_value(v));
+  else if (json_is_integer(v))
+    printf("%lld\n", (long long)json_integer_value(v));
+  else if (json_is_real(v))
+    printf("%.6g\n", json_real_value(v));
+  else if (json_is_boolean(v))
+    printf("%s\n", json_is_true(v) ? "yes" : "no");
+  else if (json_is_object(v)) {
+    printf("\n");
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x) print_value(k, x, indent + 2);
+  } else {
+    char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    printf("%s\n", t ? t : "?");
+    free(t);
+  }
+}
+
+int cmd_info(int argc, char **argv) {
+  int as_json = 0;
+  const char *path = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--json") == 0)
+      as_json = 1;
+    else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      fputs(info_help, stdout);
+      return EXIT_OK;
+    } else if (argv[i][0] == '-' && argv[i][1])
+      return cli_usage("info", "unknown option '%s'", argv[i]);
+    else if (path)
+      return cli_usage("info", "one STORE expected");
+    else
+      path = argv[i];
+  }
+  if (path == NULL)
+    return cli_usage("info", "missing STORE");
+  store *s;
+  int rc = open_store("info", path, &s);
+  if (rc)
+    return rc;
+  json_t *meta = json_loads(store_meta_json(s), 0, NULL);
+  if (meta == NULL) {
+    store_close(s);
+    fprintf(stderr, "lmap info: %s: metadata is not valid JSON\n", path);
+    return EXIT_FAIL;
+  }
+  json_object_set_new(meta, "path", json_string(path));
+  json_object_set_new(meta, "file_bytes",
+                      json_integer((json_int_t)store_file_size(s)));
+  if (as_json) {
+    char *t = json_dumps(meta, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
+    puts(t ? t : "{}");
+    free(t);
+  } else {
+    const char *k;
+    json_t *v;
+    json_object_foreach(meta, k, v) print_value(k, v, 0);
+  }
+  json_decref(meta);
+  store_close(s);
+  return EXIT_OK;
+}
+
+/* ---- ids ---- */
+
+static int print_id(void *ctx, const char *id, size_t id_len,
+                    const uint8_t *rec, size_t rec_len) {
+  (void)ctx;
+  (void)rec;
+  (void)rec_len;
+  fwrite(id, 1, id_len, stdout);
+  return putchar('\n') == EOF ? LMAP_EIO : 0;
+}
+
+int cmd_ids(int argc, char **argv) {
+  if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+    fputs("usage: lmap ids STORE\n\nPrints every image id, one per line, in key order.\n",
+          stdout);
+    return EXIT_OK;
+  }
+  if (argc != 2 || argv[1][0] == '-')
+    return cli_usage("ids", "expected exactly one STORE");
+  store *s;
+  int rc = open_store("ids", argv[1], &s);
+  if (rc)
+    return rc;
+  diag d;
+  diag_clear(&d);
+  rc = store_foreach(s, print_id, NULL, &d);
+  store_close(s);
+  return rc ? cli_fail("ids", &d) : EXIT_OK;
+}
+
+/* ---- get ---- */
+
+static const char get_help[] =
+    "usage: lmap get STORE ID --box A,B,C,D [options]\n"
+    "       lmap get STORE --queries FILE [options]\n"
+    "\n"
+    "Pools the stored map of ID over a box (RoIAlign as torchvision defines\n"
+    "it, then softmax) and prints the JSON item the server returns.\n"
+    "\n"
+    "options:\n"
+    "  -b, --box A,B,C,D          the box (see --box-format)\n"
+    "      --box-format xyxy|relabel\n"
+    "                             xyxy (default): normalized [x0, y0, x1, y1];\n"
+    "                             relabel: the official (i/H, j/W, h/H, w/W)\n"
+    "                             tuple, pooled exactly as the official code\n"
+    "                             does (its diagonal mirror included)\n"
+    "  -G, --output-size G        output grid G x G (default 1)\n"
+    "      --flip                 the crop was flipped: mirror the grid\n"
+    "      --format dense|sparse  C values per cell, or the non-zero classes\n"
+    "                             with 'rest' for every other (default dense)\n"
+    "      --no-softmax           print the pooled logits\n"
+    "  -q, --queries FILE         JSON lines {\"id\", \"box\", \"flip\",\n"
+    "                             \"output_size\", \"box_format\", \"format\",\n"
+    "                             \"softmax\"} (- for stdin); one item per line\n";
+
+typedef struct get_ctx {
+  store *s;
+  store_reader *r;
+  pool_ws *ws;
+  float *dense;
+  size_t dense_cap;
+  dynbuf out;
+  uint32_t num_classes;
+} get_ctx;
+
+static int parse_box_format(const char *s, pool_box_format *f) {
+  if (strcmp(s, "xyxy") == 0)
+    *f = POOL_BOX_XYXY;
+  else if (strcmp(s, "relabel") == 0)
+    *f = POOL_BOX_RELABEL;
+  else
+    return -1;
+  return 0;
+}
+
+static int parse_format(const char *s, itemjson_format *f) {
+  if (strcmp(s, "dense") == 0)
+    *f = ITEM_DENSE;
+  else if (strcmp(s, "sparse") == 0)
+    *f = ITEM_SPARSE;
+  else
+    return -1;
+  return 0;
+}
+
+/* Pools one query and prints its item on its own line. */
+static int run_query(get_ctx *g, const char *id, const pool_query *q,
+                     itemjson_format fmt, diag *d) {
+  int rc = labelmap_id_check(id, strlen(id), d);
+  if (rc == 0)
+    rc = pool_check_query(q, d);
+  if (rc)
+    return rc;
+  labelmap m;
+  rc = store_reader_get(g->r, id, strlen(id), &m, d);
+  if (rc)
+    return rc;
+  size_t need = (size_t)q->output_size * q->output_size * g->num_classes;
+  if (fmt == ITEM_DENSE && need > g->dense_cap) {
+    float *p = realloc(g->dense, need * sizeof *p);
+    if (p == NULL)
+      return diag_set(d, LMAP_ENOMEM, "out of memory");
+    g->dense = p;
+    g->dense_cap = need;
+  }
+  dynbuf_reset(&g->out);
+  rc = itemjson_write(&g->out, id, &m, g->num_classes, q, fmt, g->ws, g->dense);
+  if (rc)
+    return diag_set(d, rc, "cannot format the item: %s", lmap_strerror(rc));
+  fwrite(g->out.data, 1, g->out.len, stdout);
+  putchar('\n');
+  return 0;
+}
+
+/* One line of --queries, with the command line's options as defaults. */
+static int run_line(get_ctx *g, const char *line, size_t len,
+                    const pool_query *defq, itemjson_format deff, diag *d) {
+  json_error_t err;
+  json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &err);
+  if (o == NULL)
+    return diag_set(d, LMAP_EFORMAT, "invalid JSON: %s", err.text);
+  pool_query q = *defq;
+  itemjson_format fmt = deff;
+  int rc = 0;
+  json_t *id = json_object_get(o, "id"), *box = json_object_get(o, "box"), *v;
+  if (!json_is_object(o))
+    rc = diag_set(d, LMAP_EFORMAT, "a query must be a JSON object");
+  else if (!json_is_string(id))
+    rc = diag_field(d, LMAP_EFORMAT, "id", "\"id\" must be a string");
+  else if (!json_is_array(box) || json_array_size(box) != 4)
+    rc = diag_field(d, LMAP_EBADBOX, "box", "\"box\" must be an array of 4 numbers");
+  for (size_t i = 0; rc == 0 && i < 4; i++) {
+    v = json_array_get(box, i);
+    if (!json_is_number(v))
+      rc = diag_field(d, LMAP_EBADBOX, "box", "box[%zu] is not a number", i);
+    else
+      q.box[i] = json_number_value(v);
+  }
+  if (rc == 0 && (v = json_object_get(o, "flip")) != NULL) {
+    if (!json_is_boolean(v))
+      rc = diag_field(d, LMAP_EFORMAT, "flip", "\"flip\" must be true or false");
+    q.flip = json_is_true(v);
+  }
+  if (rc == 0 && (v = json_object_get(o, "softmax")) != NULL) {
+    if (!json_is_boolean(v))
+      rc = diag_field(d, LMAP_EFORMAT, "softmax", "\"softmax\" must be true or false");
+    q.softmax = json_is_true(v);
+  }
+  if (rc == 0 && (v = json_object_get(o, "output_size")) != NULL) {
+    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+        json_integer_value(v) > POOL_MAX_OUTPUT_SIZE)
+      rc = diag_field(d, LMAP_EINVAL, "output_size",
+                      "\"output_size\" must be an integer in [1, %u]", POOL_MAX_OUTPUT_SIZE);
+    else
+      q.output_size = (uint32_t)json_integer_value(v);
+  }
+  if (rc == 0 && (v = json_object_get(o, "box_format")) != NULL &&
+      (!json_is_string(v) || parse_box_format(json_string_value(v), &q.box_format)))
+    rc = diag_field(d, LMAP_EINVAL, "box_format",
+                    "\"box_format\" must be \"xyxy\" or \"relabel\"");
+  if (rc == 0 && (v = json_object_get(o, "format")) != NULL &&
+      (!json_is_string(v) || parse_format(json_string_value(v), &fmt)))
+    rc = diag_field(d, LMAP_EINVAL, "format", "\"format\" must be \"dense\" or \"sparse\"");
+  if (rc == 0)
+    rc = run_query(g, json_string_value(id), &q, fmt, d);
+  json_decref(o);
+  return rc;
+}
+
+static int run_queries(get_ctx *g, const char *path, const pool_query *defq,
+                       itemjson_format deff) {
+  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+  if (f == NULL) {
+    perror(path);
+    return EXIT_FAIL;
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n;
+  int rc = EXIT_OK;
+  for (unsigned long lineno = 1; (n = getline(&line, &cap, f)) >= 0; lineno++) {
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+      n--;
+    if (n == 0)
+      continue;
+    diag d;
+    diag_clear(&d);
+    if (run_line(g, line, (size_t)n, defq, deff, &d)) {
+      fprintf(stderr, "lmap get: line %lu: %s\n", lineno, diag_text(&d));
+      rc = EXIT_FAIL;
+      break;
+    }
+  }
+  free(line);
+  if (f != stdin)
+    fclose(f);
+  return rc;
+}
+
+int cmd_get(int argc, char **argv) {
+  enum { O_FMT = 256, O_BOXFMT, O_FLIP, O_NOSOFT };
+  static const struct option longopts[] = {
+      {"box", required_argument, 0, 'b'},
+      {"box-format", required_argument, 0, O_BOXFMT},
+      {"output-size", required_argument, 0, 'G'},
+      {"flip", no_argument, 0, O_FLIP},
+      {"format", required_argument, 0, O_FMT},
+      {"no-softmax", no_argument, 0, O_NOSOFT},
+      {"queries", required_argument, 0, 'q'},
+      {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  pool_query q = {{0, 0, 1, 1}, POOL_BOX_XYXY, 1, false, true};
+  itemjson_format fmt = ITEM_DENSE;
+  const char *queries = NULL;
+  int have_box = 0, c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "b:G:q:h", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'b':
+      if (cli_box(optarg, q.box))
+        return cli_usage("get", "--box: '%s' is not four finite numbers A,B,C,D", optarg);
+      have_box = 1;
+      break;
+    case O_BOXFMT:
+      if (parse_box_format(optarg, &q.box_format))
+        return cli_usage("get", "--box-format: '%s' is not xyxy or relabel", optarg);
+      break;
+    case 'G':
+      if (cli_u32(optarg, 1, POOL_MAX_OUTPUT_SIZE, &q.output_size))
+        return cli_usage("get", "--output-size: '%s' is not in [1, %u]", optarg,
+                         POOL_MAX_OUTPUT_SIZE);
+      break;
+    case O_FLIP: q.flip = true; break;
+    case O_FMT:
+      if (parse_format(optarg, &fmt))
+        return cli_usage("get", "--format: '%s' is not dense or sparse", optarg);
+      break;
+    case O_NOSOFT: q.softmax = false; break;
+    case 'q': queries = optarg; break;
+    case 'h': fputs(get_help, stdout); return EXIT_OK;
+    default: return cli_usage("get", "bad option");
+    }
+  }
+  int nargs = argc - optind;
+  if (queries ? nargs != 1 : nargs != 2)
+    return cli_usage("get", queries ? "expected STORE with --queries"
+                                    : "expected STORE and ID");
+  if (!queries && !have_box)
+    return cli_usage("get", "missing --box A,B,C,D");
+
+  get_ctx g = {0};
+  dynbuf_init(&g.out, (size_t)1 << 30);
+  int rc = open_store("get", argv[optind], &g.s);
+  if (rc)
+    return rc;
+  g.num_classes = store_get_meta(g.s)->shape.num_classes;
+  diag d;
+  diag_clear(&d);
+  g.ws = pool_ws_new(g.num_classes);
+  if (g.ws == NULL) {
+    diag_set(&d, LMAP_ENOMEM, "out of memory");
+    rc = cli_fail("get", &d);
+  } else if (store_reader_new(g.s, &g.r, &d)) {
+    rc = cli_fail("get", &d);
+  } else if (queries) {
+    rc = run_queries(&g, queries, &q, fmt);
+  } else if (run_query(&g, argv[optind + 1], &q, fmt, &d)) {
+    rc = cli_fail("get", &d);
+  }
+  store_reader_free(g.r);
+  pool_ws_free(g.ws);
+  free(g.dense);
+  dynbuf_free(&g.out);
+  store_close(g.s);
+  return rc;
+}
+
+/* ---- export ---- */
+
+int cmd_export(int argc, char **argv) {
+  static const struct option longopts[] = {
+      {"output", required_argument, 0, 'o'},
+      {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  const char *out = NULL;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
+    if (c == 'o')
+      out = optarg;
+    else if (c == 'h') {
+      fputs("usage: lmap export STORE ID -o FILE.npy\n\n"
+            "Writes the stored map of ID as a float32 [2, K, H, W] .npy: plane 0\n"
+            "the scores as stored (f16 stores: the rounded values), plane 1 the\n"
+            "class indices, the official tensor layout.\n",
+            stdout);
+      return EXIT_OK;
+    } else
+      return cli_usage("export", "bad option");
+  }
+  if (argc - optind != 2 || out == NULL)
+    return cli_usage("export", "expected STORE ID -o FILE.npy");
+  const char *id = argv[optind + 1];
+  store *s;
+  int rc = open_store("export", argv[optind], &s);
+  if (rc)
+    return rc;
+  diag d;
+  diag_clear(&d);
+  store_reader *r = NULL;
+  dynbuf b;
+  dynbuf_init(&b, (size_t)1 << 31);
+  labelmap m;
+  if (labelmap_id_check(id, strlen(id), &d) || store_reader_new(s, &r, &d) ||
+      store_reader_get(r, id, strlen(id), &m, &d)) {
+    rc = cli_fail("export", &d);
+    goto done;
+  }
+  size_t shape[4] = {2, m.k, m.h, m.w};
+  size_t cells = (size_t)m.h * m.w;
+  if (npy_header_f32(&b, shape, 4) ||
+      dynbuf_reserve(&b, 2 * labelmap_entries(&m) * sizeof(float))) {
+    diag_set(&d, LMAP_ENOMEM, "out of memory");
+    rc = cli_fail("export", &d);
+    goto done;
+  }
+  /* Cell-major in memory, [plane][k][row][col] in the file. */
+  for (int plane = 0; plane < 2; plane++)
+    for (uint32_t k = 0; k < m.k; k++)
+      for (size_t cell = 0; cell < cells; cell++) {
+        size_t i = cell * m.k + k;
+        float v = plane == 0 ? m.scores[i] : (float)m.classes[i];
+        dynbuf_add(&b, &v, sizeof v);
+      }
+  FILE *f = fopen(out, "wb");
+  int bad = f == NULL || fwrite(b.data, 1, b.len, f) != b.len;
+  if ((f && fclose(f) != 0) || bad) {
+    diag_set(&d, LMAP_EIO, "%s: cannot write the file", out);
+    rc = cli_fail("export", &d);
+  }
+done:
+  dynbuf_free(&b);
+  store_reader_free(r);
+  store_close(s);
+  return rc;
+}

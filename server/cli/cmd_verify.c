@@ -1,0 +1,76 @@
+/* lmap verify: every record decodes, passes its checksum and is valid. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "store.h"
+
+typedef struct verify_ctx {
+  store_reader *r;
+  uint32_t num_classes;
+  uint64_t records, bad;
+  uint64_t bytes;
+} verify_ctx;
+
+static int check_record(void *p, const char *id, size_t id_len,
+                        const uint8_t *rec, size_t rec_len) {
+  verify_ctx *v = p;
+  diag d;
+  diag_clear(&d);
+  labelmap m;
+  v->records++;
+  v->bytes += rec_len;
+  int rc = labelmap_id_check(id, id_len, &d);
+  if (rc == 0)
+    rc = store_reader_decode(v->r, rec, rec_len, &m, &d);
+  if (rc == 0)
+    rc = labelmap_validate(&m, v->num_classes, &d);
+  if (rc) {
+    v->bad++;
+    if (v->bad <= 20)
+      fprintf(stderr, "lmap verify: record '%.*s': %s\n", (int)id_len, id,
+              diag_text(&d));
+  }
+  return 0;
+}
+
+int cmd_verify(int argc, char **argv) {
+  if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+    fputs("usage: lmap verify STORE\n\n"
+          "Decodes every record and checks its checksum, size, values (finite\n"
+          "scores, class indices below C, no class twice in a cell) and id, and\n"
+          "that the count matches the metadata. Exit 1 on any problem.\n",
+          stdout);
+    return EXIT_OK;
+  }
+  if (argc != 2 || argv[1][0] == '-')
+    return cli_usage("verify", "expected exactly one STORE");
+  const char *path = argv[1];
+  diag d;
+  diag_clear(&d);
+  store *s;
+  if (store_open(path, &s, &d))
+    return cli_fail("verify", &d);
+  const store_meta *meta = store_get_meta(s);
+  verify_ctx v = {.num_classes = meta->shape.num_classes};
+  int rc = store_reader_new(s, &v.r, &d);
+  if (rc == 0)
+    rc = store_foreach(s, check_record, &v, &d);
+  store_reader_free(v.r);
+  if (rc) {
+    store_close(s);
+    return cli_fail("verify", &d);
+  }
+  int ok = v.bad == 0 && v.records == meta->record_count;
+  if (v.records != meta->record_count)
+    fprintf(stderr, "lmap verify: %s: %llu records found, metadata says %llu\n",
+            path, (unsigned long long)v.records,
+            (unsigned long long)meta->record_count);
+  printf("%s: %s: %llu records, %llu bad, %.0f bytes/record, file %llu bytes\n",
+         path, ok ? "OK" : "FAILED", (unsigned long long)v.records,
+         (unsigned long long)v.bad,
+         v.records ? (double)v.bytes / (double)v.records : 0.0,
+         (unsigned long long)store_file_size(s));
+  store_close(s);
+  return ok ? EXIT_OK : EXIT_FAIL;
+}

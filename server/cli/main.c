@@ -1,0 +1,58 @@
+/*
+ * lmap: the command-line tool. Builds, imports, inspects and verifies
+ * stores; this file only dispatches to the subcommands.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "lmap/version.h"
+
+static const char usage[] =
+    "usage: lmap <command> [options]\n"
+    "\n"
+    "Label-map stores for ReLabel-style dense soft labels.\n"
+    "\n"
+    "commands:\n"
+    "  import SRC -o STORE   import .pt label maps (directory, .tar, or - for a tar on stdin)\n"
+    "  synth -o STORE        make a realistic synthetic store\n"
+    "  info STORE            show a store's metadata\n"
+    "  ids STORE             list the image ids of a store\n"
+    "  get STORE ID --box .. pool one box and print the JSON item the server returns\n"
+    "  export STORE ID -o F  write one stored map as a float32 [2,K,H,W] .npy\n"
+    "  verify STORE          decode and check every record\n"
+    "\n"
+    "Run 'lmap <command> --help' for a command's options.\n"
+    "\n"
+    "exit status: 0 success, 1 failure (the message names the file and the reason),\n"
+    "2 usage error.\n";
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fputs(usage, stderr);
+    return EXIT_USAGE;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 ||
+      strcmp(cmd, "help") == 0) {
+    fputs(usage, stdout);
+    return EXIT_OK;
+  }
+  if (strcmp(cmd, "--version") == 0) {
+    printf("lmap %s\n", LMAP_VERSION_STRING);
+    return EXIT_OK;
+  }
+  static const struct {
+    const char *name;
+    int (*run)(int, char **);
+  } commands[] = {
+      {"import", cmd_import}, {"synth", cmd_synth}, {"info", cmd_info},
+      {"ids", cmd_ids},       {"get", cmd_get},     {"export", cmd_export},
+      {"verify", cmd_verify},
+  };
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(cmd, commands[i].name) == 0)
+      return commands[i].run(argc - 1, argv + 1);
+  fprintf(stderr, "lmap: unknown command '%s'\n\n%s", cmd, usage);
+  return EXIT_USAGE;
+}

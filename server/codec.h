@@ -1,0 +1,98 @@
+/*
+ * codec: one label map <-> the bytes of one store record.
+ *
+ * A record is the map after a domain transform (class indices apart from
+ * scores, coherent neighbours turned into zeros, score bytes split into
+ * planes), compressed with zstd against the store's trained dictionary, with
+ * zstd's content checksum as the per-record integrity check. The layout is
+ * specified in docs/STORE_FORMAT.md; this module is its only implementation.
+ *
+ * Pure apart from zstd: no I/O. A codec_ctx is not thread-safe: use one per
+ * thread (they may share the same dictionary bytes).
+ */
+#ifndef LMAP_CODEC_H
+#define LMAP_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "diag.h"
+#include "labelmap.h"
+
+typedef enum codec_encoding {
+  CODEC_F32 = 1, /* scores stored exactly */
+  CODEC_F16 = 2  /* scores rounded to IEEE binary16 (default) */
+} codec_encoding;
+
+/* What every record of one store shares. */
+typedef struct codec_shape {
+  uint32_t k, h, w;
+  uint32_t num_classes;
+  codec_encoding encoding;
+} codec_shape;
+
+/* Validates a shape (sizes within the LABELMAP_MAX_* bounds, known
+ * encoding). Returns 0 or LMAP_EINVAL with a message. */
+int codec_shape_check(const codec_shape *s, diag *d);
+
+/* Size in bytes of the transformed, uncompressed record body. */
+size_t codec_raw_size(const codec_shape *s);
+
+/* Applies the domain transform: `m` (which must match `s`) into `raw`,
+ * codec_raw_size(s) bytes. Scores are rounded to the encoding here.
+ * Returns 0, or LMAP_ERANGE when a score does not fit the encoding (f16
+ * overflow), naming the entry. */
+int codec_transform(const codec_shape *s, const labelmap *m, uint8_t *raw,
+                    diag *d);
+
+/* Inverse of codec_transform: fills `out`, whose arrays the caller sized
+ * for k*h*w entries. Returns 0 or LMAP_ECORRUPT (a class index >= C). */
+int codec_untransform(const codec_shape *s, const uint8_t *raw,
+                      labelmap *out, diag *d);
+
+/* Rounds every score of `m` in place to what the encoding stores, so that a
+ * caller can compare against exactly what a reader will see. */
+void codec_round_scores(const codec_shape *s, labelmap *m);
+
+/* Trains a zstd dictionary from `count` transformed samples laid end to end
+ * in `raws` (each codec_raw_size(s) bytes). Writes at most `cap` bytes to
+ * `dict` and its size to `*dict_len`. Returns 0, or LMAP_EINVAL when the
+ * samples are too few or too alike to train on (the caller then stores
+ * without a dictionary: *dict_len == 0 is a valid outcome of a caller's
+ * fallback, never of a successful return). */
+int codec_train_dict(const codec_shape *s, const uint8_t *raws, size_t count,
+                     void *dict, size_t cap, size_t *dict_len, diag *d);
+
+typedef struct codec_ctx codec_ctx;
+
+/* Creates a context for shape `s`, with an optional dictionary (`dict` may be
+ * NULL when `dict_len` is 0; the bytes are copied). `level` is the zstd
+ * compression level used by codec_encode. On failure *out is NULL.
+ * Returns 0, LMAP_EINVAL (bad shape or dictionary) or LMAP_ENOMEM. */
+int codec_ctx_new(const codec_shape *s, const void *dict, size_t dict_len,
+                  int level, codec_ctx **out, diag *d);
+
+/* Accepts NULL. */
+void codec_ctx_free(codec_ctx *c);
+
+/* The largest record codec_encode can produce for this shape. */
+size_t codec_record_bound(const codec_ctx *c);
+
+/* Encodes `m` into `dst` (capacity `cap`, at least codec_record_bound) and
+ * sets *len. Returns 0, LMAP_ERANGE (see codec_transform), LMAP_EINVAL
+ * (shape mismatch) or LMAP_EINTERNAL (zstd failure, named). */
+int codec_encode(codec_ctx *c, const labelmap *m, uint8_t *dst, size_t cap,
+                 size_t *len, diag *d);
+
+/* Compresses an already transformed body (codec_raw_size bytes). Used by
+ * the importer for records transformed before the dictionary existed. */
+int codec_compress_raw(codec_ctx *c, const uint8_t *raw, uint8_t *dst,
+                       size_t cap, size_t *len, diag *d);
+
+/* Decodes one record into `out`, whose arrays hold k*h*w entries.
+ * Returns 0, or LMAP_ECORRUPT when the record is truncated, fails its
+ * checksum, has the wrong size or version, or decodes to a class >= C. */
+int codec_decode(codec_ctx *c, const uint8_t *rec, size_t len,
+                 labelmap *out, diag *d);
+
+#endif /* LMAP_CODEC_H */

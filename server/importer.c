@@ -1,0 +1,364 @@
+/*
+ * importer: directory and tar sources for the build pipeline (importer.h).
+ *
+ * Tars are read with libarchive as a stream (any tar flavour, optionally
+ * gzip/zstd/xz compressed), so a 12 GB release is never extracted to disk
+ * and '-' reads it from a pipe. Directories are walked once up front and
+ * sorted, so the order (and any "first bad file") is deterministic and the
+ * progress line can show an ETA.
+ */
+#include "importer.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ptfile.h"
+
+/* ---- shared: a file name -> id, and the worker's parse ---- */
+
+static const char *base_name(const char *path) {
+  const char *slash = strrchr(path, '/');
+  return slash ? slash + 1 : path;
+}
+
+static int has_pt_suffix(const char *name) {
+  size_t n = strlen(name);
+  return n > 3 && strcmp(name + n - 3, ".pt") == 0;
+}
+
+/* The id is the base name without ".pt"; an invalid one is left empty and
+ * reported by load(), which knows the reason. */
+static void id_from_name(const char *name, build_item *it) {
+  const char *base = base_name(name);
+  size_t n = strlen(base);
+  if (has_pt_suffix(base))
+    n -= 3;
+  if (n < sizeof it->id) {
+    memcpy(it->id, base, n);
+    it->id[n] = '\0';
+  }
+}
+
+static void *parser_new(void *ctx) {
+  (void)ctx;
+  return calloc(1, sizeof(ptfile_out));
+}
+
+static void parser_free(void *wstate) {
+  ptfile_out_free(wstate);
+  free(wstate);
+}
+
+static int parse_item(void *ctx, void *wstate, const build_item *it,
+                      labelmap *out, diag *d) {
+  (void)ctx;
+  if (!has_pt_suffix(it->name))
+    return diag_set(d, LMAP_EFORMAT, "not a .pt file");
+  const char *base = base_name(it->name);
+  int rc = labelmap_id_check(base, strlen(base) - 3, d);
+  if (rc)
+    return rc;
+  ptfile_out *po = wstate;
+  rc = ptfile_parse(it->blob, it->len, po, d);
+  if (rc == 0)
+    *out = po->map;
+  return rc;
+}
+
+/* ---- directory source ---- */
+
+typedef struct dir_source {
+  char **paths;
+  size_t count, cap, next;
+} dir_source;
+
+static int add_path(dir_source *s, const char *path, diag *d) {
+  if (s->count == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 1024;
+    char **p = realloc(s->paths, cap * sizeof *p);
+    if (p == NULL)
+      return diag_set(d, LMAP_ENOMEM, "out of memory listing files");
+    s->paths = p;
+    s->cap = cap;
+  }
+  s->paths[s->count] = strdup(path);
+  if (s->paths[s->count] == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory listing files");
+  s->count++;
+  return 0;
+}
+
+/* Collects every regular *.pt file under `dir`; symlinks are not followed,
+ * so a link cycle cannot trap the walk. */
+static int walk(dir_source *s, const char *dir, int depth, diag *d) {
+  if (depth > 64)
+    return diag_set(d, LMAP_EFORMAT, "%s: directories nested too deep", dir);
+  DIR *dh = opendir(dir);
+  if (dh == NULL)
+    return diag_set(d, LMAP_EIO, "%s: cannot open directory: %s", dir,
+                    strerror(errno));
+  int rc = 0;
+  struct dirent *e;
+  char path[BUILD_MAX_NAME];
+  while (rc == 0 && (e = readdir(dh)) != NULL) {
+    if (e->d_name[0] == '.' &&
+        (e->d_name[1] == '\0' || (e->d_name[1] == '.' && !e->d_name[2])))
+      continue;
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >=
+        sizeof path) {
+      rc = diag_set(d, LMAP_EFORMAT, "%s/%s: path too long", dir, e->d_name);
+      break;
+    }
+    struct stat sb;
+    if (lstat(path, &sb) != 0) {
+      rc = diag_set(d, LMAP_EIO, "%s: %s", path, strerror(errno));
+    } else if (S_ISDIR(sb.st_mode)) {
+      rc = walk(s, path, depth + 1, d);
+    } else if (S_ISREG(sb.st_mode) && has_pt_suffix(e->d_name)) {
+      rc = add_path(s, path, d);
+    }
+  }
+  closedir(dh);
+  return rc;
+}
+
+static int cmp_str(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int read_file(const char *path, uint8_t **out, size_t *len, diag *d) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL)
+    return diag_set(d, LMAP_EIO, "%s: cannot open: %s", path,
+                    strerror(errno));
+  struct stat sb;
+  int rc = 0;
+  uint8_t *buf = NULL;
+  if (fstat(fileno(f), &sb) != 0) {
+    rc = diag_set(d, LMAP_EIO, "%s: %s", path, strerror(errno));
+  } else if ((uint64_t)sb.st_size > IMPORTER_MAX_FILE) {
+    rc = diag_set(d, LMAP_ETOOBIG,
+                  "%s: file is %lld bytes, more than the %u a label map may "
+                  "take",
+                  path, (long long)sb.st_size, IMPORTER_MAX_FILE);
+  } else if ((buf = malloc((size_t)sb.st_size + 1)) == NULL) {
+    rc = diag_set(d, LMAP_ENOMEM, "%s: out of memory", path);
+  } else if (fread(buf, 1, (size_t)sb.st_size, f) != (size_t)sb.st_size) {
+    rc = diag_set(d, LMAP_EIO, "%s: short read", path);
+  }
+  fclose(f);
+  if (rc) {
+    free(buf);
+    return rc;
+  }
+  *out = buf;
+  *len = (size_t)sb.st_size;
+  return 0;
+}
+
+static int dir_next(void *ctx, build_item *it, diag *d) {
+  dir_source *s = ctx;
+  if (s->next == s->count)
+    return 0;
+  const char *path = s->paths[s->next++];
+  snprintf(it->name, sizeof it->name, "%s", path);
+  id_from_name(path, it);
+  int rc = read_file(path, &it->blob, &it->len, d);
+  return rc ? rc : 1;
+}
+
+static double dir_progress(void *ctx) {
+  dir_source *s = ctx;
+  return s->count ? (double)s->next / (double)s->count : -1;
+}
+
+/* ---- tar source ---- */
+
+typedef struct tar_source {
+  struct archive *a;
+  const char *path; /* for messages; "-" is stdin */
+  uint64_t size;    /* of the tar file, 0 if unknown */
+} tar_source;
+
+static int tar_next(void *ctx, build_item *it, diag *d) {
+  tar_source *s = ctx;
+  struct archive_entry *e;
+  for (;;) {
+    int r = archive_read_next_header(s->a, &e);
+    if (r == ARCHIVE_EOF)
+      return 0;
+    if (r < ARCHIVE_WARN)
+      return diag_set(d, LMAP_EFORMAT, "%s: %s",
+                      strcmp(s->path, "-") ? s->path : "<stdin>",
+                      archive_error_string(s->a));
+    if (archive_entry_filetype(e) == AE_IFREG)
+      break;
+  }
+  const char *name = archive_entry_pathname(e);
+  snprintf(it->name, sizeof it->name, "%s", name ? name : "?");
+  id_from_name(it->name, it);
+  int64_t size = archive_entry_size(e);
+  if (size < 0 || (uint64_t)size > IMPORTER_MAX_FILE)
+    return diag_set(d, LMAP_ETOOBIG,
+                    "%s: member is %lld bytes, more than the %u a label map "
+                    "may take",
+                    it->name, (long long)size, IMPORTER_MAX_FILE);
+  it->blob = malloc((size_t)size + 1);
+  if (it->blob == NULL)
+    return diag_set(d, LMAP_ENOMEM, "%s: out of memory", it->name);
+  la_ssize_t got = archive_read_data(s->a, it->blob, (size_t)size);
+  if (got != size)
+    return diag_set(d, LMAP_EFORMAT, "%s: %s: member truncated (%s)",
+                    strcmp(s->path, "-") ? s->path : "<stdin>", it->name,
+                    got < 0 ? archive_error_string(s->a) : "short read");
+  it->len = (size_t)size;
+  return 1;
+}
+
+static double tar_progress(void *ctx) {
+  tar_source *s = ctx;
+  if (s->size == 0)
+    return -1;
+  return (double)archive_filter_bytes(s->a, -1) / (double)s->size;
+}
+
+static int tar_open(tar_source *s, const char *path, diag *d) {
+  s->path = path;
+  s->a = archive_read_new();
+  if (s->a == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory");
+  archive_read_support_format_tar(s->a);
+  archive_read_support_filter_all(s->a);
+  int r;
+  if (strcmp(path, "-") == 0) {
+    r = archive_read_open_fd(s->a, 0, 1 << 20);
+  } else {
+    struct stat sb;
+    if (stat(path, &sb) == 0)
+      s->size = (uint64_t)sb.st_size;
+    r = archive_read_open_filename(s->a, path, 1 << 20);
+  }
+  if (r != ARCHIVE_OK)
+    return diag_set(d, LMAP_EFORMAT, "%s: not a readable tar: %s",
+                    strcmp(path, "-") ? path : "<stdin>",
+                    archive_error_string(s->a));
+  return 0;
+}
+
+int importer_run(const char *src, const build_opts *o, build_stats *st,
+                 diag *d) {
+  struct stat sb;
+  int is_dir = strcmp(src, "-") != 0 && stat(src, &sb) == 0 &&
+               S_ISDIR(sb.st_mode);
+  if (strcmp(src, "-") != 0 && access(src, R_OK) != 0)
+    return diag_set(d, LMAP_EIO, "%s: %s", src, strerror(errno));
+  build_source bs = {.worker_new = parser_new,
+                     .worker_free = parser_free,
+                     .load = parse_item};
+  int rc;
+  if (is_dir) {
+    dir_source ds = {0};
+    rc = walk(&ds, src, 0, d);
+    if (rc == 0 && ds.count == 0)
+      rc = diag_set(d, LMAP_EFORMAT, "%s: no .pt files found", src);
+    if (rc == 0) {
+      qsort(ds.paths, ds.count, sizeof *ds.paths, cmp_str);
+      bs.ctx = &ds;
+      bs.next = dir_next;
+      bs.progress = dir_progress;
+      rc = build_run(o, &bs, st, d);
+    }
+    for (size_t i = 0; i < ds.count; i++)
+      free(ds.paths[i]);
+    free(ds.paths);
+    return rc;
+  }
+  tar_source ts = {0};
+  rc = tar_open(&ts, src, d);
+  if (rc == 0) {
+    bs.ctx = &ts;
+    bs.next = tar_next;
+    bs.progress = tar_progress;
+    rc = build_run(o, &bs, st, d);
+  }
+  archive_read_free(ts.a);
+  return rc;
+}
+
+/* ---- class names ---- */
+
+#define CLASSES_MAX_BYTES (64u << 20)
+
+int importer_read_classes(const char *path, char **json_out, uint32_t *count,
+                          diag *d) {
+  uint8_t *buf;
+  size_t len;
+  int rc = read_file(path, &buf, &len, d);
+  if (rc)
+    return rc;
+  if (len > CLASSES_MAX_BYTES) {
+    free(buf);
+    return diag_set(d, LMAP_ETOOBIG, "%s: class file too large", path);
+  }
+  buf[len] = '\0';
+  json_t *arr = NULL;
+  size_t i = 0;
+  while (i < len && (buf[i] == ' ' || buf[i] == '\n' || buf[i] == '\t'))
+    i++;
+  if (i < len && buf[i] == '[') {
+    json_error_t err;
+    arr = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &err);
+    if (arr == NULL || !json_is_array(arr)) {
+      free(buf);
+      json_decref(arr);
+      return diag_set(d, LMAP_EFORMAT, "%s: line %d: %s", path, err.line,
+                      arr ? "not a JSON array" : err.text);
+    }
+    for (size_t k = 0; k < json_array_size(arr); k++)
+      if (!json_is_string(json_array_get(arr, k))) {
+        free(buf);
+        json_decref(arr);
+        return diag_set(d, LMAP_EFORMAT, "%s: entry %zu is not a string",
+                        path, k);
+      }
+  } else {
+    arr = json_array();
+    char *line = (char *)buf, *end;
+    int lineno = 1;
+    for (; *line; line = end, lineno++) {
+      end = strchr(line, '\n');
+      char *next = end ? end + 1 : line + strlen(line);
+      size_t n = (size_t)((end ? end : next) - line);
+      if (n && line[n - 1] == '\r')
+        n--;
+      end = next;
+      if (n == 0 && *next == '\0')
+        break; /* a final empty line */
+      json_t *s = json_stringn(line, n);
+      if (s == NULL) {
+        free(buf);
+        json_decref(arr);
+        return diag_set(d, LMAP_EFORMAT, "%s: line %d is not valid UTF-8",
+                        path, lineno);
+      }
+      json_array_append_new(arr, s);
+    }
+  }
+  free(buf);
+  *count = (uint32_t)json_array_size(arr);
+  *json_out = json_dumps(arr, JSON_COMPACT);
+  json_decref(arr);
+  if (*count == 0) {
+    free(*json_out);
+    return diag_set(d, LMAP_EFORMAT, "%s: no class names", path);
+  }
+  return *json_out ? 0 : diag_set(d, LMAP_ENOMEM, "out of memory");
+}

@@ -1,0 +1,122 @@
+/* itemjson: one pooled query as a JSON item (see itemjson.h). */
+#include "itemjson.h"
+
+#include <math.h>
+#include <stdio.h>
+
+#include "lmap/error.h"
+
+int itemjson_number(dynbuf *b, float v) {
+  char tmp[32];
+  /* Pooled values are finite by construction; guard anyway so that the
+   * output is always valid JSON. */
+  int n = isfinite(v) ? snprintf(tmp, sizeof tmp, "%.9g", (double)v)
+                      : snprintf(tmp, sizeof tmp, "null");
+  return dynbuf_add(b, tmp, (size_t)n);
+}
+
+static int floats(dynbuf *b, const float *v, uint32_t n) {
+  int rc = dynbuf_add(b, "[", 1);
+  for (uint32_t i = 0; i < n && rc == 0; i++) {
+    if (i)
+      rc = dynbuf_add(b, ",", 1);
+    if (rc == 0)
+      rc = itemjson_number(b, v[i]);
+  }
+  return rc ? rc : dynbuf_add(b, "]", 1);
+}
+
+static int uints(dynbuf *b, const uint32_t *v, uint32_t n) {
+  int rc = dynbuf_add(b, "[", 1);
+  for (uint32_t i = 0; i < n && rc == 0; i++)
+    rc = dynbuf_printf(b, i ? ",%u" : "%u", v[i]);
+  return rc ? rc : dynbuf_add(b, "]", 1);
+}
+
+static int write_dense(dynbuf *b, const labelmap *m, uint32_t num_classes,
+                       const pool_query *q, pool_ws *ws, float *dense) {
+  uint32_t cells = q->output_size * q->output_size;
+  int rc = pool_dense(m, num_classes, q, ws, dense);
+  if (rc)
+    return rc;
+  rc = dynbuf_addstr(b, q->softmax ? ",\"probs\":" : ",\"logits\":");
+  if (cells == 1)
+    return rc ? rc : floats(b, dense, num_classes);
+  if (rc == 0)
+    rc = dynbuf_add(b, "[", 1);
+  for (uint32_t c = 0; c < cells && rc == 0; c++) {
+    if (c)
+      rc = dynbuf_add(b, ",", 1);
+    if (rc == 0)
+      rc = floats(b, dense + (size_t)c * num_classes, num_classes);
+  }
+  return rc ? rc : dynbuf_add(b, "]", 1);
+}
+
+/* Sparse items list every cell's classes, then values, then rest; the cells
+ * are pooled once each and buffered as text in three parts. */
+static int write_sparse(dynbuf *b, const labelmap *m, uint32_t num_classes,
+                        const pool_query *q, pool_ws *ws) {
+  uint32_t cells = q->output_size * q->output_size;
+  if (cells == 1) {
+    pool_cell cell;
+    int rc = pool_cell_sparse(m, num_classes, q, 0, ws, &cell);
+    if (rc == 0)
+      rc = dynbuf_addstr(b, ",\"classes\":");
+    if (rc == 0)
+      rc = uints(b, cell.classes, cell.n);
+    if (rc == 0)
+      rc = dynbuf_addstr(b, q->softmax ? ",\"probs\":" : ",\"logits\":");
+    if (rc == 0)
+      rc = floats(b, cell.values, cell.n);
+    if (rc == 0)
+      rc = dynbuf_addstr(b, ",\"rest\":");
+    return rc ? rc : itemjson_number(b, cell.rest);
+  }
+  dynbuf vals, rest;
+  dynbuf_init(&vals, b->max);
+  dynbuf_init(&rest, b->max);
+  int rc = dynbuf_addstr(b, ",\"classes\":[");
+  for (uint32_t c = 0; c < cells && rc == 0; c++) {
+    pool_cell cell;
+    const char *sep = c ? "," : "";
+    rc = pool_cell_sparse(m, num_classes, q, c, ws, &cell);
+    if (rc == 0)
+      rc = dynbuf_addstr(b, sep);
+    if (rc == 0)
+      rc = uints(b, cell.classes, cell.n);
+    if (rc == 0)
+      rc = dynbuf_addstr(&vals, sep);
+    if (rc == 0)
+      rc = floats(&vals, cell.values, cell.n);
+    if (rc == 0)
+      rc = dynbuf_addstr(&rest, sep);
+    if (rc == 0)
+      rc = itemjson_number(&rest, cell.rest);
+  }
+  if (rc == 0)
+    rc = dynbuf_addstr(b, q->softmax ? "],\"probs\":[" : "],\"logits\":[");
+  if (rc == 0 && vals.len)
+    rc = dynbuf_add(b, vals.data, vals.len);
+  if (rc == 0)
+    rc = dynbuf_addstr(b, "],\"rest\":[");
+  if (rc == 0 && rest.len)
+    rc = dynbuf_add(b, rest.data, rest.len);
+  if (rc == 0)
+    rc = dynbuf_add(b, "]", 1);
+  dynbuf_free(&vals);
+  dynbuf_free(&rest);
+  return rc;
+}
+
+int itemjson_write(dynbuf *b, const char *id, const labelmap *m,
+                   uint32_t num_classes, const pool_query *q,
+                   itemjson_format format, pool_ws *ws, float *dense) {
+  /* Ids passed labelmap_id_check, so they need no JSON escaping. */
+  int rc = dynbuf_printf(b, "{\"id\":\"%s\"", id);
+  if (rc)
+    return rc;
+  rc = format == ITEM_SPARSE ? write_sparse(b, m, num_classes, q, ws)
+                             : write_dense(b, m, num_classes, q, ws, dense);
+  return rc ? rc : dynbuf_add(b, "}", 1);
+}

@@ -1,0 +1,49 @@
+/*
+ * labelmap: one image's dense label map in its sparse top-K form.
+ *
+ * The official tensor is [2, K, H, W] (plane 0 scores, plane 1 class
+ * indices). In memory lmap keeps it cell-major, because pooling walks the
+ * cells a box touches and then the K entries of each: entry `k` of the cell
+ * at row `r`, column `q` is at index `(r * w + q) * k_count + k`.
+ * The struct does not own its arrays: whoever fills it says where they live.
+ */
+#ifndef LMAP_LABELMAP_H
+#define LMAP_LABELMAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "diag.h"
+
+typedef struct labelmap {
+  uint32_t k;        /* entries per cell (top-K) */
+  uint32_t h, w;     /* grid rows and columns */
+  float *scores;     /* [h * w * k], cell-major */
+  uint32_t *classes; /* [h * w * k], cell-major, each < num_classes */
+} labelmap;
+
+static inline size_t labelmap_entries(const labelmap *m) {
+  return (size_t)m->k * m->h * m->w;
+}
+
+/* Upper bounds that every parser and decoder enforces before allocating. */
+#define LABELMAP_MAX_K 1024u
+#define LABELMAP_MAX_SIDE 1024u
+#define LABELMAP_MAX_ENTRIES (1u << 22) /* k * h * w */
+#define LABELMAP_MAX_CLASSES (1u << 24)
+
+/* Checks what pooling relies on: every score finite, every class index
+ * below `num_classes`, and no class twice in one cell (the official dense
+ * scatter would keep only one of them). Returns 0 or LMAP_ERANGE with a
+ * message naming the entry as [plane, k, row, col] of the [2, K, H, W]
+ * tensor. */
+int labelmap_validate(const labelmap *m, uint32_t num_classes, diag *d);
+
+/* Image ids: 1 to LABELMAP_MAX_ID_LEN bytes of [A-Za-z0-9_.+:-], not
+ * starting with '.' or '-'. ImageNet stems ("n04355338_22023") qualify;
+ * the pattern keeps ids safe in URLs, file names and JSON without
+ * escaping. Returns 0 or LMAP_EBADID naming the offending byte. */
+#define LABELMAP_MAX_ID_LEN 255u
+int labelmap_id_check(const char *id, size_t len, diag *d);
+
+#endif /* LMAP_LABELMAP_H */

@@ -1,0 +1,320 @@
+/*
+ * pool: exact sparse RoIAlign + softmax (see pool.h for the derivation).
+ *
+ * Per output bin, axis_weights() replays torchvision's sampling of one axis
+ * in float32 and sums the bilinear fractions each grid row (or column)
+ * receives; the bin's weight of cell (r, q) is then wy[r] * wx[q] / count.
+ * Accumulation runs over the K entries of the cells with non-zero weight
+ * into a per-class double accumulator; a generation stamp marks the classes
+ * touched by the current bin, so the accumulator never needs clearing.
+ */
+#include "pool.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct pool_ws {
+  uint32_t num_classes;
+  uint32_t generation;
+  uint32_t *stamp;    /* [C] generation in which acc[c] was last touched */
+  double *acc;        /* [C] pooled logit of class c in the current bin */
+  uint32_t *touched;  /* [C] classes touched in the current bin */
+  struct pool_entry {
+    double value;
+    uint32_t cls;
+  } *entries;         /* [C] sparse output before sorting */
+  uint32_t *classes;  /* [C] sparse output: classes */
+  float *values;      /* [C] sparse output: values */
+  double wy[LABELMAP_MAX_SIDE];
+  double wx[LABELMAP_MAX_SIDE];
+};
+
+pool_ws *pool_ws_new(uint32_t num_classes) {
+  if (num_classes == 0 || num_classes > LABELMAP_MAX_CLASSES)
+    return NULL;
+  pool_ws *ws = calloc(1, sizeof *ws);
+  if (ws == NULL)
+    return NULL;
+  ws->num_classes = num_classes;
+  ws->stamp = calloc(num_classes, sizeof *ws->stamp);
+  ws->acc = calloc(num_classes, sizeof *ws->acc);
+  ws->touched = calloc(num_classes, sizeof *ws->touched);
+  ws->entries = calloc(num_classes, sizeof *ws->entries);
+  ws->classes = calloc(num_classes, sizeof *ws->classes);
+  ws->values = calloc(num_classes, sizeof *ws->values);
+  if (!ws->stamp || !ws->acc || !ws->touched || !ws->entries || !ws->classes || !ws->values) {
+    pool_ws_free(ws);
+    return NULL;
+  }
+  return ws;
+}
+
+void pool_ws_free(pool_ws *ws) {
+  if (ws == NULL)
+    return;
+  free(ws->stamp);
+  free(ws->acc);
+  free(ws->touched);
+  free(ws->entries);
+  free(ws->classes);
+  free(ws->values);
+  free(ws);
+}
+
+int pool_check_query(const pool_query *q, diag *d) {
+  const double *b = q->box;
+  for (int i = 0; i < 4; i++)
+    if (!isfinite(b[i]))
+      return diag_field(d, LMAP_EBADBOX, "box",
+                        "box[%d] is not a finite number", i);
+  if (q->box_format == POOL_BOX_XYXY) {
+    if (b[0] < 0 || b[1] < 0 || b[2] > 1 || b[3] > 1)
+      return diag_field(d, LMAP_EBADBOX, "box",
+                        "box [%g, %g, %g, %g] leaves the unit square "
+                        "(need 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1)",
+                        b[0], b[1], b[2], b[3]);
+    if (b[0] > b[2] || b[1] > b[3])
+      return diag_field(d, LMAP_EBADBOX, "box",
+                        "box [%g, %g, %g, %g] has x0 > x1 or y0 > y1", b[0],
+                        b[1], b[2], b[3]);
+  } else if (q->box_format == POOL_BOX_RELABEL) {
+    /* (top, left, height, width), each a fraction of the image. A small
+     * slack admits i/H + h/H rounding just above 1. */
+    if (b[0] < 0 || b[1] < 0 || b[2] < 0 || b[3] < 0 ||
+        b[0] + b[2] > 1 + 1e-9 || b[1] + b[3] > 1 + 1e-9)
+      return diag_field(d, LMAP_EBADBOX, "box",
+                        "relabel box (%g, %g, %g, %g) is not a crop inside "
+                        "the image (need top, left, height, width >= 0 and "
+                        "top + height <= 1, left + width <= 1)",
+                        b[0], b[1], b[2], b[3]);
+  } else {
+    return diag_field(d, LMAP_EINVAL, "box_format", "unknown box format %d",
+                      (int)q->box_format);
+  }
+  if (q->output_size < 1 || q->output_size > POOL_MAX_OUTPUT_SIZE)
+    return diag_field(d, LMAP_EINVAL, "output_size",
+                      "output_size %u is outside [1, %u]", q->output_size,
+                      POOL_MAX_OUTPUT_SIZE);
+  return 0;
+}
+
+/* The region [start, end] on both axes in grid coordinates, as float32
+ * exactly as the reference computes it (see pool.h and docs/POOLING.md). */
+typedef struct region {
+  float x0, y0, x1, y1;
+} region;
+
+static region box_region(const labelmap *m, const pool_query *q) {
+  region g;
+  const double *b = q->box;
+  if (q->box_format == POOL_BOX_RELABEL) {
+    /* The official loader: (a, b, a + c, b + d) in float64, then float32,
+     * then "* W - 0.5" in float32 with W the map width for both axes. */
+    float s = (float)m->w;
+    g.x0 = (float)b[0] * s - 0.5f;
+    g.y0 = (float)b[1] * s - 0.5f;
+    g.x1 = (float)(b[0] + b[2]) * s - 0.5f;
+    g.y1 = (float)(b[1] + b[3]) * s - 0.5f;
+  } else {
+    float sw = (float)m->w, sh = (float)m->h;
+    g.x0 = (float)b[0] * sw - 0.5f;
+    g.y0 = (float)b[1] * sh - 0.5f;
+    g.x1 = (float)b[2] * sw - 0.5f;
+    g.y1 = (float)b[3] * sh - 0.5f;
+  }
+  return g;
+}
+
+/* Sampling of one axis of one output bin, replaying torchvision's
+ * roi_align (aligned=False, sampling_ratio=-1) in float32: region length at
+ * least 1, ceil(length / G) samples per bin, samples outside [-1, size]
+ * dropped, clamping at 0 and size - 1, bilinear fractions. Writes the summed
+ * fraction per grid line into w[0..size) and returns the sample count, and
+ * via lo and hi the range of lines with non-zero weight (lo > hi if none). */
+static int axis_weights(float start, float end, uint32_t size, uint32_t g,
+                        uint32_t bin, double *w, uint32_t *lo, uint32_t *hi) {
+  float len = end - start;
+  if (!(len > 1.f))
+    len = 1.f;
+  float bin_size = len / (float)g;
+  int grid = (int)ceilf(len / (float)g);
+  *lo = size;
+  *hi = 0;
+  for (int i = 0; i < grid; i++) {
+    float y = start + (float)bin * bin_size +
+              (float)((float)i + .5f) * bin_size / (float)grid;
+    if (y < -1.0f || y > (float)size)
+      continue;
+    if (y <= 0)
+      y = 0;
+    uint32_t low = (uint32_t)y, high;
+    if (low >= size - 1) {
+      high = low = size - 1;
+      y = (float)low;
+    } else {
+      high = low + 1;
+    }
+    float l = y - (float)low;
+    float h = (float)(1. - l);
+    /* Zero lines lazily as the touched range grows. */
+    if (*lo > *hi) {
+      w[low] = 0;
+      w[high] = 0;
+      *lo = low;
+      *hi = high;
+    } else {
+      while (*lo > low)
+        w[--*lo] = 0;
+      while (*hi < high)
+        w[++*hi] = 0;
+    }
+    w[low] += h;
+    w[high] += l;
+  }
+  return grid;
+}
+
+/* Pools bin (ph, pw) of the un-flipped grid into ws->acc for the classes
+ * listed in ws->touched; returns how many were touched. */
+static uint32_t pool_bin(const labelmap *m, const region *g, uint32_t G,
+                         uint32_t ph, uint32_t pw, pool_ws *ws) {
+  uint32_t rlo, rhi, qlo, qhi;
+  int gy = axis_weights(g->y0, g->y1, m->h, G, ph, ws->wy, &rlo, &rhi);
+  int gx = axis_weights(g->x0, g->x1, m->w, G, pw, ws->wx, &qlo, &qhi);
+  int count = gy * gx;
+  if (count < 1)
+    count = 1;
+  double inv = 1.0 / (double)count;
+
+  if (++ws->generation == 0) { /* wrapped: restart the stamps */
+    memset(ws->stamp, 0, (size_t)ws->num_classes * sizeof *ws->stamp);
+    ws->generation = 1;
+  }
+  uint32_t gen = ws->generation, n = 0, k = m->k;
+  for (uint32_t r = rlo; r <= rhi && rlo <= rhi; r++) {
+    double wr = ws->wy[r] * inv;
+    if (wr == 0)
+      continue;
+    for (uint32_t q = qlo; q <= qhi && qlo <= qhi; q++) {
+      double wgt = wr * ws->wx[q];
+      if (wgt == 0)
+        continue;
+      size_t base = ((size_t)r * m->w + q) * k;
+      for (uint32_t e = 0; e < k; e++) {
+        uint32_t c = m->classes[base + e];
+        double v = wgt * (double)m->scores[base + e];
+        if (ws->stamp[c] != gen) {
+          ws->stamp[c] = gen;
+          ws->acc[c] = v;
+          ws->touched[n++] = c;
+        } else {
+          ws->acc[c] += v;
+        }
+      }
+    }
+  }
+  return n;
+}
+
+/* Order of the sparse output: decreasing value, then increasing class. */
+static int entry_order(const void *pa, const void *pb) {
+  const struct pool_entry *a = pa, *b = pb;
+  if (a->value != b->value)
+    return a->value > b->value ? -1 : 1;
+  return a->cls < b->cls ? -1 : a->cls > b->cls;
+}
+
+/* Softmax pieces over C classes of which `n` listed ones carry acc[] and
+ * the other C - n have logit 0: returns the shift (max) and 1/Z. */
+static void softmax_norm(const pool_ws *ws, const uint32_t *cls, uint32_t n,
+                         uint32_t num_classes, double *shift, double *inv_z) {
+  double mx = n < num_classes ? 0.0 : -INFINITY;
+  for (uint32_t i = 0; i < n; i++)
+    if (ws->acc[cls[i]] > mx)
+      mx = ws->acc[cls[i]];
+  double z = (double)(num_classes - n) * exp(-mx);
+  for (uint32_t i = 0; i < n; i++)
+    z += exp(ws->acc[cls[i]] - mx);
+  *shift = mx;
+  *inv_z = 1.0 / z;
+}
+
+/* Maps an output cell index (after flip) to its bin of the pooled grid. */
+static void cell_bin(const pool_query *q, uint32_t cell, uint32_t *ph,
+                     uint32_t *pw) {
+  uint32_t G = q->output_size;
+  *ph = cell / G;
+  *pw = cell % G;
+  if (q->flip)
+    *pw = G - 1 - *pw;
+}
+
+int pool_cell_sparse(const labelmap *m, uint32_t num_classes,
+                     const pool_query *q, uint32_t cell, pool_ws *ws,
+                     pool_cell *out) {
+  if (num_classes != ws->num_classes ||
+      cell >= q->output_size * q->output_size)
+    return LMAP_EINVAL;
+  region g = box_region(m, q);
+  uint32_t ph, pw;
+  cell_bin(q, cell, &ph, &pw);
+  uint32_t n = pool_bin(m, &g, q->output_size, ph, pw, ws);
+
+  /* Only classes with a non-zero pooled logit are listed. */
+  uint32_t listed = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t c = ws->touched[i];
+    if (ws->acc[c] != 0)
+      ws->entries[listed++] = (struct pool_entry){ws->acc[c], c};
+  }
+  qsort(ws->entries, listed, sizeof *ws->entries, entry_order);
+  for (uint32_t i = 0; i < listed; i++)
+    ws->classes[i] = ws->entries[i].cls;
+
+  if (q->softmax) {
+    double shift, inv_z;
+    softmax_norm(ws, ws->classes, listed, num_classes, &shift, &inv_z);
+    for (uint32_t i = 0; i < listed; i++)
+      ws->values[i] = (float)(exp(ws->acc[ws->classes[i]] - shift) * inv_z);
+    out->rest = listed < num_classes ? (float)(exp(-shift) * inv_z) : 0.f;
+  } else {
+    for (uint32_t i = 0; i < listed; i++)
+      ws->values[i] = (float)ws->acc[ws->classes[i]];
+    out->rest = 0.f;
+  }
+  out->n = listed;
+  out->classes = ws->classes;
+  out->values = ws->values;
+  return 0;
+}
+
+int pool_dense(const labelmap *m, uint32_t num_classes, const pool_query *q,
+               pool_ws *ws, float *out) {
+  if (num_classes != ws->num_classes)
+    return LMAP_EINVAL;
+  region g = box_region(m, q);
+  uint32_t G = q->output_size;
+  for (uint32_t cell = 0; cell < G * G; cell++) {
+    uint32_t ph, pw;
+    cell_bin(q, cell, &ph, &pw);
+    uint32_t n = pool_bin(m, &g, G, ph, pw, ws);
+    float *row = out + (size_t)cell * num_classes;
+    if (q->softmax) {
+      double shift, inv_z;
+      softmax_norm(ws, ws->touched, n, num_classes, &shift, &inv_z);
+      float rest = (float)(exp(-shift) * inv_z);
+      for (uint32_t c = 0; c < num_classes; c++)
+        row[c] = rest;
+      for (uint32_t i = 0; i < n; i++) {
+        uint32_t c = ws->touched[i];
+        row[c] = (float)(exp(ws->acc[c] - shift) * inv_z);
+      }
+    } else {
+      memset(row, 0, (size_t)num_classes * sizeof *row);
+      for (uint32_t i = 0; i < n; i++)
+        row[ws->touched[i]] = (float)ws->acc[ws->touched[i]];
+    }
+  }
+  return 0;
+}

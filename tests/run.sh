@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the build and the tests need
+# (Debian packages, only those missing), builds, and runs every ctest suite
+# (unit, oracle; e2e once the daemon lands), then the unit tests again under
+# AddressSanitizer + UBSan.
+#
+#   tests/run.sh            everything
+#   LMAP_SKIP_SANITIZE=1    skip the sanitizer pass
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  cmake gcc make pkg-config
+  liblmdb-dev libzstd-dev libjansson-dev libarchive-dev
+  python3-torch python3-torchvision python3-numpy
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "tests/run.sh: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+jobs=$(nproc)
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLMAP_WERROR=ON
+cmake --build build -j"$jobs"
+ctest --test-dir build --output-on-failure -j"$jobs"
+
+if [ -z "${LMAP_SKIP_SANITIZE:-}" ]; then
+  cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DLMAP_SANITIZE=ON -DLMAP_WERROR=ON
+  cmake --build build-sanitize -j"$jobs"
+  ctest --test-dir build-sanitize --output-on-failure -j"$jobs" -L unit
+fi
