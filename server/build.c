@@ -680,7 +680,8 @@ int build_run(const build_opts *o, const build_source *src, build_stats *st,
     goto out;
   }
   if (store_writer_count(wr.sw) == 0) {
-    rc = diag_set(d, LMAP_EFORMAT, "no label map was imported%s",
+    rc = diag_set(d, LMAP_EFORMAT, "%s: no label map was imported%s",
+                  o->input ? o->input : o->cmd,
                   atomic_load(&b.skipped) ? " (every input was bad)"
                                           : " (the input holds none)");
     goto out;

@@ -54,6 +54,7 @@ typedef struct build_source {
 
 typedef struct build_opts {
   const char *cmd;      /* "import" or "synth", for messages */
+  const char *input;    /* what is read, for messages ("-" = stdin) */
   const char *out;      /* store path */
   int overwrite;
   uint32_t num_classes;

@@ -59,11 +59,17 @@ void codec_round_scores(const codec_shape *s, labelmap *m);
  * `dict` and its size to `*dict_len`. Returns 0, or LMAP_EINVAL when the
  * samples are too few or too alike to train on (the caller then stores
  * without a dictionary: *dict_len == 0 is a valid outcome of a caller's
- * fallback, never of a successful return). */
+ * fallback, never of a successful return), or LMAP_ENOMEM. Up to 16 KiB of
+ * `cap` is used; lmap's dictionaries are usually about 150 bytes. */
 int codec_train_dict(const codec_shape *s, const uint8_t *raws, size_t count,
                      void *dict, size_t cap, size_t *dict_len, diag *d);
 
 typedef struct codec_ctx codec_ctx;
+
+/* The zstd level lmap writes stores with unless told otherwise, and the
+ * level dictionaries are tuned for (docs/STORE_FORMAT.md has the figures
+ * behind the choice). */
+#define CODEC_LEVEL_DEFAULT 1
 
 /* Creates a context for shape `s`, with an optional dictionary (`dict` may be
  * NULL when `dict_len` is 0; the bytes are copied). `level` is the zstd
@@ -79,8 +85,10 @@ void codec_ctx_free(codec_ctx *c);
 size_t codec_record_bound(const codec_ctx *c);
 
 /* Encodes `m` into `dst` (capacity `cap`, at least codec_record_bound) and
- * sets *len. Returns 0, LMAP_ERANGE (see codec_transform), LMAP_EINVAL
- * (shape mismatch) or LMAP_EINTERNAL (zstd failure, named). */
+ * sets *len. A record that comes out slightly above 2,000 bytes (where an
+ * LMDB value stops fitting in half a page) is compressed again at a higher
+ * level and the smaller kept. Returns 0, LMAP_ERANGE (see codec_transform),
+ * LMAP_EINVAL (shape mismatch) or LMAP_EINTERNAL (zstd failure, named). */
 int codec_encode(codec_ctx *c, const labelmap *m, uint8_t *dst, size_t cap,
                  size_t *len, diag *d);
 

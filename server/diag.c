@@ -32,12 +32,26 @@ int diag_field(diag *d, int code, const char *field, const char *fmt, ...) {
 }
 
 void diag_prefix(diag *d, const char *prefix) {
-  char old[sizeof d->msg];
   if (d == NULL)
     return;
-  memcpy(old, d->msg, sizeof old);
-  snprintf(d->msg, sizeof d->msg, "%s: %s", prefix,
-           old[0] ? old : lmap_strerror(d->code));
+  char old[sizeof d->msg];
+  const char *body = d->msg[0] ? d->msg : lmap_strerror(d->code);
+  size_t n = strlen(body);
+  if (n >= sizeof old)
+    n = sizeof old - 1;
+  memcpy(old, body, n);
+  old[n] = '\0';
+  /* Truncation is acceptable here: the message stays a valid string. */
+  size_t p = strlen(prefix);
+  if (p > sizeof d->msg - 3)
+    p = sizeof d->msg - 3;
+  memcpy(d->msg, prefix, p);
+  memcpy(d->msg + p, ": ", 2);
+  size_t room = sizeof d->msg - p - 3;
+  if (n > room)
+    n = room;
+  memcpy(d->msg + p + 2, old, n);
+  d->msg[p + 2 + n] = '\0';
 }
 
 void diag_clear(diag *d) {

@@ -21,7 +21,7 @@ struct pool_ws {
   double *acc;        /* [C] pooled logit of class c in the current bin */
   uint32_t *touched;  /* [C] classes touched in the current bin */
   struct pool_entry {
-    double value;
+    float value; /* the value returned, so ties are ties as the user sees */
     uint32_t cls;
   } *entries;         /* [C] sparse output before sorting */
   uint32_t *classes;  /* [C] sparse output: classes */
@@ -261,28 +261,27 @@ int pool_cell_sparse(const labelmap *m, uint32_t num_classes,
   cell_bin(q, cell, &ph, &pw);
   uint32_t n = pool_bin(m, &g, q->output_size, ph, pw, ws);
 
-  /* Only classes with a non-zero pooled logit are listed. */
+  /* Only classes with a non-zero pooled logit are listed; classes keeps
+   * them unsorted while the softmax normaliser is computed. */
   uint32_t listed = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    uint32_t c = ws->touched[i];
-    if (ws->acc[c] != 0)
-      ws->entries[listed++] = (struct pool_entry){ws->acc[c], c};
+  for (uint32_t i = 0; i < n; i++)
+    if (ws->acc[ws->touched[i]] != 0)
+      ws->classes[listed++] = ws->touched[i];
+  double shift = 0, inv_z = 1;
+  if (q->softmax)
+    softmax_norm(ws, ws->classes, listed, num_classes, &shift, &inv_z);
+  for (uint32_t i = 0; i < listed; i++) {
+    uint32_t c = ws->classes[i];
+    double v = q->softmax ? exp(ws->acc[c] - shift) * inv_z : ws->acc[c];
+    ws->entries[i] = (struct pool_entry){(float)v, c};
   }
   qsort(ws->entries, listed, sizeof *ws->entries, entry_order);
-  for (uint32_t i = 0; i < listed; i++)
+  for (uint32_t i = 0; i < listed; i++) {
     ws->classes[i] = ws->entries[i].cls;
-
-  if (q->softmax) {
-    double shift, inv_z;
-    softmax_norm(ws, ws->classes, listed, num_classes, &shift, &inv_z);
-    for (uint32_t i = 0; i < listed; i++)
-      ws->values[i] = (float)(exp(ws->acc[ws->classes[i]] - shift) * inv_z);
-    out->rest = listed < num_classes ? (float)(exp(-shift) * inv_z) : 0.f;
-  } else {
-    for (uint32_t i = 0; i < listed; i++)
-      ws->values[i] = (float)ws->acc[ws->classes[i]];
-    out->rest = 0.f;
+    ws->values[i] = ws->entries[i].value;
   }
+  out->rest = q->softmax && listed < num_classes ? (float)(exp(-shift) * inv_z)
+                                                 : 0.f;
   out->n = listed;
   out->classes = ws->classes;
   out->values = ws->values;

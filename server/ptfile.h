@@ -5,7 +5,8 @@
  * default; a stored zip holding data.pkl and data/<key>) and the legacy one
  * (magic-number pickle, protocol pickle, sys-info pickle, the object pickle,
  * the storage-key list, then each storage's raw bytes). The object must be a
- * tensor of shape [2, K, H, W] with dtype float32, float16 or bfloat16, any
+ * tensor of shape [2, K, H, W] with dtype float32, float16, bfloat16 or
+ * float64 (converted to float32; a score beyond its range is refused), any
  * strides and storage offset inside its storage; plane 0 holds scores and
  * plane 1 class indices stored as floats.
  *
@@ -29,7 +30,7 @@
 typedef struct ptfile_out {
   labelmap map;
   size_t cap;        /* entries the arrays can hold */
-  char dtype[16];    /* "float32", "float16" or "bfloat16" */
+  char dtype[16];    /* "float32", "float16", "bfloat16" or "float64" */
   int legacy;        /* 1 if the legacy (non-zip) format was read */
   int contiguous;    /* 1 if the source strides were the contiguous ones */
 } ptfile_out;

@@ -68,7 +68,8 @@ void store_reader_free(store_reader *r); /* accepts NULL */
 
 /* Looks up `id` and decodes it. `*out` points into reader-owned arrays,
  * valid until the next call on this reader or its free.
- * Returns 0, LMAP_ENOTFOUND, LMAP_ECORRUPT or LMAP_EIO. */
+ * Returns 0, LMAP_ENOTFOUND, LMAP_EBADID (empty, too long, or holding a
+ * NUL), LMAP_ECORRUPT or LMAP_EIO. */
 int store_reader_get(store_reader *r, const char *id, size_t id_len,
                      labelmap *out, diag *d);
 
@@ -94,8 +95,11 @@ typedef struct store_writer store_writer;
 int store_writer_open(const char *path, int overwrite, store_writer **out,
                       diag *d);
 
-/* Adds one record. Returns 0, LMAP_EEXIST (duplicate id), LMAP_EBADID
- * (empty or longer than STORE_MAX_ID_LEN), LMAP_EIO. */
+/* Adds one record. Returns 0, LMAP_EEXIST (duplicate id; the writer stays
+ * usable), LMAP_EBADID (empty, longer than STORE_MAX_ID_LEN, or holding a
+ * NUL), LMAP_EINVAL (empty record), LMAP_EIO (the writer is then failed:
+ * every later call fails and commit removes the file). Ids in increasing
+ * order load fastest; any order is fine. */
 int store_writer_put(store_writer *w, const char *id, size_t id_len,
                      const uint8_t *rec, size_t rec_len, diag *d);
 
@@ -106,8 +110,11 @@ int store_writer_put_meta(store_writer *w, const char *key, const void *val,
 /* Number of records put so far. */
 uint64_t store_writer_count(const store_writer *w);
 
-/* Commits, syncs and renames the file into place, then frees `w`. On
- * failure the temporary file is removed and `w` freed too. */
+/* Commits, syncs and renames the file into place, then frees `w`. If ids
+ * arrived out of order the records are first rewritten in key order (into
+ * a second temporary file: budget twice the store's size on that disk).
+ * Returns LMAP_EEXIST if the path appeared meanwhile and `overwrite` was 0.
+ * On failure the temporary file is removed and `w` freed too. */
 int store_writer_commit(store_writer *w, diag *d);
 
 /* Removes the temporary file and frees `w`. Accepts NULL. */

@@ -113,6 +113,7 @@ int cmd_import(int argc, char **argv) {
   }
   o.num_classes = num_classes ? num_classes : 1000;
   o.classes_json = classes_json;
+  o.input = strcmp(src, "-") ? src : "<stdin>";
   if (o.source_desc == NULL)
     o.source_desc = src;
 

@@ -1,9 +1,11 @@
 /* lmap info / ids / get / export: read-only views of a store. */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "dynbuf.h"
@@ -267,8 +269,14 @@ static int run_line(get_ctx *g, const char *line, size_t len,
 static int run_queries(get_ctx *g, const char *path, const pool_query *defq,
                        itemjson_format deff) {
   FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+  struct stat sb;
   if (f == NULL) {
-    perror(path);
+    fprintf(stderr, "lmap get: %s: %s\n", path, strerror(errno));
+    return EXIT_FAIL;
+  }
+  if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+    fprintf(stderr, "lmap get: %s: is a directory, not a query file\n", path);
+    fclose(f);
     return EXIT_FAIL;
   }
   char *line = NULL;
@@ -287,6 +295,10 @@ static int run_queries(get_ctx *g, const char *path, const pool_query *defq,
       rc = EXIT_FAIL;
       break;
     }
+  }
+  if (rc == EXIT_OK && ferror(f)) {
+    fprintf(stderr, "lmap get: %s: read error: %s\n", path, strerror(errno));
+    rc = EXIT_FAIL;
   }
   free(line);
   if (f != stdin)
