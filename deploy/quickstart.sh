@@ -34,7 +34,7 @@ fi
 echo
 echo "\$ $lmap info $store"
 "$lmap" info "$store"
-id=$("$lmap" ids "$store" | head -n 1)
+id=$("$lmap" ids "$store" | sed -n 1p)
 echo
 echo "\$ $lmap get $store $id --box 0.1,0.2,0.7,0.9 --format sparse"
 "$lmap" get "$store" "$id" --box 0.1,0.2,0.7,0.9 --format sparse

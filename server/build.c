@@ -33,8 +33,11 @@
 #define QUEUE_DEPTH 256
 #define SCORE_SAMPLES_PER_RECORD 8
 #define SCORE_RESERVOIR (1u << 20)
-#define ERROR_RECORDS 256 /* records whose encoding error is measured */
-#define ERROR_STRIDE 17   /* ... one in ERROR_STRIDE of the first ones */
+/* The encoding error is measured on the first ERROR_FIRST items and on one
+ * id in ERROR_ONE_IN (by hash), so the sample is the same on every run and
+ * grows with the store at a bounded cost per record. */
+#define ERROR_FIRST 64
+#define ERROR_ONE_IN 256
 #define ERROR_BOXES 16    /* random boxes per measured record */
 #define MAX_WORKERS 64
 
@@ -117,7 +120,6 @@ typedef struct build {
   const build_source *src;
   queue work, results;
   atomic_int failed;    /* stop everything: a fatal error was recorded */
-  atomic_ullong loaded; /* items taken by workers (sequence numbers) */
   atomic_ullong written;
   atomic_ullong skipped;
 
@@ -188,14 +190,14 @@ static double unit(uint64_t *s) { return (double)(splitmix(s) >> 11) * 0x1p-53; 
 
 /* Maximum absolute probability difference between pooling the exact map
  * and pooling it as the encoding stores it, over random boxes. */
-static double encoding_error(worker *w, const labelmap *m, uint64_t seq) {
+static double encoding_error(worker *w, const labelmap *m, uint64_t seed) {
   const codec_shape *s = &w->b->shape;
   size_t n = labelmap_entries(m);
   memcpy(w->rounded, m->scores, n * sizeof *w->rounded);
   labelmap r = *m;
   r.scores = w->rounded;
   codec_round_scores(s, &r);
-  uint64_t rng = seq * 7919 + 1;
+  uint64_t rng = seed;
   double worst = 0;
   for (int i = 0; i < ERROR_BOXES; i++) {
     double x0 = unit(&rng), x1 = unit(&rng), y0 = unit(&rng), y1 = unit(&rng);
@@ -240,7 +242,8 @@ static int ensure_codec(worker *w, diag *d) {
   if (!ready)
     return 1; /* not yet: send the body raw */
   /* The dictionary is immutable once ready, so it may be read unlocked. */
-  return codec_ctx_new(&b->shape, b->dict, b->dict_len, 3, &w->codec, d);
+  return codec_ctx_new(&b->shape, b->dict, b->dict_len, CODEC_LEVEL_DEFAULT,
+                       &w->codec, d);
 }
 
 static int encode(worker *w, const labelmap *m, result *r) {
@@ -262,6 +265,14 @@ static int encode(worker *w, const labelmap *m, result *r) {
   return codec_transform(&w->b->shape, m, r->bytes, &r->d);
 }
 
+/* FNV-1a: a stable hash of the id for choosing the measured sample. */
+static uint64_t id_hash(const char *id) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (; *id; id++)
+    h = (h ^ (unsigned char)*id) * 0x100000001b3ull;
+  return h;
+}
+
 static int process(worker *w, const build_item *it, result *r) {
   build *b = w->b;
   labelmap m;
@@ -273,16 +284,16 @@ static int process(worker *w, const build_item *it, result *r) {
   if (rc)
     return rc;
   measure_scores(r, &m);
-  uint64_t seq = atomic_fetch_add(&b->loaded, 1);
   r->prob_error = -1;
-  if (seq % ERROR_STRIDE == 0 && seq / ERROR_STRIDE < ERROR_RECORDS) {
+  uint64_t h = id_hash(it->id);
+  if (it->seq < ERROR_FIRST || h % ERROR_ONE_IN == 0) {
     size_t n = labelmap_entries(&m);
     if (w->rounded == NULL) {
       w->rounded = malloc(n * sizeof *w->rounded);
       if (w->rounded == NULL)
         return diag_set(&r->d, LMAP_ENOMEM, "out of memory");
     }
-    r->prob_error = encoding_error(w, &m, seq);
+    r->prob_error = encoding_error(w, &m, h);
   }
   return encode(w, &m, r);
 }
@@ -395,7 +406,8 @@ static int train_and_flush(writer *wr) {
   }
   int rc = 0;
   if (b->shape_set) {
-    rc = codec_ctx_new(&b->shape, dict, dict_len, 3, &wr->codec, &wr->d);
+    rc = codec_ctx_new(&b->shape, dict, dict_len, CODEC_LEVEL_DEFAULT,
+                       &wr->codec, &wr->d);
     if (rc == 0 && dict_len)
       rc = store_writer_put_meta(wr->sw, "lmap.dict", dict, dict_len,
                                  &wr->d);
@@ -660,6 +672,7 @@ int build_run(const build_opts *o, const build_source *src, build_stats *st,
       break;
     }
     st->input_bytes += it->len;
+    it->seq = n;
     queue_push(&b.work, it);
     if (o->progress && (n & 255) == 0 && now_seconds() - last > 0.5) {
       last = now_seconds();

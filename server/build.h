@@ -29,7 +29,8 @@ typedef struct build_item {
   char id[LABELMAP_MAX_ID_LEN + 1];
   uint8_t *blob;
   size_t len;
-  uint64_t index;
+  uint64_t index; /* the source's own numbering (synth: image index) */
+  uint64_t seq;   /* position in the input, set by the pipeline */
 } build_item;
 
 typedef struct build_source {

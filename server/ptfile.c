@@ -425,7 +425,7 @@ static int is_int(const pval *v) {
  * which torch 1.13 writes as None. The location ('cpu', 'cuda:0') does not
  * change the bytes and is not checked. */
 static int op_persid(vm *m, const uint8_t *at) {
-  int id, rc = pop(m, at, 'Q', &id);
+  int id = -1, rc = pop(m, at, 'Q', &id);
   if (rc < 0)
     return rc;
   const pval *t = &m->vals[id];
@@ -484,7 +484,7 @@ static int int_tuple(vm *m, const uint8_t *at, const pval *t, int64_t *dst,
  * than executed: OrderedDict() is an empty dict, _rebuild_tensor_v2 records
  * the tensor's view of its storage. */
 static int op_reduce(vm *m, const uint8_t *at) {
-  int aid, fid, rc;
+  int aid = -1, fid = -1, rc;
   if ((rc = pop(m, at, 'R', &aid)) < 0 || (rc = pop(m, at, 'R', &fid)) < 0)
     return rc;
   const pval *f = &m->vals[fid], *args = &m->vals[aid];
@@ -559,8 +559,8 @@ static int vm_run(vm *m, const uint8_t *p, size_t n, size_t where_off,
 
   for (;;) {
     const uint8_t *at = m->p;
-    int rc = 0, id;
-    uint32_t idx, mark;
+    int rc = 0, id = -1;
+    uint32_t idx, mark = 0;
     pval *v;
     if (m->p >= m->end)
       return diag_set(m->d, LMAP_EFORMAT,
@@ -727,7 +727,7 @@ static int vm_run(vm *m, const uint8_t *p, size_t n, size_t where_off,
     case 's': /* SETITEM */
     case 'a': /* APPEND */ {
       uint16_t kv[2];
-      int vid, kid = -1;
+      int vid = -1, kid = -1;
       if ((rc = pop(m, at, op, &vid)) < 0 ||
           (op == 's' && (rc = pop(m, at, op, &kid)) < 0))
         return rc;

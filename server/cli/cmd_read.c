@@ -160,6 +160,7 @@ typedef struct get_ctx {
   size_t dense_cap;
   dynbuf out;
   uint32_t num_classes;
+  const char *path; /* the store, for messages */
 } get_ctx;
 
 static int parse_box_format(const char *s, pool_box_format *f) {
@@ -192,8 +193,10 @@ static int run_query(get_ctx *g, const char *id, const pool_query *q,
     return rc;
   labelmap m;
   rc = store_reader_get(g->r, id, strlen(id), &m, d);
-  if (rc)
+  if (rc) {
+    diag_prefix(d, g->path);
     return rc;
+  }
   size_t need = (size_t)q->output_size * q->output_size * g->num_classes;
   if (fmt == ITEM_DENSE && need > g->dense_cap) {
     float *p = realloc(g->dense, need * sizeof *p);
@@ -359,7 +362,8 @@ int cmd_get(int argc, char **argv) {
 
   get_ctx g = {0};
   dynbuf_init(&g.out, (size_t)1 << 30);
-  int rc = open_store("get", argv[optind], &g.s);
+  g.path = argv[optind];
+  int rc = open_store("get", g.path, &g.s);
   if (rc)
     return rc;
   g.num_classes = store_get_meta(g.s)->shape.num_classes;
@@ -422,6 +426,8 @@ int cmd_export(int argc, char **argv) {
   labelmap m;
   if (labelmap_id_check(id, strlen(id), &d) || store_reader_new(s, &r, &d) ||
       store_reader_get(r, id, strlen(id), &m, &d)) {
+    if (d.code != LMAP_EBADID)
+      diag_prefix(&d, argv[optind]);
     rc = cli_fail("export", &d);
     goto done;
   }

@@ -307,8 +307,22 @@ def special_relabel(rng):
 
 # -------------------------------------------------------- lmap answers ----
 
+class LazyItems:
+    """lmap's output lines, each parsed to JSON when read: tens of MB of
+    JSON held as Python floats at once would cost ~1 GB."""
+
+    def __init__(self, stdout):
+        self.lines = [l for l in stdout.split(b"\n") if l.strip()]
+
+    def __len__(self):
+        return len(self.lines)
+
+    def __getitem__(self, i):
+        return json.loads(self.lines[i])
+
+
 def parse_items(stdout):
-    return [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
+    return LazyItems(stdout)
 
 
 def item_to_dense(item, g, c, softmax, sparse):

@@ -1,11 +1,13 @@
 #!/usr/bin/python3
 """Hostile inputs to `lmap import`, to the store readers and to `lmap get`.
 
-Import: every bad file (truncated zip and legacy .pt, wrong or huge shape, wrong
-dtype (int64), not a tensor, NaN/Inf score, a score beyond the f16 range, class index = C, 2.5, -1, NaN, a
-forbidden pickle global, an unknown pickle opcode, a tar member that is not
-a .pt, a truncated tar, an empty directory, a directory with no .pt file,
-mixed shapes) must make `lmap import` exit 1 with
+Import: every bad file (truncated zip and legacy .pt, wrong or huge shape,
+wrong dtype (int64), not a tensor, NaN/Inf score, a score beyond the f16
+range, class index = C, 2.5, -1, NaN, a class repeated in a cell, a
+forbidden pickle global, an unknown pickle opcode, tar members that are not
+a .pt or not a valid id, a truncated or garbage tar, an empty directory or
+tar, a directory with no .pt file, a missing source, mixed shapes) must make
+`lmap import` exit 1 with
 "lmap import: <path naming the file>: <reason>" on stderr and leave no file
 in the output directory. --skip-bad must import the good files, report each
 bad one and exit 0 (1 and no store when every file is bad); an existing
@@ -170,6 +172,10 @@ def main():
         ("class index 1000 with C=1000", pt_bytes(bad_tensor(lambda x: setv(x, (1, 0, 0, 0), 1000.0))), ["1000"]),
         ("class index 2.5", pt_bytes(bad_tensor(lambda x: setv(x, (1, 2, 3, 4), 2.5))), ["2.5"]),
         ("negative class -1", pt_bytes(bad_tensor(lambda x: setv(x, (1, 4, 14, 14), -1.0))), ["-1", "negative"]),
+        # The official scatter_ keeps one of two equal indices; lmap cannot
+        # reproduce that, so a repeated class in a cell is a bad file.
+        ("class repeated in a cell", pt_bytes(bad_tensor(lambda x: setv(x, (1, 1, 2, 2), float(x[1, 0, 2, 2])))),
+         ["twice", "duplicate", "repeat"]),
         ("NaN class index", pt_bytes(bad_tensor(lambda x: setv(x, (1, 1, 1, 1), float("nan")))), ["nan"]),
     ]
     for label, data, reasons in bad_cases:

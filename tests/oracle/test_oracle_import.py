@@ -22,6 +22,8 @@ against the contract (sorted, listed = torchvision's non-zero logits, rest 0
 for logits, probabilities sum to 1). A second call per store takes its
 options from the command-line flags with '-' (stdin) as the query file, and
 a few queries go through the one-query form `lmap get STORE ID --box ...`.
+Last, two `lmap synth` stores: their exported maps must be valid top-K maps
+and their answers must match torchvision on those maps.
 Prints the max error per case; exits 1 on any failure.
 """
 
@@ -162,7 +164,12 @@ def compare(ck, label, qs, items, dense, idmap, c):
         nonzero = (logits != 0).numpy()
         tol = oc.TOL_PROB if sm else oc.TOL_LOGIT
         for j, i in enumerate(idxs):
-            q, item = qs[i], items[i]
+            q = qs[i]
+            try:
+                item = items[i]
+            except ValueError as e:
+                ck.check(False, "%s line %d: answer is not JSON: %s" % (label, i + 1, e))
+                continue
             sparse = q["format"] == "sparse"
             case = "%s G=%d %s %s" % (label, g, q["format"], "probs" if sm else "logits")
             where = "%s line %d %s" % (label, i + 1, json.dumps(q))
@@ -292,7 +299,49 @@ def main():
             if key in stores:
                 pool_store(env, ck, rng, stores[key][0], key, maps, idmap, h, w, c, plan)
         print("%s done at %.1f s" % (name, time.time() - t_start), flush=True)
+    check_synth(env, ck, rng)
     ck.finish(env)
+
+
+SYNTH = [
+    # name, synth flags, K, H, W, C
+    ("synth_15x15_c1000_f16", ["--images", "24", "--seed", "3"], 5, 15, 15, 1000),
+    ("synth_7x11_c10_f32", ["--images", "24", "--grid", "7x11", "--topk", "3", "--classes", "10",
+                            "--encoding", "f32", "--seed", "5"], 3, 7, 11, 10),
+]
+PLAN_SYNTH = {1: (200, 0.5), 2: (60, 0.5), 7: (30, 0.8)}
+
+
+def check_synth(env, ck, rng):
+    """`lmap synth` stores: what they hold (via export) is a valid top-K map
+    (classes distinct per cell, in range, integral; scores finite), and
+    pooling them agrees with torchvision on those exported maps."""
+    for name, flags, k, h, w, c in SYNTH:
+        store = env.path(name, "s.lmap")
+        rc, out, err = env.run(["synth", "-o", store] + flags)
+        if not ck.check(rc == 0, "%s: lmap synth exit %d: %s" % (name, rc, err.strip()[:300])):
+            continue
+        rc, out, err = env.run(["ids", store])
+        ids = out.decode().split()
+        ck.check(rc == 0 and len(ids) == 24, "%s: %d ids" % (name, len(ids)))
+        maps = []
+        for ident in ids:
+            npy = env.path(name, "e.npy")
+            rc, _, err = env.run(["export", store, ident, "-o", npy])
+            if not ck.check(rc == 0, "%s: export %s exit %d: %s" % (name, ident, rc, err.strip())):
+                return
+            a = np.load(npy)
+            if not ck.check(a.shape == (2, k, h, w), "%s: export %s shape %s" % (name, ident, a.shape)):
+                return
+            cls = a[1].reshape(k, -1).T  # [cells, K]
+            ck.check(bool(np.isfinite(a[0]).all()), "%s %s: non-finite score" % (name, ident))
+            ck.check(bool(((cls >= 0) & (cls < c) & (cls == np.round(cls))).all()),
+                     "%s %s: class index outside [0, %d) or not integral" % (name, ident, c))
+            ck.check(all(len(set(row.tolist())) == k for row in cls),
+                     "%s %s: a cell repeats a class" % (name, ident))
+            maps.append(torch.from_numpy(a))
+        idmap = {ident: i for i, ident in enumerate(ids)}
+        pool_store(env, ck, rng, store, name, torch.stack(maps), idmap, h, w, c, PLAN_SYNTH)
 
 
 if __name__ == "__main__":

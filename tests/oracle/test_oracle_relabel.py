@@ -119,7 +119,7 @@ def main():
             rc, out, err = env.run(["get", store, "--queries", qf])
             if not ck.check(rc == 0, "%s batch %d: lmap get exit %d: %s" % (name, b, rc, err.strip()[:400])):
                 continue
-            items = oc.parse_items(out)
+            items = [json.loads(l) for l in out.splitlines() if l.strip()]
             if not ck.check(len(items) == len(lines), "%s: %d answers for %d queries" % (name, len(items), len(lines))):
                 continue
             for s in range(BATCH):

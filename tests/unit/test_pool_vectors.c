@@ -1,10 +1,11 @@
 /*
  * test_pool_vectors: replays the torchvision golden vectors against pool.c.
  *
- * tests/vectors/pool/vectors.json (written by tests/vectors/gen_pool_vectors.py)
- * holds small sparse maps, queries over them, and torchvision's roi_align
- * (+ softmax) answer for each, in sparse form per output cell. For every
- * query, with softmax on and off, this test checks:
+ * tests/vectors/pool/vectors.json (written by
+ * tests/vectors/gen_pool_vectors.py) holds small sparse maps, queries over
+ * them, and torchvision's roi_align (+ softmax) answer for each, in sparse
+ * form per output cell. For every query, with softmax on and off, this test
+ * checks:
  *   - pool_dense against the reference: max abs diff <= 1e-4 on
  *     probabilities, <= 5e-4 on pooled logits;
  *   - pool_cell_sparse against pool_dense: the listed classes are distinct,
@@ -17,7 +18,6 @@
  * workspace of the wrong class count is refused. The max errors are printed.
  * Working directory: tests/ (as ctest runs unit tests).
  */
-#include <float.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -49,8 +49,8 @@ static void report(const char *what, uint32_t cell, long cls, double want,
     fprintf(stderr,
             "FAIL map %s query %zu (%s, softmax %s) cell %u class %ld: %s: "
             "expected %.9g got %.9g\n",
-            cur_map, cur_query, cur_note, cur_softmax ? "on" : "off", cell,
-            cls, what, want, got);
+            cur_map, cur_query, cur_note, cur_softmax ? "on" : "off", cell, cls,
+            what, want, got);
 }
 
 static const json_t *get(const json_t *obj, const char *key) {
@@ -79,9 +79,11 @@ static void expand_reference(const json_t *cells, uint32_t c, bool softmax,
     const json_t *vals = get(cell, softmax ? "probs" : "logits");
     const json_t *rest = get(cell, "rest");
     double fill = 0.0;
-    if (softmax && !json_is_null(rest)) fill = json_number_value(rest);
+    if (softmax && !json_is_null(rest))
+      fill = json_number_value(rest);
     ASSERT_EQ(json_array_size(cls), json_array_size(vals));
-    for (uint32_t k = 0; k < c; k++) ref[i * c + k] = fill;
+    for (uint32_t k = 0; k < c; k++)
+      ref[i * c + k] = fill;
     for (size_t j = 0; j < json_array_size(cls); j++) {
       long k = (long)json_integer_value(json_array_get(cls, j));
       ASSERT(k >= 0 && k < (long)c);
@@ -90,7 +92,9 @@ static void expand_reference(const json_t *cells, uint32_t c, bool softmax,
   }
 }
 
-static double fmax_(double a, double b) { return a > b ? a : b; }
+static double fmax_(double a, double b) {
+  return a > b ? a : b;
+}
 
 /* Sparse answer of one cell against the dense answer of the same query, the
  * set of classes torchvision gives a non-zero logit, and the reference. */
@@ -112,7 +116,8 @@ static void check_sparse_cell(const pool_cell *pc, const float *dense_row,
       report("class index out of range", cell, k, c, k);
       return;
     }
-    if (seen[k]) report("class listed twice", cell, k, 0, 1);
+    if (seen[k])
+      report("class listed twice", cell, k, 0, 1);
     seen[k] = true;
     if (j > 0) {
       double prev = pc->values[j - 1];
@@ -120,15 +125,16 @@ static void check_sparse_cell(const pool_cell *pc, const float *dense_row,
         char what[96];
         snprintf(what, sizeof what,
                  "not sorted by decreasing value, ties by increasing class "
-                 "(previous: class %u)", pc->classes[j - 1]);
+                 "(previous: class %u)",
+                 pc->classes[j - 1]);
         report(what, cell, k, prev, v);
       }
     }
     tol_same = 1e-6 * fmax_(1.0, fabs(dense_row[k]));
     double dd = fabs(v - dense_row[k]);
     max_sparse_vs_dense = fmax_(max_sparse_vs_dense, dd);
-    if (dd > tol_same) report("sparse value != dense value", cell, k,
-                              dense_row[k], v);
+    if (dd > tol_same)
+      report("sparse value != dense value", cell, k, dense_row[k], v);
     if (!ref_listed[k])
       report("listed, but torchvision's pooled logit is 0", cell, k, 0, v);
     if (!lmap_listed[k])
@@ -145,10 +151,11 @@ static void check_sparse_cell(const pool_cell *pc, const float *dense_row,
   if (!cur_softmax && pc->rest != 0.0f)
     report("rest must be 0 for logits", cell, -1, 0, pc->rest);
   for (uint32_t k = 0; k < c; k++) {
-    if (seen[k]) continue;
+    if (seen[k])
+      continue;
     if (ref_listed[k])
-      report("not listed, but torchvision's pooled logit is non-zero", cell,
-             k, ref_row[k], pc->rest);
+      report("not listed, but torchvision's pooled logit is non-zero", cell, k,
+             ref_row[k], pc->rest);
     if (lmap_listed[k])
       report("not listed, but lmap's dense pooled logit is non-zero", cell, k,
              dense_row[k], pc->rest);
@@ -213,15 +220,17 @@ static void run_query(const labelmap *m, uint32_t c, pool_ws *ws,
     diag_clear(&d);
     int rc = pool_check_query(&q, &d);
     if (rc != 0) {
-      fprintf(stderr, "map %s query %zu (%s): pool_check_query refused a "
-              "valid query: %d %s\n", cur_map, cur_query, cur_note, rc,
-              diag_text(&d));
+      fprintf(stderr,
+              "map %s query %zu (%s): pool_check_query refused a "
+              "valid query: %d %s\n",
+              cur_map, cur_query, cur_note, rc, diag_text(&d));
       failures++;
       return;
     }
     float *out = sm ? dense : dense_logits;
     double *r = sm ? ref : ref_logits;
-    if (sm) expand_reference(cells, c, true, ref);
+    if (sm)
+      expand_reference(cells, c, true, ref);
     ASSERT_EQ(pool_dense(m, c, &q, ws, out), 0);
     if (!sm)
       for (size_t i = 0; i < (size_t)ncell * c; i++)
@@ -233,7 +242,8 @@ static void run_query(const labelmap *m, uint32_t c, pool_ws *ws,
         checked_values++;
         if (sm) {
           max_err_prob_dense = fmax_(max_err_prob_dense, e);
-          if (e > TOL_PROB) report("dense prob vs torchvision", cell, k, r[i], out[i]);
+          if (e > TOL_PROB)
+            report("dense prob vs torchvision", cell, k, r[i], out[i]);
         } else {
           max_err_logit_dense = fmax_(max_err_logit_dense, e);
           if (e > TOL_LOGIT)
@@ -337,16 +347,16 @@ static void check_query_validation(void) {
       {{0.5, 0.5, 0.5, 0.5}, POOL_BOX_XYXY, 1, true},
       {{0, 0, 1, 1}, POOL_BOX_XYXY, 0, false},
       {{0, 0, 1, 1}, POOL_BOX_XYXY, POOL_MAX_OUTPUT_SIZE + 1, false},
-      {{0.6, 0, 0.5, 1}, POOL_BOX_XYXY, 1, false},   /* x0 > x1 */
-      {{0, 0.6, 1, 0.5}, POOL_BOX_XYXY, 1, false},   /* y0 > y1 */
-      {{-0.1, 0, 1, 1}, POOL_BOX_XYXY, 1, false},    /* outside */
-      {{0, 0, 1.1, 1}, POOL_BOX_XYXY, 1, false},     /* outside */
-      {{0, 0, 1, NAN}, POOL_BOX_XYXY, 1, false},     /* not finite */
+      {{0.6, 0, 0.5, 1}, POOL_BOX_XYXY, 1, false}, /* x0 > x1 */
+      {{0, 0.6, 1, 0.5}, POOL_BOX_XYXY, 1, false}, /* y0 > y1 */
+      {{-0.1, 0, 1, 1}, POOL_BOX_XYXY, 1, false},  /* outside */
+      {{0, 0, 1.1, 1}, POOL_BOX_XYXY, 1, false},   /* outside */
+      {{0, 0, 1, NAN}, POOL_BOX_XYXY, 1, false},   /* not finite */
       {{0, 0, INFINITY, 1}, POOL_BOX_XYXY, 1, false},
       {{0, 0, 1, 1}, POOL_BOX_RELABEL, 1, true},
       {{0.25, 0.5, 0.75, 0.5}, POOL_BOX_RELABEL, 1, true},
-      {{0.5, 0, 0.6, 1}, POOL_BOX_RELABEL, 1, false}, /* a + c > 1 */
-      {{0, 0.5, 1, 0.6}, POOL_BOX_RELABEL, 1, false}, /* b + d > 1 */
+      {{0.5, 0, 0.6, 1}, POOL_BOX_RELABEL, 1, false},      /* a + c > 1 */
+      {{0, 0.5, 1, 0.6}, POOL_BOX_RELABEL, 1, false},      /* b + d > 1 */
       {{0.2, 0.2, -0.1, 0.5}, POOL_BOX_RELABEL, 1, false}, /* negative size */
       {{0.2, NAN, 0.1, 0.5}, POOL_BOX_RELABEL, 1, false},
   };
@@ -367,8 +377,10 @@ static void check_query_validation(void) {
         failures++;
       }
     } else if (!(rc == LMAP_EBADBOX || rc == LMAP_EINVAL) || d.msg[0] == 0) {
-      fprintf(stderr, "FAIL validation case %zu: expected LMAP_EBADBOX or "
-              "LMAP_EINVAL with a message, got %d \"%s\"\n", i, rc, d.msg);
+      fprintf(stderr,
+              "FAIL validation case %zu: expected LMAP_EBADBOX or "
+              "LMAP_EINVAL with a message, got %d \"%s\"\n",
+              i, rc, d.msg);
       failures++;
     }
     test__checks++;
