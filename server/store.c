@@ -3,6 +3,16 @@
  * store.h, layout in docs/STORE_FORMAT.md). The only module that includes
  * lmdb.h.
  *
+ * Why chunks. LMDB stores one value per B-tree node. A 2 KB record fits
+ * only twice in a 4 KiB leaf page, a record above about 2,015 bytes takes
+ * a 4 KiB overflow page of its own, and ids arriving in random order leave
+ * leaves half empty: 4,164 file bytes for a 1,990-byte record. So each
+ * "maps" value is a chunk of consecutive records (in id order) behind a
+ * directory, keyed by its first id; a chunk spans overflow pages that it
+ * fills, and only its last page is partly empty. The writer picks each
+ * chunk's length among CHUNK_MIN..CHUNK_MAX records to leave that last page
+ * as full as it can.
+ *
  * Reading. A store is opened read-only with MDB_NOLOCK (no lock file, no
  * reader table: the file never changes while served) and MDB_NORDAHEAD
  * (lookups are random). LMDB maps the file and trusts it: a page past the
@@ -10,20 +20,30 @@
  * checksums. So store_open proves, before LMDB touches anything but the
  * two meta pages it reads with pread(), that the file is a regular file,
  * an LMDB file, and at least as long as its newest meta page says; then it
- * checks the lmap metadata against the maps database. Records carry their
- * own checksum (codec), which is what catches damaged data pages.
+ * checks the lmap metadata and the chunk count against the maps database
+ * (without reading any chunk). A lookup finds the chunk whose first id is
+ * the greatest not above the id (one cursor positioning), checks the
+ * chunk's header, region sizes and directory checksum, and binary-searches
+ * the directory in place. Every directory field is checked against the
+ * value's length before it is used, so a damaged chunk is LMAP_ECORRUPT and
+ * never a read outside the value. Records carry their own checksum
+ * (codec).
  *
- * Writing. A store_writer builds the file under a temporary name beside
- * the target, in batched transactions, and on commit syncs it, pads it to
- * the length its header claims (see store_writer_commit) and renames it
- * into place, so a store path only ever names a complete store. Every
- * failure path removes the temporary file.
+ * Writing. store_writer_put appends each record to a spill file beside the
+ * target and keeps (id, offset, length) in memory with a hash set of the
+ * ids, so a duplicate is refused at once. Commit sorts that index, packs
+ * the chunks straight into LMDB's reserved space (MDB_APPEND | MDB_RESERVE:
+ * appending in key order fills every branch and leaf page), syncs the new
+ * file, pads it to the length its header claims and renames it into place,
+ * so a store path only ever names a complete store. Every failure path
+ * removes both temporary files.
  */
 #include "store.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,17 +56,46 @@
 #define META_KEY "lmap.meta"
 #define DICT_KEY "lmap.dict"
 #define CLASSES_KEY "lmap.classes"
+#define LAYOUT_KEY "lmap.layout"
 #define DB_META "meta"
 #define DB_MAPS "maps"
 
-/* Caps on metadata values, checked before copying them out of the map. */
+/* Caps on metadata values, checked before copying them out of the map (and
+ * by the writer before accepting them). */
 #define META_MAX (1u << 20)
 #define DICT_MAX (16u << 20)
 #define CLASSES_MAX (512u << 20)
+#define LAYOUT_MAX 4096u
 
-/* Puts per write transaction: large enough that commits are rare, small
- * enough that the dirty pages of one batch stay far below LMDB's limit. */
-#define WRITE_BATCH 4096u
+/* Chunk format (docs/STORE_FORMAT.md §4). */
+#define CHUNK_VERSION 1u
+#define CHUNK_HEADER 8u
+#define CHUNK_MAX_SUFFIXES 65535u /* id_end entries are 16-bit */
+
+/* Chunk sizes the writer packs (measured in docs/STORE_FORMAT.md §4.4): up
+ * to CHUNK_MAX records, the length among CHUNK_MIN..CHUNK_MAX that leaves
+ * the least of the last overflow page empty, and no more than
+ * CHUNK_MAX_BYTES unless a single record is larger. Readers accept any
+ * chunk length; -DCHUNK_MAX=.. -DCHUNK_MIN=.. builds a writer that packs
+ * others, to measure them. */
+#ifndef CHUNK_MAX
+#define CHUNK_MAX 128u
+#endif
+#ifndef CHUNK_MIN
+#define CHUNK_MIN 32u
+#endif
+_Static_assert(CHUNK_MIN >= 1 && CHUNK_MIN <= CHUNK_MAX && CHUNK_MAX <= 65535,
+               "chunk lengths must fit the 16-bit record count");
+#define CHUNK_MAX_BYTES (4u << 20)
+
+/* Writer: spill buffer, id arena blocks, the most records a writer
+ * indexes (the hash set holds 32-bit record numbers), and how much chunk
+ * data one write transaction carries before it commits (far below LMDB's
+ * dirty-page limit). */
+#define SPILL_BUF (1u << 20)
+#define ARENA_BLOCK (1u << 20)
+#define WRITER_MAX_RECORDS 0x7FFFFFFFu
+#define WRITE_BATCH_BYTES (16u << 20)
 
 /* ---- helpers ---- */
 
@@ -97,6 +146,40 @@ static char *dup_bytes(const void *p, size_t n) {
     s[n] = '\0';
   }
   return s;
+}
+
+/* LMDB's default key order: bytewise, a prefix before its extensions. The
+ * writer sorts with it so that chunks append in the order LMDB keeps. */
+static int id_cmp(const void *a, size_t alen, const void *b, size_t blen) {
+  size_t m = alen < blen ? alen : blen;
+  int c = m ? memcmp(a, b, m) : 0;
+  if (c != 0)
+    return c;
+  return alen < blen ? -1 : alen > blen;
+}
+
+/* Chunk integers are little-endian whatever the host, read bytewise so
+ * that no directory field needs alignment (compilers make these single
+ * loads on little-endian hosts). */
+static uint32_t le16(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+}
+
+static uint32_t le32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+         (uint32_t)p[3] << 24;
+}
+
+static void put_le16(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+}
+
+static void put_le32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+  p[2] = (uint8_t)(v >> 16);
+  p[3] = (uint8_t)(v >> 24);
 }
 
 /* ---- the LMDB header, read before LMDB maps the file ---- */
@@ -214,21 +297,22 @@ struct store {
   uint64_t file_size;
 };
 
-static int meta_uint(json_t *root, const char *key, uint64_t lo, uint64_t hi,
-                     uint64_t *out, diag *d) {
+/* Reads integer field `key` of `root` (the document called `doc` in
+ * messages) into *out, within lo..hi. */
+static int meta_uint(json_t *root, const char *doc, const char *key,
+                     uint64_t lo, uint64_t hi, uint64_t *out, diag *d) {
   json_t *v = json_object_get(root, key);
   if (v == NULL)
-    return diag_field(d, LMAP_EBADSTORE, key,
-                      "metadata has no \"%s\" field", key);
+    return diag_field(d, LMAP_EBADSTORE, key, "%s has no \"%s\" field", doc,
+                      key);
   if (!json_is_integer(v))
     return diag_field(d, LMAP_EBADSTORE, key,
-                      "metadata field \"%s\" is not an integer", key);
+                      "%s field \"%s\" is not an integer", doc, key);
   json_int_t x = json_integer_value(v);
   if (x < 0 || (uint64_t)x < lo || (uint64_t)x > hi)
-    return diag_field(d, LMAP_EBADSTORE, key,
-                      "metadata field \"%s\" is %lld, outside %llu..%llu",
-                      key, (long long)x, (unsigned long long)lo,
-                      (unsigned long long)hi);
+    return diag_field(
+        d, LMAP_EBADSTORE, key, "%s field \"%s\" is %lld, outside %llu..%llu",
+        doc, key, (long long)x, (unsigned long long)lo, (unsigned long long)hi);
   *out = (uint64_t)x;
   return 0;
 }
@@ -237,8 +321,8 @@ static int meta_string(json_t *root, const char *key, const char **out,
                        diag *d) {
   json_t *v = json_object_get(root, key);
   if (v == NULL)
-    return diag_field(d, LMAP_EBADSTORE, key,
-                      "metadata has no \"%s\" field", key);
+    return diag_field(d, LMAP_EBADSTORE, key, "metadata has no \"%s\" field",
+                      key);
   if (!json_is_string(v))
     return diag_field(d, LMAP_EBADSTORE, key,
                       "metadata field \"%s\" is not a string", key);
@@ -272,7 +356,8 @@ static int parse_meta(const char *text, size_t len, store_meta *m,
                     "metadata format is \"%s\", not \"lmap-store\"", s);
     goto done;
   }
-  if ((rc = meta_uint(root, "format_version", 0, UINT32_MAX, &v, d)) != 0)
+  if ((rc = meta_uint(root, "metadata", "format_version", 0, UINT32_MAX, &v,
+                      d)) != 0)
     goto done;
   if (v != STORE_FORMAT_VERSION) {
     rc = diag_field(d, LMAP_EVERSION, "format_version",
@@ -282,10 +367,11 @@ static int parse_meta(const char *text, size_t len, store_meta *m,
     goto done;
   }
   m->format_version = (uint32_t)v;
-  if ((rc = meta_uint(root, "grid_h", 1, UINT32_MAX, &h, d)) != 0 ||
-      (rc = meta_uint(root, "grid_w", 1, UINT32_MAX, &w, d)) != 0 ||
-      (rc = meta_uint(root, "topk", 1, UINT32_MAX, &k, d)) != 0 ||
-      (rc = meta_uint(root, "num_classes", 1, UINT32_MAX, &c, d)) != 0)
+  if ((rc = meta_uint(root, "metadata", "grid_h", 1, UINT32_MAX, &h, d)) != 0 ||
+      (rc = meta_uint(root, "metadata", "grid_w", 1, UINT32_MAX, &w, d)) != 0 ||
+      (rc = meta_uint(root, "metadata", "topk", 1, UINT32_MAX, &k, d)) != 0 ||
+      (rc = meta_uint(root, "metadata", "num_classes", 1, UINT32_MAX, &c, d)) !=
+          0)
     goto done;
   if ((rc = meta_string(root, "encoding", &s, d)) != 0)
     goto done;
@@ -308,7 +394,7 @@ static int parse_meta(const char *text, size_t len, store_meta *m,
     rc = recode(d, LMAP_EBADSTORE);
     goto done;
   }
-  if ((rc = meta_uint(root, "record_count", 0, UINT64_MAX >> 1,
+  if ((rc = meta_uint(root, "metadata", "record_count", 0, UINT64_MAX >> 1,
                       &m->record_count, d)) != 0)
     goto done;
   cn = json_object_get(root, "class_names");
@@ -339,8 +425,7 @@ static int check_classes(const char *text, size_t len, uint32_t n, diag *d) {
   if (!json_is_array(root)) {
     rc = diag_set(d, LMAP_EBADSTORE, "class names are not a JSON array");
   } else if (json_array_size(root) != n) {
-    rc = diag_set(d, LMAP_EBADSTORE,
-                  "store has %zu class names for %u classes",
+    rc = diag_set(d, LMAP_EBADSTORE, "store has %zu class names for %u classes",
                   json_array_size(root), n);
   } else {
     for (size_t i = 0; i < n; i++)
@@ -357,6 +442,71 @@ static int lmdb_fail(diag *d, int code, const char *what, int err) {
   return diag_set(d, code, "%s: %s", what, mdb_strerror(err));
 }
 
+/* An LMDB error while reading the tree: a damaged tree is the store's
+ * corruption, anything else an I/O error. */
+static int lmdb_read_fail(diag *d, const char *what, int err) {
+  int code = err == MDB_CORRUPTED || err == MDB_PAGE_NOTFOUND ? LMAP_ECORRUPT
+                                                              : LMAP_EIO;
+  return lmdb_fail(d, code, what, err);
+}
+/* Reads "lmap.layout" (written by the store writer, never by its caller)
+ * and checks it against the metadata and the maps database. Counting
+ * chunks is one mdb_stat; counting records would read every chunk, so the
+ * writer's own record count stands in for it here and `lmap verify`, which
+ * walks every chunk, compares the real count. */
+static int load_layout(store *s, MDB_txn *txn, MDB_dbi meta, diag *d) {
+  MDB_val key = {strlen(LAYOUT_KEY), (void *)LAYOUT_KEY}, val;
+  MDB_stat st;
+  json_error_t err;
+  uint64_t chunks, records;
+  int rc, e = mdb_get(txn, meta, &key, &val);
+  if (e == MDB_NOTFOUND)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "no chunk layout entry \"" LAYOUT_KEY "\" (corrupt)");
+  if (e != 0)
+    return lmdb_fail(d, LMAP_EIO, "cannot read the chunk layout", e);
+  if (val.mv_size > LAYOUT_MAX)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "chunk layout is %zu bytes, more than the %u allowed",
+                    val.mv_size, LAYOUT_MAX);
+  json_t *root =
+      json_loadb(val.mv_data, val.mv_size, JSON_REJECT_DUPLICATES, &err);
+  if (root == NULL || !json_is_object(root)) {
+    json_decref(root);
+    return diag_set(d, LMAP_EBADSTORE,
+                    "chunk layout \"" LAYOUT_KEY "\" is not a JSON object");
+  }
+  rc = meta_uint(root, "chunk layout", "chunk_count", 0, UINT64_MAX >> 1,
+                 &chunks, d);
+  if (rc == 0)
+    rc = meta_uint(root, "chunk layout", "record_count", 0, UINT64_MAX >> 1,
+                   &records, d);
+  json_decref(root);
+  if (rc != 0)
+    return rc;
+  if (records != s->meta.record_count)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "metadata says %llu records but the store's chunks hold "
+                    "%llu",
+                    (unsigned long long)s->meta.record_count,
+                    (unsigned long long)records);
+  if (chunks > records || (records > 0 && chunks == 0))
+    return diag_set(d, LMAP_EBADSTORE,
+                    "chunk layout says %llu chunks for %llu records "
+                    "(corrupt)",
+                    (unsigned long long)chunks, (unsigned long long)records);
+  if ((e = mdb_stat(txn, s->maps, &st)) != 0)
+    return lmdb_fail(d, LMAP_EIO, "cannot count the chunks", e);
+  if ((uint64_t)st.ms_entries != chunks)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "chunk layout says %llu chunks but the maps database "
+                    "holds %llu",
+                    (unsigned long long)chunks,
+                    (unsigned long long)st.ms_entries);
+  s->meta.chunk_count = chunks;
+  return 0;
+}
+
 /* Reads and checks everything store_open promises, inside `txn`. */
 static int load_meta(store *s, MDB_txn *txn, diag *d) {
   MDB_dbi meta;
@@ -364,16 +514,14 @@ static int load_meta(store *s, MDB_txn *txn, diag *d) {
   int class_names_flag = -1;
   int e = mdb_dbi_open(txn, DB_META, 0, &meta);
   if (e == MDB_NOTFOUND)
-    return diag_set(d, LMAP_EBADSTORE,
-                    "no lmap metadata (not an lmap store)");
+    return diag_set(d, LMAP_EBADSTORE, "no lmap metadata (not an lmap store)");
   if (e != 0)
     return lmdb_fail(d, LMAP_EBADSTORE, "cannot open the meta database", e);
   key.mv_data = (void *)META_KEY;
   key.mv_size = strlen(META_KEY);
   e = mdb_get(txn, meta, &key, &val);
   if (e == MDB_NOTFOUND)
-    return diag_set(d, LMAP_EBADSTORE,
-                    "no lmap metadata (not an lmap store)");
+    return diag_set(d, LMAP_EBADSTORE, "no lmap metadata (not an lmap store)");
   if (e != 0)
     return lmdb_fail(d, LMAP_EIO, "cannot read the metadata", e);
   if (val.mv_size > META_MAX)
@@ -382,8 +530,8 @@ static int load_meta(store *s, MDB_txn *txn, diag *d) {
                     val.mv_size, META_MAX);
   if ((s->meta_json = dup_bytes(val.mv_data, val.mv_size)) == NULL)
     return diag_set(d, LMAP_ENOMEM, "out of memory for the metadata");
-  int rc = parse_meta(s->meta_json, val.mv_size, &s->meta, &class_names_flag,
-                      d);
+  int rc =
+      parse_meta(s->meta_json, val.mv_size, &s->meta, &class_names_flag, d);
   if (rc != 0)
     return rc;
 
@@ -392,15 +540,8 @@ static int load_meta(store *s, MDB_txn *txn, diag *d) {
     return diag_set(d, LMAP_EBADSTORE, "no \"maps\" database");
   if (e != 0)
     return lmdb_fail(d, LMAP_EBADSTORE, "cannot open the maps database", e);
-  MDB_stat st;
-  if ((e = mdb_stat(txn, s->maps, &st)) != 0)
-    return lmdb_fail(d, LMAP_EIO, "cannot count the records", e);
-  if ((uint64_t)st.ms_entries != s->meta.record_count)
-    return diag_set(d, LMAP_EBADSTORE,
-                    "metadata says %llu records but the maps database holds "
-                    "%llu",
-                    (unsigned long long)s->meta.record_count,
-                    (unsigned long long)st.ms_entries);
+  if ((rc = load_layout(s, txn, meta, d)) != 0)
+    return rc;
 
   key.mv_data = (void *)DICT_KEY;
   key.mv_size = strlen(DICT_KEY);
@@ -451,7 +592,6 @@ static int load_meta(store *s, MDB_txn *txn, diag *d) {
                     s->meta.has_class_names ? "has" : "lacks");
   return 0;
 }
-
 /* ---- opening ---- */
 
 void store_close(store *s) {
@@ -504,8 +644,7 @@ static int open_env(store *s, uint64_t size, diag *d) {
   if (!S_ISREG(st.st_mode))
     return diag_set(d, LMAP_EBADSTORE, "not a regular file");
   s->file_size = (uint64_t)st.st_size;
-  return check_size(s->file_size, (uint64_t)info.me_last_pgno, ms.ms_psize,
-                    d);
+  return check_size(s->file_size, (uint64_t)info.me_last_pgno, ms.ms_psize, d);
 }
 
 int store_open(const char *path, store **out, diag *d) {
@@ -564,19 +703,203 @@ fail:
   return rc;
 }
 
-const store_meta *store_get_meta(const store *s) { return &s->meta; }
+const store_meta *store_get_meta(const store *s) {
+  return &s->meta;
+}
 
-const char *store_meta_json(const store *s) { return s->meta_json; }
+const char *store_meta_json(const store *s) {
+  return s->meta_json;
+}
 
-const char *store_class_names_json(const store *s) { return s->classes_json; }
+const char *store_class_names_json(const store *s) {
+  return s->classes_json;
+}
 
-uint64_t store_file_size(const store *s) { return s->file_size; }
+uint64_t store_file_size(const store *s) {
+  return s->file_size;
+}
+
+/* ---- chunks ---- */
+
+/*
+ * A chunk value (docs/STORE_FORMAT.md §4.1), n records, all integers
+ * little-endian:
+ *
+ *   0        u32     checksum of bytes [4, R) (the directory)
+ *   4        u8      chunk version, 1
+ *   5        u8      P: length of the prefix every id of the chunk shares
+ *   6        u16     n >= 1
+ *   8        u32[n]  rec_end[i]: end of record i in the record area
+ *   8+4n     u16[n]  id_end[i]: end of id i's suffix in the suffix area
+ *   8+6n     P       the prefix
+ *   8+6n+P   S       the suffixes, S = id_end[n-1]
+ *   R        ...     the records, rec_end[n-1] bytes; R = 8+6n+P+S
+ *
+ * Id i is prefix + suffix bytes [id_end[i-1], id_end[i]) (0 for i = 0);
+ * record i is bytes [rec_end[i-1], rec_end[i]) of the record area. The
+ * value ends exactly where the record area does.
+ */
+
+static uint64_t checksum_step(uint64_t h, const uint8_t *w) {
+  h = (h ^ ((uint64_t)le32(w) | (uint64_t)le32(w + 4) << 32)) *
+      0xBF58476D1CE4E5B9ull;
+  return h ^ (h >> 29);
+}
+
+uint32_t store_chunk_checksum(const uint8_t *p, size_t len) {
+  /* Eight bytes per step through a bijective mix (xor, multiply by an odd
+   * constant, xorshift): any single damaged word changes the 64-bit state
+   * for good, and the loop runs at a few cycles per word, a third of a
+   * microsecond for a 128-record directory. */
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t)len;
+  size_t i = 0;
+  for (; len - i >= 8; i += 8)
+    h = checksum_step(h, p + i);
+  if (i < len) { /* the last word, padded with zeros */
+    uint8_t b[8] = {0};
+    memcpy(b, p + i, len - i);
+    h = checksum_step(h, b);
+  }
+  return (uint32_t)(h ^ (h >> 32));
+}
+
+/* Sets LMAP_ECORRUPT with a message (formatted only when wanted: the
+ * reader's hot path passes a diag, fuzzers may not). */
+static int corrupt(diag *d, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int corrupt(diag *d, const char *fmt, ...) {
+  if (d == NULL)
+    return LMAP_ECORRUPT;
+  char m[sizeof d->msg];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(m, sizeof m, fmt, ap);
+  va_end(ap);
+  return diag_set(d, LMAP_ECORRUPT, "%s", m);
+}
+
+int store_chunk_parse(const uint8_t *v, size_t len, store_chunk *c, diag *d) {
+  memset(c, 0, sizeof *c);
+  if (len < CHUNK_HEADER)
+    return corrupt(d, "chunk is %zu bytes, shorter than its header", len);
+  if (v[4] != CHUNK_VERSION)
+    return corrupt(d,
+                   "chunk version %u is not supported (this lmap reads "
+                   "%u)",
+                   v[4], CHUNK_VERSION);
+  uint32_t n = le16(v + 6), p = v[5];
+  if (n == 0)
+    return corrupt(d, "chunk holds no records");
+  /* n < 2^16 and P < 2^8: these sums cannot overflow. */
+  size_t dir = CHUNK_HEADER + (size_t)6 * n + p;
+  if (dir > len)
+    return corrupt(d,
+                   "directory of %u records runs past the end of the "
+                   "%zu-byte chunk",
+                   n, len);
+  c->rec_end = v + CHUNK_HEADER;
+  c->id_end = c->rec_end + (size_t)4 * n;
+  c->prefix = c->id_end + (size_t)2 * n;
+  c->suffixes = c->prefix + p;
+  c->suffix_len = le16(c->id_end + (size_t)2 * (n - 1));
+  if (c->suffix_len > len - dir)
+    return corrupt(d, "ids run past the end of the %zu-byte chunk", len);
+  size_t r = dir + c->suffix_len;
+  if (store_chunk_checksum(v + 4, r - 4) != le32(v))
+    return corrupt(d, "chunk directory fails its checksum");
+  c->records = v + r;
+  c->records_len = len - r;
+  uint32_t last = le32(c->rec_end + (size_t)4 * (n - 1));
+  if (last != c->records_len)
+    return corrupt(d,
+                   "chunk records end at %u but its record area holds %zu "
+                   "bytes",
+                   last, c->records_len);
+  c->v = v;
+  c->len = len;
+  c->n = n;
+  c->prefix_len = p;
+  return 0;
+}
+
+/* The suffix of id `i` of a parsed chunk, bounds-checked. */
+static int suffix_at(const store_chunk *c, uint32_t i, const uint8_t **s,
+                     size_t *len, diag *d) {
+  size_t a = i ? le16(c->id_end + (size_t)2 * (i - 1)) : 0;
+  size_t b = le16(c->id_end + (size_t)2 * i);
+  if (a > b || b > c->suffix_len)
+    return corrupt(d, "chunk id %u has bounds %zu..%zu in %zu bytes of ids", i,
+                   a, b, c->suffix_len);
+  *s = c->suffixes + a;
+  *len = b - a;
+  return 0;
+}
+
+/* Record `i` of a parsed chunk, bounds-checked (records are never empty). */
+static int record_at(const store_chunk *c, uint32_t i, const uint8_t **rec,
+                     size_t *len, diag *d) {
+  size_t a = i ? le32(c->rec_end + (size_t)4 * (i - 1)) : 0;
+  size_t b = le32(c->rec_end + (size_t)4 * i);
+  if (a >= b || b > c->records_len)
+    return corrupt(d,
+                   "chunk record %u has bounds %zu..%zu in %zu bytes of "
+                   "records",
+                   i, a, b, c->records_len);
+  *rec = c->records + a;
+  *len = b - a;
+  return 0;
+}
+
+int store_chunk_find(const store_chunk *c, const char *id, size_t id_len,
+                     const uint8_t **rec, size_t *rec_len, diag *d) {
+  size_t p = c->prefix_len;
+  if (id_len < p || memcmp(id, c->prefix, p) != 0)
+    return LMAP_ENOTFOUND;
+  const char *key = id + p;
+  size_t klen = id_len - p;
+  uint32_t lo = 0, hi = c->n;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    const uint8_t *s;
+    size_t slen;
+    int rc = suffix_at(c, mid, &s, &slen, d);
+    if (rc != 0)
+      return rc;
+    int cmp = id_cmp(key, klen, s, slen);
+    if (cmp == 0)
+      return record_at(c, mid, rec, rec_len, d);
+    if (cmp < 0)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return LMAP_ENOTFOUND;
+}
+
+int store_chunk_entry(const store_chunk *c, uint32_t i, char *id,
+                      size_t *id_len, const uint8_t **rec, size_t *rec_len,
+                      diag *d) {
+  const uint8_t *s;
+  size_t slen;
+  if (i >= c->n)
+    return corrupt(d, "entry %u of a chunk of %u", i, c->n);
+  int rc = suffix_at(c, i, &s, &slen, d);
+  if (rc != 0)
+    return rc;
+  if (c->prefix_len + slen == 0 || c->prefix_len + slen > STORE_MAX_ID_LEN)
+    return corrupt(d, "chunk id %u is %zu bytes long", i, c->prefix_len + slen);
+  memcpy(id, c->prefix, c->prefix_len);
+  memcpy(id + c->prefix_len, s, slen);
+  *id_len = c->prefix_len + slen;
+  return record_at(c, i, rec, rec_len, d);
+}
 
 /* ---- readers ---- */
 
 struct store_reader {
   store *s;
-  MDB_txn *txn; /* one read transaction for the reader's life */
+  MDB_txn *txn;    /* one read transaction for the reader's life */
+  MDB_cursor *cur; /* on txn, repositioned by every lookup */
   codec_ctx *codec;
   float *scores;
   uint32_t *classes;
@@ -585,6 +908,8 @@ struct store_reader {
 void store_reader_free(store_reader *r) {
   if (r == NULL)
     return;
+  if (r->cur != NULL)
+    mdb_cursor_close(r->cur);
   if (r->txn != NULL)
     mdb_txn_abort(r->txn);
   codec_ctx_free(r->codec);
@@ -612,11 +937,17 @@ int store_reader_new(store *s, store_reader **out, diag *d) {
                           &r->codec, d)) != 0)
     goto fail;
   /* With MDB_NOLOCK a read transaction takes no reader slot and the file
-   * never changes, so holding one for the reader's life costs nothing. */
+   * never changes, so holding one (and its cursor) for the reader's life
+   * costs nothing and saves a begin and a cursor open per lookup. */
   e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &r->txn);
   if (e != 0) {
     r->txn = NULL;
     rc = lmdb_fail(d, LMAP_EIO, "cannot begin a read transaction", e);
+    goto fail;
+  }
+  if ((e = mdb_cursor_open(r->txn, s->maps, &r->cur)) != 0) {
+    r->cur = NULL;
+    rc = lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
     goto fail;
   }
   *out = r;
@@ -632,23 +963,64 @@ static labelmap reader_map(store_reader *r) {
   return m;
 }
 
+/* Positions `cur` on the chunk that would hold `id`: the one whose first id
+ * (its key) is the greatest not above `id`. *exact tells whether that key
+ * is `id` itself. Returns 0, MDB_NOTFOUND (`id` sorts below every chunk, or
+ * there is none) or another LMDB error. */
+static int seek_chunk(MDB_cursor *cur, const char *id, size_t id_len,
+                      MDB_val *key, MDB_val *val, int *exact) {
+  key->mv_size = id_len;
+  key->mv_data = (void *)id;
+  *exact = 0;
+  int e = mdb_cursor_get(cur, key, val, MDB_SET_RANGE);
+  if (e == MDB_NOTFOUND) /* above every key: the last chunk, if any */
+    return mdb_cursor_get(cur, key, val, MDB_LAST);
+  if (e != 0)
+    return e;
+  if (key->mv_size == id_len && memcmp(key->mv_data, id, id_len) == 0) {
+    *exact = 1;
+    return 0;
+  }
+  return mdb_cursor_get(cur, key, val, MDB_PREV);
+}
+
 int store_reader_get(store_reader *r, const char *id, size_t id_len,
                      labelmap *out, diag *d) {
-  char t[300];
+  char t[300], t2[300], pre[700];
   int rc = check_id(id, id_len, d);
   if (rc != 0)
     return rc;
-  MDB_val key = {id_len, (void *)id}, val;
-  int e = mdb_get(r->txn, r->s->maps, &key, &val);
+  MDB_val key, val;
+  int exact;
+  int e = seek_chunk(r->cur, id, id_len, &key, &val, &exact);
   if (e == MDB_NOTFOUND)
     return diag_set(d, LMAP_ENOTFOUND, "no map for id '%s'",
                     id_text(t, id, id_len));
   if (e != 0)
-    return lmdb_fail(d, LMAP_EIO, "cannot read a record", e);
-  *out = reader_map(r);
-  rc = codec_decode(r->codec, val.mv_data, val.mv_size, out, d);
+    return lmdb_read_fail(d, "cannot read a chunk", e);
+  store_chunk c;
+  const uint8_t *rec = NULL;
+  size_t rec_len = 0;
+  rc = store_chunk_parse(val.mv_data, val.mv_size, &c, d);
+  if (rc == 0) {
+    rc = store_chunk_find(&c, id, id_len, &rec, &rec_len, d);
+    /* A chunk is keyed by its first id: a damaged key or directory. */
+    if (rc == LMAP_ENOTFOUND && exact)
+      rc = diag_set(d, LMAP_ECORRUPT,
+                    "the chunk's key is not among its ids (corrupt chunk)");
+  }
+  if (rc == LMAP_ENOTFOUND)
+    return diag_set(d, LMAP_ENOTFOUND, "no map for id '%s'",
+                    id_text(t, id, id_len));
   if (rc != 0) {
-    char pre[340];
+    snprintf(pre, sizeof pre, "record '%s' (chunk '%s')",
+             id_text(t, id, id_len), id_text(t2, key.mv_data, key.mv_size));
+    diag_prefix(d, pre);
+    return rc;
+  }
+  *out = reader_map(r);
+  rc = codec_decode(r->codec, rec, rec_len, out, d);
+  if (rc != 0) {
     snprintf(pre, sizeof pre, "record '%s'", id_text(t, id, id_len));
     diag_prefix(d, pre);
   }
@@ -661,10 +1033,39 @@ int store_reader_decode(store_reader *r, const uint8_t *rec, size_t len,
   return codec_decode(r->codec, rec, len, out, d);
 }
 
+/* Checks what a lookup does not need but a walk promises: every entry in
+ * bounds, every id valid, the first id equal to the chunk's key, and ids
+ * strictly increasing from the previous chunk's last one (`last`, `*last_len`
+ * bytes, none when *last_len is 0), which is updated to this chunk's last. */
+static int check_chunk(const store_chunk *c, const MDB_val *key, char *last,
+                       size_t *last_len, diag *d) {
+  char id[STORE_MAX_ID_LEN];
+  size_t len, rec_len;
+  const uint8_t *rec;
+  for (uint32_t i = 0; i < c->n; i++) {
+    int rc = store_chunk_entry(c, i, id, &len, &rec, &rec_len, d);
+    if (rc != 0)
+      return rc;
+    if (memchr(id, '\0', len) != NULL)
+      return corrupt(d, "chunk id %u holds a NUL byte", i);
+    if (i == 0 && (key->mv_size != len || memcmp(key->mv_data, id, len) != 0))
+      return corrupt(d, "the chunk's first id differs from its key");
+    if (*last_len > 0 && id_cmp(last, *last_len, id, len) >= 0)
+      return corrupt(d, "chunk id %u is not above the id before it", i);
+    memcpy(last, id, len);
+    *last_len = len;
+  }
+  return 0;
+}
+
 int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d) {
   MDB_txn *txn = NULL;
   MDB_cursor *cur = NULL;
   MDB_val key, val;
+  char id[STORE_MAX_ID_LEN], last[STORE_MAX_ID_LEN], t[300], pre[340];
+  size_t id_len, last_len = 0, rec_len;
+  const uint8_t *rec;
+  uint64_t chunks = 0;
   int rc = 0;
   int e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
   if (e != 0)
@@ -675,12 +1076,34 @@ int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d) {
   }
   for (e = mdb_cursor_get(cur, &key, &val, MDB_FIRST); e == 0;
        e = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
-    rc = fn(ctx, key.mv_data, key.mv_size, val.mv_data, val.mv_size);
-    if (rc != 0)
+    store_chunk c;
+    /* The whole chunk is checked before any of its records is visited. */
+    if ((rc = store_chunk_parse(val.mv_data, val.mv_size, &c, d)) != 0 ||
+        (rc = check_chunk(&c, &key, last, &last_len, d)) != 0) {
+      snprintf(pre, sizeof pre, "chunk '%s'",
+               id_text(t, key.mv_data, key.mv_size));
+      diag_prefix(d, pre);
       goto done;
+    }
+    chunks++;
+    for (uint32_t i = 0; i < c.n; i++) {
+      /* Checked above: cannot fail. */
+      if ((rc = store_chunk_entry(&c, i, id, &id_len, &rec, &rec_len, d)) !=
+              0 ||
+          (rc = fn(ctx, id, id_len, rec, rec_len)) != 0)
+        goto done;
+    }
   }
-  if (e != MDB_NOTFOUND)
-    rc = lmdb_fail(d, LMAP_EIO, "cannot walk the records", e);
+  if (e != MDB_NOTFOUND) {
+    rc = lmdb_read_fail(d, "cannot walk the chunks", e);
+    goto done;
+  }
+  if (chunks != s->meta.chunk_count)
+    rc = diag_set(d, LMAP_ECORRUPT,
+                  "walked %llu chunks but the store holds %llu (corrupt "
+                  "tree)",
+                  (unsigned long long)chunks,
+                  (unsigned long long)s->meta.chunk_count);
 done:
   if (cur != NULL)
     mdb_cursor_close(cur);
@@ -690,22 +1113,50 @@ done:
 
 /* ---- writing ---- */
 
+/* One record in the writer's index. `id` points at a length byte followed
+ * by the id bytes, in the id arena (blocks that never move). */
+typedef struct wrec {
+  const uint8_t *id;
+  uint64_t off; /* in the spill file */
+  uint32_t len;
+} wrec;
+
+/* The metadata keys a caller may set, and the most each may hold: what a
+ * reader accepts, so the writer never makes a store that store_open
+ * refuses for its size. */
+static const struct {
+  const char *key;
+  size_t max;
+} meta_keys[] = {
+    {META_KEY, META_MAX}, {DICT_KEY, DICT_MAX}, {CLASSES_KEY, CLASSES_MAX}};
+#define NMETA (sizeof meta_keys / sizeof meta_keys[0])
+
 struct store_writer {
-  char *path, *tmp;
+  char *path;
+  char *spill; /* the spill file's name; NULL once removed */
+  char *tmp;   /* the LMDB file commit writes; NULL otherwise */
   int overwrite;
-  MDB_env *env;
+  int fd;       /* the spill file, appended to, read back by commit */
+  int failed;   /* LMAP_EIO once the spill file could not be written */
+  uint8_t *buf; /* records not yet written to the spill file */
+  size_t buf_len;
+  uint64_t spill_size; /* bytes written + buffered */
+
+  wrec *recs; /* in arrival order until commit sorts them */
+  size_t count, cap;
+  uint32_t *slots;  /* hash set of record numbers + 1 (0: empty) */
+  size_t nslots;    /* a power of two, more than twice count */
+  uint8_t **blocks; /* the id arena */
+  size_t nblocks, cap_blocks, block_used;
+
+  uint8_t *meta[NMETA]; /* copies of the metadata values, NULL if unset */
+  size_t meta_len[NMETA];
+
+  MDB_env *env; /* commit only */
   MDB_txn *txn;
-  MDB_dbi meta, maps;
-  uint64_t count;
-  unsigned batch;  /* puts in the open transaction */
-  int failed;      /* an LMDB error left no usable transaction */
-  size_t mapsize;
-  char max_id[STORE_MAX_ID_LEN]; /* the largest id put so far */
-  size_t max_len;
-  int unsorted; /* some id arrived below max_id: commit rewrites in order */
 };
 
-/* Frees the writer after removing its temporary file. */
+/* Frees the writer after removing its temporary files. */
 static void writer_discard(store_writer *w) {
   if (w->txn != NULL)
     mdb_txn_abort(w->txn);
@@ -713,7 +1164,20 @@ static void writer_discard(store_writer *w) {
     mdb_env_close(w->env);
   if (w->tmp != NULL)
     unlink(w->tmp);
+  if (w->fd >= 0)
+    close(w->fd);
+  if (w->spill != NULL)
+    unlink(w->spill);
+  for (size_t i = 0; i < w->nblocks; i++)
+    free(w->blocks[i]);
+  for (size_t i = 0; i < NMETA; i++)
+    free(w->meta[i]);
+  free(w->blocks);
+  free(w->slots);
+  free(w->recs);
+  free(w->buf);
   free(w->path);
+  free(w->spill);
   free(w->tmp);
   free(w);
 }
@@ -724,8 +1188,9 @@ void store_writer_abort(store_writer *w) {
 }
 
 /* Creates a temporary file beside `path`, exclusively, as
- * "<path>.tmp.<pid>.<n>"; *tmp is its name (owned). */
-static int make_tmp(const char *path, char **tmp, diag *d) {
+ * "<path>.tmp.<pid>.<n>"; *tmp is its name (owned). With `fd` non-NULL the
+ * file stays open for reading and writing in *fd. */
+static int make_tmp(const char *path, char **tmp, int *fd, diag *d) {
   size_t len = strlen(path) + 48;
   char *t = malloc(len);
   *tmp = NULL;
@@ -733,9 +1198,12 @@ static int make_tmp(const char *path, char **tmp, diag *d) {
     return diag_set(d, LMAP_ENOMEM, "out of memory");
   for (unsigned n = 0; n < 1000; n++) {
     snprintf(t, len, "%s.tmp.%ld.%u", path, (long)getpid(), n);
-    int fd = open(t, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd >= 0) {
-      close(fd);
+    int f = open(t, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (f >= 0) {
+      if (fd != NULL)
+        *fd = f;
+      else
+        close(f);
       *tmp = t;
       return 0;
     }
@@ -754,24 +1222,20 @@ static int make_tmp(const char *path, char **tmp, diag *d) {
 /* Opens a write environment on `file`. The map is 1 TiB of address space
  * (nothing is allocated); a process limited below that gets smaller maps,
  * down to 256 MiB. */
-static int open_write_env(const char *file, MDB_env **out, size_t *mapsize,
-                          diag *d) {
+static int open_write_env(const char *file, MDB_env **out, diag *d) {
   size_t size = sizeof(size_t) >= 8 ? (size_t)1 << 40 : (size_t)1 << 30;
   MDB_env *env;
   for (;;) {
     int e = mdb_env_create(&env);
     if (e != 0)
-      return lmdb_fail(d, LMAP_ENOMEM, "cannot create an LMDB environment",
-                       e);
+      return lmdb_fail(d, LMAP_ENOMEM, "cannot create an LMDB environment", e);
     if ((e = mdb_env_set_maxdbs(env, 2)) == 0 &&
         (e = mdb_env_set_mapsize(env, size)) == 0)
       /* No lock file (the temporary file is private) and no sync per
        * commit: commit syncs once at the end. */
-      e = mdb_env_open(env, file, MDB_NOSUBDIR | MDB_NOLOCK | MDB_NOSYNC,
-                       0644);
+      e = mdb_env_open(env, file, MDB_NOSUBDIR | MDB_NOLOCK | MDB_NOSYNC, 0644);
     if (e == 0) {
       *out = env;
-      *mapsize = size;
       return 0;
     }
     mdb_env_close(env);
@@ -781,21 +1245,10 @@ static int open_write_env(const char *file, MDB_env **out, size_t *mapsize,
   }
 }
 
-static int writer_begin(store_writer *w, diag *d) {
-  int e = mdb_txn_begin(w->env, NULL, 0, &w->txn);
-  if (e != 0) {
-    w->txn = NULL;
-    w->failed = LMAP_EIO;
-    return lmdb_fail(d, LMAP_EIO, "cannot begin a write transaction", e);
-  }
-  w->batch = 0;
-  return 0;
-}
-
 int store_writer_open(const char *path, int overwrite, store_writer **out,
                       diag *d) {
   *out = NULL;
-  int rc, e;
+  int rc;
   struct stat st;
   if (path == NULL || path[0] == '\0')
     return diag_set(d, LMAP_EINVAL, "store path is empty");
@@ -805,22 +1258,17 @@ int store_writer_open(const char *path, int overwrite, store_writer **out,
     return LMAP_EEXIST;
   }
   store_writer *w = calloc(1, sizeof *w);
-  if (w == NULL || (w->path = strdup(path)) == NULL) {
-    free(w);
+  if (w == NULL)
     return diag_set(d, LMAP_ENOMEM, "out of memory");
-  }
+  w->fd = -1;
   w->overwrite = overwrite;
-  if ((rc = make_tmp(path, &w->tmp, d)) != 0 ||
-      (rc = open_write_env(w->tmp, &w->env, &w->mapsize, d)) != 0 ||
-      (rc = writer_begin(w, d)) != 0)
-    goto fail;
-  e = mdb_dbi_open(w->txn, DB_META, MDB_CREATE, &w->meta);
-  if (e == 0)
-    e = mdb_dbi_open(w->txn, DB_MAPS, MDB_CREATE, &w->maps);
-  if (e != 0) {
-    rc = lmdb_fail(d, LMAP_EIO, "cannot create the databases", e);
+  if ((w->path = strdup(path)) == NULL ||
+      (w->buf = malloc(SPILL_BUF)) == NULL) {
+    rc = diag_set(d, LMAP_ENOMEM, "out of memory");
     goto fail;
   }
+  if ((rc = make_tmp(path, &w->spill, &w->fd, d)) != 0)
+    goto fail;
   *out = w;
   return 0;
 fail:
@@ -829,69 +1277,194 @@ fail:
   return rc;
 }
 
-/* Maps an LMDB write error; any but a duplicate key leaves the
- * transaction unusable, so the writer fails from then on. */
-static int writer_put_error(store_writer *w, int e, diag *d) {
-  w->failed = LMAP_EIO;
-  mdb_txn_abort(w->txn);
-  w->txn = NULL;
-  if (e == MDB_MAP_FULL)
-    return diag_set(d, LMAP_EIO,
-                    "%s: the store outgrew its %zu-byte LMDB map", w->path,
-                    w->mapsize);
-  return diag_set(d, LMAP_EIO, "%s: cannot write: %s", w->path,
-                  mdb_strerror(e));
+/* ---- the spill file ---- */
+
+static int write_all(int fd, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    ssize_t k = write(fd, p, n < ((size_t)1 << 30) ? n : (size_t)1 << 30);
+    if (k < 0) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    p += k;
+    n -= (size_t)k;
+  }
+  return 0;
 }
 
-/* LMDB's default key order: bytewise, a prefix before its extensions. */
-static int id_cmp(const char *a, size_t alen, const char *b, size_t blen) {
-  int c = memcmp(a, b, alen < blen ? alen : blen);
-  if (c != 0)
-    return c;
-  return alen < blen ? -1 : alen > blen;
+/* Reads exactly `n` bytes at `off`; -1 with errno set (0 for a file that
+ * ends early). */
+static int pread_all(int fd, uint8_t *p, size_t n, uint64_t off) {
+  while (n > 0) {
+    ssize_t k =
+        pread(fd, p, n < ((size_t)1 << 30) ? n : (size_t)1 << 30, (off_t)off);
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k <= 0) {
+      if (k == 0)
+        errno = 0;
+      return -1;
+    }
+    p += k;
+    n -= (size_t)k;
+    off += (uint64_t)k;
+  }
+  return 0;
+}
+
+static int spill_error(store_writer *w, diag *d) {
+  w->failed = LMAP_EIO;
+  return diag_set(d, LMAP_EIO, "%s: cannot write the spill file %s: %s",
+                  w->path, w->spill, strerror(errno));
+}
+
+static int spill_flush(store_writer *w, diag *d) {
+  if (w->buf_len > 0 && write_all(w->fd, w->buf, w->buf_len) != 0)
+    return spill_error(w, d);
+  w->buf_len = 0;
+  return 0;
+}
+
+/* Appends a record to the spill file (through the buffer). On failure the
+ * writer is failed: how much reached the file is unknown. */
+static int spill_append(store_writer *w, const uint8_t *rec, size_t len,
+                        diag *d) {
+  int rc;
+  if (w->buf_len + len > SPILL_BUF && (rc = spill_flush(w, d)) != 0)
+    return rc;
+  if (len >= SPILL_BUF) {
+    if (write_all(w->fd, rec, len) != 0)
+      return spill_error(w, d);
+  } else {
+    memcpy(w->buf + w->buf_len, rec, len);
+    w->buf_len += len;
+  }
+  w->spill_size += len;
+  return 0;
+}
+
+/* ---- the writer's index ---- */
+
+/* FNV-1a; ids are short, and a hash set needs no more. */
+static uint64_t id_hash(const void *id, size_t len) {
+  const unsigned char *p = id;
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < len; i++) {
+    h ^= p[i];
+    h *= 0x100000001b3ull;
+  }
+  return h ^ (h >> 32);
+}
+
+/* The slot of `id` in the hash set: the one holding it (*found = 1) or the
+ * empty one where it would go. The set is never full (nslots > 2 count). */
+static size_t find_slot(const store_writer *w, const char *id, size_t len,
+                        int *found) {
+  size_t mask = w->nslots - 1;
+  for (size_t i = (size_t)id_hash(id, len) & mask;; i = (i + 1) & mask) {
+    uint32_t v = w->slots[i];
+    if (v == 0) {
+      *found = 0;
+      return i;
+    }
+    const uint8_t *e = w->recs[v - 1].id;
+    if (e[0] == len && memcmp(e + 1, id, len) == 0) {
+      *found = 1;
+      return i;
+    }
+  }
+}
+
+/* Doubles the hash set (or creates it). Returns 0 or LMAP_ENOMEM, leaving
+ * the old set in place. */
+static int grow_slots(store_writer *w, diag *d) {
+  size_t n = w->nslots ? w->nslots * 2 : 1024;
+  uint32_t *s = calloc(n, sizeof *s);
+  if (s == NULL)
+    return diag_set(d, LMAP_ENOMEM,
+                    "out of memory for the id index (%zu records)", w->count);
+  free(w->slots);
+  w->slots = s;
+  w->nslots = n;
+  for (size_t r = 0; r < w->count; r++) {
+    const uint8_t *id = w->recs[r].id;
+    size_t i = (size_t)id_hash(id + 1, id[0]) & (n - 1);
+    while (s[i] != 0)
+      i = (i + 1) & (n - 1);
+    s[i] = (uint32_t)(r + 1);
+  }
+  return 0;
+}
+
+/* Makes room for one more record (index entry, hash slot, id bytes);
+ * changes nothing the writer relies on when it fails. */
+static int reserve_record(store_writer *w, size_t id_len, diag *d) {
+  if (w->count >= WRITER_MAX_RECORDS)
+    return diag_set(d, LMAP_ETOOBIG, "%s: more than %u records", w->path,
+                    WRITER_MAX_RECORDS);
+  if (w->count == w->cap) {
+    size_t cap = w->cap ? w->cap * 2 : 1024;
+    wrec *r = realloc(w->recs, cap * sizeof *r);
+    if (r == NULL)
+      return diag_set(d, LMAP_ENOMEM,
+                      "out of memory for the id index (%zu records)", w->count);
+    w->recs = r;
+    w->cap = cap;
+  }
+  int rc;
+  if ((w->count + 1) * 2 >= w->nslots && (rc = grow_slots(w, d)) != 0)
+    return rc;
+  if (w->nblocks == 0 || w->block_used + 1 + id_len > ARENA_BLOCK) {
+    if (w->nblocks == w->cap_blocks) {
+      size_t cap = w->cap_blocks ? w->cap_blocks * 2 : 64;
+      uint8_t **b = realloc(w->blocks, cap * sizeof *b);
+      if (b == NULL)
+        return diag_set(d, LMAP_ENOMEM, "out of memory for the ids");
+      w->blocks = b;
+      w->cap_blocks = cap;
+    }
+    if ((w->blocks[w->nblocks] = malloc(ARENA_BLOCK)) == NULL)
+      return diag_set(d, LMAP_ENOMEM, "out of memory for the ids");
+    w->nblocks++;
+    w->block_used = 0;
+  }
+  return 0;
 }
 
 int store_writer_put(store_writer *w, const char *id, size_t id_len,
                      const uint8_t *rec, size_t rec_len, diag *d) {
   char t[300];
+  int found, rc;
   if (w->failed)
     return diag_set(d, w->failed, "%s: the writer failed earlier", w->path);
-  int rc = check_id(id, id_len, d);
-  if (rc != 0)
+  if ((rc = check_id(id, id_len, d)) != 0)
     return rc;
   if (rec_len == 0)
     return diag_set(d, LMAP_EINVAL, "record for id '%s' is empty",
                     id_text(t, id, id_len));
-  MDB_val key = {id_len, (void *)id}, val = {rec_len, (void *)rec};
-  /* An id above every id so far is appended: LMDB then fills each leaf
-   * page instead of splitting it in half, which for records of about half
-   * a page is the difference between one and two records per page. */
-  int above = w->count == 0 || id_cmp(id, id_len, w->max_id, w->max_len) > 0;
-  int e = mdb_put(w->txn, w->maps, &key, &val,
-                  above ? MDB_APPEND : MDB_NOOVERWRITE);
-  if (e == MDB_KEYEXIST)
+  if (rec_len > STORE_MAX_RECORD_LEN)
+    return diag_set(d, LMAP_ETOOBIG,
+                    "record for id '%s' is %zu bytes; the limit is %u",
+                    id_text(t, id, id_len), rec_len, STORE_MAX_RECORD_LEN);
+  if (w->nslots == 0 && (rc = grow_slots(w, d)) != 0)
+    return rc;
+  size_t nslots = w->nslots, slot = find_slot(w, id, id_len, &found);
+  if (found)
     return diag_set(d, LMAP_EEXIST, "duplicate id '%s'",
                     id_text(t, id, id_len));
-  if (e != 0)
-    return writer_put_error(w, e, d);
-  if (above) {
-    memcpy(w->max_id, id, id_len);
-    w->max_len = id_len;
-  } else {
-    w->unsorted = 1;
-  }
+  if ((rc = reserve_record(w, id_len, d)) != 0 ||
+      (rc = spill_append(w, rec, rec_len, d)) != 0)
+    return rc;
+  uint8_t *copy = w->blocks[w->nblocks - 1] + w->block_used;
+  copy[0] = (uint8_t)id_len;
+  memcpy(copy + 1, id, id_len);
+  w->block_used += 1 + id_len;
+  w->recs[w->count] = (wrec){copy, w->spill_size - rec_len, (uint32_t)rec_len};
+  if (w->nslots != nslots) /* the set grew since the lookup above */
+    slot = find_slot(w, id, id_len, &found);
+  w->slots[slot] = (uint32_t)(w->count + 1);
   w->count++;
-  if (++w->batch >= WRITE_BATCH) {
-    e = mdb_txn_commit(w->txn);
-    w->txn = NULL;
-    if (e != 0) {
-      w->failed = LMAP_EIO;
-      return diag_set(d, LMAP_EIO, "%s: cannot commit a batch: %s", w->path,
-                      mdb_strerror(e));
-    }
-    if ((rc = writer_begin(w, d)) != 0)
-      return rc;
-  }
   return 0;
 }
 
@@ -899,19 +1472,192 @@ int store_writer_put_meta(store_writer *w, const char *key, const void *val,
                           size_t len, diag *d) {
   if (w->failed)
     return diag_set(d, w->failed, "%s: the writer failed earlier", w->path);
-  if (strcmp(key, META_KEY) != 0 && strcmp(key, DICT_KEY) != 0 &&
-      strcmp(key, CLASSES_KEY) != 0)
+  size_t i = 0;
+  while (i < NMETA && strcmp(key, meta_keys[i].key) != 0)
+    i++;
+  if (i == NMETA)
     return diag_set(d, LMAP_EINVAL,
-                    "unknown metadata key \"%s\" (expected %s, %s or %s)",
-                    key, META_KEY, DICT_KEY, CLASSES_KEY);
-  MDB_val k = {strlen(key), (void *)key}, v = {len, (void *)val};
-  int e = mdb_put(w->txn, w->meta, &k, &v, 0);
-  if (e != 0)
-    return writer_put_error(w, e, d);
+                    "unknown metadata key \"%s\" (expected %s, %s or %s)", key,
+                    META_KEY, DICT_KEY, CLASSES_KEY);
+  if (len > meta_keys[i].max)
+    return diag_set(d, LMAP_ETOOBIG,
+                    "metadata \"%s\" is %zu bytes, more than the %zu a "
+                    "reader accepts",
+                    key, len, meta_keys[i].max);
+  uint8_t *copy = malloc(len ? len : 1);
+  if (copy == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory for metadata \"%s\"", key);
+  if (len > 0)
+    memcpy(copy, val, len);
+  free(w->meta[i]);
+  w->meta[i] = copy;
+  w->meta_len[i] = len;
   return 0;
 }
 
-uint64_t store_writer_count(const store_writer *w) { return w->count; }
+uint64_t store_writer_count(const store_writer *w) {
+  return w->count;
+}
+
+/* ---- packing chunks ---- */
+
+static int by_id(const void *a, const void *b) {
+  const uint8_t *x = ((const wrec *)a)->id, *y = ((const wrec *)b)->id;
+  return id_cmp(x + 1, x[0], y + 1, y[0]);
+}
+
+/* Length of the common prefix of two arena ids. */
+static size_t common_prefix(const uint8_t *a, const uint8_t *b) {
+  size_t m = a[0] < b[0] ? a[0] : b[0], i = 0;
+  while (i < m && a[1 + i] == b[1 + i])
+    i++;
+  return i;
+}
+
+/*
+ * How many records, from sorted record `s` on, make the next chunk. A
+ * chunk above LMDB's node size lives on `pages(16 + size)` overflow pages
+ * of `psize` bytes (16: LMDB's page header on 64-bit hosts), so only its
+ * last page is partly empty. Records vary in size, so among the lengths
+ * CHUNK_MIN..CHUNK_MAX the one that leaves the least of that page empty
+ * wastes a few dozen bytes per chunk instead of half a page on average
+ * (measured in docs/STORE_FORMAT.md §4.4). The remaining records go in one
+ * chunk when they fit; no chunk passes CHUNK_MAX_BYTES unless it holds one
+ * record, nor 64 KiB of id suffixes (16-bit offsets).
+ */
+static uint32_t chunk_length(const store_writer *w, size_t s, size_t psize) {
+  const size_t page_header = sizeof(size_t) + 8;
+  size_t left = w->count - s, fit = 0, best = 0, best_slack = SIZE_MAX;
+  size_t prefix = w->recs[s].id[0], ids = 0, recs = 0;
+  for (size_t n = 1; n <= left && n <= CHUNK_MAX; n++) {
+    const wrec *r = &w->recs[s + n - 1];
+    if (n > 1) {
+      /* Sorted ids: the prefix shared by the first and the n-th is the
+       * smallest of the neighbours' common prefixes. */
+      size_t p = common_prefix(r[-1].id, r->id);
+      prefix = p < prefix ? p : prefix;
+    }
+    ids += r->id[0];
+    recs += r->len;
+    size_t suffixes = ids - n * prefix;
+    size_t size = CHUNK_HEADER + 6 * n + prefix + suffixes + recs;
+    if (n > 1 && (size > CHUNK_MAX_BYTES || suffixes > CHUNK_MAX_SUFFIXES))
+      break;
+    fit = n;
+    if (n == left)
+      return (uint32_t)n;
+    if (n >= CHUNK_MIN) {
+      size_t slack = (psize - (page_header + size) % psize) % psize;
+      if (slack <= best_slack) {
+        best = n;
+        best_slack = slack;
+      }
+    }
+  }
+  return (uint32_t)(best ? best : fit);
+}
+
+/* Packs sorted records s..s+n-1 into one chunk, written straight into the
+ * space LMDB reserves for it (appended: keys arrive in increasing order),
+ * the records read from the spill file into place. *size is the value's
+ * size. */
+static int put_chunk(store_writer *w, MDB_dbi maps, size_t s, uint32_t n,
+                     size_t *size, diag *d) {
+  const wrec *r = w->recs + s;
+  size_t p = common_prefix(r[0].id, r[n - 1].id), ids = 0, recs = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    ids += r[i].id[0] - p;
+    recs += r[i].len;
+  }
+  size_t dir = CHUNK_HEADER + (size_t)6 * n + p, start = dir + ids;
+  MDB_val key = {r[0].id[0], (void *)(r[0].id + 1)}, val = {start + recs, NULL};
+  int e = mdb_put(w->txn, maps, &key, &val, MDB_APPEND | MDB_RESERVE);
+  if (e == MDB_MAP_FULL)
+    return diag_set(d, LMAP_EIO, "%s: the store outgrew its LMDB map", w->path);
+  if (e != 0)
+    return lmdb_fail(d, LMAP_EIO, "cannot write a chunk", e);
+  uint8_t *v = val.mv_data, *rec_end = v + CHUNK_HEADER,
+          *id_end = rec_end + (size_t)4 * n, *suffix = v + dir;
+  v[4] = CHUNK_VERSION;
+  v[5] = (uint8_t)p;
+  put_le16(v + 6, n);
+  memcpy(v + dir - p, r[0].id + 1, p);
+  size_t so = 0, ro = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    size_t sl = r[i].id[0] - p;
+    memcpy(suffix + so, r[i].id + 1 + p, sl);
+    so += sl;
+    put_le16(id_end + (size_t)2 * i, (uint32_t)so);
+    if (pread_all(w->fd, v + start + ro, r[i].len, r[i].off) != 0)
+      return diag_set(d, LMAP_EIO, "%s: cannot read back the spill file: %s",
+                      w->spill, errno ? strerror(errno) : "it ends early");
+    ro += r[i].len;
+    put_le32(rec_end + (size_t)4 * i, (uint32_t)ro);
+  }
+  put_le32(v, store_chunk_checksum(v + 4, start - 4));
+  *size = val.mv_size;
+  return 0;
+}
+
+/* Writes the whole store into the open environment w->env: chunks, then
+ * the metadata the caller set, then the layout entry. Commits as it goes;
+ * on return the last transaction is committed too. */
+static int write_store(store_writer *w, diag *d) {
+  MDB_dbi meta, maps;
+  MDB_stat ms;
+  uint64_t chunks = 0;
+  size_t batch = 0, size = 0;
+  char layout[128];
+  int rc, e;
+  if ((e = mdb_txn_begin(w->env, NULL, 0, &w->txn)) != 0) {
+    w->txn = NULL;
+    return lmdb_fail(d, LMAP_EIO, "cannot begin a write transaction", e);
+  }
+  if ((e = mdb_dbi_open(w->txn, DB_META, MDB_CREATE, &meta)) != 0 ||
+      (e = mdb_dbi_open(w->txn, DB_MAPS, MDB_CREATE, &maps)) != 0 ||
+      (e = mdb_env_stat(w->env, &ms)) != 0)
+    return lmdb_fail(d, LMAP_EIO, "cannot create the databases", e);
+  for (size_t s = 0; s < w->count; chunks++) {
+    uint32_t n = chunk_length(w, s, ms.ms_psize);
+    if ((rc = put_chunk(w, maps, s, n, &size, d)) != 0)
+      return rc;
+    s += n;
+    /* Commit every so often: a transaction's dirty pages are bounded. */
+    if ((batch += size) >= WRITE_BATCH_BYTES) {
+      batch = 0;
+      e = mdb_txn_commit(w->txn);
+      w->txn = NULL;
+      if (e == 0)
+        e = mdb_txn_begin(w->env, NULL, 0, &w->txn);
+      if (e != 0) {
+        w->txn = NULL;
+        return lmdb_fail(d, LMAP_EIO, "cannot commit a batch of chunks", e);
+      }
+    }
+  }
+  for (size_t i = 0; i < NMETA; i++) {
+    if (w->meta[i] == NULL)
+      continue;
+    MDB_val k = {strlen(meta_keys[i].key), (void *)meta_keys[i].key},
+            v = {w->meta_len[i], w->meta[i]};
+    if ((e = mdb_put(w->txn, meta, &k, &v, 0)) != 0)
+      return lmdb_fail(d, LMAP_EIO, "cannot write the metadata", e);
+  }
+  MDB_val k = {strlen(LAYOUT_KEY), (void *)LAYOUT_KEY}, v;
+  v.mv_size = (size_t)snprintf(layout, sizeof layout,
+                               "{\"chunk_count\": %llu, \"record_count\": "
+                               "%llu}",
+                               (unsigned long long)chunks,
+                               (unsigned long long)w->count);
+  v.mv_data = layout;
+  if ((e = mdb_put(w->txn, meta, &k, &v, 0)) != 0)
+    return lmdb_fail(d, LMAP_EIO, "cannot write the chunk layout", e);
+  e = mdb_txn_commit(w->txn);
+  w->txn = NULL;
+  if (e != 0)
+    return lmdb_fail(d, LMAP_EIO, "cannot commit", e);
+  return 0;
+}
 
 /* Flushes the temporary file to disk and pads it to the length its LMDB
  * header claims. LMDB does not write pages that were allocated and freed
@@ -923,15 +1669,14 @@ static int finish_file(store_writer *w, uint64_t needed, diag *d) {
   struct stat st;
   int rc = 0;
   if (fd < 0 || fstat(fd, &st) != 0) {
-    rc = diag_set(d, LMAP_EIO, "%s: cannot reopen: %s", w->tmp,
-                  strerror(errno));
+    rc =
+        diag_set(d, LMAP_EIO, "%s: cannot reopen: %s", w->tmp, strerror(errno));
   } else if ((uint64_t)st.st_size < needed &&
              ftruncate(fd, (off_t)needed) != 0) {
-    rc = diag_set(d, LMAP_EIO, "%s: cannot extend to %llu bytes: %s",
-                  w->tmp, (unsigned long long)needed, strerror(errno));
+    rc = diag_set(d, LMAP_EIO, "%s: cannot extend to %llu bytes: %s", w->tmp,
+                  (unsigned long long)needed, strerror(errno));
   } else if (fsync(fd) != 0) {
-    rc = diag_set(d, LMAP_EIO, "%s: cannot sync: %s", w->tmp,
-                  strerror(errno));
+    rc = diag_set(d, LMAP_EIO, "%s: cannot sync: %s", w->tmp, strerror(errno));
   }
   if (fd >= 0)
     close(fd);
@@ -945,8 +1690,8 @@ static int finish_file(store_writer *w, uint64_t needed, diag *d) {
 static int place_file(store_writer *w, diag *d) {
   if (w->overwrite) {
     if (rename(w->tmp, w->path) != 0)
-      return diag_set(d, LMAP_EIO, "%s: cannot rename into place: %s",
-                      w->path, strerror(errno));
+      return diag_set(d, LMAP_EIO, "%s: cannot rename into place: %s", w->path,
+                      strerror(errno));
     return 0;
   }
   if (link(w->tmp, w->path) == 0) {
@@ -990,90 +1735,6 @@ static void sync_dir(const char *path) {
   free(dir);
 }
 
-/* Copies every entry of `src` (in key order, so appended) into `dst`,
- * committing every WRITE_BATCH entries. *wtxn is the open write
- * transaction on `env`, replaced as batches commit. */
-static int copy_db(MDB_txn *rtxn, MDB_dbi src, MDB_env *env, MDB_txn **wtxn,
-                   MDB_dbi dst, diag *d) {
-  MDB_cursor *cur;
-  MDB_val k, v;
-  unsigned n = 0;
-  int e = mdb_cursor_open(rtxn, src, &cur);
-  if (e != 0)
-    return lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
-  for (e = mdb_cursor_get(cur, &k, &v, MDB_FIRST); e == 0;
-       e = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-    if ((e = mdb_put(*wtxn, dst, &k, &v, MDB_APPEND)) != 0)
-      break;
-    if (++n % WRITE_BATCH == 0) {
-      e = mdb_txn_commit(*wtxn);
-      *wtxn = NULL;
-      if (e == 0)
-        e = mdb_txn_begin(env, NULL, 0, wtxn);
-      if (e != 0) {
-        *wtxn = NULL;
-        break;
-      }
-    }
-  }
-  mdb_cursor_close(cur);
-  if (e != MDB_NOTFOUND)
-    return lmdb_fail(d, LMAP_EIO, "cannot copy the records in order", e);
-  return 0;
-}
-
-/* Rewrites the (committed) temporary store into a new temporary file in
- * key order, for writers whose ids did not arrive sorted: LMDB's page
- * splits leave a randomly filled tree about half empty, and with records
- * of half a page that nearly doubles the file. The new file replaces the
- * old one as the writer's temporary file. */
-static int rewrite_sorted(store_writer *w, diag *d) {
-  char *tmp2 = NULL;
-  MDB_env *env2 = NULL;
-  MDB_txn *rtxn = NULL, *wtxn = NULL;
-  MDB_dbi meta2, maps2;
-  size_t map2;
-  int rc, e;
-  if ((rc = make_tmp(w->path, &tmp2, d)) != 0)
-    return rc;
-  if ((rc = open_write_env(tmp2, &env2, &map2, d)) != 0)
-    goto fail;
-  if ((e = mdb_txn_begin(w->env, NULL, MDB_RDONLY, &rtxn)) != 0 ||
-      (e = mdb_txn_begin(env2, NULL, 0, &wtxn)) != 0 ||
-      (e = mdb_dbi_open(wtxn, DB_META, MDB_CREATE, &meta2)) != 0 ||
-      (e = mdb_dbi_open(wtxn, DB_MAPS, MDB_CREATE, &maps2)) != 0) {
-    rc = lmdb_fail(d, LMAP_EIO, "cannot start the sorted rewrite", e);
-    goto fail;
-  }
-  if ((rc = copy_db(rtxn, w->meta, env2, &wtxn, meta2, d)) != 0 ||
-      (rc = copy_db(rtxn, w->maps, env2, &wtxn, maps2, d)) != 0)
-    goto fail;
-  e = mdb_txn_commit(wtxn);
-  wtxn = NULL;
-  if (e != 0) {
-    rc = lmdb_fail(d, LMAP_EIO, "cannot commit the sorted rewrite", e);
-    goto fail;
-  }
-  mdb_txn_abort(rtxn);
-  mdb_env_close(w->env);
-  unlink(w->tmp);
-  free(w->tmp);
-  w->env = env2;
-  w->tmp = tmp2;
-  w->mapsize = map2;
-  return 0;
-fail:
-  if (wtxn != NULL)
-    mdb_txn_abort(wtxn);
-  if (rtxn != NULL)
-    mdb_txn_abort(rtxn);
-  if (env2 != NULL)
-    mdb_env_close(env2);
-  unlink(tmp2);
-  free(tmp2);
-  return rc;
-}
-
 int store_writer_commit(store_writer *w, diag *d) {
   int rc, e;
   MDB_envinfo info;
@@ -1083,22 +1744,25 @@ int store_writer_commit(store_writer *w, diag *d) {
     rc = diag_set(d, w->failed, "%s: the writer failed earlier", w->path);
     goto fail;
   }
-  e = mdb_txn_commit(w->txn);
-  w->txn = NULL;
-  if (e != 0) {
-    rc = diag_set(d, LMAP_EIO, "%s: cannot commit: %s", w->path,
-                  mdb_strerror(e));
+  if ((rc = spill_flush(w, d)) != 0)
     goto fail;
-  }
-  if (w->unsorted && (rc = rewrite_sorted(w, d)) != 0) {
+  /* The hash set is not needed any more, and the LMDB file will take the
+   * memory's place in the page cache. */
+  free(w->slots);
+  w->slots = NULL;
+  w->nslots = 0;
+  if (w->count > 1)
+    qsort(w->recs, w->count, sizeof *w->recs, by_id);
+  if ((rc = make_tmp(w->path, &w->tmp, NULL, d)) != 0 ||
+      (rc = open_write_env(w->tmp, &w->env, d)) != 0 ||
+      (rc = write_store(w, d)) != 0) {
     diag_prefix(d, w->path);
     goto fail;
   }
   if ((e = mdb_env_sync(w->env, 1)) != 0 ||
       (e = mdb_env_info(w->env, &info)) != 0 ||
       (e = mdb_env_stat(w->env, &ms)) != 0) {
-    rc = diag_set(d, LMAP_EIO, "%s: cannot sync: %s", w->path,
-                  mdb_strerror(e));
+    rc = diag_set(d, LMAP_EIO, "%s: cannot sync: %s", w->path, mdb_strerror(e));
     goto fail;
   }
   needed = ((uint64_t)info.me_last_pgno + 1) * ms.ms_psize;
@@ -1108,7 +1772,7 @@ int store_writer_commit(store_writer *w, diag *d) {
     goto fail;
   sync_dir(w->path);
   free(w->tmp);
-  w->tmp = NULL; /* placed: nothing left to remove */
+  w->tmp = NULL; /* placed: nothing left to remove but the spill file */
   writer_discard(w);
   return 0;
 fail:

@@ -3,15 +3,22 @@
  * that includes lmdb.h.
  *
  * A store is a single LMDB file (MDB_NOSUBDIR) with two named databases:
- * "meta" (the metadata JSON, the zstd dictionary, optional class names) and
- * "maps" (image id -> codec record). Stores are written once by a
- * store_writer into a temporary file that is renamed into place on commit,
- * and opened read-only (MDB_NOLOCK, so the reader table never limits
- * concurrency) for serving. See docs/STORE_FORMAT.md.
+ * "meta" (the metadata JSON, the zstd dictionary, optional class names, the
+ * chunk layout) and "maps", which holds the records in chunks: each value
+ * packs up to a few hundred consecutive records (in id order) behind a small
+ * directory, keyed by its first id. LMDB stores one value per B-tree node,
+ * and a 2 KB record alone would leave half of every 4 KiB page empty; a
+ * chunk fills its pages. Stores are written once by a store_writer into a
+ * temporary file that is renamed into place on commit, and opened read-only
+ * (MDB_NOLOCK, so the reader table never limits concurrency) for serving.
+ * See docs/STORE_FORMAT.md.
  *
  * Opening checks, before any page of the map is touched, that the file is
  * an LMDB file at least as long as its own header claims: LMDB maps the
  * file, and reading past the end of a truncated file would raise SIGBUS.
+ * Chunks are checked when read: every directory field is bounds-checked and
+ * the directory carries a checksum, so a damaged chunk is LMAP_ECORRUPT,
+ * never a read outside the value.
  */
 #ifndef LMAP_STORE_H
 #define LMAP_STORE_H
@@ -23,22 +30,28 @@
 #include "diag.h"
 #include "labelmap.h"
 
-#define STORE_FORMAT_VERSION 1
+#define STORE_FORMAT_VERSION 2
 #define STORE_MAX_ID_LEN 255
+/* The largest record store_writer_put accepts (the largest codec record,
+ * 2^22 entries of f32, is about 40 MB). */
+#define STORE_MAX_RECORD_LEN (1u << 30)
 
-/* The metadata fields lmap itself relies on, parsed from the meta JSON. */
+/* The metadata fields lmap itself relies on, parsed from the meta JSON,
+ * plus the chunk count from the layout entry. */
 typedef struct store_meta {
   uint32_t format_version;
   codec_shape shape; /* k, h, w, num_classes, encoding */
   uint64_t record_count;
   int has_class_names;
+  uint64_t chunk_count; /* values in the "maps" database */
 } store_meta;
 
 typedef struct store store;
 
 /* Opens the store at `path` read-only. On failure *out is NULL and `d` names
  * the file and the reason (missing, not an LMDB file, truncated, no lmap
- * metadata, unsupported version, inconsistent counts).
+ * metadata, unsupported version, inconsistent counts). Reads no chunk: the
+ * cost does not grow with the number of records.
  * Returns 0, LMAP_EIO, LMAP_EBADSTORE, LMAP_EVERSION or LMAP_ENOMEM. */
 int store_open(const char *path, store **out, diag *d);
 
@@ -59,8 +72,8 @@ const char *store_class_names_json(const store *s);
 /* Size of the store file in bytes. */
 uint64_t store_file_size(const store *s);
 
-/* A reader owns one read transaction, a codec context and the decode
- * buffers. Not thread-safe: one per thread. */
+/* A reader owns one read transaction and cursor (kept for its life), a
+ * codec context and the decode buffers. Not thread-safe: one per thread. */
 typedef struct store_reader store_reader;
 
 int store_reader_new(store *s, store_reader **out, diag *d);
@@ -69,13 +82,17 @@ void store_reader_free(store_reader *r); /* accepts NULL */
 /* Looks up `id` and decodes it. `*out` points into reader-owned arrays,
  * valid until the next call on this reader or its free.
  * Returns 0, LMAP_ENOTFOUND, LMAP_EBADID (empty, too long, or holding a
- * NUL), LMAP_ECORRUPT or LMAP_EIO. */
+ * NUL), LMAP_ECORRUPT (the record or its chunk is damaged) or LMAP_EIO. */
 int store_reader_get(store_reader *r, const char *id, size_t id_len,
                      labelmap *out, diag *d);
 
-/* Calls `fn` for every record in key order inside one read transaction.
- * `id` and `rec` are borrowed for the duration of the call. A non-zero
- * return from `fn` stops the walk and is returned. */
+/* Calls `fn` for every record in id order inside one read transaction,
+ * checking each chunk in full first (structure, directory checksum, ids
+ * valid and strictly increasing across the whole store, first id equal to
+ * the chunk's key). `id` and `rec` are borrowed for the duration of the
+ * call. A non-zero return from `fn` stops the walk and is returned; a
+ * damaged chunk stops it with LMAP_ECORRUPT naming the chunk. Records are
+ * not decoded (see store_reader_decode). */
 typedef int (*store_visit_fn)(void *ctx, const char *id, size_t id_len,
                               const uint8_t *rec, size_t rec_len);
 int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d);
@@ -85,39 +102,93 @@ int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d);
 int store_reader_decode(store_reader *r, const uint8_t *rec, size_t len,
                         labelmap *out, diag *d);
 
+/* ---- chunks: the pure parser behind the reader (for tests, fuzzers) ----
+ *
+ * A view of one chunk value (docs/STORE_FORMAT.md §4): pointers borrowed
+ * from the value, which must outlive the view. No function here allocates,
+ * copies the directory, or reads outside [v, v + len). */
+typedef struct store_chunk {
+  const uint8_t *v;
+  size_t len;
+  uint32_t n;              /* records, >= 1 */
+  uint32_t prefix_len;     /* bytes every id of the chunk starts with */
+  const uint8_t *rec_end;  /* n little-endian u32 */
+  const uint8_t *id_end;   /* n little-endian u16 */
+  const uint8_t *prefix;   /* prefix_len bytes */
+  const uint8_t *suffixes; /* suffix_len bytes */
+  size_t suffix_len;
+  const uint8_t *records; /* records_len bytes */
+  size_t records_len;
+} store_chunk;
+
+/* Checks the header, that the regions fit the value exactly, and the
+ * directory checksum; fills `c`. Costs one pass over the directory (not the
+ * records). Returns 0 or LMAP_ECORRUPT with the reason. */
+int store_chunk_parse(const uint8_t *v, size_t len, store_chunk *c, diag *d);
+
+/* Binary-searches a parsed chunk for `id`, bounds-checking every entry it
+ * touches, and sets *rec / *rec_len to the record (borrowed from the
+ * value). Returns 0, LMAP_ENOTFOUND or LMAP_ECORRUPT. */
+int store_chunk_find(const store_chunk *c, const char *id, size_t id_len,
+                     const uint8_t **rec, size_t *rec_len, diag *d);
+
+/* Entry `i` (< c->n) of a parsed chunk, bounds-checked: its id assembled
+ * into `id` (STORE_MAX_ID_LEN bytes; not NUL-terminated) and its record.
+ * Does not check order or id validity (store_foreach does). Returns 0 or
+ * LMAP_ECORRUPT. */
+int store_chunk_entry(const store_chunk *c, uint32_t i, char *id,
+                      size_t *id_len, const uint8_t **rec, size_t *rec_len,
+                      diag *d);
+
+/* The directory checksum of `len` bytes (docs/STORE_FORMAT.md §4.2). */
+uint32_t store_chunk_checksum(const uint8_t *p, size_t len);
+
 /* ---- writing ---- */
 
 typedef struct store_writer store_writer;
 
-/* Starts a new store that will appear at `path` only on commit (it is built
- * in a temporary file beside it). Fails with LMAP_EEXIST if `path` exists
- * and `overwrite` is 0. */
+/* Starts a new store that will appear at `path` only on commit. Records go
+ * to an append-only spill file beside it, `<path>.tmp.<pid>.<n>`, created
+ * here (so an unwritable directory fails now). Fails with LMAP_EEXIST if
+ * `path` exists and `overwrite` is 0. Not thread-safe: one thread uses a
+ * writer. */
 int store_writer_open(const char *path, int overwrite, store_writer **out,
                       diag *d);
 
-/* Adds one record. Returns 0, LMAP_EEXIST (duplicate id; the writer stays
- * usable), LMAP_EBADID (empty, longer than STORE_MAX_ID_LEN, or holding a
- * NUL), LMAP_EINVAL (empty record), LMAP_EIO (the writer is then failed:
- * every later call fails and commit removes the file). Ids in increasing
- * order load fastest; any order is fine. */
+/* Adds one record (copied to the spill file; the writer keeps the id, the
+ * offset and the length in memory, about 60 bytes per record for
+ * ImageNet-length ids). Ids may arrive in any order. Returns 0, LMAP_EEXIST
+ * (duplicate id, named; the writer stays usable), LMAP_EBADID (empty,
+ * longer than STORE_MAX_ID_LEN, or holding a NUL), LMAP_EINVAL (empty
+ * record), LMAP_ETOOBIG (record above STORE_MAX_RECORD_LEN, or more records
+ * than a writer indexes: about 2^31), LMAP_ENOMEM (the writer stays usable)
+ * or LMAP_EIO (the spill file could not be written: the writer is then
+ * failed, every later call fails and commit removes the files). */
 int store_writer_put(store_writer *w, const char *id, size_t id_len,
                      const uint8_t *rec, size_t rec_len, diag *d);
 
-/* Sets a metadata entry ("lmap.meta", "lmap.dict", "lmap.classes"). */
+/* Sets a metadata entry ("lmap.meta", "lmap.dict", "lmap.classes"; the
+ * bytes are copied; a later call for the same key replaces the value).
+ * Returns 0, LMAP_EINVAL (unknown key), LMAP_ETOOBIG (above what readers
+ * accept: 1 MiB, 16 MiB, 512 MiB) or LMAP_ENOMEM. "lmap.layout" is the
+ * writer's own. */
 int store_writer_put_meta(store_writer *w, const char *key, const void *val,
                           size_t len, diag *d);
 
 /* Number of records put so far. */
 uint64_t store_writer_count(const store_writer *w);
 
-/* Commits, syncs and renames the file into place, then frees `w`. If ids
- * arrived out of order the records are first rewritten in key order (into
- * a second temporary file: budget twice the store's size on that disk).
- * Returns LMAP_EEXIST if the path appeared meanwhile and `overwrite` was 0.
- * On failure the temporary file is removed and `w` freed too. */
+/* Sorts the records by id, packs them into chunks in a fresh LMDB file
+ * beside the target (appended in key order, so every page is full), writes
+ * the metadata and the layout entry, syncs, and renames the file into
+ * place; removes the spill file and frees `w`. Budget disk space for the
+ * spill file plus the store (about twice the store's size) until it
+ * returns. Returns LMAP_EEXIST if the path appeared meanwhile and
+ * `overwrite` was 0. On failure every temporary file is removed and `w`
+ * freed too. */
 int store_writer_commit(store_writer *w, diag *d);
 
-/* Removes the temporary file and frees `w`. Accepts NULL. */
+/* Removes the temporary files and frees `w`. Accepts NULL. */
 void store_writer_abort(store_writer *w);
 
 #endif /* LMAP_STORE_H */
