@@ -30,7 +30,7 @@
 
 #define DICT_SAMPLES 2000
 #define DICT_MAX_BYTES (64 * 1024)
-#define QUEUE_DEPTH 256
+#define QUEUE_DEPTH 16 /* batches */
 #define SCORE_SAMPLES_PER_RECORD 8
 #define SCORE_RESERVOIR (1u << 20)
 /* The encoding error is measured on the first ERROR_FIRST items and on one
@@ -42,6 +42,15 @@
 #define MAX_WORKERS 64
 
 /* ---- a bounded blocking queue of pointers ---- */
+
+/* Items and results travel in batches: one hand-off per record cost more
+ * in futex wake-ups and context switches than the parsing itself. */
+#define BATCH 32
+
+typedef struct batch {
+  uint32_t n;
+  void *p[BATCH];
+} batch;
 
 typedef struct queue {
   void *slot[QUEUE_DEPTH];
@@ -220,8 +229,9 @@ static void measure_scores(result *r, const labelmap *m) {
   r->score_sum = 0;
   for (size_t i = 0; i < n; i++) {
     float v = m->scores[i];
-    r->score_min = fminf(r->score_min, v);
-    r->score_max = fmaxf(r->score_max, v);
+    /* Scores are finite (validated), so plain comparisons suffice. */
+    r->score_min = v < r->score_min ? v : r->score_min;
+    r->score_max = v > r->score_max ? v : r->score_max;
     r->score_sum += v;
   }
   r->score_count = (uint32_t)n;
@@ -298,18 +308,11 @@ static int process(worker *w, const build_item *it, result *r) {
   return encode(w, &m, r);
 }
 
-static void *worker_main(void *arg) {
-  worker *w = arg;
+/* Turns one item into a result (never NULL unless out of memory). */
+static result *work_one(worker *w, build_item *it) {
   build *b = w->b;
-  build_item *it;
-  while ((it = queue_pop(&b->work)) != NULL) {
-    result *r = calloc(1, sizeof *r);
-    if (r == NULL || atomic_load(&b->failed)) {
-      free(r);
-      free(it->blob);
-      free(it);
-      continue;
-    }
+  result *r = calloc(1, sizeof *r);
+  if (r != NULL && !atomic_load(&b->failed)) {
     memcpy(r->name, it->name, sizeof r->name);
     r->err = process(w, it, r);
     memcpy(r->id, it->id, sizeof r->id); /* a source may set it in load() */
@@ -317,9 +320,30 @@ static void *worker_main(void *arg) {
       free(r->bytes);
       r->bytes = NULL;
     }
-    free(it->blob);
-    free(it);
-    queue_push(&b->results, r);
+  } else {
+    free(r);
+    r = NULL;
+  }
+  free(it->blob);
+  free(it);
+  return r;
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  batch *in;
+  while ((in = queue_pop(&w->b->work)) != NULL) {
+    batch *out = calloc(1, sizeof *out);
+    for (uint32_t i = 0; i < in->n; i++) {
+      result *r = work_one(w, in->p[i]);
+      if (r && out)
+        out->p[out->n++] = r;
+      else
+        free(r);
+    }
+    free(in);
+    if (out)
+      queue_push(&w->b->results, out);
   }
   return NULL;
 }
@@ -449,40 +473,47 @@ static void add_stats(writer *wr, const result *r) {
   }
 }
 
+static void write_one(writer *wr, result *r) {
+  build *b = wr->b;
+  int keep = 0;
+  if (atomic_load(&b->failed) || wr->err) {
+    /* drain */
+  } else if (r->err) {
+    diag_prefix(&r->d, r->name);
+    if (b->o->skip_bad) {
+      fprintf(stderr, "%slmap %s: skipped %s\n", b->o->progress ? "\n" : "",
+              b->o->cmd, diag_text(&r->d));
+      atomic_fetch_add(&b->skipped, 1);
+    } else {
+      fail(b, &r->d);
+    }
+  } else {
+    add_stats(wr, r);
+    if (!b->dict_ready) {
+      wr->backlog[wr->nbacklog++] = r;
+      keep = 1;
+      if (wr->nbacklog == DICT_SAMPLES)
+        wr->err = train_and_flush(wr);
+    } else {
+      wr->err = put(wr, r);
+    }
+    if (wr->err)
+      fail(b, &wr->d);
+  }
+  if (!keep) {
+    free(r->bytes);
+    free(r);
+  }
+}
+
 static void *writer_main(void *arg) {
   writer *wr = arg;
   build *b = wr->b;
-  result *r;
-  while ((r = queue_pop(&b->results)) != NULL) {
-    int keep = 0;
-    if (atomic_load(&b->failed) || wr->err) {
-      /* drain */
-    } else if (r->err) {
-      diag_prefix(&r->d, r->name);
-      if (b->o->skip_bad) {
-        fprintf(stderr, "%slmap %s: skipped %s\n", b->o->progress ? "\n" : "",
-                b->o->cmd, diag_text(&r->d));
-        atomic_fetch_add(&b->skipped, 1);
-      } else {
-        fail(b, &r->d);
-      }
-    } else {
-      add_stats(wr, r);
-      if (!b->dict_ready) {
-        wr->backlog[wr->nbacklog++] = r;
-        keep = 1;
-        if (wr->nbacklog == DICT_SAMPLES)
-          wr->err = train_and_flush(wr);
-      } else {
-        wr->err = put(wr, r);
-      }
-      if (wr->err)
-        fail(b, &wr->d);
-    }
-    if (!keep) {
-      free(r->bytes);
-      free(r);
-    }
+  batch *in;
+  while ((in = queue_pop(&b->results)) != NULL) {
+    for (uint32_t i = 0; i < in->n; i++)
+      write_one(wr, in->p[i]);
+    free(in);
   }
   if (!wr->err && !atomic_load(&b->failed) && !b->dict_ready) {
     wr->err = train_and_flush(wr);
@@ -653,9 +684,13 @@ int build_run(const build_opts *o, const build_source *src, build_stats *st,
 
   /* The producer: this thread. */
   double last = t0;
+  batch *out = NULL;
   for (uint64_t n = 0; !atomic_load(&b.failed); n++) {
     build_item *it = calloc(1, sizeof *it);
-    if (it == NULL) {
+    if (out == NULL)
+      out = calloc(1, sizeof *out);
+    if (it == NULL || out == NULL) {
+      free(it);
       diag e;
       diag_set(&e, LMAP_ENOMEM, "out of memory");
       fail(&b, &e);
@@ -673,12 +708,20 @@ int build_run(const build_opts *o, const build_source *src, build_stats *st,
     }
     st->input_bytes += it->len;
     it->seq = n;
-    queue_push(&b.work, it);
+    out->p[out->n++] = it;
+    if (out->n == BATCH) {
+      queue_push(&b.work, out);
+      out = NULL;
+    }
     if (o->progress && (n & 255) == 0 && now_seconds() - last > 0.5) {
       last = now_seconds();
       show_progress(&b, t0, 0);
     }
   }
+  if (out && out->n)
+    queue_push(&b.work, out); /* workers drop it if the build failed */
+  else
+    free(out);
   queue_close(&b.work);
   for (int i = 0; i < started; i++)
     pthread_join(workers[i].thread, NULL);
