@@ -1,11 +1,14 @@
 /*
  * codec: one label map <-> the bytes of one store record.
  *
- * A record is the map after a domain transform (class indices apart from
- * scores, coherent neighbours turned into zeros, score bytes split into
- * planes), compressed with zstd against the store's trained dictionary, with
- * zstd's content checksum as the per-record integrity check. The layout is
- * specified in docs/STORE_FORMAT.md; this module is its only implementation.
+ * A record is the map after a domain transform (classes as a stream of
+ * move-to-front codes in which an unchanged cell is one byte, scores
+ * predicted from their neighbours on a checkerboard, residuals split into
+ * byte planes), compressed as two zstd frames: the compressible "head"
+ * against the store's trained dictionary, the near-random low score bytes
+ * as a raw "tail". zstd's content checksums are the per-record integrity
+ * check. The layout is specified in docs/STORE_FORMAT.md; this module is
+ * its only implementation.
  *
  * Pure apart from zstd: no I/O. A codec_ctx is not thread-safe: use one per
  * thread (they may share the same dictionary bytes).
@@ -35,20 +38,26 @@ typedef struct codec_shape {
  * encoding). Returns 0 or LMAP_EINVAL with a message. */
 int codec_shape_check(const codec_shape *s, diag *d);
 
-/* Size in bytes of the transformed, uncompressed record body. */
+/* Size in bytes of a transformed body (the buffer codec_transform fills;
+ * records hold its used part, compressed). */
 size_t codec_raw_size(const codec_shape *s);
 
 /* Applies the domain transform: `m` (which must match `s`) into `raw`,
  * codec_raw_size(s) bytes. Scores are rounded to the encoding here.
- * Returns 0, or LMAP_ERANGE when a score does not fit the encoding (f16
- * overflow), naming the entry. */
+ * Allocates and frees a scratch buffer (codec_encode uses its context's).
+ * Returns 0, LMAP_EINVAL (shape), LMAP_ERANGE when a class is >= C or a
+ * score does not fit the encoding (non-finite, f16 overflow), naming the
+ * entry, or LMAP_ENOMEM. */
 int codec_transform(const codec_shape *s, const labelmap *m, uint8_t *raw,
                     diag *d);
 
 /* Inverse of codec_transform: fills `out`, whose arrays the caller sized
- * for k*h*w entries. Returns 0 or LMAP_ECORRUPT (a class index >= C). */
-int codec_untransform(const codec_shape *s, const uint8_t *raw,
-                      labelmap *out, diag *d);
+ * for k*h*w entries (on failure they hold unspecified values). Allocates
+ * and frees a scratch buffer. Returns 0, LMAP_ECORRUPT (a malformed class
+ * stream, a class index >= C, a non-finite score), LMAP_EINVAL (shape) or
+ * LMAP_ENOMEM. */
+int codec_untransform(const codec_shape *s, const uint8_t *raw, labelmap *out,
+                      diag *d);
 
 /* Rounds every score of `m` in place to what the encoding stores, so that a
  * caller can compare against exactly what a reader will see. */
@@ -59,8 +68,10 @@ void codec_round_scores(const codec_shape *s, labelmap *m);
  * `dict` and its size to `*dict_len`. Returns 0, or LMAP_EINVAL when the
  * samples are too few or too alike to train on (the caller then stores
  * without a dictionary: *dict_len == 0 is a valid outcome of a caller's
- * fallback, never of a successful return), or LMAP_ENOMEM. Up to 16 KiB of
- * `cap` is used; lmap's dictionaries are usually about 150 bytes. */
+ * fallback, never of a successful return), or LMAP_ENOMEM. The dictionary
+ * serves the records' head frames. Up to 16 KiB of `cap` is used: entropy
+ * tables alone (about 140 bytes) unless a 16 KiB content dictionary
+ * measures smaller on held-out samples. */
 int codec_train_dict(const codec_shape *s, const uint8_t *raws, size_t count,
                      void *dict, size_t cap, size_t *dict_len, diag *d);
 
@@ -85,22 +96,23 @@ void codec_ctx_free(codec_ctx *c);
 size_t codec_record_bound(const codec_ctx *c);
 
 /* Encodes `m` into `dst` (capacity `cap`, at least codec_record_bound) and
- * sets *len. A record that comes out slightly above 2,000 bytes (where an
- * LMDB value stops fitting in half a page) is compressed again at a higher
- * level and the smaller kept. Returns 0, LMAP_ERANGE (see codec_transform),
- * LMAP_EINVAL (shape mismatch) or LMAP_EINTERNAL (zstd failure, named). */
+ * sets *len. Returns 0, LMAP_ERANGE (see codec_transform), LMAP_EINVAL
+ * (shape mismatch), LMAP_ENOMEM or LMAP_EINTERNAL (zstd failure, named). */
 int codec_encode(codec_ctx *c, const labelmap *m, uint8_t *dst, size_t cap,
                  size_t *len, diag *d);
 
-/* Compresses an already transformed body (codec_raw_size bytes). Used by
- * the importer for records transformed before the dictionary existed. */
+/* Compresses an already transformed body (codec_raw_size bytes, as
+ * codec_transform wrote it). Used by the importer for records transformed
+ * before the dictionary existed. */
 int codec_compress_raw(codec_ctx *c, const uint8_t *raw, uint8_t *dst,
                        size_t cap, size_t *len, diag *d);
 
-/* Decodes one record into `out`, whose arrays hold k*h*w entries.
- * Returns 0, or LMAP_ECORRUPT when the record is truncated, fails its
- * checksum, has the wrong size or version, or decodes to a class >= C. */
-int codec_decode(codec_ctx *c, const uint8_t *rec, size_t len,
-                 labelmap *out, diag *d);
+/* Decodes one record into `out`, whose arrays hold k*h*w entries (on
+ * failure they hold unspecified values). Returns 0, or LMAP_ECORRUPT when
+ * the record is truncated, fails a checksum, has the wrong sizes or
+ * version, or decodes to a malformed class stream, a class >= C or a
+ * non-finite score. */
+int codec_decode(codec_ctx *c, const uint8_t *rec, size_t len, labelmap *out,
+                 diag *d);
 
 #endif /* LMAP_CODEC_H */

@@ -342,7 +342,7 @@ static int parse_meta(const char *text, size_t len, store_meta *m,
                     "metadata is not valid JSON: %s (line %d, column %d)",
                     err.text, err.line, err.column);
   int rc;
-  const char *s;
+  const char *s = NULL;
   uint64_t v, k, h, w, c;
   json_t *cn;
   if (!json_is_object(root)) {
@@ -860,8 +860,8 @@ int store_chunk_find(const store_chunk *c, const char *id, size_t id_len,
   uint32_t lo = 0, hi = c->n;
   while (lo < hi) {
     uint32_t mid = lo + (hi - lo) / 2;
-    const uint8_t *s;
-    size_t slen;
+    const uint8_t *s = NULL;
+    size_t slen = 0;
     int rc = suffix_at(c, mid, &s, &slen, d);
     if (rc != 0)
       return rc;
@@ -879,8 +879,8 @@ int store_chunk_find(const store_chunk *c, const char *id, size_t id_len,
 int store_chunk_entry(const store_chunk *c, uint32_t i, char *id,
                       size_t *id_len, const uint8_t **rec, size_t *rec_len,
                       diag *d) {
-  const uint8_t *s;
-  size_t slen;
+  const uint8_t *s = NULL;
+  size_t slen = 0;
   if (i >= c->n)
     return corrupt(d, "entry %u of a chunk of %u", i, c->n);
   int rc = suffix_at(c, i, &s, &slen, d);
@@ -1063,7 +1063,7 @@ int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d) {
   MDB_cursor *cur = NULL;
   MDB_val key, val;
   char id[STORE_MAX_ID_LEN], last[STORE_MAX_ID_LEN], t[300], pre[340];
-  size_t id_len, last_len = 0, rec_len;
+  size_t id_len = 0, last_len = 0, rec_len = 0;
   const uint8_t *rec;
   uint64_t chunks = 0;
   int rc = 0;

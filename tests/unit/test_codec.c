@@ -1,9 +1,12 @@
 /*
  * Unit tests for server/codec.c: exact round trips (f32 bit for bit, f16
- * equal to f32_to_f16 rounding), edge-case maps, range errors, dictionary
- * training and use, and hostile records (every truncation, every byte
- * flipped, wrong version, size or dictionary) that must fail with
- * LMAP_ECORRUPT or decode to the original map, never crash. Prints the
+ * equal to f32_to_f16 rounding) over edge-case values and over many shapes
+ * (one row, one column, K past the list's 8-entry window and past 64,
+ * every escape width), range errors, dictionary training and use, and
+ * hostile input: records (every truncation, every byte flipped, wrong
+ * version, size or dictionary) and transformed bodies with every byte
+ * flipped and compressed with a valid checksum, which must fail with
+ * LMAP_ECORRUPT or decode within the contract, never crash. Prints the
  * measured bytes per record on synthetic ImageNet-shaped maps.
  */
 #include <stdint.h>
@@ -135,11 +138,13 @@ static void test_shape_check(void) {
   s.encoding = (codec_encoding)7;
   ASSERT_EQ(codec_shape_check(&s, &d), LMAP_EINVAL);
   ASSERT_STR(d.field, "encoding");
-  /* Class codes escape to 32 bits above 65536 classes. */
+  /* Escaped class indices take 1, 2 or 3 bytes as C needs. */
   s = ok;
   s.num_classes = 65537;
   s.encoding = CODEC_F32;
-  ASSERT_EQ(codec_raw_size(&s), 1125u * (1 + 4 + 4));
+  ASSERT_EQ(codec_raw_size(&s), 1125u * (1 + 3 + 4));
+  s.num_classes = 256;
+  ASSERT_EQ(codec_raw_size(&s), 1125u * (1 + 1 + 4));
   codec_ctx *c = NULL;
   ASSERT_EQ(codec_ctx_new(&ok, NULL, 0, 99, &c, &d), LMAP_EINVAL);
   ASSERT(c == NULL);
@@ -155,8 +160,8 @@ static void fill_edge(labelmap *m, uint32_t C, int f32) {
                                  6.1e-5f,  -5.96e-8f,  5.96e-8f, 1.0f,
                                  -1.0f,    3.14159f,   -2.5e-3f, 1000.5f,
                                  0.33333f, -7.777e-6f, 2.0e-7f,  12.25f};
-  static const float f32only[] = {3.0e38f, -3.4e38f, 1.4e-45f, -1.0e-40f,
-                                  1.0e-30f, 7.0e20f, -123456.789f};
+  static const float f32only[] = {3.0e38f,  -3.4e38f, 1.4e-45f,    -1.0e-40f,
+                                  1.0e-30f, 7.0e20f,  -123456.789f};
   size_t n = labelmap_entries(m);
   for (size_t i = 0; i < n; i++) {
     uint32_t r = rnd();
@@ -209,6 +214,105 @@ static void test_round_trip_all_classes(void) {
     round_trip(c, &s, &m);
   }
   map_free(&m);
+  codec_ctx_free(c);
+}
+
+/* Maps like real ones in structure, for any shape: each cell copies the
+ * previous one (the common case), swaps two ranks, or takes classes from
+ * a pool larger than the move-to-front list (so entries fall off it and
+ * come back), with scores that drift smoothly, rarely exact zeros. */
+static void fill_smooth(labelmap *m, uint32_t C) {
+  uint32_t K = m->k, pool = C < 100 ? C : 100;
+  size_t cells = (size_t)m->h * m->w;
+  for (size_t cell = 0; cell < cells; cell++) {
+    uint32_t *cl = m->classes + cell * K;
+    float *sc = m->scores + cell * K;
+    uint32_t r = rnd() % 10;
+    if (cell > 0 && r < 6) {
+      memcpy(cl, cl - K, K * sizeof *cl);
+    } else if (cell > 0 && r < 8 && K >= 2) {
+      memcpy(cl, cl - K, K * sizeof *cl);
+      uint32_t a = rnd() % K, b = rnd() % K, t = cl[a];
+      cl[a] = cl[b];
+      cl[b] = t;
+    } else {
+      for (uint32_t k = 0; k < K; k++)
+        cl[k] = (rnd() % pool) * (C / pool);
+    }
+    float base = cell > 0 ? sc[-(long)K] : 10.0f;
+    for (uint32_t k = 0; k < K; k++) {
+      float v =
+          base - (float)k * 0.75f + (float)((int)(rnd() % 201) - 100) / 64.0f;
+      sc[k] = rnd() % 500 == 0 ? 0.0f : v;
+    }
+  }
+}
+
+static void test_round_trip_shapes(void) {
+  static const struct {
+    uint32_t k, h, w, C;
+  } shapes[] = {{5, 7, 1, 300},    {5, 1, 9, 300},    {3, 1, 1, 10},
+                {2, 2, 1, 40},     {9, 6, 6, 50},     {8, 5, 4, 5000},
+                {64, 2, 3, 70},    {65, 2, 2, 200},   {3, 2, 2, 256},
+                {5, 18, 18, 1000}, {4, 3, 17, 70000}, {1, 16, 16, 20}};
+  for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++)
+    for (int f32 = 0; f32 <= 1; f32++) {
+      codec_shape s = {shapes[t].k, shapes[t].h, shapes[t].w, shapes[t].C,
+                       f32 ? CODEC_F32 : CODEC_F16};
+      codec_ctx *c = ctx_new(&s, NULL, 0);
+      labelmap m = map_new(s.k, s.h, s.w);
+      for (int rep = 0; rep < 30; rep++) {
+        fill_smooth(&m, s.num_classes);
+        round_trip(c, &s, &m);
+      }
+      map_free(&m);
+      codec_ctx_free(c);
+    }
+}
+
+/* Bodies that are not what the encoder writes, compressed with a right
+ * checksum: every byte of a body flipped three ways. Decoding must fail
+ * with LMAP_ECORRUPT or give a map within the contract (classes below C,
+ * finite scores), and never touch memory it should not (ASan). */
+static void test_hostile_bodies(codec_encoding e) {
+  codec_shape s = {5, 6, 7, 300, e};
+  codec_ctx *c = ctx_new(&s, NULL, 0);
+  labelmap m = map_new(5, 6, 7), out = map_new(5, 6, 7);
+  fill_smooth(&m, s.num_classes);
+  size_t rs = codec_raw_size(&s), cap = codec_record_bound(c), len;
+  size_t n = labelmap_entries(&m);
+  uint8_t *raw = malloc(rs), *bad = malloc(rs), *rec = malloc(cap);
+  ASSERT_EQ(codec_transform(&s, &m, raw, NULL), 0);
+  static const uint8_t flips[] = {0x01, 0x80, 0xFF};
+  size_t failed = 0, decoded = 0;
+  for (size_t i = 0; i < rs; i++)
+    for (size_t f = 0; f < sizeof flips; f++) {
+      diag d = {0};
+      memcpy(bad, raw, rs);
+      bad[i] ^= flips[f];
+      int rc = codec_untransform(&s, bad, &out, &d);
+      ASSERT(rc == 0 || rc == LMAP_ECORRUPT);
+      if (codec_compress_raw(c, bad, rec, cap, &len, &d) != 0)
+        continue;
+      rc = codec_decode(c, rec, len, &out, &d);
+      ASSERT(rc == 0 || rc == LMAP_ECORRUPT);
+      if (rc != 0) {
+        ASSERT(d.msg[0] != '\0');
+        failed++;
+        continue;
+      }
+      decoded++;
+      for (size_t j = 0; j < n; j++) {
+        ASSERT(out.classes[j] < s.num_classes);
+        ASSERT(isfinite(out.scores[j]));
+      }
+    }
+  ASSERT(failed > 0 && decoded > 0);
+  free(raw);
+  free(bad);
+  free(rec);
+  map_free(&m);
+  map_free(&out);
   codec_ctx_free(c);
 }
 
@@ -471,17 +575,29 @@ static void test_corruption(void) {
   ASSERT_EQ(codec_encode(c2, &m2, rec, cap, &len, &d), 0);
   ASSERT_EQ(codec_decode(c, rec, len, &out, &d), LMAP_ECORRUPT);
   ASSERT_CONTAINS(d.msg, "shape needs");
-  /* A body whose class escapes point past num_classes: the checksum is
-   * right (we compress it ourselves), the class check must catch it. */
+  /* A body whose escaped class points past num_classes: the checksum is
+   * right (we compress it ourselves), the class check must catch it. The
+   * first cell's class 999 is past every list position, so the class
+   * stream (after the two f32 head planes) starts 255, 0x03, 0xE7. */
   uint8_t *raw = malloc(codec_raw_size(&s));
+  const size_t cs = 2 * labelmap_entries(&m);
+  m.classes[0] = 999;
   ASSERT_EQ(codec_transform(&s, &m, raw, NULL), 0);
-  raw[0] = 255;                           /* escape */
-  raw[1125] = 0xFF;                       /* escape value high byte */
+  ASSERT_EQ(raw[cs], 255);
+  ASSERT_EQ(raw[cs + 1], 0x03);
+  ASSERT_EQ(raw[cs + 2], 0xE7);
+  raw[cs + 1] = 0xFF; /* class 0xFFE7 */
   ASSERT_EQ(codec_untransform(&s, raw, &out, &d), LMAP_ECORRUPT);
   ASSERT_CONTAINS(d.msg, "not below num_classes");
   ASSERT_EQ(codec_compress_raw(c, raw, rec, codec_record_bound(c), &len, &d),
             0);
   ASSERT_EQ(codec_decode(c, rec, len, &out, &d), LMAP_ECORRUPT);
+  ASSERT_CONTAINS(d.msg, "not below num_classes");
+  /* A class stream that repeats a cell before there is one. */
+  ASSERT_EQ(codec_transform(&s, &m, raw, NULL), 0);
+  raw[cs] = 0;
+  ASSERT_EQ(codec_untransform(&s, raw, &out, &d), LMAP_ECORRUPT);
+  ASSERT_CONTAINS(d.msg, "no previous cell");
   free(raw);
   free(rec);
   map_free(&m2);
@@ -553,11 +669,14 @@ int main(void) {
   test_round_scores();
   test_round_trip_edges();
   test_round_trip_all_classes();
+  test_round_trip_shapes();
   test_synth_round_trip(CODEC_F16);
   test_synth_round_trip(CODEC_F32);
   test_range_errors();
   test_dictionary();
   test_corruption();
+  test_hostile_bodies(CODEC_F16);
+  test_hostile_bodies(CODEC_F32);
   test_figures();
   TEST_DONE();
 }
