@@ -610,7 +610,7 @@ static void show_progress(const build *b, double t0, int final) {
   char eta[32] = "";
   if (!final && frac > 0.01 && frac < 1)
     snprintf(eta, sizeof eta, ", ETA %.0fs", el / frac - el);
-  fprintf(stderr, "\rlmap %s: %llu records, %.0f/s%s%s   ", b->o->cmd, done,
+  fprintf(stderr, "\rlmap %s: %llu records, %.0f/s%s   %s", b->o->cmd, done,
           rate, eta, final ? "\n" : "");
 }
 
