@@ -1023,6 +1023,14 @@ static int decode_classes(const codec_shape *s, const geom *g,
             c = 0;
             for (unsigned b = 0; b < g->wc; b++)
               c = c << 8 | *in++;
+            /* The encoder escapes only classes absent from the list; a
+             * record that escapes a listed one could be read two ways. */
+            for (uint32_t i = 0; i < list.len; i++)
+              if (list.cls[i] == c)
+                return diag_set(d, LMAP_ECORRUPT,
+                                "record escapes class %u, already in the "
+                                "class list, at row %u, column %u",
+                                c, r, q);
           } else if (p != 0) {
             c = mtf_absent(&list, p - 1 - list.len);
           } else {

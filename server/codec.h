@@ -42,8 +42,10 @@ int codec_shape_check(const codec_shape *s, diag *d);
  * records hold its used part, compressed). */
 size_t codec_raw_size(const codec_shape *s);
 
-/* Applies the domain transform: `m` (which must match `s`) into `raw`,
- * codec_raw_size(s) bytes. Scores are rounded to the encoding here.
+/* Applies the domain transform: `m` (which must match `s` and have passed
+ * labelmap_validate, so that every score is within +-LABELMAP_MAX_ABS_SCORE
+ * and predictor sums stay finite) into `raw`, codec_raw_size(s) bytes.
+ * Scores are rounded to the encoding here.
  * Allocates and frees a scratch buffer (codec_encode uses its context's).
  * Returns 0, LMAP_EINVAL (shape), LMAP_ERANGE when a class is >= C or a
  * score does not fit the encoding (non-finite, f16 overflow), naming the

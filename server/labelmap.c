@@ -14,6 +14,11 @@ int labelmap_validate(const labelmap *m, uint32_t num_classes, diag *d) {
         if (!isfinite(s))
           return diag_set(d, LMAP_ERANGE, "score at [0,%u,%u,%u] is %s", e,
                           r, q, isnan(s) ? "NaN" : "infinite");
+        if (s > LABELMAP_MAX_ABS_SCORE || s < -LABELMAP_MAX_ABS_SCORE)
+          return diag_set(d, LMAP_ERANGE,
+                          "score %g at [0,%u,%u,%u] is beyond +-1e30 (not a "
+                          "classifier score)",
+                          (double)s, e, r, q);
         if (c >= num_classes)
           return diag_set(d, LMAP_ERANGE,
                           "class index %u at [1,%u,%u,%u] is not below the "

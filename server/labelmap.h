@@ -32,7 +32,14 @@ static inline size_t labelmap_entries(const labelmap *m) {
 #define LABELMAP_MAX_ENTRIES (1u << 22) /* k * h * w */
 #define LABELMAP_MAX_CLASSES (1u << 24)
 
-/* Checks what pooling relies on: every score finite, every class index
+/* Scores beyond this magnitude are refused: no classifier produces them,
+ * and bounding them keeps every sum the codec's predictor and the pooling
+ * form finite (a sum of two 1.7e38 floats overflows to inf, and inf - inf
+ * is a NaN whose bits differ between machines). */
+#define LABELMAP_MAX_ABS_SCORE 1e30f
+
+/* Checks what pooling relies on: every score finite and within
+ * +-LABELMAP_MAX_ABS_SCORE, every class index
  * below `num_classes`, and no class twice in one cell (the official dense
  * scatter would keep only one of them). Returns 0 or LMAP_ERANGE with a
  * message naming the entry as [plane, k, row, col] of the [2, K, H, W]
