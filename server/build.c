@@ -40,6 +40,11 @@
 #define ERROR_ONE_IN 256
 #define ERROR_BOXES 16    /* random boxes per measured record */
 #define MAX_WORKERS 64
+/* At most QUEUE_DEPTH + MAX_WORKERS batches are between producer and
+ * writer, so a reorder window of this size never overflows. */
+#define PENDING (QUEUE_DEPTH + MAX_WORKERS + 2)
+/* The dictionary backlog is also capped in bytes, for large maps. */
+#define DICT_MAX_BACKLOG_BYTES ((size_t)128 << 20)
 
 /* ---- a bounded blocking queue of pointers ---- */
 
@@ -48,6 +53,7 @@
 #define BATCH 32
 
 typedef struct batch {
+  uint64_t index; /* position in the input, in batches */
   uint32_t n;
   void *p[BATCH];
 } batch;
@@ -114,6 +120,7 @@ typedef struct result {
   int err;
   diag d;
   int raw; /* body not yet compressed (dictionary pending) */
+  uint32_t k, h, w; /* the map's shape; the writer checks it in order */
   uint8_t *bytes;
   size_t len;
   float score_min, score_max;
@@ -161,31 +168,21 @@ typedef struct worker {
   codec_ctx *codec;
   float *probs_a, *probs_b;
   float *rounded;
+  size_t rounded_cap;
 } worker;
 
-/* Records the first map's shape as the store's; later maps must match. */
-static int check_shape(build *b, const labelmap *m, const char *name,
-                       diag *d) {
-  int rc = 0;
-  pthread_mutex_lock(&b->mu);
-  if (!b->shape_set) {
-    b->shape = (codec_shape){m->k, m->h, m->w, b->o->num_classes,
-                             b->o->encoding};
-    rc = codec_shape_check(&b->shape, d);
-    if (rc == 0) {
-      b->shape_set = 1;
-      snprintf(b->shape_from, sizeof b->shape_from, "%s", name);
-    }
-  } else if (m->k != b->shape.k || m->h != b->shape.h ||
-             m->w != b->shape.w) {
-    rc = diag_set(d, LMAP_EFORMAT,
+/* The codec shape of one map: its own grid, the store's classes and
+ * encoding. The writer decides, in input order, which shape the store has. */
+static codec_shape map_shape(const build *b, const labelmap *m) {
+  return (codec_shape){m->k, m->h, m->w, b->o->num_classes, b->o->encoding};
+}
+
+static int shape_mismatch(const build *b, uint32_t k, uint32_t h, uint32_t w,
+                          diag *d) {
+  return diag_set(d, LMAP_EFORMAT,
                   "tensor shape [2,%u,%u,%u] differs from the store's "
                   "[2,%u,%u,%u] (set by %s)",
-                  m->k, m->h, m->w, b->shape.k, b->shape.h, b->shape.w,
-                  b->shape_from);
-  }
-  pthread_mutex_unlock(&b->mu);
-  return rc;
+                  k, h, w, b->shape.k, b->shape.h, b->shape.w, b->shape_from);
 }
 
 static uint64_t splitmix(uint64_t *s) {
@@ -200,7 +197,8 @@ static double unit(uint64_t *s) { return (double)(splitmix(s) >> 11) * 0x1p-53; 
 /* Maximum absolute probability difference between pooling the exact map
  * and pooling it as the encoding stores it, over random boxes. */
 static double encoding_error(worker *w, const labelmap *m, uint64_t seed) {
-  const codec_shape *s = &w->b->shape;
+  codec_shape own = map_shape(w->b, m);
+  const codec_shape *s = &own;
   size_t n = labelmap_entries(m);
   memcpy(w->rounded, m->scores, n * sizeof *w->rounded);
   labelmap r = *m;
@@ -242,6 +240,8 @@ static void measure_scores(result *r, const labelmap *m) {
     r->samples[r->nsamples++] = m->scores[i];
 }
 
+/* Returns 1 while the dictionary is pending (send the body raw), 0 once
+ * the worker has its codec, or an error. */
 static int ensure_codec(worker *w, diag *d) {
   build *b = w->b;
   if (w->codec)
@@ -250,29 +250,36 @@ static int ensure_codec(worker *w, diag *d) {
   int ready = b->dict_ready;
   pthread_mutex_unlock(&b->mu);
   if (!ready)
-    return 1; /* not yet: send the body raw */
-  /* The dictionary is immutable once ready, so it may be read unlocked. */
+    return 1;
+  /* The shape and dictionary are immutable once ready: read unlocked. */
   return codec_ctx_new(&b->shape, b->dict, b->dict_len, CODEC_LEVEL_DEFAULT,
                        &w->codec, d);
 }
 
 static int encode(worker *w, const labelmap *m, result *r) {
+  build *b = w->b;
   int rc = ensure_codec(w, &r->d);
   if (rc < 0)
     return rc;
   if (rc == 0) {
+    if (m->k != b->shape.k || m->h != b->shape.h || m->w != b->shape.w)
+      return shape_mismatch(b, m->k, m->h, m->w, &r->d);
     size_t cap = codec_record_bound(w->codec);
     r->bytes = malloc(cap);
     if (r->bytes == NULL)
       return diag_set(&r->d, LMAP_ENOMEM, "out of memory");
     return codec_encode(w->codec, m, r->bytes, cap, &r->len, &r->d);
   }
+  codec_shape own = map_shape(b, m);
+  rc = codec_shape_check(&own, &r->d);
+  if (rc)
+    return rc;
   r->raw = 1;
-  r->len = codec_raw_size(&w->b->shape);
+  r->len = codec_raw_size(&own);
   r->bytes = malloc(r->len);
   if (r->bytes == NULL)
     return diag_set(&r->d, LMAP_ENOMEM, "out of memory");
-  return codec_transform(&w->b->shape, m, r->bytes, &r->d);
+  return codec_transform(&own, m, r->bytes, &r->d);
 }
 
 /* FNV-1a: a stable hash of the id for choosing the measured sample. */
@@ -289,61 +296,70 @@ static int process(worker *w, const build_item *it, result *r) {
   int rc = b->src->load(b->src->ctx, w->wstate, it, &m, &r->d);
   if (rc == 0)
     rc = labelmap_validate(&m, b->o->num_classes, &r->d);
-  if (rc == 0)
-    rc = check_shape(b, &m, it->name, &r->d);
   if (rc)
     return rc;
+  r->k = m.k;
+  r->h = m.h;
+  r->w = m.w;
   measure_scores(r, &m);
   r->prob_error = -1;
   uint64_t h = id_hash(it->id);
   if (it->seq < ERROR_FIRST || h % ERROR_ONE_IN == 0) {
     size_t n = labelmap_entries(&m);
-    if (w->rounded == NULL) {
+    if (n > w->rounded_cap) {
+      free(w->rounded);
       w->rounded = malloc(n * sizeof *w->rounded);
       if (w->rounded == NULL)
         return diag_set(&r->d, LMAP_ENOMEM, "out of memory");
+      w->rounded_cap = n;
     }
     r->prob_error = encoding_error(w, &m, h);
   }
   return encode(w, &m, r);
 }
 
-/* Turns one item into a result (never NULL unless out of memory). */
+/* Errors that say nothing about the input item: they fail the build even
+ * under skip_bad, so that no record is ever dropped silently. */
+static int is_internal(int err) {
+  return err == LMAP_ENOMEM || err == LMAP_EINTERNAL || err == LMAP_EIO;
+}
+
+/* Turns one item into a result; NULL (after failing the build) only when
+ * out of memory. */
 static result *work_one(worker *w, build_item *it) {
   build *b = w->b;
   result *r = calloc(1, sizeof *r);
-  if (r != NULL && !atomic_load(&b->failed)) {
+  if (r == NULL) {
+    diag e;
+    diag_set(&e, LMAP_ENOMEM, "%s: out of memory", it->name);
+    fail(b, &e);
+  } else if (!atomic_load(&b->failed)) {
     memcpy(r->name, it->name, sizeof r->name);
     r->err = process(w, it, r);
     memcpy(r->id, it->id, sizeof r->id); /* a source may set it in load() */
     if (r->err) {
       free(r->bytes);
       r->bytes = NULL;
+      if (is_internal(r->err)) {
+        diag_prefix(&r->d, r->name);
+        fail(b, &r->d);
+      }
     }
-  } else {
-    free(r);
-    r = NULL;
   }
   free(it->blob);
   free(it);
   return r;
 }
 
+/* Each batch of items becomes, in place, the batch of their results, so a
+ * hand-off never allocates and the writer can restore input order. */
 static void *worker_main(void *arg) {
   worker *w = arg;
-  batch *in;
-  while ((in = queue_pop(&w->b->work)) != NULL) {
-    batch *out = calloc(1, sizeof *out);
-    for (uint32_t i = 0; i < in->n; i++) {
-      result *r = work_one(w, in->p[i]);
-      if (r && out)
-        out->p[out->n++] = r;
-      else
-        free(r);
-    }
-    free(in);
-    if (out)
-      queue_push(&w->b->results, out);
+  batch *bt;
+  while ((bt = queue_pop(&w->b->work)) != NULL) {
+    for (uint32_t i = 0; i < bt->n; i++)
+      bt->p[i] = work_one(w, bt->p[i]);
+    queue_push(&w->b->results, bt);
   }
   return NULL;
 }
@@ -370,7 +386,13 @@ typedef struct writer {
   uint64_t record_bytes;
   int err;
   diag d;
+  /* Batches that arrived ahead of their turn, by index % PENDING. */
+  batch *pending[PENDING];
+  uint64_t next_batch;
+  size_t backlog_bytes;
 } writer;
+
+static void add_stats(writer *wr, const result *r);
 
 static int put(writer *wr, result *r) {
   if (r->raw) {
@@ -391,6 +413,8 @@ static int put(writer *wr, result *r) {
   }
   int rc = store_writer_put(wr->sw, r->id, strlen(r->id), r->bytes, r->len,
                             &wr->d);
+  if (rc == 0)
+    add_stats(wr, r);
   if (rc) {
     diag_prefix(&wr->d, r->name);
     if (rc == LMAP_EEXIST && wr->b->o->skip_bad) {
@@ -448,6 +472,7 @@ static int train_and_flush(writer *wr) {
     free(wr->backlog[i]);
   }
   wr->nbacklog = 0;
+  wr->backlog_bytes = 0;
   return rc;
 }
 
@@ -473,9 +498,30 @@ static void add_stats(writer *wr, const result *r) {
   }
 }
 
+/* The first good map in input order sets the store's shape. */
+static int take_shape(writer *wr, result *r) {
+  build *b = wr->b;
+  if (!b->shape_set) {
+    codec_shape s = {r->k, r->h, r->w, b->o->num_classes, b->o->encoding};
+    pthread_mutex_lock(&b->mu);
+    b->shape = s;
+    b->shape_set = 1;
+    snprintf(b->shape_from, sizeof b->shape_from, "%s", r->name);
+    pthread_mutex_unlock(&b->mu);
+    return 0;
+  }
+  if (r->k != b->shape.k || r->h != b->shape.h || r->w != b->shape.w)
+    return shape_mismatch(b, r->k, r->h, r->w, &r->d);
+  return 0;
+}
+
 static void write_one(writer *wr, result *r) {
   build *b = wr->b;
   int keep = 0;
+  if (r == NULL)
+    return;
+  if (!atomic_load(&b->failed) && !wr->err && !r->err)
+    r->err = take_shape(wr, r);
   if (atomic_load(&b->failed) || wr->err) {
     /* drain */
   } else if (r->err) {
@@ -488,11 +534,12 @@ static void write_one(writer *wr, result *r) {
       fail(b, &r->d);
     }
   } else {
-    add_stats(wr, r);
     if (!b->dict_ready) {
       wr->backlog[wr->nbacklog++] = r;
+      wr->backlog_bytes += r->len;
       keep = 1;
-      if (wr->nbacklog == DICT_SAMPLES)
+      if (wr->nbacklog == DICT_SAMPLES ||
+          wr->backlog_bytes >= DICT_MAX_BACKLOG_BYTES)
         wr->err = train_and_flush(wr);
     } else {
       wr->err = put(wr, r);
@@ -506,15 +553,32 @@ static void write_one(writer *wr, result *r) {
   }
 }
 
+static void write_batch(writer *wr, batch *bt) {
+  for (uint32_t i = 0; i < bt->n; i++)
+    write_one(wr, bt->p[i]);
+  free(bt);
+}
+
+/* Batches are written in input order, so that which of two duplicates is
+ * kept, and every statistic, is the same on every run. */
 static void *writer_main(void *arg) {
   writer *wr = arg;
   build *b = wr->b;
   batch *in;
   while ((in = queue_pop(&b->results)) != NULL) {
-    for (uint32_t i = 0; i < in->n; i++)
-      write_one(wr, in->p[i]);
-    free(in);
+    wr->pending[in->index % PENDING] = in;
+    batch *bt;
+    while ((bt = wr->pending[wr->next_batch % PENDING]) != NULL &&
+           bt->index == wr->next_batch) {
+      wr->pending[wr->next_batch % PENDING] = NULL;
+      wr->next_batch++;
+      write_batch(wr, bt);
+    }
   }
+  /* Only a failed build can leave gaps; free what is left. */
+  for (size_t i = 0; i < PENDING; i++)
+    if (wr->pending[i])
+      write_batch(wr, wr->pending[i]);
   if (!wr->err && !atomic_load(&b->failed) && !b->dict_ready) {
     wr->err = train_and_flush(wr);
     if (wr->err)
@@ -708,6 +772,7 @@ int build_run(const build_opts *o, const build_source *src, build_stats *st,
     }
     st->input_bytes += it->len;
     it->seq = n;
+    out->index = n / BATCH;
     out->p[out->n++] = it;
     if (out->n == BATCH) {
       queue_push(&b.work, out);
