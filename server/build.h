@@ -31,6 +31,7 @@ typedef struct build_item {
   size_t len;
   uint64_t index; /* the source's own numbering (synth: image index) */
   uint64_t seq;   /* position in the input, set by the pipeline */
+  char bad[320];  /* non-empty: the source already knows the item is bad */
 } build_item;
 
 typedef struct build_source {

@@ -60,6 +60,8 @@ static void parser_free(void *wstate) {
 static int parse_item(void *ctx, void *wstate, const build_item *it,
                       labelmap *out, diag *d) {
   (void)ctx;
+  if (it->bad[0])
+    return diag_set(d, LMAP_EFORMAT, "%s", it->bad);
   if (!has_pt_suffix(it->name))
     return diag_set(d, LMAP_EFORMAT, "not a .pt file");
   const char *base = base_name(it->name);
@@ -171,7 +173,16 @@ static int dir_next(void *ctx, build_item *it, diag *d) {
   const char *path = s->paths[s->next++];
   snprintf(it->name, sizeof it->name, "%s", path);
   id_from_name(path, it);
-  int rc = read_file(path, &it->blob, &it->len, d);
+  diag e;
+  int rc = read_file(path, &it->blob, &it->len, &e);
+  if (rc == LMAP_ETOOBIG) { /* bad in itself: skippable */
+    snprintf(it->bad, sizeof it->bad,
+             "file is larger than the %u bytes a label map may take",
+             IMPORTER_MAX_FILE);
+    return 1;
+  }
+  if (rc)
+    *d = e;
   return rc ? rc : 1;
 }
 
@@ -188,36 +199,61 @@ typedef struct tar_source {
   uint64_t size;    /* of the tar file, 0 if unknown */
 } tar_source;
 
+/* Hands out the next member. Members that are bad in themselves (not a
+ * .pt, a link, too large) are handed out unread with their reason, so that
+ * --skip-bad skips them and the import otherwise fails naming them. */
 static int tar_next(void *ctx, build_item *it, diag *d) {
   tar_source *s = ctx;
+  const char *tar = strcmp(s->path, "-") ? s->path : "<stdin>";
   struct archive_entry *e;
   for (;;) {
     int r = archive_read_next_header(s->a, &e);
     if (r == ARCHIVE_EOF)
       return 0;
     if (r < ARCHIVE_WARN)
-      return diag_set(d, LMAP_EFORMAT, "%s: %s",
-                      strcmp(s->path, "-") ? s->path : "<stdin>",
+      return diag_set(d, LMAP_EFORMAT, "%s: %s", tar,
                       archive_error_string(s->a));
-    if (archive_entry_filetype(e) == AE_IFREG)
+    const char *name = archive_entry_pathname(e);
+    int regular = archive_entry_filetype(e) == AE_IFREG;
+    /* Directories and other non-files that are not .pt are skipped, as a
+     * directory walk would; a .pt that is a link is not. */
+    if (regular || archive_entry_hardlink(e) ||
+        (name && has_pt_suffix(name)))
       break;
   }
   const char *name = archive_entry_pathname(e);
   snprintf(it->name, sizeof it->name, "%s", name ? name : "?");
   id_from_name(it->name, it);
   int64_t size = archive_entry_size(e);
-  if (size < 0 || (uint64_t)size > IMPORTER_MAX_FILE)
-    return diag_set(d, LMAP_ETOOBIG,
-                    "%s: member is %lld bytes, more than the %u a label map "
-                    "may take",
-                    it->name, (long long)size, IMPORTER_MAX_FILE);
+  const char *link = archive_entry_hardlink(e);
+  if (link) {
+    snprintf(it->bad, sizeof it->bad,
+             "hard link to %.200s: the tar holds one copy for both names; "
+             "re-create it with tar --hard-dereference",
+             link);
+    return 1;
+  }
+  if (archive_entry_filetype(e) != AE_IFREG) {
+    snprintf(it->bad, sizeof it->bad, "not a regular file (a link?)");
+    return 1;
+  }
+  if (!has_pt_suffix(it->name)) {
+    snprintf(it->bad, sizeof it->bad, "not a .pt file");
+    return 1;
+  }
+  if (size < 0 || (uint64_t)size > IMPORTER_MAX_FILE) {
+    snprintf(it->bad, sizeof it->bad,
+             "member is %lld bytes, more than the %u a label map may take",
+             (long long)size, IMPORTER_MAX_FILE);
+    return 1;
+  }
   it->blob = malloc((size_t)size + 1);
   if (it->blob == NULL)
     return diag_set(d, LMAP_ENOMEM, "%s: out of memory", it->name);
   la_ssize_t got = archive_read_data(s->a, it->blob, (size_t)size);
   if (got != size)
-    return diag_set(d, LMAP_EFORMAT, "%s: %s: member truncated (%s)",
-                    strcmp(s->path, "-") ? s->path : "<stdin>", it->name,
+    return diag_set(d, LMAP_EFORMAT, "%s: %s: member truncated (%s)", tar,
+                    it->name,
                     got < 0 ? archive_error_string(s->a) : "short read");
   it->len = (size_t)size;
   return 1;
