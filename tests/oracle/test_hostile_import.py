@@ -228,6 +228,20 @@ def main():
     import_case("tar member not a .pt", tar_non_pt, ["README.txt"], ["README.txt"], src_is_tar=True)
     import_case("tar member not a .pt (stdin)", tar_non_pt, ["README.txt"], ["README.txt"],
                 src_is_tar=True, stdin=True)
+    # A hard-linked .pt holds no data of its own in the tar: refused by name,
+    # never dropped silently.
+    hb = io.BytesIO()
+    with tarfile.open(fileobj=hb, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        link = tarfile.TarInfo("n02/n02_link.pt")
+        link.type = tarfile.LNKTYPE
+        link.linkname = members[0][0]
+        tf.addfile(link)
+    import_case("tar member is a hard link", hb.getvalue(), ["n02_link.pt"], ["hard link"],
+                src_is_tar=True)
     # Member names that cannot be ids (empty, too long, bytes outside the id alphabet).
     for bad_name in ["n01/.pt", "n01/" + "x" * 300 + ".pt", "n01/with space.pt", "n01/quote\"d.pt"]:
         import_case("tar member id %r" % bad_name[:24], tar_bytes(members + [(bad_name, zip_ok)]),
