@@ -42,9 +42,10 @@ void diag_prefix(diag *d, const char *prefix) {
   memcpy(old, body, n);
   old[n] = '\0';
   /* Truncation is acceptable here: the message stays a valid string. */
+  /* A long path must not push the reason out of the message. */
   size_t p = strlen(prefix);
-  if (p > sizeof d->msg - 3)
-    p = sizeof d->msg - 3;
+  if (p > 240)
+    p = 240;
   memcpy(d->msg, prefix, p);
   memcpy(d->msg + p, ": ", 2);
   size_t room = sizeof d->msg - p - 3;

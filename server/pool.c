@@ -71,12 +71,12 @@ int pool_check_query(const pool_query *q, diag *d) {
   if (q->box_format == POOL_BOX_XYXY) {
     if (b[0] < 0 || b[1] < 0 || b[2] > 1 || b[3] > 1)
       return diag_field(d, LMAP_EBADBOX, "box",
-                        "box [%g, %g, %g, %g] leaves the unit square "
+                        "box [%.9g, %.9g, %.9g, %.9g] leaves the unit square "
                         "(need 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1)",
                         b[0], b[1], b[2], b[3]);
     if (b[0] > b[2] || b[1] > b[3])
       return diag_field(d, LMAP_EBADBOX, "box",
-                        "box [%g, %g, %g, %g] has x0 > x1 or y0 > y1", b[0],
+                        "box [%.9g, %.9g, %.9g, %.9g] has x0 > x1 or y0 > y1", b[0],
                         b[1], b[2], b[3]);
   } else if (q->box_format == POOL_BOX_RELABEL) {
     /* (top, left, height, width), each a fraction of the image. A small
@@ -84,7 +84,7 @@ int pool_check_query(const pool_query *q, diag *d) {
     if (b[0] < 0 || b[1] < 0 || b[2] < 0 || b[3] < 0 ||
         b[0] + b[2] > 1 + 1e-9 || b[1] + b[3] > 1 + 1e-9)
       return diag_field(d, LMAP_EBADBOX, "box",
-                        "relabel box (%g, %g, %g, %g) is not a crop inside "
+                        "relabel box (%.9g, %.9g, %.9g, %.9g) is not a crop inside "
                         "the image (need top, left, height, width >= 0 and "
                         "top + height <= 1, left + width <= 1)",
                         b[0], b[1], b[2], b[3]);

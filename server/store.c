@@ -1165,9 +1165,7 @@ static void writer_discard(store_writer *w) {
   if (w->tmp != NULL)
     unlink(w->tmp);
   if (w->fd >= 0)
-    close(w->fd);
-  if (w->spill != NULL)
-    unlink(w->spill);
+    close(w->fd); /* the spill file was unlinked at creation */
   for (size_t i = 0; i < w->nblocks; i++)
     free(w->blocks[i]);
   for (size_t i = 0; i < NMETA; i++)
@@ -1269,6 +1267,9 @@ int store_writer_open(const char *path, int overwrite, store_writer **out,
   }
   if ((rc = make_tmp(path, &w->spill, &w->fd, d)) != 0)
     goto fail;
+  /* The spill file is only ever used through w->fd: unlinking it now means
+   * an import killed by a signal leaves no spill file behind. */
+  unlink(w->spill);
   *out = w;
   return 0;
 fail:
@@ -1772,7 +1773,7 @@ int store_writer_commit(store_writer *w, diag *d) {
     goto fail;
   sync_dir(w->path);
   free(w->tmp);
-  w->tmp = NULL; /* placed: nothing left to remove but the spill file */
+  w->tmp = NULL; /* placed: nothing left to remove */
   writer_discard(w);
   return 0;
 fail:

@@ -124,6 +124,8 @@ int cmd_ids(int argc, char **argv) {
   diag_clear(&d);
   rc = store_foreach(s, print_id, NULL, &d);
   store_close(s);
+  if (rc && d.msg[0] == '\0') /* print_id's failure: stdout */
+    diag_set(&d, rc, "stdout: %s", strerror(errno));
   return rc ? cli_fail("ids", &d) : EXIT_OK;
 }
 
@@ -151,6 +153,11 @@ static const char get_help[] =
     "  -q, --queries FILE         JSON lines {\"id\", \"box\", \"flip\",\n"
     "                             \"output_size\", \"box_format\", \"format\",\n"
     "                             \"softmax\"} (- for stdin); one item per line\n";
+
+/* A query line is ~100 bytes; getline grows its buffer with the line, so
+ * a stream without newlines is stopped here rather than by the OOM killer
+ * (getline itself still reads the whole line first). */
+#define QUERY_LINE_MAX (1u << 20)
 
 typedef struct get_ctx {
   store *s;
@@ -287,6 +294,12 @@ static int run_queries(get_ctx *g, const char *path, const pool_query *defq,
   ssize_t n;
   int rc = EXIT_OK;
   for (unsigned long lineno = 1; (n = getline(&line, &cap, f)) >= 0; lineno++) {
+    if ((size_t)n > QUERY_LINE_MAX) {
+      fprintf(stderr, "lmap get: line %lu: longer than %u bytes\n", lineno,
+              QUERY_LINE_MAX);
+      rc = EXIT_FAIL;
+      break;
+    }
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
       n--;
     if (n == 0)
@@ -359,6 +372,9 @@ int cmd_get(int argc, char **argv) {
                                     : "expected STORE and ID");
   if (!queries && !have_box)
     return cli_usage("get", "missing --box A,B,C,D");
+  diag qd;
+  if (!queries && pool_check_query(&q, &qd))
+    return cli_usage("get", "%s", diag_text(&qd));
 
   get_ctx g = {0};
   dynbuf_init(&g.out, (size_t)1 << 30);

@@ -2,6 +2,7 @@
  * lmap: the command-line tool. Builds, imports, inspects and verifies
  * stores; this file only dispatches to the subcommands.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,8 +59,15 @@ int main(int argc, char **argv) {
       {"verify", cmd_verify},
   };
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    if (strcmp(cmd, commands[i].name) == 0)
-      return commands[i].run(argc - 1, argv + 1);
+    if (strcmp(cmd, commands[i].name) == 0) {
+      int rc = commands[i].run(argc - 1, argv + 1);
+      /* Output that did not reach its destination is a failure. */
+      if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "lmap %s: stdout: %s\n", cmd, strerror(errno));
+        return EXIT_FAIL;
+      }
+      return rc;
+    }
   fprintf(stderr, "lmap: unknown command '%s'\n\n%s", cmd, usage);
   return EXIT_USAGE;
 }

@@ -47,9 +47,10 @@ int cli_box(const char *s, double box[4]) {
   const char *p = s;
   for (int i = 0; i < 4; i++) {
     char *end;
-    errno = 0;
+    /* Underflow (ERANGE with a tiny result) is fine; overflow gives inf,
+     * which isfinite refuses. */
     box[i] = strtod(p, &end);
-    if (end == p || errno || !isfinite(box[i]))
+    if (end == p || !isfinite(box[i]))
       return -1;
     p = end;
     if (i < 3) {
