@@ -606,6 +606,23 @@ static double percentile(const float *sorted, size_t n, double p) {
   return sorted[i];
 }
 
+/* A JSON string of `s`; bytes that are not valid UTF-8 (a path in another
+ * encoding) become '?', so an odd path never fails the import at its end. */
+static json_t *utf8_string(const char *s) {
+  json_t *j = json_string(s);
+  if (j != NULL)
+    return j;
+  char *copy = strdup(s);
+  if (copy == NULL)
+    return NULL;
+  for (char *p = copy; *p; p++)
+    if ((unsigned char)*p >= 0x80)
+      *p = '?';
+  j = json_string(copy);
+  free(copy);
+  return j;
+}
+
 static json_t *meta_json(const build *b, writer *wr, uint64_t records) {
   const build_opts *o = b->o;
   char created[32];
@@ -623,15 +640,15 @@ static json_t *meta_json(const build *b, writer *wr, uint64_t records) {
       percentile(s, n, 0.01), "p50", percentile(s, n, 0.5), "p99",
       percentile(s, n, 0.99), "sampled", (json_int_t)n);
   return json_pack(
-      "{s:s, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:s, s:s, s:s, s:s, s:s, "
+      "{s:s, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:s, s:o, s:o, s:s, s:s, "
       "s:o, s:f, s:{s:I, s:i}, s:f, s:I, s:b}",
       "format", "lmap-store", "format_version", STORE_FORMAT_VERSION,
       "grid_h", (int)b->shape.h, "grid_w", (int)b->shape.w, "topk",
       (int)b->shape.k, "num_classes", (int)b->shape.num_classes, "encoding",
       b->shape.encoding == CODEC_F32 ? "f32" : "f16", "record_count",
       (json_int_t)records, "extent", o->extent ? o->extent : "full",
-      "source", o->source_desc ? o->source_desc : "", "annotator",
-      o->annotator ? o->annotator : "", "build_tool",
+      "source", utf8_string(o->source_desc ? o->source_desc : ""),
+      "annotator", utf8_string(o->annotator ? o->annotator : ""), "build_tool",
       "lmap " LMAP_VERSION_STRING, "created", created, "score_stats", stats,
       "encoding_max_prob_error", wr->prob_error, "encoding_error_sample",
       "records", (json_int_t)wr->error_records, "boxes", ERROR_BOXES,

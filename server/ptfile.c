@@ -37,7 +37,10 @@
 #define PT_MAX_PICKLE (1u << 20) /* bytes of data.pkl */
 #define PT_MAX_ZIP_ENTRIES 64
 #define PT_MAX_SMALL_ENTRY 64             /* version, byteorder */
-#define PT_MAX_STORAGE_BYTES (1ull << 30) /* storage (may exceed the view) */
+/* A storage may exceed the tensor's view (a slice), but never the 64 MiB
+ * the importer reads per file: only a deflated zip entry could claim more,
+ * and inflating it would let a small file allocate without bound. */
+#define PT_MAX_STORAGE_BYTES (64ull << 20)
 #define PT_MAX_VALS 512
 #define PT_MAX_ITEMS 1024
 #define PT_MAX_STACK 64

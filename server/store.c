@@ -1251,7 +1251,7 @@ int store_writer_open(const char *path, int overwrite, store_writer **out,
   if (path == NULL || path[0] == '\0')
     return diag_set(d, LMAP_EINVAL, "store path is empty");
   if (!overwrite && lstat(path, &st) == 0) {
-    diag_set(d, LMAP_EEXIST, "already exists (pass overwrite to replace it)");
+    diag_set(d, LMAP_EEXIST, "already exists (use --force to replace it)");
     diag_prefix(d, path);
     return LMAP_EEXIST;
   }

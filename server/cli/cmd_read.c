@@ -205,6 +205,13 @@ static int run_query(get_ctx *g, const char *id, const pool_query *q,
     return rc;
   }
   size_t need = (size_t)q->output_size * q->output_size * g->num_classes;
+  /* A dense item costs about 12 bytes per value: refuse before spending
+   * memory on an answer the output buffer's cap would refuse anyway. */
+  if (fmt == ITEM_DENSE && need > g->out.max / 12)
+    return diag_field(d, LMAP_ETOOBIG, "output_size",
+                      "a dense answer of %u x %u cells x %u classes is too "
+                      "large; use --format sparse or a smaller output size",
+                      q->output_size, q->output_size, g->num_classes);
   if (fmt == ITEM_DENSE && need > g->dense_cap) {
     float *p = realloc(g->dense, need * sizeof *p);
     if (p == NULL)
@@ -218,6 +225,23 @@ static int run_query(get_ctx *g, const char *id, const pool_query *q,
     return diag_set(d, rc, "cannot format the item: %s", lmap_strerror(rc));
   fwrite(g->out.data, 1, g->out.len, stdout);
   putchar('\n');
+  return 0;
+}
+
+/* A misspelt option must not be silently ignored. */
+static int check_keys(json_t *o, diag *d) {
+  static const char *const known[] = {"id",          "box",        "flip",
+                                      "softmax",     "output_size",
+                                      "box_format",  "format"};
+  const char *key;
+  json_t *v;
+  json_object_foreach(o, key, v) {
+    int ok = 0;
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+      ok |= strcmp(key, known[i]) == 0;
+    if (!ok)
+      return diag_field(d, LMAP_EFORMAT, key, "unknown key \"%s\"", key);
+  }
   return 0;
 }
 
@@ -238,6 +262,8 @@ static int run_line(get_ctx *g, const char *line, size_t len,
     rc = diag_field(d, LMAP_EFORMAT, "id", "\"id\" must be a string");
   else if (!json_is_array(box) || json_array_size(box) != 4)
     rc = diag_field(d, LMAP_EBADBOX, "box", "\"box\" must be an array of 4 numbers");
+  if (rc == 0)
+    rc = check_keys(o, d);
   for (size_t i = 0; rc == 0 && i < 4; i++) {
     v = json_array_get(box, i);
     if (!json_is_number(v))
@@ -465,8 +491,12 @@ int cmd_export(int argc, char **argv) {
       }
   FILE *f = fopen(out, "wb");
   int bad = f == NULL || fwrite(b.data, 1, b.len, f) != b.len;
+  int err = errno;
   if ((f && fclose(f) != 0) || bad) {
-    diag_set(&d, LMAP_EIO, "%s: cannot write the file", out);
+    diag_set(&d, LMAP_EIO, "%s: cannot write the file: %s", out,
+             strerror(bad ? err : errno));
+    if (f)
+      remove(out); /* no partial .npy left behind */
     rc = cli_fail("export", &d);
   }
 done:
