@@ -333,18 +333,65 @@ int importer_run(const char *src, const build_opts *o, build_stats *st,
 
 #define CLASSES_MAX_BYTES (64u << 20)
 
+/* Reads a whole small file that may be a pipe (no size known up front),
+ * NUL-terminated, refusing more than `cap` bytes. */
+static int read_small(const char *path, size_t cap, uint8_t **out,
+                      size_t *len, diag *d) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL)
+    return diag_set(d, LMAP_EIO, "%s: cannot open: %s", path,
+                    strerror(errno));
+  struct stat sb;
+  if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+    fclose(f);
+    return diag_set(d, LMAP_EIO, "%s: is a directory", path);
+  }
+  size_t n = 0, size = 4096;
+  uint8_t *buf = malloc(size + 1);
+  int rc = 0;
+  while (buf != NULL && rc == 0) {
+    n += fread(buf + n, 1, size - n, f);
+    if (n < size)
+      break;
+    if (size >= cap)
+      rc = diag_set(d, LMAP_ETOOBIG, "%s: more than %zu bytes", path, cap);
+    else {
+      size = size * 2 > cap ? cap : size * 2;
+      uint8_t *p = realloc(buf, size + 1);
+      if (p == NULL) {
+        free(buf);
+        buf = NULL;
+      } else {
+        buf = p;
+      }
+    }
+  }
+  if (rc == 0 && buf == NULL)
+    rc = diag_set(d, LMAP_ENOMEM, "%s: out of memory", path);
+  if (rc == 0 && ferror(f))
+    rc = diag_set(d, LMAP_EIO, "%s: read error", path);
+  fclose(f);
+  if (rc) {
+    free(buf);
+    return rc;
+  }
+  buf[n] = '\0';
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
 int importer_read_classes(const char *path, char **json_out, uint32_t *count,
                           diag *d) {
-  uint8_t *buf;
-  size_t len;
-  int rc = read_file(path, &buf, &len, d);
+  uint8_t *buf = NULL;
+  size_t len = 0;
+  int rc = read_small(path, CLASSES_MAX_BYTES, &buf, &len, d);
   if (rc)
     return rc;
-  if (len > CLASSES_MAX_BYTES) {
+  if (memchr(buf, '\0', len) != NULL) {
     free(buf);
-    return diag_set(d, LMAP_ETOOBIG, "%s: class file too large", path);
+    return diag_set(d, LMAP_EFORMAT, "%s: holds a NUL byte (not text)", path);
   }
-  buf[len] = '\0';
   json_t *arr = NULL;
   size_t i = 0;
   while (i < len && (buf[i] == ' ' || buf[i] == '\n' || buf[i] == '\t'))
