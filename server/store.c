@@ -41,6 +41,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -1157,13 +1158,45 @@ struct store_writer {
 };
 
 /* Frees the writer after removing its temporary files. */
+/* Temporary files this process has on disk, so that a signal handler can
+ * remove them (store_remove_temp_files): fixed storage, no allocation. */
+#define TMP_SLOTS 8
+#define TMP_PATH_MAX 4096
+static char tmp_paths[TMP_SLOTS][TMP_PATH_MAX];
+static volatile sig_atomic_t tmp_live[TMP_SLOTS];
+
+static void tmp_register(const char *t) {
+  for (int i = 0; i < TMP_SLOTS; i++)
+    if (!tmp_live[i] && strlen(t) < TMP_PATH_MAX) {
+      strcpy(tmp_paths[i], t);
+      tmp_live[i] = 1;
+      return;
+    }
+}
+
+static void tmp_forget(const char *t) {
+  for (int i = 0; i < TMP_SLOTS; i++)
+    if (tmp_live[i] && strcmp(tmp_paths[i], t) == 0)
+      tmp_live[i] = 0;
+}
+
+void store_remove_temp_files(void) {
+  for (int i = 0; i < TMP_SLOTS; i++)
+    if (tmp_live[i]) {
+      unlink(tmp_paths[i]);
+      tmp_live[i] = 0;
+    }
+}
+
 static void writer_discard(store_writer *w) {
   if (w->txn != NULL)
     mdb_txn_abort(w->txn);
   if (w->env != NULL)
     mdb_env_close(w->env);
-  if (w->tmp != NULL)
+  if (w->tmp != NULL) {
     unlink(w->tmp);
+    tmp_forget(w->tmp);
+  }
   if (w->fd >= 0)
     close(w->fd); /* the spill file was unlinked at creation */
   for (size_t i = 0; i < w->nblocks; i++)
@@ -1203,6 +1236,7 @@ static int make_tmp(const char *path, char **tmp, int *fd, diag *d) {
       else
         close(f);
       *tmp = t;
+      tmp_register(t);
       return 0;
     }
     if (errno != EEXIST) {
@@ -1270,6 +1304,7 @@ int store_writer_open(const char *path, int overwrite, store_writer **out,
   /* The spill file is only ever used through w->fd: unlinking it now means
    * an import killed by a signal leaves no spill file behind. */
   unlink(w->spill);
+  tmp_forget(w->spill);
   *out = w;
   return 0;
 fail:
@@ -1772,6 +1807,7 @@ int store_writer_commit(store_writer *w, diag *d) {
   if ((rc = finish_file(w, needed, d)) != 0 || (rc = place_file(w, d)) != 0)
     goto fail;
   sync_dir(w->path);
+  tmp_forget(w->tmp);
   free(w->tmp);
   w->tmp = NULL; /* placed: nothing left to remove */
   writer_discard(w);

@@ -191,4 +191,9 @@ int store_writer_commit(store_writer *w, diag *d);
 /* Removes the temporary files and frees `w`. Accepts NULL. */
 void store_writer_abort(store_writer *w);
 
+/* Removes the temporary files of every store this process is writing.
+ * Async-signal-safe: meant for a SIGINT/SIGTERM handler, after which the
+ * process exits (the writers are left unusable). */
+void store_remove_temp_files(void);
+
 #endif /* LMAP_STORE_H */

@@ -7,7 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <signal.h>
+
 #include "cli.h"
+#include "store.h"
 #include "lmap/version.h"
 
 static const char usage[] =
@@ -29,7 +32,18 @@ static const char usage[] =
     "exit status: 0 success, 1 failure (the message names the file and the reason),\n"
     "2 usage error.\n";
 
+/* An import or synth interrupted by a signal removes its temporary files
+ * (the store never appears half-written), then dies of the same signal. */
+static void on_signal(int sig) {
+  store_remove_temp_files();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
 int main(int argc, char **argv) {
+  signal(SIGINT, on_signal);
+  signal(SIGTERM, on_signal);
+  signal(SIGHUP, on_signal);
   /* libarchive converts each zip entry's time with mktime(); with TZ unset
    * glibc re-reads /etc/localtime on every call under a process-wide lock,
    * which serialised the import threads. Naming the same file loads it
