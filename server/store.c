@@ -1284,6 +1284,11 @@ int store_writer_open(const char *path, int overwrite, store_writer **out,
   struct stat st;
   if (path == NULL || path[0] == '\0')
     return diag_set(d, LMAP_EINVAL, "store path is empty");
+  if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+    diag_set(d, LMAP_EEXIST, "is a directory");
+    diag_prefix(d, path);
+    return LMAP_EEXIST;
+  }
   if (!overwrite && lstat(path, &st) == 0) {
     diag_set(d, LMAP_EEXIST, "already exists (use --force to replace it)");
     diag_prefix(d, path);
