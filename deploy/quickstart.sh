@@ -9,26 +9,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake gcc make pkg-config liblmdb-dev libzstd-dev libjansson-dev libarchive-dev)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "quickstart: installing ${missing[*]}"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+deploy/install-deps.sh "${packages[@]}"
 
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DLMAP_BUILD_TESTS=OFF >/dev/null
 cmake --build build-release -j"$(nproc)" >/dev/null
 lmap=build-release/lmap
 
 store=demo/imagenet-synth.lmap
-if [ ! -f "$store" ]; then
+# (Re)make the demo store when there is none or this lmap cannot read it.
+if ! "$lmap" info "$store" >/dev/null 2>&1; then
   mkdir -p demo
-  "$lmap" synth -o "$store" --images "${LMAP_DEMO_IMAGES:-10000}" --classes 1000 --grid 15 --topk 5 --seed 1
+  "$lmap" synth -o "$store" --force --images "${LMAP_DEMO_IMAGES:-10000}" \
+    --classes 1000 --grid 15 --topk 5 --seed 1
 fi
 
 echo
