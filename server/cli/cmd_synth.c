@@ -26,6 +26,7 @@ static const char help[] =
     "  -e, --encoding f16|f32 score encoding (default f16)\n"
     "  -j, --threads N        worker threads (default: one per core)\n"
     "  -f, --force            replace STORE if it exists\n"
+    "      --progress / --no-progress  progress line (default: on a terminal)\n"
     "\n"
     "exit status: 0 success, 1 failure, 2 usage.\n";
 
@@ -105,6 +106,8 @@ int cmd_synth(int argc, char **argv) {
       {"encoding", required_argument, 0, 'e'},
       {"threads", required_argument, 0, 'j'},
       {"force", no_argument, 0, 'f'},
+      {"progress", no_argument, 0, 'P'},
+      {"no-progress", no_argument, 0, 'Q'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   synth_source src = {.p = {.num_classes = 1000, .h = 15, .w = 15, .k = 5,
@@ -150,6 +153,8 @@ int cmd_synth(int argc, char **argv) {
       o.threads = (int)threads;
       break;
     case 'f': o.overwrite = 1; break;
+    case 'P': o.progress = true; break;
+    case 'Q': o.progress = false; break;
     case 'h': fputs(help, stdout); return EXIT_OK;
     default: return cli_usage("synth", "bad option");
     }
