@@ -1,0 +1,630 @@
+/*
+ * api: routes and handlers of lmapd (see api.h and docs/API.md).
+ *
+ * Every handler validates at the edge and answers through one of two
+ * exits: a success body, or api_error() with the code from the shared
+ * error table and a message naming the field. Items are produced by
+ * itemjson_write, the code path `lmap get` prints with, so the server and
+ * the tool cannot disagree.
+ */
+#include "api.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "itemjson.h"
+#include "npy.h"
+#include "pool.h"
+
+#define RESPONSE_MAX ((size_t)256 << 20)
+#define MISSING_NAMED 8 /* unknown ids named in a 404 */
+
+static const char JSON_TYPE[] = "application/json";
+static const char NPY_TYPE[] = "application/x-npy";
+
+struct api {
+  store *s;
+  const store_meta *meta;
+  uint32_t max_batch;
+  atomic_int draining;
+};
+
+struct api_worker {
+  api *a;
+  store_reader *reader;
+  pool_ws *ws;
+  float *dense; /* G*G*C floats, grown on demand */
+  size_t dense_cap;
+  dynbuf scratch; /* item text while a batch is validated */
+  api_response res;
+};
+
+int api_new(store *s, uint32_t max_batch, api **out, diag *d) {
+  api *a = calloc(1, sizeof *a);
+  if (a == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory");
+  a->s = s;
+  a->meta = store_get_meta(s);
+  a->max_batch = max_batch ? max_batch : API_DEFAULT_MAX_BATCH;
+  *out = a;
+  return 0;
+}
+
+void api_free(api *a) { free(a); }
+
+void api_set_draining(api *a) { atomic_store(&a->draining, 1); }
+
+api_worker *api_worker_new(api *a) {
+  api_worker *w = calloc(1, sizeof *w);
+  if (w == NULL)
+    return NULL;
+  w->a = a;
+  dynbuf_init(&w->res.body, RESPONSE_MAX);
+  dynbuf_init(&w->scratch, RESPONSE_MAX);
+  w->ws = pool_ws_new(a->meta->shape.num_classes);
+  if (w->ws == NULL || store_reader_new(a->s, &w->reader, NULL) != 0) {
+    api_worker_free(w);
+    return NULL;
+  }
+  return w;
+}
+
+void api_worker_free(api_worker *w) {
+  if (w == NULL)
+    return;
+  store_reader_free(w->reader);
+  pool_ws_free(w->ws);
+  free(w->dense);
+  dynbuf_free(&w->res.body);
+  dynbuf_free(&w->scratch);
+  free(w);
+}
+
+/* ---- responses ---- */
+
+static void reset(api_response *res) {
+  res->status = 200;
+  res->content_type = JSON_TYPE;
+  res->allow = NULL;
+  dynbuf_reset(&res->body);
+}
+
+void api_error_status(api_response *res, int status, const char *code,
+                      const char *message) {
+  reset(res);
+  res->status = status;
+  json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message",
+                        message);
+  char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+  json_decref(e);
+  if (text == NULL || dynbuf_addstr(&res->body, text) != 0) {
+    dynbuf_reset(&res->body);
+    dynbuf_addstr(&res->body, "{\"error\":{\"code\":\"internal\","
+                              "\"message\":\"cannot format the error\"}}");
+  }
+  free(text);
+}
+
+void api_error(api_response *res, int code, const diag *d) {
+  reset(res);
+  res->status = lmap_err_http_status(code);
+  const char *msg = d && d->msg[0] ? d->msg : lmap_strerror(code);
+  json_t *err = json_pack("{s:s, s:s}", "code", lmap_err_code(code),
+                          "message", msg);
+  if (err && d && d->field[0])
+    json_object_set_new(err, "field", json_string(d->field));
+  json_t *e = err ? json_pack("{s:o}", "error", err) : NULL;
+  char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+  json_decref(e);
+  if (text == NULL || dynbuf_addstr(&res->body, text) != 0) {
+    free(text);
+    api_error_status(res, 500, "internal", "cannot format the error");
+    return;
+  }
+  free(text);
+}
+
+static api_response *fail(api_worker *w, int code, const diag *d) {
+  api_error(&w->res, code, d);
+  return &w->res;
+}
+
+static api_response *fail_msg(api_worker *w, int code, const char *field,
+                              const char *fmt, const char *arg) {
+  diag d;
+  diag_field(&d, code, field ? field : "", fmt, arg);
+  return fail(w, code, &d);
+}
+
+static int wants_npy(const api_request *req) {
+  return req->accept && strstr(req->accept, NPY_TYPE) != NULL;
+}
+
+/* ---- query options ---- */
+
+typedef struct options {
+  pool_query q;
+  itemjson_format format;
+} options;
+
+static int parse_bool(const char *s, bool *out) {
+  if (strcmp(s, "true") == 0 || strcmp(s, "1") == 0)
+    *out = true;
+  else if (strcmp(s, "false") == 0 || strcmp(s, "0") == 0)
+    *out = false;
+  else
+    return -1;
+  return 0;
+}
+
+static int parse_box_format(const char *s, pool_box_format *f) {
+  if (strcmp(s, "xyxy") == 0)
+    *f = POOL_BOX_XYXY;
+  else if (strcmp(s, "relabel") == 0)
+    *f = POOL_BOX_RELABEL;
+  else
+    return -1;
+  return 0;
+}
+
+static int parse_format(const char *s, itemjson_format *f) {
+  if (strcmp(s, "dense") == 0)
+    *f = ITEM_DENSE;
+  else if (strcmp(s, "sparse") == 0)
+    *f = ITEM_SPARSE;
+  else
+    return -1;
+  return 0;
+}
+
+/* "a,b,c,d": four finite numbers. */
+static int parse_box_text(const char *s, double box[4]) {
+  const char *p = s;
+  for (int i = 0; i < 4; i++) {
+    char *end;
+    box[i] = strtod(p, &end);
+    if (end == p || !isfinite(box[i]))
+      return -1;
+    p = end;
+    if (i < 3 && *p++ != ',')
+      return -1;
+  }
+  return *p == '\0' ? 0 : -1;
+}
+
+static int parse_output_size(long long v, uint32_t *out, diag *d) {
+  if (v < 1 || v > POOL_MAX_OUTPUT_SIZE)
+    return diag_field(d, LMAP_EINVAL, "output_size",
+                      "output_size must be an integer in [1, %u]",
+                      POOL_MAX_OUTPUT_SIZE);
+  *out = (uint32_t)v;
+  return 0;
+}
+
+/* The options of GET /v1/labels/{id} from the query string. */
+static int options_from_args(const api_request *req, options *o, diag *d) {
+  const char *v;
+  if ((v = req->arg(req->arg_ctx, "box")) == NULL)
+    return diag_field(d, LMAP_EBADBOX, "box",
+                      "box is required: ?box=x0,y0,x1,y1");
+  if (parse_box_text(v, o->q.box))
+    return diag_field(d, LMAP_EBADBOX, "box",
+                      "box must be four finite numbers x0,y0,x1,y1");
+  if ((v = req->arg(req->arg_ctx, "output_size")) != NULL) {
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (end == v || *end || errno)
+      return diag_field(d, LMAP_EINVAL, "output_size",
+                        "output_size must be an integer in [1, %u]",
+                        POOL_MAX_OUTPUT_SIZE);
+    if (parse_output_size(n, &o->q.output_size, d))
+      return LMAP_EINVAL;
+  }
+  if ((v = req->arg(req->arg_ctx, "format")) != NULL &&
+      parse_format(v, &o->format))
+    return diag_field(d, LMAP_EINVAL, "format",
+                      "format must be dense or sparse");
+  if ((v = req->arg(req->arg_ctx, "box_format")) != NULL &&
+      parse_box_format(v, &o->q.box_format))
+    return diag_field(d, LMAP_EINVAL, "box_format",
+                      "box_format must be xyxy or relabel");
+  if ((v = req->arg(req->arg_ctx, "flip")) != NULL &&
+      parse_bool(v, &o->q.flip))
+    return diag_field(d, LMAP_EINVAL, "flip", "flip must be true or false");
+  if ((v = req->arg(req->arg_ctx, "softmax")) != NULL &&
+      parse_bool(v, &o->q.softmax))
+    return diag_field(d, LMAP_EINVAL, "softmax",
+                      "softmax must be true or false");
+  return pool_check_query(&o->q, d);
+}
+
+/* ---- pooling ---- */
+
+static int ensure_dense(api_worker *w, uint32_t G, diag *d) {
+  size_t need = (size_t)G * G * w->a->meta->shape.num_classes;
+  if (need <= w->dense_cap)
+    return 0;
+  float *p = realloc(w->dense, need * sizeof *p);
+  if (p == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory");
+  w->dense = p;
+  w->dense_cap = need;
+  return 0;
+}
+
+static int lookup(api_worker *w, const char *id, labelmap *m, diag *d) {
+  int rc = labelmap_id_check(id, strlen(id), d);
+  if (rc == 0)
+    rc = store_reader_get(w->reader, id, strlen(id), m, d);
+  if (rc == LMAP_ENOTFOUND)
+    diag_field(d, rc, "id", "no label map for id '%s'", id);
+  return rc;
+}
+
+/* Appends query results as .npy rows: [C] per item for G = 1, else
+ * [C, G, G] (the dense output is cell-major and is transposed here). */
+static int npy_item(api_worker *w, const labelmap *m, const pool_query *q) {
+  uint32_t C = w->a->meta->shape.num_classes, G = q->output_size;
+  int rc = pool_dense(m, C, q, w->ws, w->dense);
+  if (rc)
+    return rc;
+  if (G == 1)
+    return dynbuf_add(&w->res.body, w->dense, (size_t)C * sizeof(float));
+  size_t cells = (size_t)G * G;
+  rc = dynbuf_reserve(&w->res.body, cells * C * sizeof(float));
+  for (uint32_t c = 0; rc == 0 && c < C; c++)
+    for (size_t cell = 0; cell < cells; cell++)
+      dynbuf_add(&w->res.body, &w->dense[cell * C + c], sizeof(float));
+  return rc;
+}
+
+/* ---- handlers ---- */
+
+static api_response *get_label(api_worker *w, const api_request *req,
+                               const char *id) {
+  options o = {{{0, 0, 1, 1}, POOL_BOX_XYXY, 1, false, true}, ITEM_DENSE};
+  diag d;
+  diag_clear(&d);
+  labelmap m;
+  int rc = options_from_args(req, &o, &d);
+  if (rc == 0)
+    rc = ensure_dense(w, o.q.output_size, &d);
+  if (rc == 0)
+    rc = lookup(w, id, &m, &d);
+  if (rc)
+    return fail(w, rc, &d);
+  reset(&w->res);
+  rc = itemjson_write(&w->res.body, id, &m, w->a->meta->shape.num_classes,
+                      &o.q, o.format, w->ws, w->dense);
+  if (rc) {
+    diag_set(&d, rc, "cannot build the answer: %s", lmap_strerror(rc));
+    return fail(w, rc, &d);
+  }
+  return &w->res;
+}
+
+/* Checks that `o` has only keys from `known` (NULL-terminated). */
+static int known_keys(json_t *o, const char *const *known, const char *where,
+                      diag *d) {
+  const char *key;
+  json_t *v;
+  json_object_foreach(o, key, v) {
+    int ok = 0;
+    for (const char *const *k = known; *k; k++)
+      ok |= strcmp(key, *k) == 0;
+    if (!ok)
+      return diag_field(d, LMAP_EINVAL, key, "unknown key \"%s\" in %s", key,
+                        where);
+  }
+  return 0;
+}
+
+/* The batch-wide options of POST /v1/labels. */
+static int batch_options(json_t *root, options *o, diag *d) {
+  static const char *const known[] = {"queries", "output_size", "format",
+                                      "box_format", "softmax", NULL};
+  int rc = known_keys(root, known, "the request", d);
+  json_t *v;
+  if (rc == 0 && (v = json_object_get(root, "output_size")) != NULL) {
+    if (!json_is_integer(v))
+      rc = diag_field(d, LMAP_EINVAL, "output_size",
+                      "output_size must be an integer in [1, %u]",
+                      POOL_MAX_OUTPUT_SIZE);
+    else
+      rc = parse_output_size(json_integer_value(v), &o->q.output_size, d);
+  }
+  if (rc == 0 && (v = json_object_get(root, "format")) != NULL &&
+      (!json_is_string(v) || parse_format(json_string_value(v), &o->format)))
+    rc = diag_field(d, LMAP_EINVAL, "format",
+                    "format must be \"dense\" or \"sparse\"");
+  if (rc == 0 && (v = json_object_get(root, "box_format")) != NULL &&
+      (!json_is_string(v) ||
+       parse_box_format(json_string_value(v), &o->q.box_format)))
+    rc = diag_field(d, LMAP_EINVAL, "box_format",
+                    "box_format must be \"xyxy\" or \"relabel\"");
+  if (rc == 0 && (v = json_object_get(root, "softmax")) != NULL) {
+    if (!json_is_boolean(v))
+      rc = diag_field(d, LMAP_EINVAL, "softmax",
+                      "softmax must be true or false");
+    o->q.softmax = json_is_true(v);
+  }
+  return rc;
+}
+
+/* One element of "queries": id, box, flip. Names the index in errors. */
+static int batch_query(json_t *q, size_t i, pool_query *pq, const char **id,
+                       diag *d) {
+  static const char *const known[] = {"id", "box", "flip", NULL};
+  char field[64];
+  if (!json_is_object(q))
+    return diag_field(d, LMAP_EINVAL, "queries",
+                      "queries[%zu] must be an object", i);
+  if (known_keys(q, known, "a query", d))
+    return LMAP_EINVAL;
+  json_t *jid = json_object_get(q, "id"), *box = json_object_get(q, "box"),
+         *flip = json_object_get(q, "flip");
+  if (!json_is_string(jid)) {
+    snprintf(field, sizeof field, "queries[%zu].id", i);
+    return diag_field(d, LMAP_EBADID, field, "%s must be a string", field);
+  }
+  *id = json_string_value(jid);
+  snprintf(field, sizeof field, "queries[%zu].box", i);
+  if (!json_is_array(box) || json_array_size(box) != 4)
+    return diag_field(d, LMAP_EBADBOX, field,
+                      "%s must be an array of 4 numbers", field);
+  for (size_t k = 0; k < 4; k++) {
+    json_t *v = json_array_get(box, k);
+    if (!json_is_number(v))
+      return diag_field(d, LMAP_EBADBOX, field, "%s[%zu] is not a number",
+                        field, k);
+    pq->box[k] = json_number_value(v);
+  }
+  if (flip != NULL) {
+    if (!json_is_boolean(flip)) {
+      snprintf(field, sizeof field, "queries[%zu].flip", i);
+      return diag_field(d, LMAP_EINVAL, field, "%s must be true or false",
+                        field);
+    }
+    pq->flip = json_is_true(flip);
+  }
+  int rc = labelmap_id_check(*id, strlen(*id), d);
+  if (rc == 0)
+    rc = pool_check_query(pq, d);
+  if (rc) {
+    char where[32];
+    snprintf(where, sizeof where, "queries[%zu]", i);
+    diag_prefix(d, where);
+  }
+  return rc;
+}
+
+static api_response *post_labels(api_worker *w, const api_request *req) {
+  diag d;
+  diag_clear(&d);
+  json_error_t jerr;
+  json_t *root = json_loadb((const char *)req->body, req->body_len,
+                            JSON_REJECT_DUPLICATES, &jerr);
+  if (root == NULL) {
+    diag_set(&d, LMAP_EFORMAT, "invalid JSON at line %d, column %d: %s",
+             jerr.line, jerr.column, jerr.text);
+    return fail(w, LMAP_EFORMAT, &d);
+  }
+  options o = {{{0, 0, 1, 1}, POOL_BOX_XYXY, 1, false, true}, ITEM_DENSE};
+  json_t *queries = json_object_get(root, "queries");
+  int rc = 0;
+  if (!json_is_object(root))
+    rc = diag_set(&d, LMAP_EFORMAT, "the request must be a JSON object");
+  else if (!json_is_array(queries) || json_array_size(queries) == 0)
+    rc = diag_field(&d, LMAP_EINVAL, "queries",
+                    "queries must be a non-empty array");
+  else if (json_array_size(queries) > w->a->max_batch)
+    rc = diag_field(&d, LMAP_ETOOBIG, "queries",
+                    "%zu queries, more than the %u a batch may hold",
+                    json_array_size(queries), w->a->max_batch);
+  if (rc == 0)
+    rc = batch_options(root, &o, &d);
+  if (rc == 0)
+    rc = ensure_dense(w, o.q.output_size, &d);
+  if (rc) {
+    json_decref(root);
+    return fail(w, rc, &d);
+  }
+
+  size_t n = json_array_size(queries);
+  uint32_t C = w->a->meta->shape.num_classes, G = o.q.output_size;
+  int npy = wants_npy(req);
+  reset(&w->res);
+  dynbuf *out = &w->res.body;
+  if (npy) {
+    size_t shape4[4] = {n, C, G, G};
+    rc = npy_header_f32(out, shape4, G == 1 ? 2 : 4);
+    w->res.content_type = NPY_TYPE;
+  } else {
+    rc = dynbuf_addstr(out, "{\"results\":[");
+  }
+  /* Unknown ids are collected so that the 404 names them all (up to a
+   * few); the answer built so far is then discarded. */
+  dynbuf missing;
+  dynbuf_init(&missing, 4096);
+  size_t nmissing = 0;
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    pool_query q = o.q;
+    const char *id = NULL;
+    labelmap m;
+    rc = batch_query(json_array_get(queries, i), i, &q, &id, &d);
+    if (rc)
+      break;
+    int got = store_reader_get(w->reader, id, strlen(id), &m, &d);
+    if (got == LMAP_ENOTFOUND) {
+      if (nmissing++ < MISSING_NAMED)
+        dynbuf_printf(&missing, "%s'%s'", nmissing > 1 ? ", " : "", id);
+      continue;
+    }
+    if (got) {
+      rc = got;
+      break;
+    }
+    if (nmissing)
+      continue; /* the answer will be a 404: skip the pooling */
+    if (npy) {
+      rc = npy_item(w, &m, &q);
+    } else {
+      if (i)
+        rc = dynbuf_add(out, ",", 1);
+      if (rc == 0)
+        rc = itemjson_write(out, id, &m, C, &q, o.format, w->ws, w->dense);
+    }
+    if (rc && d.msg[0] == '\0')
+      diag_set(&d, rc, "cannot build the answer: %s", lmap_strerror(rc));
+  }
+  if (rc == 0 && nmissing) {
+    rc = diag_field(&d, LMAP_ENOTFOUND, "queries",
+                    "%zu unknown id%s: %s%s", nmissing,
+                    nmissing > 1 ? "s" : "", missing.data ? missing.data : "",
+                    nmissing > MISSING_NAMED ? ", ..." : "");
+  }
+  dynbuf_free(&missing);
+  json_decref(root);
+  if (rc == 0 && !npy)
+    rc = dynbuf_addstr(out, "]}");
+  if (rc)
+    return fail(w, rc, &d);
+  return &w->res;
+}
+
+static api_response *get_map(api_worker *w, const api_request *req,
+                             const char *id) {
+  diag d;
+  diag_clear(&d);
+  labelmap m;
+  int rc = lookup(w, id, &m, &d);
+  if (rc)
+    return fail(w, rc, &d);
+  reset(&w->res);
+  dynbuf *out = &w->res.body;
+  size_t cells = (size_t)m.h * m.w;
+  if (wants_npy(req)) {
+    /* The official layout: [2, K, H, W], class indices as floats. */
+    size_t shape[4] = {2, m.k, m.h, m.w};
+    w->res.content_type = NPY_TYPE;
+    rc = npy_header_f32(out, shape, 4);
+    for (int plane = 0; rc == 0 && plane < 2; plane++)
+      for (uint32_t k = 0; rc == 0 && k < m.k; k++)
+        for (size_t cell = 0; rc == 0 && cell < cells; cell++) {
+          size_t i = cell * m.k + k;
+          float v = plane ? (float)m.classes[i] : m.scores[i];
+          rc = dynbuf_add(out, &v, sizeof v);
+        }
+  } else {
+    /* JSON: the same layout flattened, [K][H][W] row-major per plane. */
+    rc = dynbuf_printf(out, "{\"id\":\"%s\",\"k\":%u,\"h\":%u,\"w\":%u,"
+                            "\"classes\":[", id, m.k, m.h, m.w);
+    for (uint32_t k = 0; rc == 0 && k < m.k; k++)
+      for (size_t cell = 0; rc == 0 && cell < cells; cell++)
+        rc = dynbuf_printf(out, k || cell ? ",%u" : "%u",
+                           m.classes[cell * m.k + k]);
+    if (rc == 0)
+      rc = dynbuf_addstr(out, "],\"scores\":[");
+    for (uint32_t k = 0; rc == 0 && k < m.k; k++)
+      for (size_t cell = 0; rc == 0 && cell < cells; cell++) {
+        if (k || cell)
+          rc = dynbuf_add(out, ",", 1);
+        if (rc == 0)
+          rc = itemjson_number(out, m.scores[cell * m.k + k]);
+      }
+    if (rc == 0)
+      rc = dynbuf_addstr(out, "]}");
+  }
+  if (rc) {
+    diag_set(&d, rc, "cannot build the answer: %s", lmap_strerror(rc));
+    return fail(w, rc, &d);
+  }
+  return &w->res;
+}
+
+static api_response *json_text(api_worker *w, int status, const char *text) {
+  reset(&w->res);
+  w->res.status = status;
+  if (dynbuf_addstr(&w->res.body, text))
+    api_error_status(&w->res, 500, "internal", "out of memory");
+  return &w->res;
+}
+
+static api_response *get_info(api_worker *w) {
+  json_t *meta = json_loads(store_meta_json(w->a->s), 0, NULL);
+  if (meta == NULL)
+    return json_text(w, 500, "{\"error\":{\"code\":\"internal\","
+                             "\"message\":\"metadata is not valid JSON\"}}");
+  json_object_set_new(meta, "file_bytes",
+                      json_integer((json_int_t)store_file_size(w->a->s)));
+  char *text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(9));
+  json_decref(meta);
+  api_response *r = json_text(w, 200, text ? text : "{}");
+  free(text);
+  return r;
+}
+
+static api_response *get_classes(api_worker *w) {
+  const char *names = store_class_names_json(w->a->s);
+  if (names == NULL)
+    return fail_msg(w, LMAP_ENOTFOUND, NULL, "%s",
+                    "this store has no class names");
+  reset(&w->res);
+  if (dynbuf_addstr(&w->res.body, "{\"classes\":") ||
+      dynbuf_addstr(&w->res.body, names) ||
+      dynbuf_addstr(&w->res.body, "}"))
+    api_error_status(&w->res, 500, "internal", "out of memory");
+  return &w->res;
+}
+
+/* ---- routing ---- */
+
+static api_response *method_not_allowed(api_worker *w, const char *method,
+                                        const char *allow) {
+  char msg[128];
+  snprintf(msg, sizeof msg, "method %.16s is not allowed here (allowed: %s)",
+           method, allow);
+  api_error_status(&w->res, 405, "method_not_allowed", msg);
+  w->res.allow = allow;
+  return &w->res;
+}
+
+/* The id after `prefix` in `path`, or NULL if `path` is not under it. */
+static const char *after(const char *path, const char *prefix) {
+  size_t n = strlen(prefix);
+  return strncmp(path, prefix, n) == 0 && path[n] ? path + n : NULL;
+}
+
+api_response *api_handle(api_worker *w, const api_request *req) {
+  const char *path = req->path, *m = req->method, *id;
+  int get = strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0;
+  int post = strcmp(m, "POST") == 0;
+  if (strcmp(path, "/livez") == 0)
+    return get ? json_text(w, 200, "{\"status\":\"ok\"}")
+               : method_not_allowed(w, m, "GET, HEAD");
+  if (strcmp(path, "/readyz") == 0) {
+    if (!get)
+      return method_not_allowed(w, m, "GET, HEAD");
+    if (atomic_load(&w->a->draining))
+      return json_text(w, 503, "{\"status\":\"draining\"}");
+    return json_text(w, 200, "{\"status\":\"ready\"}");
+  }
+  if (strcmp(path, "/v1/info") == 0)
+    return get ? get_info(w) : method_not_allowed(w, m, "GET, HEAD");
+  if (strcmp(path, "/v1/classes") == 0)
+    return get ? get_classes(w) : method_not_allowed(w, m, "GET, HEAD");
+  if (strcmp(path, "/v1/labels") == 0)
+    return post ? post_labels(w, req) : method_not_allowed(w, m, "POST");
+  if ((id = after(path, "/v1/labels/")) != NULL)
+    return get ? get_label(w, req, id) : method_not_allowed(w, m, "GET, HEAD");
+  if ((id = after(path, "/v1/maps/")) != NULL)
+    return get ? get_map(w, req, id) : method_not_allowed(w, m, "GET, HEAD");
+  api_error_status(&w->res, 404, "not_found", "no such route");
+  return &w->res;
+}

@@ -1,0 +1,76 @@
+/*
+ * api: the HTTP API of lmapd, independent of the HTTP library.
+ *
+ * http.c turns each request into an api_request (method, decoded path,
+ * query arguments, body) and sends back the api_response this module fills:
+ * routing, validation of every field (errors name it), pooling through the
+ * same itemjson code as `lmap get`, and the JSON error envelope
+ * {"error": {"code", "message", "field"}} with the status from the shared
+ * error table. See docs/API.md.
+ *
+ * Threading: one api (the store and its metadata) is shared by every HTTP
+ * worker thread; each thread owns one api_worker (a store reader with its
+ * read transaction, the pooling workspace and the output buffer), so the
+ * request path takes no lock.
+ */
+#ifndef LMAP_API_H
+#define LMAP_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "diag.h"
+#include "dynbuf.h"
+#include "store.h"
+
+#define API_DEFAULT_MAX_BATCH 4096u
+
+typedef struct api_request {
+  const char *method; /* "GET", "POST", ... */
+  const char *path;   /* URL path, already percent-decoded */
+  /* Query argument `name`, or NULL when absent. */
+  const char *(*arg)(void *ctx, const char *name);
+  void *arg_ctx;
+  const char *accept; /* the Accept header, or NULL */
+  const uint8_t *body;
+  size_t body_len;
+} api_request;
+
+typedef struct api_response {
+  int status;
+  const char *content_type; /* static string */
+  const char *allow;        /* the Allow header for 405, else NULL */
+  dynbuf body;              /* owned by the api_worker, reused */
+} api_response;
+
+typedef struct api api;
+typedef struct api_worker api_worker;
+
+/* Creates the shared API over an open store (borrowed: it must outlive the
+ * api). Returns 0 or LMAP_ENOMEM. */
+int api_new(store *s, uint32_t max_batch, api **out, diag *d);
+void api_free(api *a); /* accepts NULL; every worker must be freed first */
+
+/* Marks the service as draining: /readyz answers 503 from now on. */
+void api_set_draining(api *a);
+
+/* A worker for the calling thread. NULL when out of memory. */
+api_worker *api_worker_new(api *a);
+void api_worker_free(api_worker *w); /* accepts NULL */
+
+/* Handles one request. `res` is borrowed from the worker and valid until
+ * its next request. Never fails: every problem becomes an error response. */
+api_response *api_handle(api_worker *w, const api_request *req);
+
+/* Fills `res` with the JSON error envelope for `code` (a LMAP_E* value),
+ * with the message and field of `d`. Used by http.c for transport-level
+ * errors (413, 411, 400) as well. */
+void api_error(api_response *res, int code, const diag *d);
+
+/* A JSON error response for an HTTP status without an lmap error code
+ * (411, 431...). `code` is the JSON code string. */
+void api_error_status(api_response *res, int status, const char *code,
+                      const char *message);
+
+#endif /* LMAP_API_H */

@@ -1,0 +1,26 @@
+/* log: JSON lines on stderr (see log.h). */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <time.h>
+
+void log_event(const char *event, const char *fields, ...) {
+  char ts[40];
+  struct timespec now;
+  struct tm tm;
+  clock_gettime(CLOCK_REALTIME, &now);
+  gmtime_r(&now.tv_sec, &tm);
+  size_t n = strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(ts + n, sizeof ts - n, ".%03ldZ", now.tv_nsec / 1000000);
+  char body[1024] = "";
+  if (fields) {
+    va_list ap;
+    va_start(ap, fields);
+    vsnprintf(body, sizeof body, fields, ap);
+    va_end(ap);
+  }
+  /* One fprintf per line so that lines from threads do not interleave. */
+  fprintf(stderr, "{\"ts\":\"%s\",\"event\":\"%s\"%s%s}\n", ts, event,
+          body[0] ? "," : "", body);
+}

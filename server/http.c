@@ -1,0 +1,259 @@
+/*
+ * http: libmicrohttpd front end (see http.h). MHD calls the access handler
+ * several times per request: first with the headers only (we check the
+ * framing and set up the request state, and answer nothing yet unless the
+ * request is refused), then with body chunks, then once with no data (we
+ * dispatch to the api and queue its response).
+ */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct http_server {
+  struct MHD_Daemon *mhd;
+  api *a;
+  size_t max_body;
+  pthread_key_t worker_key;
+  int key_made;
+};
+
+/* Per-request state, from the first handler call to the completion
+ * callback. */
+typedef struct request {
+  int refused;     /* a response was queued on the first call */
+  dynbuf body;
+} request;
+
+/* ---- framing checks on the first call ---- */
+
+typedef struct framing {
+  int content_length;    /* headers seen */
+  int transfer_encoding;
+  int te_chunked;        /* the only Transfer-Encoding value accepted */
+  int bad_name;
+  unsigned long long length;
+  int length_ok;
+} framing;
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind,
+                                   const char *key, const char *value) {
+  (void)kind;
+  framing *f = cls;
+  if (strpbrk(key, " \t") != NULL)
+    f->bad_name = 1;
+  if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+    f->content_length++;
+    char *end;
+    f->length = strtoull(value ? value : "", &end, 10);
+    f->length_ok = value && *value >= '0' && *value <= '9' && *end == '\0';
+  } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+    f->transfer_encoding++;
+    f->te_chunked = value && strcasecmp(value, "chunked") == 0;
+  }
+  return MHD_YES;
+}
+
+static enum MHD_Result respond(struct MHD_Connection *c, api_response *r) {
+  struct MHD_Response *resp = MHD_create_response_from_buffer(
+      r->body.len, r->body.data ? r->body.data : (void *)"",
+      MHD_RESPMEM_MUST_COPY);
+  if (resp == NULL)
+    return MHD_NO;
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                          r->content_type);
+  if (r->allow)
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+  enum MHD_Result ok = MHD_queue_response(c, (unsigned)r->status, resp);
+  MHD_destroy_response(resp);
+  return ok;
+}
+
+/* Refuses a request before its body is read. MHD closes the connection
+ * after such an answer, which is right: the rest of the stream cannot be
+ * trusted to be framed as the client meant. */
+static enum MHD_Result refuse(struct MHD_Connection *c, request *rq, int status,
+                              const char *code, const char *message) {
+  api_response r;
+  dynbuf_init(&r.body, 4096);
+  api_error_status(&r, status, code, message);
+  rq->refused = 1;
+  enum MHD_Result ok = respond(c, &r);
+  dynbuf_free(&r.body);
+  return ok;
+}
+
+static enum MHD_Result first_call(http_server *s, struct MHD_Connection *c,
+                                  const char *method, request *rq) {
+  framing f = {0};
+  char msg[160];
+  MHD_get_connection_values(c, MHD_HEADER_KIND, scan_header, &f);
+  if (f.bad_name)
+    return refuse(c, rq, 400, "bad_request",
+                  "a header name contains white space");
+  if (f.content_length > 1)
+    return refuse(c, rq, 400, "bad_request",
+                  "more than one Content-Length header");
+  if (f.transfer_encoding && f.content_length)
+    return refuse(c, rq, 400, "bad_request",
+                  "Content-Length together with Transfer-Encoding");
+  if (f.transfer_encoding > 1 || (f.transfer_encoding && !f.te_chunked))
+    return refuse(c, rq, 400, "bad_request",
+                  "Transfer-Encoding other than chunked");
+  if (f.content_length && !f.length_ok)
+    return refuse(c, rq, 400, "bad_request", "malformed Content-Length");
+  if (strcmp(method, "POST") == 0 && !f.content_length)
+    return refuse(c, rq, 411, "length_required",
+                  "a POST body needs a Content-Length");
+  if (f.content_length && f.length > s->max_body) {
+    snprintf(msg, sizeof msg, "the body is %llu bytes, more than the %zu "
+             "allowed", f.length, s->max_body);
+    return refuse(c, rq, 413, "too_large", msg);
+  }
+  dynbuf_init(&rq->body, s->max_body);
+  if (f.content_length && dynbuf_reserve(&rq->body, (size_t)f.length))
+    return refuse(c, rq, 500, "internal", "out of memory");
+  return MHD_YES;
+}
+
+/* ---- dispatch ---- */
+
+static const char *get_arg(void *ctx, const char *name) {
+  return MHD_lookup_connection_value(ctx, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static api_worker *thread_worker(http_server *s) {
+  api_worker *w = pthread_getspecific(s->worker_key);
+  if (w == NULL) {
+    w = api_worker_new(s->a);
+    if (w != NULL)
+      pthread_setspecific(s->worker_key, w);
+  }
+  return w;
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
+                              const char *url, const char *method,
+                              const char *version, const char *upload_data,
+                              size_t *upload_size, void **con_cls) {
+  (void)version;
+  http_server *s = cls;
+  request *rq = *con_cls;
+  if (rq == NULL) {
+    rq = calloc(1, sizeof *rq);
+    if (rq == NULL)
+      return MHD_NO;
+    *con_cls = rq;
+    return first_call(s, c, method, rq);
+  }
+  if (rq->refused) {
+    *upload_size = 0; /* the answer is queued; drop what still arrives */
+    return MHD_YES;
+  }
+  if (*upload_size) {
+    if (dynbuf_add(&rq->body, upload_data, *upload_size))
+      return refuse(c, rq, 413, "too_large", "the body exceeds the limit");
+    *upload_size = 0;
+    return MHD_YES;
+  }
+  api_worker *w = thread_worker(s);
+  if (w == NULL)
+    return refuse(c, rq, 500, "internal", "cannot set up a worker");
+  api_request req = {
+      .method = method,
+      .path = url,
+      .arg = get_arg,
+      .arg_ctx = c,
+      .accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                            MHD_HTTP_HEADER_ACCEPT),
+      .body = (const uint8_t *)rq->body.data,
+      .body_len = rq->body.len,
+  };
+  return respond(c, api_handle(w, &req));
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                      enum MHD_RequestTerminationCode toe) {
+  (void)cls;
+  (void)c;
+  (void)toe;
+  request *rq = *con_cls;
+  if (rq == NULL)
+    return;
+  dynbuf_free(&rq->body);
+  free(rq);
+  *con_cls = NULL;
+}
+
+static void free_worker(void *w) { api_worker_free(w); }
+
+int http_start(const http_config *c, api *a, http_server **out,
+               uint16_t *port_out, diag *d) {
+  struct sockaddr_in addr = {0};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(c->port);
+  if (inet_pton(AF_INET, c->host, &addr.sin_addr) != 1)
+    return diag_field(d, LMAP_EINVAL, "listen",
+                      "'%s' is not a numeric IPv4 address", c->host);
+  http_server *s = calloc(1, sizeof *s);
+  if (s == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory");
+  s->a = a;
+  s->max_body = c->max_body;
+  if (pthread_key_create(&s->worker_key, free_worker) != 0) {
+    free(s);
+    return diag_set(d, LMAP_ENOMEM, "cannot create a thread key");
+  }
+  s->key_made = 1;
+  s->mhd = MHD_start_daemon(
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+          MHD_USE_ERROR_LOG,
+      c->port, NULL, NULL, handle, s, MHD_OPTION_SOCK_ADDR, &addr,
+      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(c->threads ? c->threads : 1),
+      MHD_OPTION_CONNECTION_TIMEOUT, c->idle_timeout,
+      MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT, c->max_per_ip,
+      MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_END);
+  if (s->mhd == NULL) {
+    pthread_key_delete(s->worker_key);
+    free(s);
+    return diag_field(d, LMAP_EIO, "listen", "cannot listen on %s:%u",
+                      c->host, (unsigned)c->port);
+  }
+  const union MHD_DaemonInfo *info =
+      MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+  *port_out = info ? info->port : c->port;
+  *out = s;
+  return 0;
+}
+
+void http_quiesce(http_server *s) {
+  MHD_socket fd = MHD_quiesce_daemon(s->mhd);
+  if (fd != MHD_INVALID_SOCKET)
+    close(fd);
+}
+
+unsigned http_connections(http_server *s) {
+  const union MHD_DaemonInfo *info =
+      MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+  return info ? info->num_connections : 0;
+}
+
+void http_stop(http_server *s) {
+  if (s == NULL)
+    return;
+  /* Joining the pool threads runs their key destructors, which free the
+   * workers (and their store readers) before the caller closes the store. */
+  MHD_stop_daemon(s->mhd);
+  if (s->key_made)
+    pthread_key_delete(s->worker_key);
+  free(s);
+}

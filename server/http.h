@@ -1,0 +1,49 @@
+/*
+ * http: lmapd's HTTP front end on libmicrohttpd. The only module that
+ * includes microhttpd.h.
+ *
+ * It runs MHD's internal thread pool with epoll, gives each pool thread its
+ * own api_worker (created lazily on the thread's first request), checks
+ * the framing of every request on MHD's first handler call (duplicate or
+ * conflicting Content-Length / Transfer-Encoding, header names with
+ * spaces: 400; a POST without a length: 411; a body over the cap: 413,
+ * decided from the headers before any body is read), and answers on a
+ * later call so that keep-alive is preserved (see shared/FACTS.md).
+ */
+#ifndef LMAP_HTTP_H
+#define LMAP_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api.h"
+#include "diag.h"
+
+typedef struct http_config {
+  const char *host;        /* numeric IPv4 address to bind */
+  uint16_t port;           /* 0 = an ephemeral port */
+  unsigned threads;        /* MHD pool threads */
+  size_t max_body;         /* bytes */
+  unsigned idle_timeout;   /* seconds, 0 = never */
+  unsigned max_connections;
+  unsigned max_per_ip;     /* 0 = unlimited */
+} http_config;
+
+typedef struct http_server http_server;
+
+/* Starts serving `a` (borrowed). On success *port_out is the bound port.
+ * Returns 0, LMAP_EINVAL (bad address) or LMAP_EIO (cannot bind). */
+int http_start(const http_config *c, api *a, http_server **out,
+               uint16_t *port_out, diag *d);
+
+/* Stops accepting new connections (the listening socket is closed);
+ * connections already open are served until they finish. */
+void http_quiesce(http_server *s);
+
+/* Connections currently open. */
+unsigned http_connections(http_server *s);
+
+/* Stops the server and frees it (accepts NULL). */
+void http_stop(http_server *s);
+
+#endif /* LMAP_HTTP_H */
