@@ -20,6 +20,7 @@
 #include "itemjson.h"
 #include "npy.h"
 #include "pool.h"
+#include "queryopt.h"
 
 #define RESPONSE_MAX ((size_t)256 << 20)
 #define MISSING_NAMED 8 /* unknown ids named in a 404 */
@@ -152,51 +153,6 @@ typedef struct options {
   itemjson_format format;
 } options;
 
-static int parse_bool(const char *s, bool *out) {
-  if (strcmp(s, "true") == 0 || strcmp(s, "1") == 0)
-    *out = true;
-  else if (strcmp(s, "false") == 0 || strcmp(s, "0") == 0)
-    *out = false;
-  else
-    return -1;
-  return 0;
-}
-
-static int parse_box_format(const char *s, pool_box_format *f) {
-  if (strcmp(s, "xyxy") == 0)
-    *f = POOL_BOX_XYXY;
-  else if (strcmp(s, "relabel") == 0)
-    *f = POOL_BOX_RELABEL;
-  else
-    return -1;
-  return 0;
-}
-
-static int parse_format(const char *s, itemjson_format *f) {
-  if (strcmp(s, "dense") == 0)
-    *f = ITEM_DENSE;
-  else if (strcmp(s, "sparse") == 0)
-    *f = ITEM_SPARSE;
-  else
-    return -1;
-  return 0;
-}
-
-/* "a,b,c,d": four finite numbers. */
-static int parse_box_text(const char *s, double box[4]) {
-  const char *p = s;
-  for (int i = 0; i < 4; i++) {
-    char *end;
-    box[i] = strtod(p, &end);
-    if (end == p || !isfinite(box[i]))
-      return -1;
-    p = end;
-    if (i < 3 && *p++ != ',')
-      return -1;
-  }
-  return *p == '\0' ? 0 : -1;
-}
-
 static int parse_output_size(long long v, uint32_t *out, diag *d) {
   if (v < 1 || v > POOL_MAX_OUTPUT_SIZE)
     return diag_field(d, LMAP_EINVAL, "output_size",
@@ -212,7 +168,7 @@ static int options_from_args(const api_request *req, options *o, diag *d) {
   if ((v = req->arg(req->arg_ctx, "box")) == NULL)
     return diag_field(d, LMAP_EBADBOX, "box",
                       "box is required: ?box=x0,y0,x1,y1");
-  if (parse_box_text(v, o->q.box))
+  if (queryopt_box(v, o->q.box))
     return diag_field(d, LMAP_EBADBOX, "box",
                       "box must be four finite numbers x0,y0,x1,y1");
   if ((v = req->arg(req->arg_ctx, "output_size")) != NULL) {
@@ -227,18 +183,18 @@ static int options_from_args(const api_request *req, options *o, diag *d) {
       return LMAP_EINVAL;
   }
   if ((v = req->arg(req->arg_ctx, "format")) != NULL &&
-      parse_format(v, &o->format))
+      queryopt_format(v, &o->format))
     return diag_field(d, LMAP_EINVAL, "format",
                       "format must be dense or sparse");
   if ((v = req->arg(req->arg_ctx, "box_format")) != NULL &&
-      parse_box_format(v, &o->q.box_format))
+      queryopt_box_format(v, &o->q.box_format))
     return diag_field(d, LMAP_EINVAL, "box_format",
                       "box_format must be xyxy or relabel");
   if ((v = req->arg(req->arg_ctx, "flip")) != NULL &&
-      parse_bool(v, &o->q.flip))
+      queryopt_bool(v, &o->q.flip))
     return diag_field(d, LMAP_EINVAL, "flip", "flip must be true or false");
   if ((v = req->arg(req->arg_ctx, "softmax")) != NULL &&
-      parse_bool(v, &o->q.softmax))
+      queryopt_bool(v, &o->q.softmax))
     return diag_field(d, LMAP_EINVAL, "softmax",
                       "softmax must be true or false");
   return pool_check_query(&o->q, d);
@@ -340,12 +296,12 @@ static int batch_options(json_t *root, options *o, diag *d) {
       rc = parse_output_size(json_integer_value(v), &o->q.output_size, d);
   }
   if (rc == 0 && (v = json_object_get(root, "format")) != NULL &&
-      (!json_is_string(v) || parse_format(json_string_value(v), &o->format)))
+      (!json_is_string(v) || queryopt_format(json_string_value(v), &o->format)))
     rc = diag_field(d, LMAP_EINVAL, "format",
                     "format must be \"dense\" or \"sparse\"");
   if (rc == 0 && (v = json_object_get(root, "box_format")) != NULL &&
       (!json_is_string(v) ||
-       parse_box_format(json_string_value(v), &o->q.box_format)))
+       queryopt_box_format(json_string_value(v), &o->q.box_format)))
     rc = diag_field(d, LMAP_EINVAL, "box_format",
                     "box_format must be \"xyxy\" or \"relabel\"");
   if (rc == 0 && (v = json_object_get(root, "softmax")) != NULL) {

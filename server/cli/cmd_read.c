@@ -12,6 +12,7 @@
 #include "itemjson.h"
 #include "npy.h"
 #include "pool.h"
+#include "queryopt.h"
 #include "store.h"
 
 static int open_store(const char *cmd, const char *path, store **s) {
@@ -170,26 +171,6 @@ typedef struct get_ctx {
   const char *path; /* the store, for messages */
 } get_ctx;
 
-static int parse_box_format(const char *s, pool_box_format *f) {
-  if (strcmp(s, "xyxy") == 0)
-    *f = POOL_BOX_XYXY;
-  else if (strcmp(s, "relabel") == 0)
-    *f = POOL_BOX_RELABEL;
-  else
-    return -1;
-  return 0;
-}
-
-static int parse_format(const char *s, itemjson_format *f) {
-  if (strcmp(s, "dense") == 0)
-    *f = ITEM_DENSE;
-  else if (strcmp(s, "sparse") == 0)
-    *f = ITEM_SPARSE;
-  else
-    return -1;
-  return 0;
-}
-
 /* Pools one query and prints its item on its own line. */
 static int run_query(get_ctx *g, const char *id, const pool_query *q,
                      itemjson_format fmt, diag *d) {
@@ -290,11 +271,11 @@ static int run_line(get_ctx *g, const char *line, size_t len,
       q.output_size = (uint32_t)json_integer_value(v);
   }
   if (rc == 0 && (v = json_object_get(o, "box_format")) != NULL &&
-      (!json_is_string(v) || parse_box_format(json_string_value(v), &q.box_format)))
+      (!json_is_string(v) || queryopt_box_format(json_string_value(v), &q.box_format)))
     rc = diag_field(d, LMAP_EINVAL, "box_format",
                     "\"box_format\" must be \"xyxy\" or \"relabel\"");
   if (rc == 0 && (v = json_object_get(o, "format")) != NULL &&
-      (!json_is_string(v) || parse_format(json_string_value(v), &fmt)))
+      (!json_is_string(v) || queryopt_format(json_string_value(v), &fmt)))
     rc = diag_field(d, LMAP_EINVAL, "format", "\"format\" must be \"dense\" or \"sparse\"");
   if (rc == 0)
     rc = run_query(g, json_string_value(id), &q, fmt, d);
@@ -373,7 +354,7 @@ int cmd_get(int argc, char **argv) {
       have_box = 1;
       break;
     case O_BOXFMT:
-      if (parse_box_format(optarg, &q.box_format))
+      if (queryopt_box_format(optarg, &q.box_format))
         return cli_usage("get", "--box-format: '%s' is not xyxy or relabel", optarg);
       break;
     case 'G':
@@ -383,7 +364,7 @@ int cmd_get(int argc, char **argv) {
       break;
     case O_FLIP: q.flip = true; break;
     case O_FMT:
-      if (parse_format(optarg, &fmt))
+      if (queryopt_format(optarg, &fmt))
         return cli_usage("get", "--format: '%s' is not dense or sparse", optarg);
       break;
     case O_NOSOFT: q.softmax = false; break;

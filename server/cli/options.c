@@ -1,12 +1,12 @@
 /* Shared helpers of the lmap subcommands: messages and strict parsing. */
 #include <errno.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "queryopt.h"
 
 int cli_usage(const char *cmd, const char *fmt, ...) {
   va_list ap;
@@ -43,24 +43,7 @@ int cli_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out) {
   return 0;
 }
 
-int cli_box(const char *s, double box[4]) {
-  const char *p = s;
-  for (int i = 0; i < 4; i++) {
-    char *end;
-    /* Underflow (ERANGE with a tiny result) is fine; overflow gives inf,
-     * which isfinite refuses. */
-    box[i] = strtod(p, &end);
-    if (end == p || !isfinite(box[i]))
-      return -1;
-    p = end;
-    if (i < 3) {
-      if (*p != ',')
-        return -1;
-      p++;
-    }
-  }
-  return *p == '\0' ? 0 : -1;
-}
+int cli_box(const char *s, double box[4]) { return queryopt_box(s, box); }
 
 int cli_grid(const char *s, uint32_t *h, uint32_t *w) {
   char buf[64];
