@@ -33,6 +33,8 @@ struct api {
   const store_meta *meta;
   uint32_t max_batch;
   atomic_int draining;
+  char *token; /* required bearer token, or NULL */
+  size_t token_len;
 };
 
 struct api_worker {
@@ -56,7 +58,39 @@ int api_new(store *s, uint32_t max_batch, api **out, diag *d) {
   return 0;
 }
 
-void api_free(api *a) { free(a); }
+void api_free(api *a) {
+  if (a == NULL)
+    return;
+  free(a->token);
+  free(a);
+}
+
+int api_set_token(api *a, const char *token, size_t len) {
+  if (len == 0)
+    return LMAP_EINVAL;
+  char *t = malloc(len);
+  if (t == NULL)
+    return LMAP_ENOMEM;
+  memcpy(t, token, len);
+  free(a->token);
+  a->token = t;
+  a->token_len = len;
+  return 0;
+}
+
+/* Compares in time that depends only on the lengths, not on where the
+ * first difference is, so the token cannot be guessed byte by byte. */
+static int token_matches(const api *a, const char *header) {
+  static const char prefix[] = "Bearer ";
+  if (header == NULL || strncmp(header, prefix, sizeof prefix - 1) != 0)
+    return 0;
+  const char *got = header + sizeof prefix - 1;
+  size_t n = strlen(got);
+  unsigned char diff = n != a->token_len;
+  for (size_t i = 0; i < a->token_len; i++)
+    diff |= (unsigned char)(a->token[i] ^ (i < n ? got[i] : 0));
+  return diff == 0;
+}
 
 void api_set_draining(api *a) { atomic_store(&a->draining, 1); }
 
@@ -92,6 +126,7 @@ static void reset(api_response *res) {
   res->status = 200;
   res->content_type = JSON_TYPE;
   res->allow = NULL;
+  res->auth_challenge = 0;
   dynbuf_reset(&res->body);
 }
 
@@ -570,6 +605,15 @@ api_response *api_handle(api_worker *w, const api_request *req) {
     if (atomic_load(&w->a->draining))
       return json_text(w, 503, "{\"status\":\"draining\"}");
     return json_text(w, 200, "{\"status\":\"ready\"}");
+  }
+  if (strncmp(path, "/v1/", 4) == 0 && w->a->token &&
+      !token_matches(w->a, req->authorization)) {
+    api_error_status(&w->res, 401, "unauthorized",
+                     req->authorization ? "the bearer token is not valid"
+                                        : "an Authorization: Bearer token is "
+                                          "required");
+    w->res.auth_challenge = 1;
+    return &w->res;
   }
   if (strcmp(path, "/v1/info") == 0)
     return get ? get_info(w) : method_not_allowed(w, m, "GET, HEAD");

@@ -33,6 +33,7 @@ typedef struct api_request {
   const char *(*arg)(void *ctx, const char *name);
   void *arg_ctx;
   const char *accept; /* the Accept header, or NULL */
+  const char *authorization; /* the Authorization header, or NULL */
   const uint8_t *body;
   size_t body_len;
 } api_request;
@@ -41,6 +42,7 @@ typedef struct api_response {
   int status;
   const char *content_type; /* static string */
   const char *allow;        /* the Allow header for 405, else NULL */
+  int auth_challenge;       /* 401: send WWW-Authenticate: Bearer */
   dynbuf body;              /* owned by the api_worker, reused */
 } api_response;
 
@@ -51,6 +53,10 @@ typedef struct api_worker api_worker;
  * api). Returns 0 or LMAP_ENOMEM. */
 int api_new(store *s, uint32_t max_batch, api **out, diag *d);
 void api_free(api *a); /* accepts NULL; every worker must be freed first */
+
+/* Requires "Authorization: Bearer <token>" on every /v1/ route from now
+ * on (the token is copied). Returns 0 or LMAP_EINVAL (empty token). */
+int api_set_token(api *a, const char *token, size_t len);
 
 /* Marks the service as draining: /readyz answers 503 from now on. */
 void api_set_draining(api *a);

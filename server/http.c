@@ -72,6 +72,8 @@ static enum MHD_Result respond(struct MHD_Connection *c, api_response *r) {
                           r->content_type);
   if (r->allow)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+  if (r->auth_challenge)
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
   enum MHD_Result ok = MHD_queue_response(c, (unsigned)r->status, resp);
   MHD_destroy_response(resp);
   return ok;
@@ -174,6 +176,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
       .arg_ctx = c,
       .accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                             MHD_HTTP_HEADER_ACCEPT),
+      .authorization = MHD_lookup_connection_value(
+          c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
       .body = (const uint8_t *)rq->body.data,
       .body_len = rq->body.len,
   };

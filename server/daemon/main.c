@@ -35,6 +35,8 @@ static const char usage[] =
     "  --max-per-ip N           LMAPD_MAX_PER_IP   connections per client IP (default 0: no limit)\n"
     "  --idle-timeout SECONDS   LMAPD_IDLE_TIMEOUT idle connection timeout (default 60)\n"
     "  --grace SECONDS          LMAPD_GRACE        drain time on SIGTERM (default 30)\n"
+    "  --token-file PATH        LMAPD_TOKEN_FILE   require 'Authorization: Bearer <token>'\n"
+    "                                              on /v1/ (the file's first line)\n"
     "\n"
     "Signals: SIGTERM/SIGINT drain (readyz 503, stop accepting, finish open\n"
     "requests, exit 0; exit 1 if the grace period ran out).\n"
@@ -43,6 +45,7 @@ static const char usage[] =
 typedef struct config {
   const char *store;
   const char *listen;
+  const char *token_file;
   unsigned long threads, max_body, max_batch, max_connections, max_per_ip,
       idle_timeout, grace;
 } config;
@@ -62,6 +65,23 @@ static int parse_ulong(const char *s, unsigned long min, unsigned long max,
   if (*end || v < min || v > max)
     return -1;
   *out = (unsigned long)v;
+  return 0;
+}
+
+/* The token is the file's first line, without trailing white space. */
+static int read_token(const char *path, char *buf, size_t cap, size_t *len,
+                      diag *d) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return diag_set(d, LMAP_EIO, "%s: cannot open the token file", path);
+  size_t n = fgets(buf, (int)cap, f) ? strlen(buf) : 0;
+  fclose(f);
+  while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' ||
+               buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+    n--;
+  if (n == 0)
+    return diag_set(d, LMAP_EINVAL, "%s: the token file is empty", path);
+  *len = n;
   return 0;
 }
 
@@ -103,6 +123,8 @@ int main(int argc, char **argv) {
     c.store = getenv("LMAPD_STORE");
   if (getenv("LMAPD_LISTEN"))
     c.listen = getenv("LMAPD_LISTEN");
+  if (getenv("LMAPD_TOKEN_FILE"))
+    c.token_file = getenv("LMAPD_TOKEN_FILE");
   for (size_t i = 0; i < nsettings; i++) {
     const char *v = getenv(settings[i].env);
     if (v && parse_ulong(v, settings[i].min, settings[i].max,
@@ -114,9 +136,10 @@ int main(int argc, char **argv) {
       {"listen", required_argument, 0, 'l'},
       {"help", no_argument, 0, 'h'},
       {"version", no_argument, 0, 'V'},
+      {"token-file", required_argument, 0, 't'},
   };
   for (size_t i = 0; i < nsettings; i++)
-    longopts[4 + i] = (struct option){settings[i].flag, required_argument, 0,
+    longopts[5 + i] = (struct option){settings[i].flag, required_argument, 0,
                                       (int)(100 + i)};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -124,6 +147,8 @@ int main(int argc, char **argv) {
       c.store = optarg;
     else if (opt == 'l')
       c.listen = optarg;
+    else if (opt == 't')
+      c.token_file = optarg;
     else if (opt == 'h') {
       fputs(usage, stdout);
       return 0;
@@ -154,7 +179,8 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   json_t *cfg = json_pack(
-      "{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}", "store", c.store,
+      "{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}", "store",
+      c.store, "token", c.token_file ? "<redacted, from file>" : "none",
       "listen", c.listen, "threads", (json_int_t)c.threads, "max_body",
       (json_int_t)c.max_body, "max_batch", (json_int_t)c.max_batch,
       "max_connections", (json_int_t)c.max_connections, "max_per_ip",
@@ -171,8 +197,18 @@ int main(int argc, char **argv) {
   api *a = NULL;
   http_server *h = NULL;
   int rc = 1;
+  char token[4096];
+  size_t token_len = 0;
+  if (c.token_file && read_token(c.token_file, token, sizeof token,
+                                 &token_len, &d))
+    goto fail;
   if (store_open(c.store, &s, &d) || api_new(s, (uint32_t)c.max_batch, &a, &d))
     goto fail;
+  if (token_len && api_set_token(a, token, token_len)) {
+    diag_set(&d, LMAP_ENOMEM, "cannot keep the token");
+    goto fail;
+  }
+  memset(token, 0, sizeof token);
   http_config hc = {host, (uint16_t)port, (unsigned)c.threads,
                     (size_t)c.max_body, (unsigned)c.idle_timeout,
                     (unsigned)c.max_connections, (unsigned)c.max_per_ip};

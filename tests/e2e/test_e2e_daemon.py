@@ -248,6 +248,28 @@ def main():
     check(code == 0, "SIGTERM: exit 0 (got %s)" % code)
     events = [json.loads(l)["event"] for l in open(logname)]
     check("draining" in events and events[-1] == "stopped", "drain logged: %s" % events[-3:])
+
+    # Bearer token: required on /v1/, not on health checks; never logged.
+    token = "s3cret-token-for-e2e"
+    tf = os.path.join(TMP, "token")
+    open(tf, "w").write(token + "\n")
+    p, port, logname = start(store, "--token-file", tf)
+    try:
+        path = "/v1/labels/%s?box=0,0,1,1" % ids[0]
+        st, hd, body = http(port, "GET", path)
+        check(st == 401 and error_of(body)[0] == "unauthorized" and hd.get("WWW-Authenticate") == "Bearer",
+              "no token -> 401 with WWW-Authenticate (got %d)" % st)
+        for bad in ("Bearer wrong", "Bearer " + token[:-1], "Bearer " + token + "x", token, "Basic " + token):
+            st, _, body = http(port, "GET", path, headers={"Authorization": bad})
+            check(st == 401, "bad token %r -> 401 (got %d)" % (bad, st))
+        st, _, body = http(port, "GET", path, headers={"Authorization": "Bearer " + token})
+        check(st == 200 and json.loads(body)["id"] == ids[0], "good token -> 200")
+        check(http(port, "GET", "/livez")[0] == 200, "livez needs no token")
+        check(token not in open(logname).read(), "the token is not logged")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(timeout=10)
+    check(code == 0, "SIGTERM (token daemon): exit 0 (got %s)" % code)
     print("%d passed, %d failed" % (checks - len(failures), len(failures)))
     return 1 if failures else 0
 
