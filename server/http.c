@@ -11,17 +11,23 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 struct http_server {
   struct MHD_Daemon *mhd;
   api *a;
   size_t max_body;
+  void (*on_access)(const http_access *);
+  int log_all;
+  unsigned id_prefix;   /* per process, so ids differ across restarts */
+  atomic_ullong id_next;
   pthread_key_t worker_key;
   int key_made;
 };
@@ -31,6 +37,9 @@ struct http_server {
 typedef struct request {
   int refused;     /* a response was queued on the first call */
   dynbuf body;
+  char id[72];     /* X-Request-Id */
+  struct timespec start;
+  const char *method, *path; /* MHD's, valid for the request's life */
 } request;
 
 /* ---- framing checks on the first call ---- */
@@ -62,7 +71,8 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind,
   return MHD_YES;
 }
 
-static enum MHD_Result respond(struct MHD_Connection *c, api_response *r) {
+static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
+                               request *rq, api_response *r) {
   struct MHD_Response *resp = MHD_create_response_from_buffer(
       r->body.len, r->body.data ? r->body.data : (void *)"",
       MHD_RESPMEM_MUST_COPY);
@@ -70,25 +80,54 @@ static enum MHD_Result respond(struct MHD_Connection *c, api_response *r) {
     return MHD_NO;
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                           r->content_type);
+  MHD_add_response_header(resp, "X-Request-Id", rq->id);
   if (r->allow)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
   if (r->auth_challenge)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
   enum MHD_Result ok = MHD_queue_response(c, (unsigned)r->status, resp);
   MHD_destroy_response(resp);
+  if (s->on_access && (s->log_all || r->status >= 400)) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    http_access a = {rq->id, rq->method, rq->path, r->status, r->body.len,
+                     (double)(now.tv_sec - rq->start.tv_sec) * 1e3 +
+                         (double)(now.tv_nsec - rq->start.tv_nsec) * 1e-6};
+    s->on_access(&a);
+  }
   return ok;
+}
+
+/* The client's X-Request-Id when it is a short token of safe bytes (so it
+ * can go into logs as is), otherwise "<process>-<counter>". */
+static void request_id(http_server *s, struct MHD_Connection *c,
+                       request *rq) {
+  const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                              "X-Request-Id");
+  size_t n = v ? strlen(v) : 0;
+  int ok = n > 0 && n < 64;
+  for (size_t i = 0; ok && i < n; i++)
+    ok = (v[i] >= '0' && v[i] <= '9') || (v[i] >= 'a' && v[i] <= 'z') ||
+         (v[i] >= 'A' && v[i] <= 'Z') || v[i] == '-' || v[i] == '_' ||
+         v[i] == '.';
+  if (ok)
+    memcpy(rq->id, v, n + 1);
+  else
+    snprintf(rq->id, sizeof rq->id, "%08x-%llu", s->id_prefix,
+             (unsigned long long)atomic_fetch_add(&s->id_next, 1));
 }
 
 /* Refuses a request before its body is read. MHD closes the connection
  * after such an answer, which is right: the rest of the stream cannot be
  * trusted to be framed as the client meant. */
-static enum MHD_Result refuse(struct MHD_Connection *c, request *rq, int status,
-                              const char *code, const char *message) {
+static enum MHD_Result refuse(http_server *s, struct MHD_Connection *c,
+                              request *rq, int status, const char *code,
+                              const char *message) {
   api_response r;
   dynbuf_init(&r.body, 4096);
   api_error_status(&r, status, code, message);
   rq->refused = 1;
-  enum MHD_Result ok = respond(c, &r);
+  enum MHD_Result ok = respond(s, c, rq, &r);
   dynbuf_free(&r.body);
   return ok;
 }
@@ -99,30 +138,30 @@ static enum MHD_Result first_call(http_server *s, struct MHD_Connection *c,
   char msg[160];
   MHD_get_connection_values(c, MHD_HEADER_KIND, scan_header, &f);
   if (f.bad_name)
-    return refuse(c, rq, 400, "bad_request",
+    return refuse(s, c, rq, 400, "bad_request",
                   "a header name contains white space");
   if (f.content_length > 1)
-    return refuse(c, rq, 400, "bad_request",
+    return refuse(s, c, rq, 400, "bad_request",
                   "more than one Content-Length header");
   if (f.transfer_encoding && f.content_length)
-    return refuse(c, rq, 400, "bad_request",
+    return refuse(s, c, rq, 400, "bad_request",
                   "Content-Length together with Transfer-Encoding");
   if (f.transfer_encoding > 1 || (f.transfer_encoding && !f.te_chunked))
-    return refuse(c, rq, 400, "bad_request",
+    return refuse(s, c, rq, 400, "bad_request",
                   "Transfer-Encoding other than chunked");
   if (f.content_length && !f.length_ok)
-    return refuse(c, rq, 400, "bad_request", "malformed Content-Length");
+    return refuse(s, c, rq, 400, "bad_request", "malformed Content-Length");
   if (strcmp(method, "POST") == 0 && !f.content_length)
-    return refuse(c, rq, 411, "length_required",
+    return refuse(s, c, rq, 411, "length_required",
                   "a POST body needs a Content-Length");
   if (f.content_length && f.length > s->max_body) {
     snprintf(msg, sizeof msg, "the body is %llu bytes, more than the %zu "
              "allowed", f.length, s->max_body);
-    return refuse(c, rq, 413, "too_large", msg);
+    return refuse(s, c, rq, 413, "too_large", msg);
   }
   dynbuf_init(&rq->body, s->max_body);
   if (f.content_length && dynbuf_reserve(&rq->body, (size_t)f.length))
-    return refuse(c, rq, 500, "internal", "out of memory");
+    return refuse(s, c, rq, 500, "internal", "out of memory");
   return MHD_YES;
 }
 
@@ -154,6 +193,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
     if (rq == NULL)
       return MHD_NO;
     *con_cls = rq;
+    clock_gettime(CLOCK_MONOTONIC, &rq->start);
+    rq->method = method;
+    rq->path = url;
+    request_id(s, c, rq);
     return first_call(s, c, method, rq);
   }
   if (rq->refused) {
@@ -162,13 +205,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
   }
   if (*upload_size) {
     if (dynbuf_add(&rq->body, upload_data, *upload_size))
-      return refuse(c, rq, 413, "too_large", "the body exceeds the limit");
+      return refuse(s, c, rq, 413, "too_large", "the body exceeds the limit");
     *upload_size = 0;
     return MHD_YES;
   }
   api_worker *w = thread_worker(s);
   if (w == NULL)
-    return refuse(c, rq, 500, "internal", "cannot set up a worker");
+    return refuse(s, c, rq, 500, "internal", "cannot set up a worker");
   api_request req = {
       .method = method,
       .path = url,
@@ -181,7 +224,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
       .body = (const uint8_t *)rq->body.data,
       .body_len = rq->body.len,
   };
-  return respond(c, api_handle(w, &req));
+  return respond(s, c, rq, api_handle(w, &req));
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -212,6 +255,11 @@ int http_start(const http_config *c, api *a, http_server **out,
     return diag_set(d, LMAP_ENOMEM, "out of memory");
   s->a = a;
   s->max_body = c->max_body;
+  s->on_access = c->on_access;
+  s->log_all = c->log_all;
+  struct timespec seed;
+  clock_gettime(CLOCK_REALTIME, &seed);
+  s->id_prefix = (unsigned)(seed.tv_nsec ^ (seed.tv_sec << 20) ^ getpid());
   if (pthread_key_create(&s->worker_key, free_worker) != 0) {
     free(s);
     return diag_set(d, LMAP_ENOMEM, "cannot create a thread key");

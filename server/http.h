@@ -9,6 +9,8 @@
  * spaces: 400; a POST without a length: 411; a body over the cap: 413,
  * decided from the headers before any body is read), and answers on a
  * later call so that keep-alive is preserved (see shared/FACTS.md).
+ * Every answer carries an X-Request-Id: the client's own when it is a
+ * short token, otherwise one made here.
  */
 #ifndef LMAP_HTTP_H
 #define LMAP_HTTP_H
@@ -19,6 +21,17 @@
 #include "api.h"
 #include "diag.h"
 
+/* One answered request, for the access log. Strings are borrowed for the
+ * duration of the callback. */
+typedef struct http_access {
+  const char *request_id;
+  const char *method;
+  const char *path;
+  int status;
+  size_t bytes;
+  double ms; /* from the headers' arrival to the answer being queued */
+} http_access;
+
 typedef struct http_config {
   const char *host;        /* numeric IPv4 address to bind */
   uint16_t port;           /* 0 = an ephemeral port */
@@ -27,6 +40,10 @@ typedef struct http_config {
   unsigned idle_timeout;   /* seconds, 0 = never */
   unsigned max_connections;
   unsigned max_per_ip;     /* 0 = unlimited */
+  /* Called from the worker threads for every answered request with
+   * status >= 400, and for all when log_all is set. May be NULL. */
+  void (*on_access)(const http_access *);
+  int log_all;
 } http_config;
 
 typedef struct http_server http_server;

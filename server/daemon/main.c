@@ -35,6 +35,7 @@ static const char usage[] =
     "  --max-per-ip N           LMAPD_MAX_PER_IP   connections per client IP (default 0: no limit)\n"
     "  --idle-timeout SECONDS   LMAPD_IDLE_TIMEOUT idle connection timeout (default 60)\n"
     "  --grace SECONDS          LMAPD_GRACE        drain time on SIGTERM (default 30)\n"
+    "  --access-log             LMAPD_ACCESS_LOG=1 log every request (default: errors only)\n"
     "  --token-file PATH        LMAPD_TOKEN_FILE   require 'Authorization: Bearer <token>'\n"
     "                                              on /v1/ (the file's first line)\n"
     "\n"
@@ -46,6 +47,7 @@ typedef struct config {
   const char *store;
   const char *listen;
   const char *token_file;
+  int access_log;
   unsigned long threads, max_body, max_batch, max_connections, max_per_ip,
       idle_timeout, grace;
 } config;
@@ -83,6 +85,20 @@ static int read_token(const char *path, char *buf, size_t cap, size_t *len,
     return diag_set(d, LMAP_EINVAL, "%s: the token file is empty", path);
   *len = n;
   return 0;
+}
+
+/* The access log: one JSON line per answered request. The path comes from
+ * the client, so it is JSON-escaped by jansson. */
+static void log_access(const http_access *a) {
+  json_t *p = json_string(a->path);
+  char *path = p ? json_dumps(p, JSON_ENCODE_ANY) : NULL;
+  json_decref(p);
+  log_event("request",
+            "\"request_id\":\"%s\",\"method\":\"%s\",\"path\":%s,"
+            "\"status\":%d,\"bytes\":%zu,\"ms\":%.3f",
+            a->request_id, a->method, path ? path : "\"?\"", a->status,
+            a->bytes, a->ms);
+  free(path);
 }
 
 static int bad(const char *what, const char *value) {
@@ -123,6 +139,8 @@ int main(int argc, char **argv) {
     c.store = getenv("LMAPD_STORE");
   if (getenv("LMAPD_LISTEN"))
     c.listen = getenv("LMAPD_LISTEN");
+  if (getenv("LMAPD_ACCESS_LOG"))
+    c.access_log = strcmp(getenv("LMAPD_ACCESS_LOG"), "0") != 0;
   if (getenv("LMAPD_TOKEN_FILE"))
     c.token_file = getenv("LMAPD_TOKEN_FILE");
   for (size_t i = 0; i < nsettings; i++) {
@@ -137,9 +155,10 @@ int main(int argc, char **argv) {
       {"help", no_argument, 0, 'h'},
       {"version", no_argument, 0, 'V'},
       {"token-file", required_argument, 0, 't'},
+      {"access-log", no_argument, 0, 'a'},
   };
   for (size_t i = 0; i < nsettings; i++)
-    longopts[5 + i] = (struct option){settings[i].flag, required_argument, 0,
+    longopts[6 + i] = (struct option){settings[i].flag, required_argument, 0,
                                       (int)(100 + i)};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -149,6 +168,8 @@ int main(int argc, char **argv) {
       c.listen = optarg;
     else if (opt == 't')
       c.token_file = optarg;
+    else if (opt == 'a')
+      c.access_log = 1;
     else if (opt == 'h') {
       fputs(usage, stdout);
       return 0;
@@ -209,9 +230,15 @@ int main(int argc, char **argv) {
     goto fail;
   }
   memset(token, 0, sizeof token);
-  http_config hc = {host, (uint16_t)port, (unsigned)c.threads,
-                    (size_t)c.max_body, (unsigned)c.idle_timeout,
-                    (unsigned)c.max_connections, (unsigned)c.max_per_ip};
+  http_config hc = {host,
+                    (uint16_t)port,
+                    (unsigned)c.threads,
+                    (size_t)c.max_body,
+                    (unsigned)c.idle_timeout,
+                    (unsigned)c.max_connections,
+                    (unsigned)c.max_per_ip,
+                    log_access,
+                    c.access_log};
   uint16_t bound;
   if (http_start(&hc, a, &h, &bound, &d))
     goto fail;

@@ -209,6 +209,17 @@ def main():
             check(ok, "%s %s -> %d %s %s (got %d %s)" % (method, path[:40], status, code, field, st, got))
             check(alive(), "serving after %s %s" % (method, path[:40]))
 
+        # Request ids: the client's is echoed, otherwise one is made; errors
+        # are logged with theirs.
+        st, hd, _ = http(port, "GET", "/livez", headers={"X-Request-Id": "trainer-7.42"})
+        check(hd.get("X-Request-Id") == "trainer-7.42", "client request id echoed")
+        st, hd, _ = http(port, "GET", "/v1/labels/zz_9?box=0,0,1,1", headers={"X-Request-Id": "bad id!"})
+        rid = hd.get("X-Request-Id", "")
+        check(st == 404 and rid and rid != "bad id!", "unsafe request id replaced (%r)" % rid)
+        logged = [json.loads(l) for l in open(logname) if '"request"' in l]
+        check(any(e.get("request_id") == rid and e.get("status") == 404 and e.get("path") == "/v1/labels/zz_9"
+                  for e in logged), "error request logged with its id")
+
         # Framing attacks, on raw sockets.
         smuggling = [
             (b"POST /v1/labels HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
