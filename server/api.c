@@ -35,6 +35,7 @@ struct api {
   atomic_int draining;
   char *token; /* required bearer token, or NULL */
   size_t token_len;
+  metrics *metrics;
 };
 
 struct api_worker {
@@ -54,6 +55,11 @@ int api_new(store *s, uint32_t max_batch, api **out, diag *d) {
   a->s = s;
   a->meta = store_get_meta(s);
   a->max_batch = max_batch ? max_batch : API_DEFAULT_MAX_BATCH;
+  a->metrics = metrics_new();
+  if (a->metrics == NULL) {
+    free(a);
+    return diag_set(d, LMAP_ENOMEM, "out of memory");
+  }
   *out = a;
   return 0;
 }
@@ -62,7 +68,13 @@ void api_free(api *a) {
   if (a == NULL)
     return;
   free(a->token);
+  metrics_free(a->metrics);
   free(a);
+}
+
+void api_observe(api *a, const api_response *res, double ms) {
+  metrics_observe(a->metrics, res->route, res->status, ms, res->batch,
+                  res->labels);
 }
 
 int api_set_token(api *a, const char *token, size_t len) {
@@ -127,6 +139,7 @@ static void reset(api_response *res) {
   res->content_type = JSON_TYPE;
   res->allow = NULL;
   res->auth_challenge = 0;
+  res->batch = res->labels = 0;
   dynbuf_reset(&res->body);
 }
 
@@ -297,6 +310,7 @@ static api_response *get_label(api_worker *w, const api_request *req,
     diag_set(&d, rc, "cannot build the answer: %s", lmap_strerror(rc));
     return fail(w, rc, &d);
   }
+  w->res.batch = w->res.labels = 1;
   return &w->res;
 }
 
@@ -486,6 +500,7 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
     rc = dynbuf_addstr(out, "]}");
   if (rc)
     return fail(w, rc, &d);
+  w->res.batch = w->res.labels = (uint32_t)n;
   return &w->res;
 }
 
@@ -592,13 +607,70 @@ static const char *after(const char *path, const char *prefix) {
   return strncmp(path, prefix, n) == 0 && path[n] ? path + n : NULL;
 }
 
+static api_response *get_metrics(api_worker *w) {
+  reset(&w->res);
+  w->res.content_type = "text/plain; version=0.0.4";
+  const store_meta *m = w->a->meta;
+  int rc = metrics_render(w->a->metrics, &w->res.body);
+  if (rc == 0)
+    rc = dynbuf_printf(
+        &w->res.body,
+        "# HELP lmap_store_info The served store (value 1).\n"
+        "# TYPE lmap_store_info gauge\n"
+        "lmap_store_info{format_version=\"%u\",encoding=\"%s\",grid=\"%ux%u\","
+        "topk=\"%u\",classes=\"%u\"} 1\n"
+        "# HELP lmap_store_records Records in the served store.\n"
+        "# TYPE lmap_store_records gauge\n"
+        "lmap_store_records %llu\n"
+        "# HELP lmap_store_file_bytes Size of the served store file.\n"
+        "# TYPE lmap_store_file_bytes gauge\n"
+        "lmap_store_file_bytes %llu\n",
+        m->format_version, m->shape.encoding == CODEC_F32 ? "f32" : "f16",
+        m->shape.h, m->shape.w, m->shape.k, m->shape.num_classes,
+        (unsigned long long)m->record_count,
+        (unsigned long long)store_file_size(w->a->s));
+  if (rc)
+    api_error_status(&w->res, 500, "internal", "cannot render the metrics");
+  return &w->res;
+}
+
+static metrics_route route_of(const char *path, const char *method) {
+  if (strcmp(path, "/livez") == 0)
+    return ROUTE_LIVEZ;
+  if (strcmp(path, "/readyz") == 0)
+    return ROUTE_READYZ;
+  if (strcmp(path, "/metrics") == 0)
+    return ROUTE_METRICS;
+  if (strcmp(path, "/v1/info") == 0)
+    return ROUTE_INFO;
+  if (strcmp(path, "/v1/classes") == 0)
+    return ROUTE_CLASSES;
+  if (strcmp(path, "/v1/labels") == 0 && strcmp(method, "POST") == 0)
+    return ROUTE_LABELS_POST;
+  if (strncmp(path, "/v1/labels/", 11) == 0)
+    return ROUTE_LABELS_GET;
+  if (strncmp(path, "/v1/maps/", 9) == 0)
+    return ROUTE_MAPS;
+  return ROUTE_OTHER;
+}
+
+static api_response *dispatch(api_worker *w, const api_request *req);
+
 api_response *api_handle(api_worker *w, const api_request *req) {
+  api_response *r = dispatch(w, req);
+  r->route = route_of(req->path, req->method);
+  return r;
+}
+
+static api_response *dispatch(api_worker *w, const api_request *req) {
   const char *path = req->path, *m = req->method, *id;
   int get = strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0;
   int post = strcmp(m, "POST") == 0;
   if (strcmp(path, "/livez") == 0)
     return get ? json_text(w, 200, "{\"status\":\"ok\"}")
                : method_not_allowed(w, m, "GET, HEAD");
+  if (strcmp(path, "/metrics") == 0)
+    return get ? get_metrics(w) : method_not_allowed(w, m, "GET, HEAD");
   if (strcmp(path, "/readyz") == 0) {
     if (!get)
       return method_not_allowed(w, m, "GET, HEAD");

@@ -22,6 +22,7 @@
 
 #include "diag.h"
 #include "dynbuf.h"
+#include "metrics.h"
 #include "store.h"
 
 #define API_DEFAULT_MAX_BATCH 4096u
@@ -43,6 +44,8 @@ typedef struct api_response {
   const char *content_type; /* static string */
   const char *allow;        /* the Allow header for 405, else NULL */
   int auth_challenge;       /* 401: send WWW-Authenticate: Bearer */
+  metrics_route route;      /* for the metrics */
+  uint32_t batch, labels;   /* queries asked and labels answered */
   dynbuf body;              /* owned by the api_worker, reused */
 } api_response;
 
@@ -68,6 +71,9 @@ void api_worker_free(api_worker *w); /* accepts NULL */
 /* Handles one request. `res` is borrowed from the worker and valid until
  * its next request. Never fails: every problem becomes an error response. */
 api_response *api_handle(api_worker *w, const api_request *req);
+
+/* Records an answered request in the metrics (any thread). */
+void api_observe(api *a, const api_response *res, double ms);
 
 /* Fills `res` with the JSON error envelope for `code` (a LMAP_E* value),
  * with the message and field of `d`. Used by http.c for transport-level

@@ -87,12 +87,14 @@ static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
   enum MHD_Result ok = MHD_queue_response(c, (unsigned)r->status, resp);
   MHD_destroy_response(resp);
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  double ms = (double)(now.tv_sec - rq->start.tv_sec) * 1e3 +
+              (double)(now.tv_nsec - rq->start.tv_nsec) * 1e-6;
+  api_observe(s->a, r, ms);
   if (s->on_access && (s->log_all || r->status >= 400)) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
     http_access a = {rq->id, rq->method, rq->path, r->status, r->body.len,
-                     (double)(now.tv_sec - rq->start.tv_sec) * 1e3 +
-                         (double)(now.tv_nsec - rq->start.tv_nsec) * 1e-6};
+                     ms};
     s->on_access(&a);
   }
   return ok;
@@ -123,9 +125,10 @@ static void request_id(http_server *s, struct MHD_Connection *c,
 static enum MHD_Result refuse(http_server *s, struct MHD_Connection *c,
                               request *rq, int status, const char *code,
                               const char *message) {
-  api_response r;
+  api_response r = {0};
   dynbuf_init(&r.body, 4096);
   api_error_status(&r, status, code, message);
+  r.route = ROUTE_OTHER;
   rq->refused = 1;
   enum MHD_Result ok = respond(s, c, rq, &r);
   dynbuf_free(&r.body);

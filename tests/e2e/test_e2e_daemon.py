@@ -166,6 +166,25 @@ def main():
               and np.array_equal(np.array(m["classes"], np.float32).reshape(K, H, W), ref[1]),
               "map JSON equals lmap export")
 
+        # /metrics: Prometheus text; counts match what this test asked so far
+        # (20 GET labels, 4 POST batches of 40 queries).
+        st, hd, body = http(port, "GET", "/metrics")
+        text = body.decode()
+        series = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                series[name] = float(value)
+        check(st == 200 and hd.get("Content-Type", "").startswith("text/plain"), "metrics content type")
+        check(series.get("lmap_labels_served_total") == 180, "labels served 180 (got %s)" % series.get("lmap_labels_served_total"))
+        check(series.get('lmap_requests_total{route="POST /v1/labels",status="200"}') == 4, "4 POSTs counted")
+        check(series.get('lmap_requests_total{route="GET /v1/labels/{id}",status="200"}') == 20, "20 GETs counted")
+        check(series.get('lmap_batch_size_bucket{le="64"}') == 24 and series.get("lmap_batch_size_sum") == 180,
+              "batch-size histogram")
+        check(series.get('lmap_request_duration_seconds_bucket{le="+Inf"}') ==
+              series.get("lmap_request_duration_seconds_count"), "latency histogram closes at +Inf")
+        check(series.get("lmap_store_records") == 300, "store records gauge")
+
         # Errors: status, code, field; the daemon keeps serving after each.
         cases = [
             ("GET", "/v1/labels/nope_1?box=0,0,1,1", None, {}, 404, "not_found", "id"),

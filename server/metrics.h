@@ -1,0 +1,42 @@
+/*
+ * metrics: lmapd's Prometheus counters and histograms. Lock-free: every
+ * observation is a few relaxed atomic adds on fixed arrays, so the request
+ * path never waits on another thread; rendering reads them without
+ * stopping writers (each value is exact, the set is a near-instant view).
+ */
+#ifndef LMAP_METRICS_H
+#define LMAP_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dynbuf.h"
+
+/* Routes, as labels. */
+typedef enum metrics_route {
+  ROUTE_LIVEZ,
+  ROUTE_READYZ,
+  ROUTE_METRICS,
+  ROUTE_INFO,
+  ROUTE_CLASSES,
+  ROUTE_LABELS_GET,
+  ROUTE_LABELS_POST,
+  ROUTE_MAPS,
+  ROUTE_OTHER, /* unknown routes and refused requests */
+  ROUTE_COUNT
+} metrics_route;
+
+typedef struct metrics metrics;
+
+metrics *metrics_new(void); /* NULL when out of memory */
+void metrics_free(metrics *m);
+
+/* One answered request: its route, status, latency in milliseconds, and
+ * for label routes the batch size (queries) and labels served. */
+void metrics_observe(metrics *m, metrics_route route, int status, double ms,
+                     uint32_t batch, uint32_t labels);
+
+/* Appends the Prometheus text exposition (format 0.0.4) to `b`. */
+int metrics_render(const metrics *m, dynbuf *b);
+
+#endif /* LMAP_METRICS_H */
