@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,9 +29,24 @@
 static const char JSON_TYPE[] = "application/json";
 static const char NPY_TYPE[] = "application/x-npy";
 
-struct api {
+/* One opened store and everything derived from it. Workers hold a
+ * reference while they use it; the api holds one for the current store.
+ * The last release closes the store, so a store swapped out by a reload
+ * stays open exactly as long as a worker still reads it. */
+typedef struct generation {
   store *s;
   const store_meta *meta;
+  atomic_int refs;
+  uint64_t number; /* 1 for the first store, +1 per reload */
+} generation;
+
+struct api {
+  /* Workers compare it without a lock on every request; taking a new
+   * reference happens under `mu`, the only place besides api_swap that
+   * touches `refs` of the current generation while it is current, so a
+   * worker can never take a reference to a generation already released. */
+  _Atomic(generation *) current;
+  pthread_mutex_t mu;
   uint32_t max_batch;
   atomic_int draining;
   char *token; /* required bearer token, or NULL */
@@ -40,33 +56,68 @@ struct api {
 
 struct api_worker {
   api *a;
+  generation *g;          /* the store this worker reads, referenced */
   store_reader *reader;
   pool_ws *ws;
   float *dense; /* G*G*C floats, grown on demand */
   size_t dense_cap;
-  dynbuf scratch; /* item text while a batch is validated */
   api_response res;
 };
 
+static generation *generation_new(store *s, uint64_t number) {
+  generation *g = calloc(1, sizeof *g);
+  if (g == NULL)
+    return NULL;
+  g->s = s;
+  g->meta = store_get_meta(s);
+  atomic_init(&g->refs, 1);
+  g->number = number;
+  return g;
+}
+
+static void generation_release(generation *g) {
+  if (g != NULL && atomic_fetch_sub(&g->refs, 1) == 1) {
+    store_close(g->s);
+    free(g);
+  }
+}
+
 int api_new(store *s, uint32_t max_batch, api **out, diag *d) {
   api *a = calloc(1, sizeof *a);
-  if (a == NULL)
-    return diag_set(d, LMAP_ENOMEM, "out of memory");
-  a->s = s;
-  a->meta = store_get_meta(s);
-  a->max_batch = max_batch ? max_batch : API_DEFAULT_MAX_BATCH;
-  a->metrics = metrics_new();
-  if (a->metrics == NULL) {
+  generation *g = a ? generation_new(s, 1) : NULL;
+  metrics *m = g ? metrics_new() : NULL;
+  if (m == NULL) {
+    free(g);
     free(a);
     return diag_set(d, LMAP_ENOMEM, "out of memory");
   }
+  atomic_init(&a->current, g);
+  pthread_mutex_init(&a->mu, NULL);
+  a->max_batch = max_batch ? max_batch : API_DEFAULT_MAX_BATCH;
+  a->metrics = m;
   *out = a;
   return 0;
+}
+
+uint64_t api_swap(api *a, store *s) {
+  pthread_mutex_lock(&a->mu);
+  generation *old = atomic_load(&a->current);
+  generation *g = generation_new(s, old->number + 1);
+  if (g == NULL) {
+    pthread_mutex_unlock(&a->mu);
+    return 0;
+  }
+  atomic_store(&a->current, g);
+  pthread_mutex_unlock(&a->mu);
+  generation_release(old);
+  return g->number;
 }
 
 void api_free(api *a) {
   if (a == NULL)
     return;
+  generation_release(atomic_load(&a->current));
+  pthread_mutex_destroy(&a->mu);
   free(a->token);
   metrics_free(a->metrics);
   free(a);
@@ -106,18 +157,43 @@ static int token_matches(const api *a, const char *header) {
 
 void api_set_draining(api *a) { atomic_store(&a->draining, 1); }
 
+/* Makes the worker read the current store: on the first request and
+ * after a reload. The comparison is lock-free; switching is rare. */
+static int use_current(api_worker *w, diag *d) {
+  api *a = w->a;
+  if (atomic_load(&a->current) == w->g && w->reader != NULL)
+    return 0;
+  pthread_mutex_lock(&a->mu);
+  generation *g = atomic_load(&a->current);
+  atomic_fetch_add(&g->refs, 1);
+  pthread_mutex_unlock(&a->mu);
+  store_reader *reader = NULL;
+  pool_ws *ws = w->ws;
+  uint32_t C = g->meta->shape.num_classes;
+  if (w->g == NULL || w->g->meta->shape.num_classes != C)
+    ws = pool_ws_new(C);
+  if (ws == NULL || store_reader_new(g->s, &reader, d) != 0) {
+    if (ws != w->ws)
+      pool_ws_free(ws);
+    generation_release(g);
+    return d && d->code ? d->code : diag_set(d, LMAP_ENOMEM, "out of memory");
+  }
+  store_reader_free(w->reader);
+  if (ws != w->ws)
+    pool_ws_free(w->ws);
+  generation_release(w->g);
+  w->g = g;
+  w->reader = reader;
+  w->ws = ws;
+  return 0;
+}
+
 api_worker *api_worker_new(api *a) {
   api_worker *w = calloc(1, sizeof *w);
   if (w == NULL)
     return NULL;
   w->a = a;
   dynbuf_init(&w->res.body, RESPONSE_MAX);
-  dynbuf_init(&w->scratch, RESPONSE_MAX);
-  w->ws = pool_ws_new(a->meta->shape.num_classes);
-  if (w->ws == NULL || store_reader_new(a->s, &w->reader, NULL) != 0) {
-    api_worker_free(w);
-    return NULL;
-  }
   return w;
 }
 
@@ -125,10 +201,10 @@ void api_worker_free(api_worker *w) {
   if (w == NULL)
     return;
   store_reader_free(w->reader);
+  generation_release(w->g);
   pool_ws_free(w->ws);
   free(w->dense);
   dynbuf_free(&w->res.body);
-  dynbuf_free(&w->scratch);
   free(w);
 }
 
@@ -251,7 +327,7 @@ static int options_from_args(const api_request *req, options *o, diag *d) {
 /* ---- pooling ---- */
 
 static int ensure_dense(api_worker *w, uint32_t G, diag *d) {
-  size_t need = (size_t)G * G * w->a->meta->shape.num_classes;
+  size_t need = (size_t)G * G * w->g->meta->shape.num_classes;
   if (need <= w->dense_cap)
     return 0;
   float *p = realloc(w->dense, need * sizeof *p);
@@ -274,7 +350,7 @@ static int lookup(api_worker *w, const char *id, labelmap *m, diag *d) {
 /* Appends query results as .npy rows: [C] per item for G = 1, else
  * [C, G, G] (the dense output is cell-major and is transposed here). */
 static int npy_item(api_worker *w, const labelmap *m, const pool_query *q) {
-  uint32_t C = w->a->meta->shape.num_classes, G = q->output_size;
+  uint32_t C = w->g->meta->shape.num_classes, G = q->output_size;
   int rc = pool_dense(m, C, q, w->ws, w->dense);
   if (rc)
     return rc;
@@ -304,7 +380,7 @@ static api_response *get_label(api_worker *w, const api_request *req,
   if (rc)
     return fail(w, rc, &d);
   reset(&w->res);
-  rc = itemjson_write(&w->res.body, id, &m, w->a->meta->shape.num_classes,
+  rc = itemjson_write(&w->res.body, id, &m, w->g->meta->shape.num_classes,
                       &o.q, o.format, w->ws, w->dense);
   if (rc) {
     diag_set(&d, rc, "cannot build the answer: %s", lmap_strerror(rc));
@@ -442,7 +518,7 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
   }
 
   size_t n = json_array_size(queries);
-  uint32_t C = w->a->meta->shape.num_classes, G = o.q.output_size;
+  uint32_t C = w->g->meta->shape.num_classes, G = o.q.output_size;
   int npy = wants_npy(req);
   reset(&w->res);
   dynbuf *out = &w->res.body;
@@ -563,12 +639,12 @@ static api_response *json_text(api_worker *w, int status, const char *text) {
 }
 
 static api_response *get_info(api_worker *w) {
-  json_t *meta = json_loads(store_meta_json(w->a->s), 0, NULL);
+  json_t *meta = json_loads(store_meta_json(w->g->s), 0, NULL);
   if (meta == NULL)
     return json_text(w, 500, "{\"error\":{\"code\":\"internal\","
                              "\"message\":\"metadata is not valid JSON\"}}");
   json_object_set_new(meta, "file_bytes",
-                      json_integer((json_int_t)store_file_size(w->a->s)));
+                      json_integer((json_int_t)store_file_size(w->g->s)));
   char *text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(9));
   json_decref(meta);
   api_response *r = json_text(w, 200, text ? text : "{}");
@@ -577,7 +653,7 @@ static api_response *get_info(api_worker *w) {
 }
 
 static api_response *get_classes(api_worker *w) {
-  const char *names = store_class_names_json(w->a->s);
+  const char *names = store_class_names_json(w->g->s);
   if (names == NULL)
     return fail_msg(w, LMAP_ENOTFOUND, NULL, "%s",
                     "this store has no class names");
@@ -610,7 +686,7 @@ static const char *after(const char *path, const char *prefix) {
 static api_response *get_metrics(api_worker *w) {
   reset(&w->res);
   w->res.content_type = "text/plain; version=0.0.4";
-  const store_meta *m = w->a->meta;
+  const store_meta *m = w->g->meta;
   int rc = metrics_render(w->a->metrics, &w->res.body);
   if (rc == 0)
     rc = dynbuf_printf(
@@ -628,7 +704,7 @@ static api_response *get_metrics(api_worker *w) {
         m->format_version, m->shape.encoding == CODEC_F32 ? "f32" : "f16",
         m->shape.h, m->shape.w, m->shape.k, m->shape.num_classes,
         (unsigned long long)m->record_count,
-        (unsigned long long)store_file_size(w->a->s));
+        (unsigned long long)store_file_size(w->g->s));
   if (rc)
     api_error_status(&w->res, 500, "internal", "cannot render the metrics");
   return &w->res;
@@ -657,7 +733,13 @@ static metrics_route route_of(const char *path, const char *method) {
 static api_response *dispatch(api_worker *w, const api_request *req);
 
 api_response *api_handle(api_worker *w, const api_request *req) {
-  api_response *r = dispatch(w, req);
+  diag d;
+  diag_clear(&d);
+  api_response *r;
+  if (use_current(w, &d) != 0)
+    r = fail(w, d.code ? d.code : LMAP_EINTERNAL, &d);
+  else
+    r = dispatch(w, req);
   r->route = route_of(req->path, req->method);
   return r;
 }

@@ -8,10 +8,10 @@
  * {"error": {"code", "message", "field"}} with the status from the shared
  * error table. See docs/API.md.
  *
- * Threading: one api (the store and its metadata) is shared by every HTTP
- * worker thread; each thread owns one api_worker (a store reader with its
- * read transaction, the pooling workspace and the output buffer), so the
- * request path takes no lock.
+ * Threading: one api (the current store and its metadata) is shared by
+ * every HTTP worker thread; each thread owns one api_worker (a reference to
+ * the store it reads, a reader with its read transaction, the pooling
+ * workspace and the output buffer), so the request path takes no lock.
  */
 #ifndef LMAP_API_H
 #define LMAP_API_H
@@ -52,10 +52,18 @@ typedef struct api_response {
 typedef struct api api;
 typedef struct api_worker api_worker;
 
-/* Creates the shared API over an open store (borrowed: it must outlive the
- * api). Returns 0 or LMAP_ENOMEM. */
+/* Creates the shared API over an open store, which it takes over: the store
+ * is closed when neither the api nor any worker uses it any more.
+ * Returns 0 or LMAP_ENOMEM (the store is then still the caller's). */
 int api_new(store *s, uint32_t max_batch, api **out, diag *d);
 void api_free(api *a); /* accepts NULL; every worker must be freed first */
+
+/* Serves `s` (taken over) from now on: each worker moves to it at its next
+ * request; the previous store is closed when its last worker has moved.
+ * No request fails or waits for it. Returns the new generation number
+ * (2 for the first reload), or 0 when out of memory (then `s` is still the
+ * caller's). Thread-safe. */
+uint64_t api_swap(api *a, store *s);
 
 /* Requires "Authorization: Bearer <token>" on every /v1/ route from now
  * on (the token is copied). Returns 0 or LMAP_EINVAL (empty token). */

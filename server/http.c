@@ -8,6 +8,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -290,10 +291,28 @@ int http_start(const http_config *c, api *a, http_server **out,
   return 0;
 }
 
+/* Connections the kernel has completed but MHD not yet accepted sit in the
+ * listen backlog; closing the socket would reset them, although their
+ * clients already sent a request. They are accepted here and handed to MHD
+ * to be served like the others; only connections arriving after this are
+ * refused. */
 void http_quiesce(http_server *s) {
   MHD_socket fd = MHD_quiesce_daemon(s->mhd);
-  if (fd != MHD_INVALID_SOCKET)
-    close(fd);
+  if (fd == MHD_INVALID_SOCKET)
+    return;
+  int flags = fcntl(fd, F_GETFL);
+  if (flags >= 0)
+    fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  for (;;) {
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof addr;
+    int c = accept(fd, (struct sockaddr *)&addr, &len);
+    if (c < 0)
+      break;
+    /* MHD owns the socket from here, and closes it even on failure. */
+    MHD_add_connection(s->mhd, c, (struct sockaddr *)&addr, len);
+  }
+  close(fd);
 }
 
 unsigned http_connections(http_server *s) {

@@ -1,8 +1,12 @@
 /* control: signals and the drain, on a libuv loop (see control.h). */
 #include "control.h"
 
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <uv.h>
+
+#include "store.h"
 
 #include "log.h"
 
@@ -13,14 +17,17 @@ typedef struct control {
   uint64_t drain_started;
   int draining;
   int timed_out;
-  uv_signal_t sigterm, sigint;
+  const char *store_path;
+  uv_signal_t sigterm, sigint, sighup;
   uv_timer_t poll;
 } control;
 
 static void stop_all(control *c) {
   uv_signal_stop(&c->sigterm);
   uv_signal_stop(&c->sigint);
+  uv_signal_stop(&c->sighup);
   uv_timer_stop(&c->poll);
+  uv_close((uv_handle_t *)&c->sighup, NULL);
   uv_close((uv_handle_t *)&c->sigterm, NULL);
   uv_close((uv_handle_t *)&c->sigint, NULL);
   uv_close((uv_handle_t *)&c->poll, NULL);
@@ -51,15 +58,49 @@ static void on_signal(uv_signal_t *s, int signum) {
   uv_timer_start(&c->poll, on_poll, 0, 20);
 }
 
-int control_run(api *a, http_server *h, unsigned grace_ms) {
-  control c = {.a = a, .h = h, .grace_ms = grace_ms};
+/* Opens the store path afresh (a new store arrives by rename, so the path
+ * now names a new inode) and hands it to the api. Requests keep flowing on
+ * the old store meanwhile; a store that fails to open changes nothing. */
+static void on_reload(uv_signal_t *s, int signum) {
+  (void)signum;
+  control *c = s->data;
+  if (c->draining)
+    return;
+  diag d;
+  diag_clear(&d);
+  store *st;
+  if (store_open(c->store_path, &st, &d) != 0) {
+    json_t *m = json_string(diag_text(&d));
+    char *text = m ? json_dumps(m, JSON_ENCODE_ANY) : NULL;
+    log_event("reload_failed", "\"message\":%s", text ? text : "\"?\"");
+    free(text);
+    json_decref(m);
+    return;
+  }
+  unsigned long long records = store_get_meta(st)->record_count;
+  uint64_t gen = api_swap(c->a, st);
+  if (gen == 0) {
+    store_close(st);
+    log_event("reload_failed", "\"message\":\"out of memory\"");
+    return;
+  }
+  log_event("reloaded", "\"generation\":%llu,\"records\":%llu",
+            (unsigned long long)gen, records);
+}
+
+int control_run(api *a, http_server *h, unsigned grace_ms,
+                const char *store_path) {
+  control c = {.a = a, .h = h, .grace_ms = grace_ms,
+               .store_path = store_path};
   uv_loop_t *loop = uv_default_loop();
   uv_signal_init(loop, &c.sigterm);
   uv_signal_init(loop, &c.sigint);
+  uv_signal_init(loop, &c.sighup);
   uv_timer_init(loop, &c.poll);
-  c.sigterm.data = c.sigint.data = c.poll.data = &c;
+  c.sigterm.data = c.sigint.data = c.sighup.data = c.poll.data = &c;
   uv_signal_start(&c.sigterm, on_signal, SIGTERM);
   uv_signal_start(&c.sigint, on_signal, SIGINT);
+  uv_signal_start(&c.sighup, on_reload, SIGHUP);
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
   return c.timed_out;

@@ -40,7 +40,10 @@ static const char usage[] =
     "                                              on /v1/ (the file's first line)\n"
     "\n"
     "Signals: SIGTERM/SIGINT drain (readyz 503, stop accepting, finish open\n"
-    "requests, exit 0; exit 1 if the grace period ran out).\n"
+    "requests, exit 0; exit 1 if the grace period ran out). SIGHUP reopens\n"
+    "the store path (install a new store with rename) and swaps it in without\n"
+    "failing a request; a store that fails to open is logged and the old one\n"
+    "kept.\n"
     "exit status: 0 clean stop, 1 failure (logged), 2 usage error.\n";
 
 typedef struct config {
@@ -225,6 +228,8 @@ int main(int argc, char **argv) {
     goto fail;
   if (store_open(c.store, &s, &d) || api_new(s, (uint32_t)c.max_batch, &a, &d))
     goto fail;
+  unsigned long long records = store_get_meta(s)->record_count;
+  s = NULL; /* the api owns the store now */
   if (token_len && api_set_token(a, token, token_len)) {
     diag_set(&d, LMAP_ENOMEM, "cannot keep the token");
     goto fail;
@@ -244,11 +249,10 @@ int main(int argc, char **argv) {
     goto fail;
   log_event("listening", "\"host\":\"%s\",\"port\":%u,\"records\":%llu", host,
             (unsigned)bound,
-            (unsigned long long)store_get_meta(s)->record_count);
-  rc = control_run(a, h, (unsigned)c.grace * 1000u);
+            records);
+  rc = control_run(a, h, (unsigned)c.grace * 1000u, c.store);
   http_stop(h);
   api_free(a);
-  store_close(s);
   log_event("stopped", "\"exit\":%d", rc);
   return rc;
 fail:;

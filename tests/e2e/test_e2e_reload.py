@@ -1,0 +1,148 @@
+#!/usr/bin/python3
+"""End-to-end: store swap by rename + SIGHUP under steady load (zero failed
+requests, answers from the new store afterwards, a bad store refused and the
+old one kept), then SIGTERM with requests in flight (all answered, exit 0).
+Load goes to 127.0.0.1 only, bounded in time and count; every process is
+stopped by its PID."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+LMAP = os.environ.get("LMAP_BIN", "build/lmap")
+LMAPD = os.environ.get("LMAPD_BIN", "build/lmapd")
+TMP = os.environ.get("LMAP_TEST_TMP", tempfile.gettempdir())
+
+failures = []
+checks = 0
+
+
+def check(cond, what):
+    global checks
+    checks += 1
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def get(port, path, body=None, timeout=20):
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=body,
+                                 method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def synth(path, images):
+    subprocess.run([LMAP, "synth", "-o", path, "--images", str(images), "--seed", "5",
+                    "--force", "--no-progress"], check=True, capture_output=True)
+
+
+def main():
+    os.makedirs(TMP, exist_ok=True)
+    served = os.path.join(TMP, "served.lmap")
+    synth(served, 300)
+    ids = subprocess.run([LMAP, "ids", served], capture_output=True, text=True,
+                         check=True).stdout.split()
+    # Same seed, more images: the first 300 ids and maps are the same, so
+    # every request of the load is valid on both stores.
+    bigger = os.path.join(TMP, "bigger.lmap")
+    synth(bigger, 500)
+    new_ids = sorted(set(subprocess.run([LMAP, "ids", bigger], capture_output=True, text=True,
+                                        check=True).stdout.split()) - set(ids))
+    log = open(os.path.join(TMP, "reload.log"), "w+")
+    p = subprocess.Popen([LMAPD, "--store", served, "--listen", "127.0.0.1:0", "--threads", "2"],
+                         stderr=log)
+    port = None
+    for _ in range(200):
+        time.sleep(0.02)
+        log.seek(0)
+        for line in log:
+            ev = json.loads(line)
+            if ev["event"] == "listening":
+                port = ev["port"]
+        if port:
+            break
+    if port is None:
+        p.kill()
+        raise SystemExit("lmapd did not start")
+    try:
+        stop = threading.Event()
+        results = []
+
+        def load(k):
+            n = 0
+            while not stop.is_set() and n < 5000:
+                i = ids[(k * 31 + n) % len(ids)]
+                try:
+                    st, _ = get(port, "/v1/labels/%s?box=0.1,0.1,0.8,0.9&format=sparse" % i)
+                except Exception as e:  # a refused or reset connection is a failure
+                    st = repr(e)
+                results.append(st)
+                n += 1
+
+        threads = [threading.Thread(target=load, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        os.rename(bigger, served)  # install the new store the documented way
+        p.send_signal(signal.SIGHUP)
+        time.sleep(0.7)
+        # A store that cannot be opened: refused, the current one kept.
+        junk = os.path.join(TMP, "junk.lmap")
+        open(junk, "w").write("not a store\n")
+        os.rename(junk, served)
+        p.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        bad = [r for r in results if r != 200]
+        check(len(results) > 100 and not bad,
+              "load across two reloads: %d requests, %d failed %s" % (len(results), len(bad), bad[:3]))
+        st, body = get(port, "/v1/info")
+        check(st == 200 and json.loads(body)["record_count"] == 500, "answers come from the new store")
+        st, _ = get(port, "/v1/labels/%s?box=0,0,1,1" % new_ids[0])
+        check(st == 200, "an id only in the new store is served")
+        log.seek(0)
+        events = [json.loads(l) for l in log]
+        check(any(e["event"] == "reloaded" and e.get("records") == 500 for e in events), "reload logged")
+        check(any(e["event"] == "reload_failed" for e in events), "failed reload logged")
+
+        # SIGTERM with requests in flight: each is answered, then exit 0.
+        batch = json.dumps({"queries": [{"id": ids[k % len(ids)], "box": [0, 0, 1, 1]}
+                                        for k in range(4096)]}).encode()
+        answers = []
+
+        def slow():
+            try:
+                answers.append(get(port, "/v1/labels", batch)[0])
+            except Exception as e:
+                answers.append(repr(e))
+
+        inflight = [threading.Thread(target=slow) for _ in range(6)]
+        for t in inflight:
+            t.start()
+        time.sleep(0.15)
+        p.send_signal(signal.SIGTERM)
+        for t in inflight:
+            t.join()
+        code = p.wait(timeout=30)
+        check(answers == [200] * 6, "in-flight requests all answered during drain: %s" % answers)
+        check(code == 0, "exit 0 after drain (got %s)" % code)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    print("%d passed, %d failed" % (checks - len(failures), len(failures)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
