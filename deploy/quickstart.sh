@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Quick start: installs the build dependencies (Debian packages, only those
-# missing), builds lmap, makes a synthetic ImageNet-shaped demo store if
-# there is none, and shows what is in it and one pooled soft label.
+# missing), builds lmap and lmapd, makes a synthetic ImageNet-shaped demo
+# store if there is none, shows what is in it and one pooled soft label,
+# then serves it with lmapd in the foreground (Ctrl-C stops it).
 #
 #   deploy/quickstart.sh             demo store at demo/imagenet-synth.lmap
 #   LMAP_DEMO_IMAGES=100000 deploy/quickstart.sh   a bigger one
+#   LMAP_PORT=9000 deploy/quickstart.sh            another port (default 8080)
+#   LMAP_NO_SERVE=1 deploy/quickstart.sh           stop before serving
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,3 +34,17 @@ id=$("$lmap" ids "$store" | sed -n 1p)
 echo
 echo "\$ $lmap get $store $id --box 0.1,0.2,0.7,0.9 --format sparse"
 "$lmap" get "$store" "$id" --box 0.1,0.2,0.7,0.9 --format sparse
+
+[ -z "${LMAP_NO_SERVE:-}" ] || exit 0
+port=${LMAP_PORT:-8080}
+cat <<EOT
+
+Serving $store on http://127.0.0.1:$port (Ctrl-C to stop). Try, in another shell:
+  curl -s 'http://127.0.0.1:$port/v1/labels/$id?box=0.1,0.2,0.7,0.9&format=sparse'
+  curl -s -XPOST http://127.0.0.1:$port/v1/labels \\
+       -d '{"queries":[{"id":"$id","box":[0,0,1,1],"flip":false}],"format":"sparse"}'
+  curl -s -H 'Accept: application/x-npy' 'http://127.0.0.1:$port/v1/maps/$id' -o map.npy
+  curl -s http://127.0.0.1:$port/v1/info
+  curl -s http://127.0.0.1:$port/metrics
+EOT
+exec build-release/lmapd --store "$store" --listen "127.0.0.1:$port"
