@@ -12,6 +12,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -246,6 +247,17 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 static void free_worker(void *w) { api_worker_free(w); }
 
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+  void (*on_message)(const char *) = (void (*)(const char *))cls;
+  char msg[512];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  size_t n = strlen(msg);
+  while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+    msg[--n] = '\0';
+  if (on_message)
+    on_message(msg);
+}
+
 int http_start(const http_config *c, api *a, http_server **out,
                uint16_t *port_out, diag *d) {
   struct sockaddr_in addr = {0};
@@ -269,11 +281,14 @@ int http_start(const http_config *c, api *a, http_server **out,
     return diag_set(d, LMAP_ENOMEM, "cannot create a thread key");
   }
   s->key_made = 1;
+  /* MHD's messages go through our log, so that every stderr line stays a
+   * log line; a pool of one thread is MHD's plain internal thread. */
   s->mhd = MHD_start_daemon(
       MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
           MHD_USE_ERROR_LOG,
       c->port, NULL, NULL, handle, s, MHD_OPTION_SOCK_ADDR, &addr,
-      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(c->threads ? c->threads : 1),
+      MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)c->on_message,
+      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(c->threads > 1 ? c->threads : 0),
       MHD_OPTION_CONNECTION_TIMEOUT, c->idle_timeout,
       MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
       MHD_OPTION_PER_IP_CONNECTION_LIMIT, c->max_per_ip,

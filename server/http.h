@@ -44,6 +44,8 @@ typedef struct http_config {
    * status >= 400, and for all when log_all is set. May be NULL. */
   void (*on_access)(const http_access *);
   int log_all;
+  /* Receives libmicrohttpd's own messages (one line each). May be NULL. */
+  void (*on_message)(const char *message);
 } http_config;
 
 typedef struct http_server http_server;

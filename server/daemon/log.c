@@ -5,6 +5,10 @@
 #include <stdio.h>
 #include <time.h>
 
+static int text_mode;
+
+void log_set_text(int text) { text_mode = text; }
+
 void log_event(const char *event, const char *fields, ...) {
   char ts[40];
   struct timespec now;
@@ -21,6 +25,9 @@ void log_event(const char *event, const char *fields, ...) {
     va_end(ap);
   }
   /* One fprintf per line so that lines from threads do not interleave. */
-  fprintf(stderr, "{\"ts\":\"%s\",\"event\":\"%s\"%s%s}\n", ts, event,
-          body[0] ? "," : "", body);
+  if (text_mode)
+    fprintf(stderr, "%s %s %s\n", ts, event, body);
+  else
+    fprintf(stderr, "{\"ts\":\"%s\",\"event\":\"%s\"%s%s}\n", ts, event,
+            body[0] ? "," : "", body);
 }

@@ -3,8 +3,12 @@
 #define LMAPD_LOG_H
 
 /* Writes {"ts":..,"event":"<event>",<fields>}; `fields` is a printf format
- * producing JSON members (without braces), or NULL. */
+ * producing JSON members (without braces), or NULL. In text mode the line
+ * is "<ts> <event> <fields>" instead, for people reading a terminal. */
 void log_event(const char *event, const char *fields, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* Selects the text format (default: JSON lines). Call before threads. */
+void log_set_text(int text);
 
 #endif /* LMAPD_LOG_H */

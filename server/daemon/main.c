@@ -36,6 +36,7 @@ static const char usage[] =
     "  --idle-timeout SECONDS   LMAPD_IDLE_TIMEOUT idle connection timeout (default 60)\n"
     "  --grace SECONDS          LMAPD_GRACE        drain time on SIGTERM (default 30)\n"
     "  --access-log             LMAPD_ACCESS_LOG=1 log every request (default: errors only)\n"
+    "  --log-format json|text   LMAPD_LOG_FORMAT   log lines (default json)\n"
     "  --token-file PATH        LMAPD_TOKEN_FILE   require 'Authorization: Bearer <token>'\n"
     "                                              on /v1/ (the file's first line)\n"
     "\n"
@@ -51,6 +52,7 @@ typedef struct config {
   const char *listen;
   const char *token_file;
   int access_log;
+  const char *log_format;
   unsigned long threads, max_body, max_batch, max_connections, max_per_ip,
       idle_timeout, grace;
 } config;
@@ -104,6 +106,15 @@ static void log_access(const http_access *a) {
   free(path);
 }
 
+/* libmicrohttpd's own messages, as log lines. */
+static void log_mhd(const char *message) {
+  json_t *m = json_string(message);
+  char *text = m ? json_dumps(m, JSON_ENCODE_ANY) : NULL;
+  log_event("http_library", "\"message\":%s", text ? text : "\"?\"");
+  free(text);
+  json_decref(m);
+}
+
 static int bad(const char *what, const char *value) {
   fprintf(stderr, "lmapd: %s: '%s' is not valid\nTry 'lmapd --help'.\n", what,
           value);
@@ -142,6 +153,8 @@ int main(int argc, char **argv) {
     c.store = getenv("LMAPD_STORE");
   if (getenv("LMAPD_LISTEN"))
     c.listen = getenv("LMAPD_LISTEN");
+  if (getenv("LMAPD_LOG_FORMAT"))
+    c.log_format = getenv("LMAPD_LOG_FORMAT");
   if (getenv("LMAPD_ACCESS_LOG"))
     c.access_log = strcmp(getenv("LMAPD_ACCESS_LOG"), "0") != 0;
   if (getenv("LMAPD_TOKEN_FILE"))
@@ -159,9 +172,10 @@ int main(int argc, char **argv) {
       {"version", no_argument, 0, 'V'},
       {"token-file", required_argument, 0, 't'},
       {"access-log", no_argument, 0, 'a'},
+      {"log-format", required_argument, 0, 'L'},
   };
   for (size_t i = 0; i < nsettings; i++)
-    longopts[6 + i] = (struct option){settings[i].flag, required_argument, 0,
+    longopts[7 + i] = (struct option){settings[i].flag, required_argument, 0,
                                       (int)(100 + i)};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -173,6 +187,8 @@ int main(int argc, char **argv) {
       c.token_file = optarg;
     else if (opt == 'a')
       c.access_log = 1;
+    else if (opt == 'L')
+      c.log_format = optarg;
     else if (opt == 'h') {
       fputs(usage, stdout);
       return 0;
@@ -194,6 +210,10 @@ int main(int argc, char **argv) {
     fputs("lmapd: --store PATH (or LMAPD_STORE) is required\n", stderr);
     return 2;
   }
+  if (c.log_format && strcmp(c.log_format, "json") &&
+      strcmp(c.log_format, "text"))
+    return bad("log-format", c.log_format);
+  log_set_text(c.log_format && strcmp(c.log_format, "text") == 0);
   char host[64];
   unsigned long port;
   if (split_listen(c.listen, host, sizeof host, &port))
@@ -243,7 +263,8 @@ int main(int argc, char **argv) {
                     (unsigned)c.max_connections,
                     (unsigned)c.max_per_ip,
                     log_access,
-                    c.access_log};
+                    c.access_log,
+                    log_mhd};
   uint16_t bound;
   if (http_start(&hc, a, &h, &bound, &d))
     goto fail;

@@ -41,6 +41,8 @@ def start(store, *extra):
         time.sleep(0.02)
         with open(log.name) as f:
             for line in f:
+                if not line.endswith("\n"):
+                    break  # still being written
                 ev = json.loads(line)
                 if ev["event"] == "listening":
                     return p, ev["port"], log.name

@@ -59,12 +59,14 @@ def main():
                                         check=True).stdout.split()) - set(ids))
     log = open(os.path.join(TMP, "reload.log"), "w+")
     p = subprocess.Popen([LMAPD, "--store", served, "--listen", "127.0.0.1:0", "--threads", "2"],
-                         stderr=log)
+                         stderr=log, stdout=subprocess.DEVNULL)
     port = None
     for _ in range(200):
         time.sleep(0.02)
         log.seek(0)
         for line in log:
+            if not line.endswith("\n"):
+                break  # still being written
             ev = json.loads(line)
             if ev["event"] == "listening":
                 port = ev["port"]
