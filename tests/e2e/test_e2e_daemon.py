@@ -7,49 +7,15 @@ followed by a check that the daemon still serves. Every process started is
 stopped by its PID; requests go to 127.0.0.1 only."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
 import numpy as np
 
-LMAP = os.environ.get("LMAP_BIN", "build/lmap")
-LMAPD = os.environ.get("LMAPD_BIN", "build/lmapd")
-TMP = os.environ.get("LMAP_TEST_TMP", tempfile.gettempdir())
-
-failures = []
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-
-
-def start(store, *extra):
-    log = tempfile.NamedTemporaryFile("w+", dir=TMP, delete=False, suffix=".log")
-    p = subprocess.Popen([LMAPD, "--store", store, "--listen", "127.0.0.1:0", *extra],
-                         stderr=log, stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        time.sleep(0.02)
-        with open(log.name) as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break  # still being written
-                ev = json.loads(line)
-                if ev["event"] == "listening":
-                    return p, ev["port"], log.name
-        if p.poll() is not None:
-            break
-    p.kill()
-    raise SystemExit("lmapd did not start: " + open(log.name).read())
+from e2e_common import LMAP, TMP, check, start_daemon, stop_daemon, summary
 
 
 def http(port, method, path, body=None, headers=None):
@@ -98,7 +64,7 @@ def main():
                    check=True, capture_output=True)
     ids = subprocess.run([LMAP, "ids", store], check=True, capture_output=True,
                          text=True).stdout.split()
-    p, port, logname = start(store, "--max-body", "65536", "--max-batch", "64")
+    p, port, logname = start_daemon(store, "--max-body", "65536", "--max-batch", "64")
     try:
         alive = lambda: http(port, "GET", "/livez")[0] == 200
         st, _, body = http(port, "GET", "/livez")
@@ -271,12 +237,7 @@ def main():
         s.close()
         check(got.count(b"HTTP/1.1 200") == 2, "keep-alive serves two requests on one connection")
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            code = p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            code = "killed"
+        code = stop_daemon(p)
     check(code == 0, "SIGTERM: exit 0 (got %s)" % code)
     events = [json.loads(l)["event"] for l in open(logname)]
     check("draining" in events and events[-1] == "stopped", "drain logged: %s" % events[-3:])
@@ -285,7 +246,7 @@ def main():
     token = "s3cret-token-for-e2e"
     tf = os.path.join(TMP, "token")
     open(tf, "w").write(token + "\n")
-    p, port, logname = start(store, "--token-file", tf)
+    p, port, logname = start_daemon(store, "--token-file", tf)
     try:
         path = "/v1/labels/%s?box=0,0,1,1" % ids[0]
         st, hd, body = http(port, "GET", path)
@@ -299,11 +260,9 @@ def main():
         check(http(port, "GET", "/livez")[0] == 200, "livez needs no token")
         check(token not in open(logname).read(), "the token is not logged")
     finally:
-        p.send_signal(signal.SIGTERM)
-        code = p.wait(timeout=10)
+        code = stop_daemon(p)
     check(code == 0, "SIGTERM (token daemon): exit 0 (got %s)" % code)
-    print("%d passed, %d failed" % (checks - len(failures), len(failures)))
-    return 1 if failures else 0
+    return summary()
 
 
 if __name__ == "__main__":

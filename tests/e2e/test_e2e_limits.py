@@ -5,57 +5,16 @@ the saved tensors. Loopback only; every process is stopped by its PID."""
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
 import numpy as np
 import torch
 
-LMAP = os.environ.get("LMAP_BIN", "build/lmap")
-LMAPD = os.environ.get("LMAPD_BIN", "build/lmapd")
-TMP = os.environ.get("LMAP_TEST_TMP", tempfile.gettempdir())
-
-failures = []
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-
-
-def start(store, *extra):
-    log = os.path.join(TMP, "limits-%d.log" % time.monotonic_ns())
-    f = open(log, "w")
-    p = subprocess.Popen([LMAPD, "--store", store, "--listen", "127.0.0.1:0", *extra], stderr=f,
-                         stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        time.sleep(0.02)
-        for line in open(log):
-            if not line.endswith("\n"):
-                break  # still being written
-            ev = json.loads(line)
-            if ev["event"] == "listening":
-                return p, ev["port"]
-    p.kill()
-    raise SystemExit("lmapd did not start: " + open(log).read())
-
-
-def stop(p):
-    p.send_signal(signal.SIGTERM)
-    try:
-        return p.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        return "killed"
+from e2e_common import LMAP, TMP, check, start_daemon, stop_daemon, summary
 
 
 def get(port, path, headers=None):
@@ -75,7 +34,7 @@ def main():
 
     # Slow client: a request that stops half-way is closed after the idle
     # timeout, and the daemon serves others meanwhile.
-    p, port = start(synth, "--idle-timeout", "1", "--threads", "1")
+    p, port, _ = start_daemon(synth, "--idle-timeout", "1", "--threads", "1")
     try:
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(b"GET /livez HTTP/1.1\r\nHo")
@@ -90,11 +49,11 @@ def main():
         check(closed and 0.5 < waited < 4, "stalled client closed after the idle timeout (%.1fs)" % waited)
         s.close()
     finally:
-        check(stop(p) == 0, "exit 0 (slow client daemon)")
+        check(stop_daemon(p) == 0, "exit 0 (slow client daemon)")
 
     # Too many connections: the one over the limit is turned away, the
     # others are unaffected, and the slot frees when a client leaves.
-    p, port = start(synth, "--max-connections", "4", "--threads", "1", "--idle-timeout", "30")
+    p, port, _ = start_daemon(synth, "--max-connections", "4", "--threads", "1", "--idle-timeout", "30")
     try:
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
         time.sleep(0.2)
@@ -111,7 +70,7 @@ def main():
         time.sleep(0.3)
         check(get(port, "/livez")[0] == 200, "served again once clients left")
     finally:
-        check(stop(p) == 0, "exit 0 (limited daemon)")
+        check(stop_daemon(p) == 0, "exit 0 (limited daemon)")
 
     # A store made by lmap import from real torch.save files.
     src = os.path.join(TMP, "limits-src", "n01")
@@ -128,7 +87,7 @@ def main():
     store = os.path.join(TMP, "limits-import.lmap")
     subprocess.run([LMAP, "import", os.path.dirname(src), "-o", store, "--encoding", "f32",
                     "--force", "--no-progress"], check=True, capture_output=True)
-    p, port = start(store)
+    p, port, _ = start_daemon(store)
     try:
         for name, t in tensors.items():
             st, body = get(port, "/v1/maps/" + name, {"Accept": "application/x-npy"})
@@ -141,9 +100,8 @@ def main():
                                   check=True).stdout
             check(st == 200 and json.loads(body) == json.loads(want), "imported %s label equals lmap get" % name)
     finally:
-        check(stop(p) == 0, "exit 0 (import store daemon)")
-    print("%d passed, %d failed" % (checks - len(failures), len(failures)))
-    return 1 if failures else 0
+        check(stop_daemon(p) == 0, "exit 0 (import store daemon)")
+    return summary()
 
 
 if __name__ == "__main__":

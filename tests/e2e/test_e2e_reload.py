@@ -9,25 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 
-LMAP = os.environ.get("LMAP_BIN", "build/lmap")
-LMAPD = os.environ.get("LMAPD_BIN", "build/lmapd")
-TMP = os.environ.get("LMAP_TEST_TMP", tempfile.gettempdir())
-
-failures = []
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
+from e2e_common import LMAP, LMAPD, TMP, check, summary
 
 
 def get(port, path, body=None, timeout=20):
@@ -142,8 +128,7 @@ def main():
     finally:
         if p.poll() is None:
             p.kill()
-    print("%d passed, %d failed" % (checks - len(failures), len(failures)))
-    return 1 if failures else 0
+    return summary()
 
 
 if __name__ == "__main__":
