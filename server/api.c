@@ -710,75 +710,80 @@ static api_response *get_metrics(api_worker *w) {
   return &w->res;
 }
 
-static metrics_route route_of(const char *path, const char *method) {
-  if (strcmp(path, "/livez") == 0)
-    return ROUTE_LIVEZ;
-  if (strcmp(path, "/readyz") == 0)
-    return ROUTE_READYZ;
-  if (strcmp(path, "/metrics") == 0)
-    return ROUTE_METRICS;
-  if (strcmp(path, "/v1/info") == 0)
-    return ROUTE_INFO;
-  if (strcmp(path, "/v1/classes") == 0)
-    return ROUTE_CLASSES;
-  if (strcmp(path, "/v1/labels") == 0 && strcmp(method, "POST") == 0)
-    return ROUTE_LABELS_POST;
-  if (strncmp(path, "/v1/labels/", 11) == 0)
+/* The one routing table: the route of a path (the metrics label too) and,
+ * for the per-id routes, the id that follows the prefix. */
+static metrics_route route_of(const char *path, const char **id) {
+  static const struct {
+    const char *path;
+    metrics_route route;
+  } exact[] = {{"/livez", ROUTE_LIVEZ},        {"/readyz", ROUTE_READYZ},
+               {"/metrics", ROUTE_METRICS},    {"/v1/info", ROUTE_INFO},
+               {"/v1/classes", ROUTE_CLASSES}, {"/v1/labels", ROUTE_LABELS_POST}};
+  for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
+    if (strcmp(path, exact[i].path) == 0)
+      return exact[i].route;
+  if ((*id = after(path, "/v1/labels/")) != NULL)
     return ROUTE_LABELS_GET;
-  if (strncmp(path, "/v1/maps/", 9) == 0)
+  if ((*id = after(path, "/v1/maps/")) != NULL)
     return ROUTE_MAPS;
   return ROUTE_OTHER;
 }
 
-static api_response *dispatch(api_worker *w, const api_request *req);
+static api_response *dispatch(api_worker *w, const api_request *req,
+                              metrics_route route, const char *id) {
+  const char *m = req->method;
+  int get = strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0;
+  if (route == ROUTE_OTHER) {
+    api_error_status(&w->res, 404, "not_found", "no such route");
+    return &w->res;
+  }
+  if (route == ROUTE_LABELS_POST)
+    return strcmp(m, "POST") == 0 ? post_labels(w, req)
+                                  : method_not_allowed(w, m, "POST");
+  if (!get)
+    return method_not_allowed(w, m, "GET, HEAD");
+  switch (route) {
+  case ROUTE_LIVEZ:
+    return json_text(w, 200, "{\"status\":\"ok\"}");
+  case ROUTE_METRICS:
+    return get_metrics(w);
+  case ROUTE_READYZ:
+    return atomic_load(&w->a->draining)
+               ? json_text(w, 503, "{\"status\":\"draining\"}")
+               : json_text(w, 200, "{\"status\":\"ready\"}");
+  case ROUTE_INFO:
+    return get_info(w);
+  case ROUTE_CLASSES:
+    return get_classes(w);
+  case ROUTE_LABELS_GET:
+    return get_label(w, req, id);
+  case ROUTE_MAPS:
+    return get_map(w, req, id);
+  default:
+    api_error_status(&w->res, 404, "not_found", "no such route");
+    return &w->res;
+  }
+}
 
 api_response *api_handle(api_worker *w, const api_request *req) {
+  const char *id = NULL;
+  metrics_route route = route_of(req->path, &id);
   diag d;
   diag_clear(&d);
   api_response *r;
-  if (use_current(w, &d) != 0)
-    r = fail(w, d.code ? d.code : LMAP_EINTERNAL, &d);
-  else
-    r = dispatch(w, req);
-  r->route = route_of(req->path, req->method);
-  return r;
-}
-
-static api_response *dispatch(api_worker *w, const api_request *req) {
-  const char *path = req->path, *m = req->method, *id;
-  int get = strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0;
-  int post = strcmp(m, "POST") == 0;
-  if (strcmp(path, "/livez") == 0)
-    return get ? json_text(w, 200, "{\"status\":\"ok\"}")
-               : method_not_allowed(w, m, "GET, HEAD");
-  if (strcmp(path, "/metrics") == 0)
-    return get ? get_metrics(w) : method_not_allowed(w, m, "GET, HEAD");
-  if (strcmp(path, "/readyz") == 0) {
-    if (!get)
-      return method_not_allowed(w, m, "GET, HEAD");
-    if (atomic_load(&w->a->draining))
-      return json_text(w, 503, "{\"status\":\"draining\"}");
-    return json_text(w, 200, "{\"status\":\"ready\"}");
-  }
-  if (strncmp(path, "/v1/", 4) == 0 && w->a->token &&
+  if (strncmp(req->path, "/v1/", 4) == 0 && w->a->token &&
       !token_matches(w->a, req->authorization)) {
     api_error_status(&w->res, 401, "unauthorized",
                      req->authorization ? "the bearer token is not valid"
                                         : "an Authorization: Bearer token is "
                                           "required");
     w->res.auth_challenge = 1;
-    return &w->res;
+    r = &w->res;
+  } else if (use_current(w, &d) != 0) {
+    r = fail(w, d.code ? d.code : LMAP_EINTERNAL, &d);
+  } else {
+    r = dispatch(w, req, route, id);
   }
-  if (strcmp(path, "/v1/info") == 0)
-    return get ? get_info(w) : method_not_allowed(w, m, "GET, HEAD");
-  if (strcmp(path, "/v1/classes") == 0)
-    return get ? get_classes(w) : method_not_allowed(w, m, "GET, HEAD");
-  if (strcmp(path, "/v1/labels") == 0)
-    return post ? post_labels(w, req) : method_not_allowed(w, m, "POST");
-  if ((id = after(path, "/v1/labels/")) != NULL)
-    return get ? get_label(w, req, id) : method_not_allowed(w, m, "GET, HEAD");
-  if ((id = after(path, "/v1/maps/")) != NULL)
-    return get ? get_map(w, req, id) : method_not_allowed(w, m, "GET, HEAD");
-  api_error_status(&w->res, 404, "not_found", "no such route");
-  return &w->res;
+  r->route = route;
+  return r;
 }
