@@ -136,33 +136,53 @@ static int cmp_str(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static int read_file(const char *path, uint8_t **out, size_t *len, diag *d) {
+/* Reads a whole file, NUL-terminated, refusing more than `cap` bytes with
+ * LMAP_ETOOBIG. A regular file is sized up front and read in one call (the
+ * import's hot path); anything else (a pipe for --classes) grows as read. */
+static int read_file(const char *path, size_t cap, uint8_t **out, size_t *len,
+                     diag *d) {
   FILE *f = fopen(path, "rb");
   if (f == NULL)
     return diag_set(d, LMAP_EIO, "%s: cannot open: %s", path,
                     strerror(errno));
   struct stat sb;
-  int rc = 0;
-  uint8_t *buf = NULL;
-  if (fstat(fileno(f), &sb) != 0) {
+  int regular = 0, rc = 0;
+  if (fstat(fileno(f), &sb) != 0)
     rc = diag_set(d, LMAP_EIO, "%s: %s", path, strerror(errno));
-  } else if ((uint64_t)sb.st_size > IMPORTER_MAX_FILE) {
-    rc = diag_set(d, LMAP_ETOOBIG,
-                  "%s: file is %lld bytes, more than the %u a label map may "
-                  "take",
-                  path, (long long)sb.st_size, IMPORTER_MAX_FILE);
-  } else if ((buf = malloc((size_t)sb.st_size + 1)) == NULL) {
+  else if (S_ISDIR(sb.st_mode))
+    rc = diag_set(d, LMAP_EIO, "%s: is a directory", path);
+  else if ((regular = S_ISREG(sb.st_mode)) && (uint64_t)sb.st_size > cap)
+    rc = diag_set(d, LMAP_ETOOBIG, "%s: file is %lld bytes, more than %zu",
+                  path, (long long)sb.st_size, cap);
+  size_t n = 0, size = regular ? (size_t)sb.st_size : 4096;
+  uint8_t *buf = rc ? NULL : malloc(size + 1);
+  if (rc == 0 && buf == NULL)
     rc = diag_set(d, LMAP_ENOMEM, "%s: out of memory", path);
-  } else if (fread(buf, 1, (size_t)sb.st_size, f) != (size_t)sb.st_size) {
-    rc = diag_set(d, LMAP_EIO, "%s: short read", path);
+  while (rc == 0) {
+    n += fread(buf + n, 1, size - n, f);
+    if (n < size || regular)
+      break;
+    if (size >= cap) {
+      rc = diag_set(d, LMAP_ETOOBIG, "%s: more than %zu bytes", path, cap);
+      break;
+    }
+    size = size * 2 > cap ? cap : size * 2;
+    uint8_t *p = realloc(buf, size + 1);
+    if (p == NULL)
+      rc = diag_set(d, LMAP_ENOMEM, "%s: out of memory", path);
+    else
+      buf = p;
   }
+  if (rc == 0 && (ferror(f) || (regular && n != size)))
+    rc = diag_set(d, LMAP_EIO, "%s: short read", path);
   fclose(f);
   if (rc) {
     free(buf);
     return rc;
   }
+  buf[n] = '\0';
   *out = buf;
-  *len = (size_t)sb.st_size;
+  *len = n;
   return 0;
 }
 
@@ -174,7 +194,7 @@ static int dir_next(void *ctx, build_item *it, diag *d) {
   snprintf(it->name, sizeof it->name, "%s", path);
   id_from_name(path, it);
   diag e;
-  int rc = read_file(path, &it->blob, &it->len, &e);
+  int rc = read_file(path, IMPORTER_MAX_FILE, &it->blob, &it->len, &e);
   if (rc == LMAP_ETOOBIG) { /* bad in itself: skippable */
     snprintf(it->bad, sizeof it->bad,
              "file is larger than the %u bytes a label map may take",
@@ -333,59 +353,11 @@ int importer_run(const char *src, const build_opts *o, build_stats *st,
 
 #define CLASSES_MAX_BYTES (64u << 20)
 
-/* Reads a whole small file that may be a pipe (no size known up front),
- * NUL-terminated, refusing more than `cap` bytes. */
-static int read_small(const char *path, size_t cap, uint8_t **out,
-                      size_t *len, diag *d) {
-  FILE *f = fopen(path, "rb");
-  if (f == NULL)
-    return diag_set(d, LMAP_EIO, "%s: cannot open: %s", path,
-                    strerror(errno));
-  struct stat sb;
-  if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
-    fclose(f);
-    return diag_set(d, LMAP_EIO, "%s: is a directory", path);
-  }
-  size_t n = 0, size = 4096;
-  uint8_t *buf = malloc(size + 1);
-  int rc = 0;
-  while (buf != NULL && rc == 0) {
-    n += fread(buf + n, 1, size - n, f);
-    if (n < size)
-      break;
-    if (size >= cap)
-      rc = diag_set(d, LMAP_ETOOBIG, "%s: more than %zu bytes", path, cap);
-    else {
-      size = size * 2 > cap ? cap : size * 2;
-      uint8_t *p = realloc(buf, size + 1);
-      if (p == NULL) {
-        free(buf);
-        buf = NULL;
-      } else {
-        buf = p;
-      }
-    }
-  }
-  if (rc == 0 && buf == NULL)
-    rc = diag_set(d, LMAP_ENOMEM, "%s: out of memory", path);
-  if (rc == 0 && ferror(f))
-    rc = diag_set(d, LMAP_EIO, "%s: read error", path);
-  fclose(f);
-  if (rc) {
-    free(buf);
-    return rc;
-  }
-  buf[n] = '\0';
-  *out = buf;
-  *len = n;
-  return 0;
-}
-
 int importer_read_classes(const char *path, char **json_out, uint32_t *count,
                           diag *d) {
   uint8_t *buf = NULL;
   size_t len = 0;
-  int rc = read_small(path, CLASSES_MAX_BYTES, &buf, &len, d);
+  int rc = read_file(path, CLASSES_MAX_BYTES, &buf, &len, d);
   if (rc)
     return rc;
   if (memchr(buf, '\0', len) != NULL) {

@@ -37,9 +37,6 @@ int cli_fail(const char *cmd, const diag *d);
 int cli_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out);
 int cli_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
 
-/* "a,b,c,d" -> four finite doubles. 0 or -1. */
-int cli_box(const char *s, double box[4]);
-
 /* "H" or "HxW" -> grid sides. 0 or -1. */
 int cli_grid(const char *s, uint32_t *h, uint32_t *w);
 

@@ -349,7 +349,7 @@ int cmd_get(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "b:G:q:h", longopts, NULL)) != -1) {
     switch (c) {
     case 'b':
-      if (cli_box(optarg, q.box))
+      if (queryopt_box(optarg, q.box))
         return cli_usage("get", "--box: '%s' is not four finite numbers A,B,C,D", optarg);
       have_box = 1;
       break;

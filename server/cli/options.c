@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "queryopt.h"
 
 int cli_usage(const char *cmd, const char *fmt, ...) {
   va_list ap;
@@ -42,8 +41,6 @@ int cli_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out) {
   *out = (uint32_t)v;
   return 0;
 }
-
-int cli_box(const char *s, double box[4]) { return queryopt_box(s, box); }
 
 int cli_grid(const char *s, uint32_t *h, uint32_t *w) {
   char buf[64];
