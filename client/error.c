@@ -1,6 +1,8 @@
 /* The error table's functions; compiled into both the core and liblmap. */
 #include "lmap/error.h"
 
+#include <string.h>
+
 const char *lmap_strerror(int err) {
   switch (err) {
   case 0:
@@ -38,4 +40,15 @@ int lmap_err_http_status(int err) {
 #undef XX
   }
   return 500;
+}
+
+int lmap_err_from_code(const char *code) {
+  if (!code)
+    return 0;
+#define XX(name, value, msg, status, jcode)                                    \
+  if (strcmp(code, jcode) == 0)                                                \
+    return value;
+  LMAP_ERRNO_MAP(XX)
+#undef XX
+  return 0;
 }

@@ -219,12 +219,11 @@ static void reset(api_response *res) {
   dynbuf_reset(&res->body);
 }
 
-void api_error_status(api_response *res, int status, const char *code,
-                      const char *message) {
+void api_error_message(api_response *res, int err, const char *message) {
   reset(res);
-  res->status = status;
-  json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message",
-                        message);
+  res->status = lmap_err_http_status(err);
+  json_t *e = json_pack("{s:{s:s, s:s}}", "error", "code", lmap_err_code(err),
+                        "message", message);
   char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
   json_decref(e);
   if (text == NULL || dynbuf_addstr(&res->body, text) != 0) {
@@ -248,7 +247,7 @@ void api_error(api_response *res, int code, const diag *d) {
   json_decref(e);
   if (text == NULL || dynbuf_addstr(&res->body, text) != 0) {
     free(text);
-    api_error_status(res, 500, "internal", "cannot format the error");
+    api_error_message(res, LMAP_EINTERNAL, "cannot format the error");
     return;
   }
   free(text);
@@ -634,7 +633,7 @@ static api_response *json_text(api_worker *w, int status, const char *text) {
   reset(&w->res);
   w->res.status = status;
   if (dynbuf_addstr(&w->res.body, text))
-    api_error_status(&w->res, 500, "internal", "out of memory");
+    api_error_message(&w->res, LMAP_EINTERNAL, "out of memory");
   return &w->res;
 }
 
@@ -661,7 +660,7 @@ static api_response *get_classes(api_worker *w) {
   if (dynbuf_addstr(&w->res.body, "{\"classes\":") ||
       dynbuf_addstr(&w->res.body, names) ||
       dynbuf_addstr(&w->res.body, "}"))
-    api_error_status(&w->res, 500, "internal", "out of memory");
+    api_error_message(&w->res, LMAP_EINTERNAL, "out of memory");
   return &w->res;
 }
 
@@ -672,7 +671,7 @@ static api_response *method_not_allowed(api_worker *w, const char *method,
   char msg[128];
   snprintf(msg, sizeof msg, "method %.16s is not allowed here (allowed: %s)",
            method, allow);
-  api_error_status(&w->res, 405, "method_not_allowed", msg);
+  api_error_message(&w->res, LMAP_EMETHOD, msg);
   w->res.allow = allow;
   return &w->res;
 }
@@ -706,7 +705,7 @@ static api_response *get_metrics(api_worker *w) {
         (unsigned long long)m->record_count,
         (unsigned long long)store_file_size(w->g->s));
   if (rc)
-    api_error_status(&w->res, 500, "internal", "cannot render the metrics");
+    api_error_message(&w->res, LMAP_EINTERNAL, "cannot render the metrics");
   return &w->res;
 }
 
@@ -734,7 +733,7 @@ static api_response *dispatch(api_worker *w, const api_request *req,
   const char *m = req->method;
   int get = strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0;
   if (route == ROUTE_OTHER) {
-    api_error_status(&w->res, 404, "not_found", "no such route");
+    api_error_message(&w->res, LMAP_ENOTFOUND, "no such route");
     return &w->res;
   }
   if (route == ROUTE_LABELS_POST)
@@ -760,7 +759,7 @@ static api_response *dispatch(api_worker *w, const api_request *req,
   case ROUTE_MAPS:
     return get_map(w, req, id);
   default:
-    api_error_status(&w->res, 404, "not_found", "no such route");
+    api_error_message(&w->res, LMAP_ENOTFOUND, "no such route");
     return &w->res;
   }
 }
@@ -773,7 +772,7 @@ api_response *api_handle(api_worker *w, const api_request *req) {
   api_response *r;
   if (strncmp(req->path, "/v1/", 4) == 0 && w->a->token &&
       !token_matches(w->a, req->authorization)) {
-    api_error_status(&w->res, 401, "unauthorized",
+    api_error_message(&w->res, LMAP_EUNAUTHORIZED,
                      req->authorization ? "the bearer token is not valid"
                                         : "an Authorization: Bearer token is "
                                           "required");

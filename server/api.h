@@ -88,9 +88,8 @@ void api_observe(api *a, const api_response *res, double ms);
  * errors (413, 411, 400) as well. */
 void api_error(api_response *res, int code, const diag *d);
 
-/* A JSON error response for an HTTP status without an lmap error code
- * (411, 431...). `code` is the JSON code string. */
-void api_error_status(api_response *res, int status, const char *code,
-                      const char *message);
+/* A JSON error response for error `err` (status and code from the shared
+ * table) with a fixed message and no field. */
+void api_error_message(api_response *res, int err, const char *message);
 
 #endif /* LMAP_API_H */

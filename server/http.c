@@ -125,11 +125,10 @@ static void request_id(http_server *s, struct MHD_Connection *c,
  * after such an answer, which is right: the rest of the stream cannot be
  * trusted to be framed as the client meant. */
 static enum MHD_Result refuse(http_server *s, struct MHD_Connection *c,
-                              request *rq, int status, const char *code,
-                              const char *message) {
+                              request *rq, int err, const char *message) {
   api_response r = {0};
   dynbuf_init(&r.body, 4096);
-  api_error_status(&r, status, code, message);
+  api_error_message(&r, err, message);
   r.route = ROUTE_OTHER;
   rq->refused = 1;
   enum MHD_Result ok = respond(s, c, rq, &r);
@@ -143,30 +142,30 @@ static enum MHD_Result first_call(http_server *s, struct MHD_Connection *c,
   char msg[160];
   MHD_get_connection_values(c, MHD_HEADER_KIND, scan_header, &f);
   if (f.bad_name)
-    return refuse(s, c, rq, 400, "bad_request",
+    return refuse(s, c, rq, LMAP_EREQUEST,
                   "a header name contains white space");
   if (f.content_length > 1)
-    return refuse(s, c, rq, 400, "bad_request",
+    return refuse(s, c, rq, LMAP_EREQUEST,
                   "more than one Content-Length header");
   if (f.transfer_encoding && f.content_length)
-    return refuse(s, c, rq, 400, "bad_request",
+    return refuse(s, c, rq, LMAP_EREQUEST,
                   "Content-Length together with Transfer-Encoding");
   if (f.transfer_encoding > 1 || (f.transfer_encoding && !f.te_chunked))
-    return refuse(s, c, rq, 400, "bad_request",
+    return refuse(s, c, rq, LMAP_EREQUEST,
                   "Transfer-Encoding other than chunked");
   if (f.content_length && !f.length_ok)
-    return refuse(s, c, rq, 400, "bad_request", "malformed Content-Length");
+    return refuse(s, c, rq, LMAP_EREQUEST, "malformed Content-Length");
   if (strcmp(method, "POST") == 0 && !f.content_length)
-    return refuse(s, c, rq, 411, "length_required",
+    return refuse(s, c, rq, LMAP_ELENGTH,
                   "a POST body needs a Content-Length");
   if (f.content_length && f.length > s->max_body) {
     snprintf(msg, sizeof msg, "the body is %llu bytes, more than the %zu "
              "allowed", f.length, s->max_body);
-    return refuse(s, c, rq, 413, "too_large", msg);
+    return refuse(s, c, rq, LMAP_ETOOBIG, msg);
   }
   dynbuf_init(&rq->body, s->max_body);
   if (f.content_length && dynbuf_reserve(&rq->body, (size_t)f.length))
-    return refuse(s, c, rq, 500, "internal", "out of memory");
+    return refuse(s, c, rq, LMAP_EINTERNAL, "out of memory");
   return MHD_YES;
 }
 
@@ -210,13 +209,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
   }
   if (*upload_size) {
     if (dynbuf_add(&rq->body, upload_data, *upload_size))
-      return refuse(s, c, rq, 413, "too_large", "the body exceeds the limit");
+      return refuse(s, c, rq, LMAP_ETOOBIG, "the body exceeds the limit");
     *upload_size = 0;
     return MHD_YES;
   }
   api_worker *w = thread_worker(s);
   if (w == NULL)
-    return refuse(s, c, rq, 500, "internal", "cannot set up a worker");
+    return refuse(s, c, rq, LMAP_EINTERNAL, "cannot set up a worker");
   api_request req = {
       .method = method,
       .path = url,

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   cmake gcc make pkg-config
-  liblmdb-dev libzstd-dev libjansson-dev libarchive-dev libmicrohttpd-dev libuv1-dev
+  liblmdb-dev libzstd-dev libjansson-dev libarchive-dev libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev
   python3-torch python3-torchvision python3-numpy
 )
 deploy/install-deps.sh "${packages[@]}"

@@ -28,7 +28,23 @@ extern "C" {
   XX(BADBOX, -11, "invalid box", 400, "bad_box")                             \
   XX(BADID, -12, "invalid id", 400, "bad_id")                                \
   XX(RANGE, -13, "value out of range", 400, "out_of_range")                  \
-  XX(INTERNAL, -14, "internal error", 500, "internal")
+  XX(INTERNAL, -14, "internal error", 500, "internal")                       \
+  XX(UNAUTHORIZED, -15, "missing or invalid bearer token", 401,             \
+     "unauthorized")                                                           \
+  XX(METHOD, -16, "method not allowed", 405, "method_not_allowed")          \
+  XX(LENGTH, -17, "length required", 411, "length_required")                \
+  XX(REQUEST, -18, "malformed HTTP request", 400, "bad_request")            \
+  XX(UNAVAILABLE, -19, "server unavailable", 503, "unavailable")            \
+  XX(TIMEOUT, -20, "timed out", 504, "timeout")                              \
+  XX(PROTOCOL, -21, "unexpected answer from the server", 502, "bad_answer")
+
+#ifndef LMAP_API
+#if defined(__GNUC__)
+#define LMAP_API __attribute__((visibility("default")))
+#else
+#define LMAP_API
+#endif
+#endif
 
 typedef enum lmap_errno {
 #define LMAP__ERR_ENUM(name, value, msg, status, code) LMAP_E##name = (value),
@@ -38,14 +54,18 @@ typedef enum lmap_errno {
 
 /** Human-readable message for an lmap error code ("unknown error" otherwise).
  *  The string is static. */
-const char *lmap_strerror(int err);
+LMAP_API const char *lmap_strerror(int err);
 
 /** Stable JSON code string ("bad_box", ...) for an error; "unknown" otherwise.
  *  The string is static. */
-const char *lmap_err_code(int err);
+LMAP_API const char *lmap_err_code(int err);
+
+/** The error whose JSON code string is `code` (as a server answers it), or
+ *  0 when the table has no such code. */
+LMAP_API int lmap_err_from_code(const char *code);
 
 /** HTTP status that the server answers an error with (500 for unknown). */
-int lmap_err_http_status(int err);
+LMAP_API int lmap_err_http_status(int err);
 
 #ifdef __cplusplus
 }

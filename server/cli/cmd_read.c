@@ -12,6 +12,7 @@
 #include "itemjson.h"
 #include "npy.h"
 #include "pool.h"
+#include "queryfile.h"
 #include "queryopt.h"
 #include "store.h"
 
@@ -155,11 +156,6 @@ static const char get_help[] =
     "                             \"output_size\", \"box_format\", \"format\",\n"
     "                             \"softmax\"} (- for stdin); one item per line\n";
 
-/* A query line is ~100 bytes; getline grows its buffer with the line, so
- * a stream without newlines is stopped here rather than by the OOM killer
- * (getline itself still reads the whole line first). */
-#define QUERY_LINE_MAX (1u << 20)
-
 typedef struct get_ctx {
   store *s;
   store_reader *r;
@@ -209,124 +205,9 @@ static int run_query(get_ctx *g, const char *id, const pool_query *q,
   return 0;
 }
 
-/* A misspelt option must not be silently ignored. */
-static int check_keys(json_t *o, diag *d) {
-  static const char *const known[] = {"id",          "box",        "flip",
-                                      "softmax",     "output_size",
-                                      "box_format",  "format"};
-  const char *key;
-  json_t *v;
-  json_object_foreach(o, key, v) {
-    int ok = 0;
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-      ok |= strcmp(key, known[i]) == 0;
-    if (!ok)
-      return diag_field(d, LMAP_EFORMAT, key, "unknown key \"%s\"", key);
-  }
-  return 0;
-}
-
-/* One line of --queries, with the command line's options as defaults. */
-static int run_line(get_ctx *g, const char *line, size_t len,
-                    const pool_query *defq, itemjson_format deff, diag *d) {
-  json_error_t err;
-  json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &err);
-  if (o == NULL)
-    return diag_set(d, LMAP_EFORMAT, "invalid JSON: %s", err.text);
-  pool_query q = *defq;
-  itemjson_format fmt = deff;
-  int rc = 0;
-  json_t *id = json_object_get(o, "id"), *box = json_object_get(o, "box"), *v;
-  if (!json_is_object(o))
-    rc = diag_set(d, LMAP_EFORMAT, "a query must be a JSON object");
-  else if (!json_is_string(id))
-    rc = diag_field(d, LMAP_EFORMAT, "id", "\"id\" must be a string");
-  else if (!json_is_array(box) || json_array_size(box) != 4)
-    rc = diag_field(d, LMAP_EBADBOX, "box", "\"box\" must be an array of 4 numbers");
-  if (rc == 0)
-    rc = check_keys(o, d);
-  for (size_t i = 0; rc == 0 && i < 4; i++) {
-    v = json_array_get(box, i);
-    if (!json_is_number(v))
-      rc = diag_field(d, LMAP_EBADBOX, "box", "box[%zu] is not a number", i);
-    else
-      q.box[i] = json_number_value(v);
-  }
-  if (rc == 0 && (v = json_object_get(o, "flip")) != NULL) {
-    if (!json_is_boolean(v))
-      rc = diag_field(d, LMAP_EFORMAT, "flip", "\"flip\" must be true or false");
-    q.flip = json_is_true(v);
-  }
-  if (rc == 0 && (v = json_object_get(o, "softmax")) != NULL) {
-    if (!json_is_boolean(v))
-      rc = diag_field(d, LMAP_EFORMAT, "softmax", "\"softmax\" must be true or false");
-    q.softmax = json_is_true(v);
-  }
-  if (rc == 0 && (v = json_object_get(o, "output_size")) != NULL) {
-    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-        json_integer_value(v) > POOL_MAX_OUTPUT_SIZE)
-      rc = diag_field(d, LMAP_EINVAL, "output_size",
-                      "\"output_size\" must be an integer in [1, %u]", POOL_MAX_OUTPUT_SIZE);
-    else
-      q.output_size = (uint32_t)json_integer_value(v);
-  }
-  if (rc == 0 && (v = json_object_get(o, "box_format")) != NULL &&
-      (!json_is_string(v) || queryopt_box_format(json_string_value(v), &q.box_format)))
-    rc = diag_field(d, LMAP_EINVAL, "box_format",
-                    "\"box_format\" must be \"xyxy\" or \"relabel\"");
-  if (rc == 0 && (v = json_object_get(o, "format")) != NULL &&
-      (!json_is_string(v) || queryopt_format(json_string_value(v), &fmt)))
-    rc = diag_field(d, LMAP_EINVAL, "format", "\"format\" must be \"dense\" or \"sparse\"");
-  if (rc == 0)
-    rc = run_query(g, json_string_value(id), &q, fmt, d);
-  json_decref(o);
-  return rc;
-}
-
-static int run_queries(get_ctx *g, const char *path, const pool_query *defq,
-                       itemjson_format deff) {
-  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
-  struct stat sb;
-  if (f == NULL) {
-    fprintf(stderr, "lmap get: %s: %s\n", path, strerror(errno));
-    return EXIT_FAIL;
-  }
-  if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
-    fprintf(stderr, "lmap get: %s: is a directory, not a query file\n", path);
-    fclose(f);
-    return EXIT_FAIL;
-  }
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t n;
-  int rc = EXIT_OK;
-  for (unsigned long lineno = 1; (n = getline(&line, &cap, f)) >= 0; lineno++) {
-    if ((size_t)n > QUERY_LINE_MAX) {
-      fprintf(stderr, "lmap get: line %lu: longer than %u bytes\n", lineno,
-              QUERY_LINE_MAX);
-      rc = EXIT_FAIL;
-      break;
-    }
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-      n--;
-    if (n == 0)
-      continue;
-    diag d;
-    diag_clear(&d);
-    if (run_line(g, line, (size_t)n, defq, deff, &d)) {
-      fprintf(stderr, "lmap get: line %lu: %s\n", lineno, diag_text(&d));
-      rc = EXIT_FAIL;
-      break;
-    }
-  }
-  if (rc == EXIT_OK && ferror(f)) {
-    fprintf(stderr, "lmap get: %s: read error: %s\n", path, strerror(errno));
-    rc = EXIT_FAIL;
-  }
-  free(line);
-  if (f != stdin)
-    fclose(f);
-  return rc;
+/* One line of a --queries file. */
+static int run_line(void *ctx, const queryline *l, diag *d) {
+  return run_query(ctx, l->id, &l->q, l->fmt, d);
 }
 
 int cmd_get(int argc, char **argv) {
@@ -399,7 +280,7 @@ int cmd_get(int argc, char **argv) {
   } else if (store_reader_new(g.s, &g.r, &d)) {
     rc = cli_fail("get", &d);
   } else if (queries) {
-    rc = run_queries(&g, queries, &q, fmt);
+    rc = queryfile_run("get", queries, &q, fmt, run_line, &g);
   } else if (run_query(&g, argv[optind + 1], &q, fmt, &d)) {
     rc = cli_fail("get", &d);
   }

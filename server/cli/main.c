@@ -26,6 +26,7 @@ static const char usage[] =
     "  get STORE ID --box .. pool one box and print the JSON item the server returns\n"
     "  export STORE ID -o F  write one stored map as a float32 [2,K,H,W] .npy\n"
     "  verify STORE          decode and check every record\n"
+    "  query URLS ID --box . ask lmapd servers for soft labels (as `get` prints them)\n"
     "\n"
     "Run 'lmap <command> --help' for a command's options.\n"
     "\n"
@@ -70,7 +71,7 @@ int main(int argc, char **argv) {
   } commands[] = {
       {"import", cmd_import}, {"synth", cmd_synth}, {"info", cmd_info},
       {"ids", cmd_ids},       {"get", cmd_get},     {"export", cmd_export},
-      {"verify", cmd_verify},
+      {"verify", cmd_verify}, {"query", cmd_query},
   };
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (strcmp(cmd, commands[i].name) == 0) {

@@ -1,0 +1,576 @@
+/*
+ * client: liblmap's public API (include/lmap/client.h): the handle, its
+ * endpoints, failover, and the last call's error.
+ *
+ * Every call is one request sent to one endpoint at a time. The order is
+ * sticky: the endpoint that answered last goes first, endpoints that failed
+ * within `down_ms` go last (they are still tried, so a call never fails
+ * without trying every endpoint). An endpoint fails when no complete answer
+ * comes (refused, reset, timeout, cut short) or the answer is a 5xx; the
+ * same request then goes to the next endpoint. Nothing reaches the caller's
+ * buffers before a complete answer, so a failover cannot lose or duplicate a
+ * query. 4xx answers describe the request and are returned at once.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "buf.h"
+#include "lmap/client.h"
+#include "transport.h"
+#include "wire.h"
+
+#define DEFAULT_CONNECT_TIMEOUT_MS 2000
+#define DEFAULT_TIMEOUT_MS 30000
+#define DEFAULT_RETRIES 1
+#define DEFAULT_BACKOFF_MS 50
+#define DEFAULT_DOWN_MS 1000
+#define MAX_RETRIES 10
+#define MAX_URL_LEN 2048
+#define MESSAGE_MAX 4096
+#define REQUEST_MAX ((size_t)256 << 20)
+
+typedef struct endpoint {
+  char *base;            /* without a trailing '/' */
+  int64_t down_until_ms; /* tried last until then */
+} endpoint;
+
+struct lmap_client {
+  lmap_http *http;
+  endpoint endpoints[LMAP_MAX_ENDPOINTS];
+  size_t n_endpoints;
+  size_t current; /* answered last */
+  int retries;
+  long backoff_ms, down_ms;
+  lmap_buf url, request, body;
+  /* The last call. */
+  const char *answered; /* base of the endpoint that answered, or "" */
+  int err;
+  long status;
+  char server_code[64];
+  char field[64];
+  char request_id[64];
+  const char *tried; /* base of the last endpoint tried, or "" */
+  lmap_buf message;
+  size_t npy_shape[4]; /* of the last .npy answer */
+};
+
+/* ---- time --------------------------------------------------------------- */
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+/* ---- the last call's error --------------------------------------------- */
+
+static void clear_error(lmap_client *c) {
+  c->err = 0;
+  c->status = 0;
+  c->server_code[0] = c->field[0] = c->request_id[0] = '\0';
+  c->tried = "";
+  lmap_buf_reset(&c->message);
+}
+
+/* Appends to the message (silently cut at MESSAGE_MAX). */
+static void add_message(lmap_client *c, const char *fmt, ...) {
+  char text[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  size_t room = c->message.max - c->message.len;
+  size_t len = strlen(text);
+  lmap_buf_add(&c->message, text, len < room ? len : room);
+}
+
+/* Sets the call's error: `code`, the table's code string, `field`, and a
+ * message replacing any before it. Returns `code`. */
+static int fail(lmap_client *c, int code, const char *field, const char *fmt, ...) {
+  char text[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  c->err = code;
+  snprintf(c->server_code, sizeof c->server_code, "%s", lmap_err_code(code));
+  snprintf(c->field, sizeof c->field, "%s", field ? field : "");
+  lmap_buf_reset(&c->message);
+  add_message(c, "%s", text);
+  return code;
+}
+
+/* The table's first error with HTTP status `status`, for error answers
+ * without a readable body (a proxy's page, say). */
+static int error_of_status(long status) {
+#define XX(name, value, msg, http, code)                                       \
+  if (status == http)                                                          \
+    return value;
+  LMAP_ERRNO_MAP(XX)
+#undef XX
+  return status >= 500 ? LMAP_EUNAVAILABLE : LMAP_EPROTOCOL;
+}
+
+/* ---- handle ------------------------------------------------------------- */
+
+void lmap_client_options_init(lmap_client_options *opts) {
+  *opts = (lmap_client_options){.connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS,
+                                .timeout_ms = DEFAULT_TIMEOUT_MS,
+                                .retries = DEFAULT_RETRIES,
+                                .retry_backoff_ms = DEFAULT_BACKOFF_MS,
+                                .down_ms = DEFAULT_DOWN_MS};
+}
+
+void lmap_label_options_init(lmap_label_options *opts) {
+  *opts = (lmap_label_options){.output_size = 1, .box_format = LMAP_BOX_XYXY, .softmax = 1};
+}
+
+static int new_fail(char *errbuf, int code, const char *text) {
+  if (errbuf)
+    snprintf(errbuf, LMAP_ERRBUF_SIZE, "%s", text);
+  return code;
+}
+
+int lmap_client_new_array(const char *const *urls, size_t n_urls,
+                          const lmap_client_options *opts, lmap_client **out,
+                          char *errbuf) {
+  char err[256];
+  if (out == NULL)
+    return new_fail(errbuf, LMAP_EINVAL, "the output handle pointer is NULL");
+  *out = NULL;
+  if (urls == NULL || n_urls == 0)
+    return new_fail(errbuf, LMAP_EINVAL, "no server URL given");
+  if (n_urls > LMAP_MAX_ENDPOINTS) {
+    snprintf(err, sizeof err, "%zu server URLs given, at most %d are allowed", n_urls,
+             LMAP_MAX_ENDPOINTS);
+    return new_fail(errbuf, LMAP_EINVAL, err);
+  }
+  lmap_client_options o;
+  lmap_client_options_init(&o);
+  if (opts) {
+    if (opts->connect_timeout_ms > 0)
+      o.connect_timeout_ms = opts->connect_timeout_ms;
+    if (opts->timeout_ms > 0)
+      o.timeout_ms = opts->timeout_ms;
+    if (opts->retries != 0)
+      o.retries = opts->retries < 0 ? 0 : opts->retries;
+    if (opts->retry_backoff_ms > 0)
+      o.retry_backoff_ms = opts->retry_backoff_ms;
+    if (opts->down_ms > 0)
+      o.down_ms = opts->down_ms;
+    o.token = opts->token;
+  }
+  if (o.retries > MAX_RETRIES) {
+    snprintf(err, sizeof err, "retries %d is over the limit of %d", o.retries, MAX_RETRIES);
+    return new_fail(errbuf, LMAP_EINVAL, err);
+  }
+  if (o.token && (o.token[0] == '\0' || strpbrk(o.token, "\r\n") != NULL))
+    return new_fail(errbuf, LMAP_EINVAL, "the token is empty or holds a line break");
+  for (size_t i = 0; i < n_urls; i++) {
+    if (urls[i] == NULL)
+      return new_fail(errbuf, LMAP_EINVAL, "a server URL is NULL");
+    if (strlen(urls[i]) > MAX_URL_LEN)
+      return new_fail(errbuf, LMAP_EINVAL, "a server URL is longer than 2048 bytes");
+    int rc = lmap_http_check_url(urls[i], err);
+    if (rc)
+      return new_fail(errbuf, rc, err);
+  }
+  lmap_client *c = calloc(1, sizeof *c);
+  if (c == NULL)
+    return new_fail(errbuf, LMAP_ENOMEM, "out of memory");
+  c->retries = o.retries;
+  c->backoff_ms = o.retry_backoff_ms;
+  c->down_ms = o.down_ms;
+  c->answered = c->tried = "";
+  lmap_buf_init(&c->url, MAX_URL_LEN + 1024);
+  lmap_buf_init(&c->request, REQUEST_MAX);
+  lmap_buf_init(&c->body, LMAP_HTTP_MAX_ANSWER);
+  lmap_buf_init(&c->message, MESSAGE_MAX);
+  for (size_t i = 0; i < n_urls; i++) {
+    size_t len = strlen(urls[i]);
+    while (len && urls[i][len - 1] == '/')
+      len--;
+    c->endpoints[i].base = strndup(urls[i], len);
+    if (c->endpoints[i].base == NULL) {
+      lmap_client_free(c);
+      return new_fail(errbuf, LMAP_ENOMEM, "out of memory");
+    }
+    c->n_endpoints++;
+  }
+  lmap_http_config cfg = {o.connect_timeout_ms, o.timeout_ms, o.token};
+  int rc = lmap_http_new(&cfg, &c->http, err);
+  if (rc) {
+    lmap_client_free(c);
+    return new_fail(errbuf, rc, err);
+  }
+  *out = c;
+  return 0;
+}
+
+int lmap_client_new(const char *urls, const lmap_client_options *opts, lmap_client **out,
+                    char *errbuf) {
+  if (out)
+    *out = NULL;
+  if (urls == NULL)
+    return new_fail(errbuf, LMAP_EINVAL, "no server URL given");
+  char *copy = strdup(urls);
+  if (copy == NULL)
+    return new_fail(errbuf, LMAP_ENOMEM, "out of memory");
+  const char *list[LMAP_MAX_ENDPOINTS + 1];
+  size_t n = 0;
+  int rc = 0;
+  char *save = NULL;
+  for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    while (*tok == ' ' || *tok == '\t')
+      tok++;
+    char *end = tok + strlen(tok);
+    while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+      *--end = '\0';
+    if (*tok == '\0')
+      continue; /* "a,,b" and a trailing comma */
+    if (n == LMAP_MAX_ENDPOINTS + 1)
+      break; /* one over the limit is enough for new_array to refuse */
+    list[n++] = tok;
+  }
+  rc = lmap_client_new_array(list, n, opts, out, errbuf);
+  free(copy);
+  return rc;
+}
+
+void lmap_client_free(lmap_client *c) {
+  if (c == NULL)
+    return;
+  lmap_http_free(c->http);
+  for (size_t i = 0; i < c->n_endpoints; i++)
+    free(c->endpoints[i].base);
+  lmap_buf_free(&c->url);
+  lmap_buf_free(&c->request);
+  lmap_buf_free(&c->body);
+  lmap_buf_free(&c->message);
+  free(c);
+}
+
+/* ---- one call with failover --------------------------------------------- */
+
+/* What a call sends and where a .npy answer goes (dest NULL: JSON, which
+ * lands in c->body). */
+typedef struct call {
+  const char *path;
+  const lmap_buf *post;
+  float *dest;
+  size_t dest_len;
+  size_t expect[4];
+  int ndim;
+} call;
+
+/* The order of a pass: from the endpoint that answered last, those not
+ * marked down first. */
+static void pass_order(const lmap_client *c, size_t order[LMAP_MAX_ENDPOINTS]) {
+  int64_t now = now_ms();
+  size_t k = 0;
+  for (int down = 0; down < 2; down++)
+    for (size_t j = 0; j < c->n_endpoints; j++) {
+      size_t i = (c->current + j) % c->n_endpoints;
+      if ((c->endpoints[i].down_until_ms > now) == down)
+        order[k++] = i;
+    }
+}
+
+/* Reads an error answer into the call's error fields. */
+static int answer_error(lmap_client *c, long status) {
+  char code[64], message[LMAP_WIRE_ERRLEN], field[64];
+  int err;
+  if (lmap_wire_error(c->body.data, c->body.len, code, message, field) == 0) {
+    err = lmap_err_from_code(code);
+    if (err == 0)
+      err = error_of_status(status);
+    c->err = err;
+    snprintf(c->server_code, sizeof c->server_code, "%s", code);
+    snprintf(c->field, sizeof c->field, "%s", field);
+    lmap_buf_reset(&c->message);
+    add_message(c, "%s", message);
+    return err;
+  }
+  err = error_of_status(status);
+  return fail(c, err, NULL, "HTTP %ld from %s without an lmap error body", status, c->tried);
+}
+
+/* One attempt on endpoint `i`. Returns 0 on success, 1 when the endpoint
+ * failed (the reason is appended to `reasons`), or a final error. */
+static int attempt(lmap_client *c, size_t i, const call *k, lmap_buf *reasons,
+                   int *all_timeouts, int *http_error) {
+  endpoint *ep = &c->endpoints[i];
+  c->tried = ep->base;
+  lmap_buf_reset(&c->url);
+  if (lmap_buf_addstr(&c->url, ep->base) || lmap_buf_addstr(&c->url, k->path))
+    return fail(c, LMAP_EINVAL, NULL, "the request URL is longer than %zu bytes", c->url.max);
+  lmap_npy_sink sink;
+  if (k->dest)
+    lmap_npy_sink_init(&sink, k->dest, k->dest_len, k->expect, k->ndim);
+  lmap_http_outcome o;
+  int rc = lmap_http_perform(c->http, c->url.data, k->post, &c->body, k->dest ? &sink : NULL, &o);
+  c->status = o.status;
+  snprintf(c->request_id, sizeof c->request_id, "%s", o.request_id);
+  char reason[600] = "";
+  *http_error = 0;
+  if (rc == 0 && !o.transport_failed && o.status == 200 && k->dest) {
+    rc = lmap_npy_finish(&sink);
+    if (rc == LMAP_ERANGE) {
+      fail(c, rc, NULL, "%s", sink.err);
+    } else if (rc) {
+      snprintf(reason, sizeof reason, "%s", sink.err); /* a bad answer: try another */
+      rc = 0;
+    }
+  }
+  size_t sink_shape[4] = {0};
+  if (k->dest) {
+    memcpy(sink_shape, sink.shape, sizeof sink_shape);
+    lmap_npy_sink_free(&sink);
+  }
+  if (rc)
+    return rc == LMAP_ENOMEM ? fail(c, rc, NULL, "out of memory") : rc;
+  if (o.transport_failed) {
+    snprintf(reason, sizeof reason, "%s", o.error);
+    *all_timeouts &= o.timed_out;
+  } else if (reason[0]) {
+    *all_timeouts = 0;
+  } else if (o.status == 200) {
+    if (k->dest)
+      memcpy(c->npy_shape, sink_shape, sizeof sink_shape);
+    ep->down_until_ms = 0;
+    c->current = i;
+    c->answered = ep->base;
+    return 0;
+  } else if (o.status >= 400 && o.status < 500) {
+    return answer_error(c, o.status);
+  } else {
+    /* 5xx (or a status lmapd never sends): keep the server's words. */
+    *all_timeouts = 0;
+    *http_error = 1;
+    answer_error(c, o.status);
+    snprintf(reason, sizeof reason, "HTTP %ld %s: %.400s", o.status, c->server_code,
+             c->message.data ? c->message.data : "");
+  }
+  ep->down_until_ms = now_ms() + c->down_ms;
+  if (reasons->len)
+    lmap_buf_addstr(reasons, "; ");
+  lmap_buf_addstr(reasons, ep->base);
+  lmap_buf_addstr(reasons, ": ");
+  lmap_buf_addstr(reasons, reason);
+  return 1;
+}
+
+/* Sends `k` until an endpoint answers it: a pass over every endpoint, then
+ * `retries` more after growing pauses. */
+static int perform(lmap_client *c, const call *k) {
+  lmap_buf reasons;
+  lmap_buf_init(&reasons, MESSAGE_MAX);
+  int all_timeouts = 1, http_error = 0, attempts = 0, rc = 1;
+  long pause = c->backoff_ms;
+  for (int pass = 0; pass <= c->retries && rc == 1; pass++) {
+    if (pass) {
+      sleep_ms(pause);
+      pause *= 2;
+    }
+    size_t order[LMAP_MAX_ENDPOINTS];
+    pass_order(c, order);
+    for (size_t j = 0; j < c->n_endpoints && rc == 1; j++) {
+      rc = attempt(c, order[j], k, &reasons, &all_timeouts, &http_error);
+      attempts++;
+    }
+  }
+  if (rc == 1) {
+    /* Every attempt failed. A 5xx last keeps the server's code. */
+    if (http_error) {
+      rc = c->err;
+      lmap_buf_reset(&c->message);
+    } else {
+      rc = fail(c, all_timeouts ? LMAP_ETIMEOUT : LMAP_EUNAVAILABLE, NULL, "%s", "");
+    }
+    if (attempts == 1)
+      add_message(c, "%s", reasons.data);
+    else
+      add_message(c, "every endpoint failed (%d attempts): %s", attempts, reasons.data);
+  }
+  lmap_buf_free(&reasons);
+  return rc;
+}
+
+/* ---- the calls ---------------------------------------------------------- */
+
+static int check_queries(lmap_client *c, const lmap_query *queries, size_t n,
+                         const lmap_label_options *opts) {
+  if (queries == NULL || n == 0)
+    return fail(c, LMAP_EINVAL, "queries", "no queries given");
+  if (opts->output_size < 1 || opts->output_size > 1024)
+    return fail(c, LMAP_EINVAL, "output_size", "output_size %d is not in 1..1024",
+                opts->output_size);
+  return 0;
+}
+
+static int build_body(lmap_client *c, const lmap_query *queries, size_t n,
+                      const lmap_label_options *opts, int sparse) {
+  char field[64] = "", err[LMAP_WIRE_ERRLEN] = "";
+  lmap_buf_reset(&c->request);
+  int rc = lmap_wire_labels_body(&c->request, queries, n, opts, sparse, field, err);
+  if (rc == LMAP_ETOOBIG)
+    return fail(c, rc, "queries", "the request is over %zu bytes", c->request.max);
+  if (rc == LMAP_ENOMEM)
+    return fail(c, rc, NULL, "out of memory");
+  return rc ? fail(c, rc, field, "%s", err) : 0;
+}
+
+int lmap_client_labels(lmap_client *c, const lmap_query *queries, size_t n,
+                       const lmap_label_options *opts, float *out, size_t out_len) {
+  if (c == NULL)
+    return LMAP_EINVAL;
+  clear_error(c);
+  lmap_label_options o;
+  if (opts == NULL)
+    lmap_label_options_init(&o);
+  else
+    o = *opts;
+  int rc = check_queries(c, queries, n, &o);
+  if (rc)
+    return rc;
+  size_t cells = (size_t)o.output_size * (size_t)o.output_size;
+  if (out == NULL)
+    return fail(c, LMAP_EINVAL, NULL, "the output buffer is NULL");
+  if (n > SIZE_MAX / cells || out_len == 0 || out_len % (n * cells) != 0)
+    return fail(c, LMAP_ERANGE, NULL,
+                "out_len %zu is not n * num_classes * G * G for n = %zu, G = %d", out_len,
+                n, o.output_size);
+  if ((rc = build_body(c, queries, n, &o, 0)) != 0)
+    return rc;
+  size_t classes = out_len / (n * cells);
+  call k = {.path = "/v1/labels", .post = &c->request, .dest = out, .dest_len = out_len,
+            .expect = {n, classes, (size_t)o.output_size, (size_t)o.output_size},
+            .ndim = o.output_size == 1 ? 2 : 4};
+  return perform(c, &k);
+}
+
+int lmap_client_sparse(lmap_client *c, const lmap_query *queries, size_t n,
+                       const lmap_label_options *opts, lmap_sparse **out) {
+  if (c == NULL)
+    return LMAP_EINVAL;
+  clear_error(c);
+  if (out == NULL)
+    return fail(c, LMAP_EINVAL, NULL, "the output pointer is NULL");
+  *out = NULL;
+  lmap_label_options o;
+  if (opts == NULL)
+    lmap_label_options_init(&o);
+  else
+    o = *opts;
+  int rc = check_queries(c, queries, n, &o);
+  if (rc == 0)
+    rc = build_body(c, queries, n, &o, 1);
+  call k = {.path = "/v1/labels", .post = &c->request};
+  if (rc == 0)
+    rc = perform(c, &k);
+  if (rc)
+    return rc;
+  char err[LMAP_WIRE_ERRLEN];
+  size_t cells = (size_t)o.output_size * (size_t)o.output_size;
+  rc = lmap_wire_sparse(c->body.data, c->body.len, n, cells, out, err);
+  return rc ? fail(c, rc, NULL, "%s: %s", c->answered, err) : 0;
+}
+
+void lmap_sparse_free(lmap_sparse *s) {
+  free(s); /* one block: see lmap_wire_sparse */
+}
+
+int lmap_client_map(lmap_client *c, const char *id, float *out, size_t out_len,
+                    uint32_t shape[4]) {
+  if (c == NULL)
+    return LMAP_EINVAL;
+  clear_error(c);
+  if (id == NULL || id[0] == '\0')
+    return fail(c, LMAP_EBADID, "id", "the id is NULL or empty");
+  if (out == NULL || out_len == 0)
+    return fail(c, LMAP_EINVAL, NULL, "the output buffer is NULL or empty");
+  lmap_buf path;
+  lmap_buf_init(&path, MAX_URL_LEN);
+  int rc = lmap_buf_addstr(&path, "/v1/maps/");
+  if (rc == 0)
+    rc = lmap_wire_path_escape(&path, id);
+  if (rc) {
+    lmap_buf_free(&path);
+    return fail(c, rc == LMAP_ENOMEM ? rc : LMAP_EBADID, "id", "the id is too long");
+  }
+  call k = {.path = path.data, .dest = out, .dest_len = out_len, .expect = {2, 0, 0, 0},
+            .ndim = 4};
+  rc = perform(c, &k); /* the answer's shape is checked against out_len */
+  lmap_buf_free(&path);
+  if (rc == 0 && shape)
+    for (int i = 0; i < 4; i++)
+      shape[i] = (uint32_t)c->npy_shape[i];
+  return rc;
+}
+
+int lmap_client_info(lmap_client *c, lmap_info *info, char **json) {
+  if (c == NULL)
+    return LMAP_EINVAL;
+  clear_error(c);
+  if (json)
+    *json = NULL;
+  call k = {.path = "/v1/info"};
+  int rc = perform(c, &k);
+  if (rc)
+    return rc;
+  char err[LMAP_WIRE_ERRLEN];
+  rc = lmap_wire_info(c->body.data, c->body.len, info, err);
+  if (rc)
+    return fail(c, rc, NULL, "%s: %s", c->answered, err);
+  if (json && (*json = strdup(c->body.data)) == NULL)
+    return fail(c, LMAP_ENOMEM, NULL, "out of memory");
+  return 0;
+}
+
+/* ---- errors and odds ---------------------------------------------------- */
+
+void lmap_client_last_error(const lmap_client *c, lmap_error_detail *d) {
+  if (c == NULL) {
+    *d = (lmap_error_detail){LMAP_EINVAL, 0, "invalid_argument", "the handle is NULL", "",
+                             "", ""};
+    return;
+  }
+  *d = (lmap_error_detail){
+      .code = c->err,
+      .http_status = (int)c->status,
+      .server_code = c->err ? c->server_code : "",
+      .message = c->err && c->message.data ? c->message.data : "",
+      .field = c->field,
+      .endpoint = c->tried,
+      .request_id = c->request_id,
+  };
+}
+
+const char *lmap_client_errmsg(const lmap_client *c) {
+  if (c == NULL)
+    return "the handle is NULL";
+  return c->err && c->message.data ? c->message.data : "";
+}
+
+const char *lmap_client_endpoint(const lmap_client *c) {
+  return c ? c->answered : "";
+}
+
+void lmap_free(void *p) {
+  free(p);
+}
+
+const char *lmap_version(void) {
+  return LMAP_VERSION_STRING;
+}

@@ -1,0 +1,227 @@
+/*
+ * transport: HTTP exchanges over one libcurl easy handle (see transport.h).
+ *
+ * Reusing the easy handle is what keeps connections alive: curl's connection
+ * cache lives in it. Signals are off (CURLOPT_NOSIGNAL) so timeouts are safe
+ * in threaded programs, "Expect: 100-continue" is off so a batch is sent at
+ * once, and only http and https are allowed so a URL cannot make the client
+ * speak another protocol.
+ */
+#include "transport.h"
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+
+struct lmap_http {
+  CURL *curl;
+  struct curl_slist *json_headers; /* Accept: application/json */
+  struct curl_slist *npy_headers;  /* Accept: application/x-npy */
+  char errbuf[CURL_ERROR_SIZE];
+  /* The exchange in progress. */
+  lmap_buf *body;
+  lmap_npy_sink *npy;
+  int streaming;  /* -1 undecided, 0 into body, 1 into npy */
+  int sink_error; /* the body or the sink refused bytes */
+  char content_type[64];
+  lmap_http_outcome *out;
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc = CURLE_FAILED_INIT;
+
+static void global_init(void) {
+  global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static struct curl_slist *header_list(const char *accept, const char *auth) {
+  const char *fixed[] = {accept, "Content-Type: application/json", "Expect:", auth};
+  struct curl_slist *list = NULL;
+  for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
+    if (fixed[i] == NULL)
+      continue;
+    struct curl_slist *next = curl_slist_append(list, fixed[i]);
+    if (next == NULL) {
+      curl_slist_free_all(list);
+      return NULL;
+    }
+    list = next;
+  }
+  return list;
+}
+
+/* Copies header `name`'s value from a header line into `dst`. */
+static void header_value(const char *line, size_t len, const char *name, char *dst,
+                         size_t cap) {
+  size_t nlen = strlen(name);
+  if (len <= nlen || strncasecmp(line, name, nlen) != 0)
+    return;
+  const char *v = line + nlen, *end = line + len;
+  while (v < end && (*v == ' ' || *v == '\t'))
+    v++;
+  while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+    end--;
+  size_t n = (size_t)(end - v) < cap - 1 ? (size_t)(end - v) : cap - 1;
+  memcpy(dst, v, n);
+  dst[n] = '\0';
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg) {
+  lmap_http *h = arg;
+  size_t len = size * n;
+  if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) { /* a new answer (after a 1xx) */
+    h->out->request_id[0] = '\0';
+    h->content_type[0] = '\0';
+  }
+  header_value(p, len, "x-request-id:", h->out->request_id, sizeof h->out->request_id);
+  header_value(p, len, "content-type:", h->content_type, sizeof h->content_type);
+  return len;
+}
+
+static size_t on_data(char *p, size_t size, size_t n, void *arg) {
+  lmap_http *h = arg;
+  size_t len = size * n;
+  if (h->streaming < 0) {
+    long status = 0;
+    curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &status);
+    h->streaming = h->npy && status == 200 &&
+                   strncasecmp(h->content_type, "application/x-npy", 17) == 0;
+  }
+  int rc = h->streaming ? lmap_npy_feed(h->npy, p, len) : lmap_buf_add(h->body, p, len);
+  if (rc) {
+    h->sink_error = rc;
+    return 0; /* curl aborts the transfer */
+  }
+  return len;
+}
+
+int lmap_http_check_url(const char *url, char err[256]) {
+  CURLU *u = curl_url();
+  if (u == NULL) {
+    snprintf(err, 256, "out of memory");
+    return LMAP_ENOMEM;
+  }
+  char *scheme = NULL, *host = NULL, *query = NULL, *fragment = NULL;
+  int rc = LMAP_EINVAL;
+  CURLUcode uc = curl_url_set(u, CURLUPART_URL, url, 0);
+  if (uc != CURLUE_OK) {
+    snprintf(err, 256, "bad server URL '%.120s': %s (expected http://HOST:PORT)", url,
+             curl_url_strerror(uc));
+  } else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+             (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)) {
+    snprintf(err, 256, "bad server URL '%.120s': the scheme must be http or https", url);
+  } else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0') {
+    snprintf(err, 256, "bad server URL '%.120s': no host", url);
+  } else if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK ||
+             curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK) {
+    snprintf(err, 256, "bad server URL '%.120s': a base URL has no query or fragment", url);
+  } else {
+    rc = 0;
+  }
+  curl_free(scheme);
+  curl_free(host);
+  curl_free(query);
+  curl_free(fragment);
+  curl_url_cleanup(u);
+  return rc;
+}
+
+int lmap_http_new(const lmap_http_config *cfg, lmap_http **out, char err[256]) {
+  *out = NULL;
+  pthread_once(&global_once, global_init);
+  if (global_rc != CURLE_OK) {
+    snprintf(err, 256, "libcurl failed to initialise: %s", curl_easy_strerror(global_rc));
+    return LMAP_EINTERNAL;
+  }
+  lmap_http *h = calloc(1, sizeof *h);
+  char *auth = NULL;
+  if (h == NULL)
+    goto nomem;
+  if (cfg->token) {
+    size_t len = strlen(cfg->token) + sizeof "Authorization: Bearer ";
+    if ((auth = malloc(len)) == NULL)
+      goto nomem;
+    snprintf(auth, len, "Authorization: Bearer %s", cfg->token);
+  }
+  h->curl = curl_easy_init();
+  h->json_headers = header_list("Accept: application/json", auth);
+  h->npy_headers = header_list("Accept: application/x-npy", auth);
+  if (auth) {
+    memset(auth, 0, strlen(auth)); /* the token is a secret */
+    free(auth);
+    auth = NULL;
+  }
+  if (h->curl == NULL || h->json_headers == NULL || h->npy_headers == NULL)
+    goto nomem;
+  CURL *c = h->curl;
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, cfg->connect_timeout_ms);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, cfg->timeout_ms);
+  curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(c, CURLOPT_USERAGENT, "liblmap/" LMAP_VERSION_STRING);
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, h->errbuf);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, h);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, h);
+  *out = h;
+  return 0;
+nomem:
+  free(auth);
+  lmap_http_free(h);
+  snprintf(err, 256, "out of memory");
+  return LMAP_ENOMEM;
+}
+
+void lmap_http_free(lmap_http *h) {
+  if (h == NULL)
+    return;
+  curl_easy_cleanup(h->curl);
+  curl_slist_free_all(h->json_headers);
+  curl_slist_free_all(h->npy_headers);
+  free(h);
+}
+
+int lmap_http_perform(lmap_http *h, const char *url, const lmap_buf *post,
+                      lmap_buf *body, lmap_npy_sink *npy, lmap_http_outcome *out) {
+  *out = (lmap_http_outcome){0};
+  lmap_buf_reset(body);
+  h->body = body;
+  h->npy = npy;
+  h->streaming = -1;
+  h->sink_error = 0;
+  h->content_type[0] = '\0';
+  h->out = out;
+  h->errbuf[0] = '\0';
+  CURL *c = h->curl;
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, npy ? h->npy_headers : h->json_headers);
+  if (post) {
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, post->data);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)post->len);
+  } else {
+    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+  }
+  CURLcode rc = curl_easy_perform(c);
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+  if (rc == CURLE_WRITE_ERROR && h->sink_error) {
+    if (h->sink_error == LMAP_ENOMEM)
+      return LMAP_ENOMEM;
+    if (h->sink_error == LMAP_ETOOBIG) {
+      out->transport_failed = 1;
+      snprintf(out->error, sizeof out->error, "the answer is larger than %zu bytes",
+               LMAP_HTTP_MAX_ANSWER);
+    }
+    return 0; /* the npy sink holds its own error */
+  }
+  if (rc != CURLE_OK) {
+    out->transport_failed = 1;
+    out->timed_out = rc == CURLE_OPERATION_TIMEDOUT;
+    snprintf(out->error, sizeof out->error, "%s", h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc));
+  }
+  return 0;
+}

@@ -1,0 +1,438 @@
+/*
+ * wire: request bodies and answer readers of liblmap (see wire.h).
+ *
+ * Numbers go out with 17 significant digits so the server reads the very
+ * double the caller passed. The .npy reader writes into the caller's buffer
+ * as bytes arrive, so a batch answer is never held twice in memory; the
+ * caller treats the buffer as valid only after lmap_npy_finish() says the
+ * whole array came.
+ */
+#include "wire.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NPY_MAGIC "\x93NUMPY"
+#define NPY_MAX_HEADER 4096
+
+/* ---- request body ------------------------------------------------------ */
+
+/* Appends `s` as a JSON string. */
+static int add_json_string(lmap_buf *b, const char *s) {
+  int rc = lmap_buf_add(b, "\"", 1);
+  for (const unsigned char *p = (const unsigned char *)s; rc == 0 && *p; p++) {
+    char esc[8];
+    if (*p == '"' || *p == '\\') {
+      esc[0] = '\\';
+      esc[1] = (char)*p;
+      rc = lmap_buf_add(b, esc, 2);
+    } else if (*p < 0x20) {
+      snprintf(esc, sizeof esc, "\\u%04x", *p);
+      rc = lmap_buf_add(b, esc, 6);
+    } else {
+      rc = lmap_buf_add(b, p, 1);
+    }
+  }
+  return rc ? rc : lmap_buf_add(b, "\"", 1);
+}
+
+static int add_number(lmap_buf *b, double v) {
+  char num[32];
+  int len = snprintf(num, sizeof num, "%.17g", v);
+  return lmap_buf_add(b, num, (size_t)len);
+}
+
+int lmap_wire_labels_body(lmap_buf *b, const lmap_query *queries, size_t n,
+                          const lmap_label_options *opts, int sparse,
+                          char field[64], char err[LMAP_WIRE_ERRLEN]) {
+  if (opts->box_format != LMAP_BOX_XYXY && opts->box_format != LMAP_BOX_RELABEL) {
+    snprintf(field, 64, "box_format");
+    snprintf(err, LMAP_WIRE_ERRLEN, "box_format %d is not LMAP_BOX_XYXY or LMAP_BOX_RELABEL",
+             (int)opts->box_format);
+    return LMAP_EINVAL;
+  }
+  int rc = lmap_buf_addstr(b, "{\"queries\":[");
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    const lmap_query *q = &queries[i];
+    if (q->id == NULL) {
+      snprintf(field, 64, "queries[%zu].id", i);
+      snprintf(err, LMAP_WIRE_ERRLEN, "queries[%zu].id is NULL", i);
+      return LMAP_EBADID;
+    }
+    rc = lmap_buf_addstr(b, i ? ",{\"id\":" : "{\"id\":");
+    if (rc == 0)
+      rc = add_json_string(b, q->id);
+    if (rc == 0)
+      rc = lmap_buf_addstr(b, ",\"box\":[");
+    for (int j = 0; rc == 0 && j < 4; j++) {
+      if (!isfinite(q->box[j])) {
+        snprintf(field, 64, "queries[%zu].box", i);
+        snprintf(err, LMAP_WIRE_ERRLEN, "queries[%zu].box[%d] is not a finite number", i, j);
+        return LMAP_EBADBOX;
+      }
+      if (j)
+        rc = lmap_buf_add(b, ",", 1);
+      if (rc == 0)
+        rc = add_number(b, q->box[j]);
+    }
+    if (rc == 0)
+      rc = lmap_buf_addstr(b, q->flip ? "],\"flip\":true}" : "],\"flip\":false}");
+  }
+  char tail[160];
+  snprintf(tail, sizeof tail,
+           "],\"output_size\":%d,\"format\":\"%s\",\"box_format\":\"%s\",\"softmax\":%s}",
+           opts->output_size, sparse ? "sparse" : "dense",
+           opts->box_format == LMAP_BOX_RELABEL ? "relabel" : "xyxy",
+           opts->softmax ? "true" : "false");
+  return rc ? rc : lmap_buf_addstr(b, tail);
+}
+
+int lmap_wire_path_escape(lmap_buf *b, const char *id) {
+  static const char hex[] = "0123456789ABCDEF";
+  int rc = 0;
+  for (const unsigned char *p = (const unsigned char *)id; rc == 0 && *p; p++) {
+    if (isalnum(*p) || *p == '-' || *p == '_' || *p == '.' || *p == '~') {
+      rc = lmap_buf_add(b, p, 1);
+    } else {
+      char esc[3] = {'%', hex[*p >> 4], hex[*p & 15]};
+      rc = lmap_buf_add(b, esc, 3);
+    }
+  }
+  return rc;
+}
+
+/* ---- .npy answers ------------------------------------------------------- */
+
+void lmap_npy_sink_init(lmap_npy_sink *s, float *dest, size_t dest_len,
+                        const size_t *expect, int expect_ndim) {
+  memset(s, 0, sizeof *s);
+  lmap_buf_init(&s->head, NPY_MAX_HEADER);
+  s->dest = dest;
+  s->dest_len = dest_len;
+  s->expect_ndim = expect_ndim;
+  for (int i = 0; i < expect_ndim && i < 4; i++)
+    s->expect[i] = expect[i];
+}
+
+void lmap_npy_sink_free(lmap_npy_sink *s) {
+  lmap_buf_free(&s->head);
+}
+
+static int npy_fail(lmap_npy_sink *s, int code, const char *msg) {
+  s->failed = code;
+  snprintf(s->err, sizeof s->err, "%s", msg);
+  return code;
+}
+
+/* Finds `key` in the header dict and returns the text after its colon. */
+static const char *npy_value(const char *dict, const char *key) {
+  const char *p = strstr(dict, key);
+  if (p == NULL)
+    return NULL;
+  p += strlen(key);
+  while (*p == ' ')
+    p++;
+  if (*p != ':')
+    return NULL;
+  p++;
+  while (*p == ' ')
+    p++;
+  return p;
+}
+
+/* Reads the header dict: '<f4', C order, and a shape of at most 4 dims that
+ * matches what the request asked for and fills dest exactly. */
+static int npy_parse_header(lmap_npy_sink *s, const char *dict) {
+  const char *v = npy_value(dict, "'descr'");
+  if (v == NULL || strncmp(v, "'<f4'", 5) != 0)
+    return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer is not little-endian float32");
+  v = npy_value(dict, "'fortran_order'");
+  if (v == NULL || strncmp(v, "False", 5) != 0)
+    return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer is not in C order");
+  v = npy_value(dict, "'shape'");
+  if (v == NULL || *v != '(')
+    return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer has no shape");
+  v++;
+  size_t total = 1;
+  s->ndim = 0;
+  for (;;) {
+    while (*v == ' ')
+      v++;
+    if (*v == ')')
+      break;
+    if (!isdigit((unsigned char)*v) || s->ndim == 4)
+      return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer's shape is malformed");
+    errno = 0;
+    char *end;
+    unsigned long long d = strtoull(v, &end, 10);
+    if (errno || d > SIZE_MAX / 4 || (d && total > SIZE_MAX / 4 / d))
+      return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer's shape is too large");
+    s->shape[s->ndim++] = (size_t)d;
+    total *= (size_t)d;
+    v = end;
+    while (*v == ' ')
+      v++;
+    if (*v == ',')
+      v++;
+  }
+  int match = s->ndim == s->expect_ndim;
+  for (int i = 0; match && i < s->ndim; i++)
+    match = s->expect[i] == 0 || s->expect[i] == s->shape[i];
+  if (!match) {
+    char msg[160];
+    int len = snprintf(msg, sizeof msg, "the answer's shape is (");
+    for (int i = 0; i < s->ndim && len < 120; i++)
+      len += snprintf(msg + len, sizeof msg - (size_t)len, i ? ", %zu" : "%zu", s->shape[i]);
+    snprintf(msg + len, sizeof msg - (size_t)len, "), not the one asked for");
+    return npy_fail(s, LMAP_EPROTOCOL, msg);
+  }
+  if (total != s->dest_len) {
+    char msg[200];
+    snprintf(msg, sizeof msg,
+             "the answer holds %zu floats but the output buffer %zu (out_len must be "
+             "n * num_classes * G * G)",
+             total, s->dest_len);
+    return npy_fail(s, LMAP_ERANGE, msg);
+  }
+  return 0;
+}
+
+/* Reads the preamble: the magic, the version and the header length (2
+ * bytes in format 1.0, 4 in 2.0 and 3.0). Returns 0 with s->header_len set,
+ * or 0 with it still 0 when more bytes are needed, or an error. */
+static int npy_preamble(lmap_npy_sink *s) {
+  const unsigned char *h = (const unsigned char *)s->head.data;
+  if (memcmp(h, NPY_MAGIC, 6) != 0)
+    return npy_fail(s, LMAP_EPROTOCOL, "the answer is not a .npy array");
+  size_t len;
+  if (h[6] == 1) {
+    len = 10 + (size_t)(h[8] | h[9] << 8);
+  } else if (h[6] == 2 || h[6] == 3) {
+    if (s->head.len < 12)
+      return 0;
+    len = 12 + ((size_t)h[8] | (size_t)h[9] << 8 | (size_t)h[10] << 16 | (size_t)h[11] << 24);
+  } else {
+    return npy_fail(s, LMAP_EPROTOCOL, "unsupported .npy format version");
+  }
+  if (len > NPY_MAX_HEADER)
+    return npy_fail(s, LMAP_EPROTOCOL, "the .npy header is too large");
+  s->header_len = len;
+  return 0;
+}
+
+int lmap_npy_feed(lmap_npy_sink *s, const char *p, size_t n) {
+  if (s->failed)
+    return s->failed;
+  while (s->header_len == 0 || s->head.len < s->header_len) {
+    if (n == 0)
+      return 0;
+    size_t target = s->header_len ? s->header_len : s->head.len < 10 ? 10 : 12;
+    size_t take = target - s->head.len < n ? target - s->head.len : n;
+    if (lmap_buf_add(&s->head, p, take) != 0)
+      return npy_fail(s, LMAP_ENOMEM, "out of memory for the .npy header");
+    p += take;
+    n -= take;
+    int rc = 0;
+    if (s->header_len == 0 && s->head.len >= 10)
+      rc = npy_preamble(s);
+    if (rc == 0 && s->header_len && s->head.len == s->header_len)
+      rc = npy_parse_header(s, s->head.data + (s->head.data[6] == 1 ? 10 : 12));
+    if (rc)
+      return rc;
+  }
+  size_t room = s->dest_len * sizeof(float) - s->data_off;
+  if (n > room)
+    return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer is longer than its shape");
+  if (n)
+    memcpy((char *)s->dest + s->data_off, p, n);
+  s->data_off += n;
+  return 0;
+}
+
+int lmap_npy_finish(lmap_npy_sink *s) {
+  if (s->failed)
+    return s->failed;
+  if (s->header_len == 0 || s->head.len < s->header_len ||
+      s->data_off != s->dest_len * sizeof(float))
+    return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer was cut short");
+  return 0;
+}
+
+/* ---- JSON answers ------------------------------------------------------- */
+
+static json_t *load(const char *body, size_t len, char err[LMAP_WIRE_ERRLEN]) {
+  json_error_t je;
+  json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+  if (doc == NULL)
+    snprintf(err, LMAP_WIRE_ERRLEN, "the answer is not valid JSON (%s at byte %d)",
+             je.text, je.position);
+  return doc;
+}
+
+int lmap_wire_error(const char *body, size_t len, char code[64],
+                    char message[LMAP_WIRE_ERRLEN], char field[64]) {
+  char err[LMAP_WIRE_ERRLEN];
+  json_t *doc = len ? load(body, len, err) : NULL;
+  json_t *e = json_object_get(doc, "error");
+  const char *c = json_string_value(json_object_get(e, "code"));
+  const char *m = json_string_value(json_object_get(e, "message"));
+  const char *f = json_string_value(json_object_get(e, "field"));
+  int rc = LMAP_EPROTOCOL;
+  if (c && m) {
+    snprintf(code, 64, "%s", c);
+    snprintf(message, LMAP_WIRE_ERRLEN, "%s", m);
+    snprintf(field, 64, "%s", f ? f : "");
+    rc = 0;
+  }
+  json_decref(doc);
+  return rc;
+}
+
+/* The per-cell arrays of an item: for one cell the item's arrays
+ * themselves, for G x G a list of `cells` arrays. */
+static json_t *cell_of(json_t *v, size_t cells, size_t j) {
+  return cells == 1 ? v : json_array_get(v, j);
+}
+
+static int sparse_fail(char err[LMAP_WIRE_ERRLEN], size_t i, const char *what) {
+  snprintf(err, LMAP_WIRE_ERRLEN, "sparse answer, results[%zu]: %s", i, what);
+  return LMAP_EPROTOCOL;
+}
+
+int lmap_wire_sparse(const char *body, size_t len, size_t n, size_t cells,
+                     lmap_sparse **out, char err[LMAP_WIRE_ERRLEN]) {
+  *out = NULL;
+  json_t *doc = load(body, len, err);
+  if (doc == NULL)
+    return LMAP_EPROTOCOL;
+  json_t *results = json_object_get(doc, "results");
+  int rc = 0;
+  if (json_array_size(results) != n) {
+    snprintf(err, LMAP_WIRE_ERRLEN, "the sparse answer holds %zu results for %zu queries",
+             json_array_size(results), n);
+    rc = LMAP_EPROTOCOL;
+    goto done;
+  }
+  /* First pass: check the shape and count the entries. */
+  size_t entries = 0;
+  const char *values_key = NULL;
+  for (size_t i = 0; i < n; i++) {
+    json_t *item = json_array_get(results, i);
+    json_t *classes = json_object_get(item, "classes");
+    json_t *values = json_object_get(item, "probs");
+    values_key = values ? "probs" : "logits";
+    if (values == NULL)
+      values = json_object_get(item, "logits");
+    json_t *rest = json_object_get(item, "rest");
+    if (!json_is_array(classes) || !json_is_array(values) || rest == NULL) {
+      rc = sparse_fail(err, i, "missing classes, probs or rest");
+      goto done;
+    }
+    if (cells > 1 && (json_array_size(classes) != cells ||
+                      json_array_size(values) != cells || json_array_size(rest) != cells)) {
+      rc = sparse_fail(err, i, "the number of cells differs from output_size squared");
+      goto done;
+    }
+    for (size_t j = 0; j < cells; j++) {
+      json_t *cc = cell_of(classes, cells, j), *cv = cell_of(values, cells, j);
+      if (!json_is_array(cc) || json_array_size(cc) != json_array_size(cv)) {
+        rc = sparse_fail(err, i, "classes and values differ in length");
+        goto done;
+      }
+      entries += json_array_size(cc);
+    }
+  }
+  (void)values_key;
+  /* One block: the struct, offsets, classes, values, rest. */
+  size_t slots = n * cells;
+  size_t size = sizeof(lmap_sparse) + (slots + 1) * sizeof(size_t) +
+                entries * (sizeof(int32_t) + sizeof(float)) + slots * sizeof(float);
+  char *block = malloc(size);
+  if (block == NULL) {
+    snprintf(err, LMAP_WIRE_ERRLEN, "out of memory for a sparse answer of %zu entries", entries);
+    rc = LMAP_ENOMEM;
+    goto done;
+  }
+  lmap_sparse *s = (lmap_sparse *)block;
+  size_t *offsets = (size_t *)(block + sizeof *s);
+  int32_t *cls = (int32_t *)(offsets + slots + 1);
+  float *val = (float *)(cls + entries);
+  float *rest = val + entries;
+  size_t at = 0;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    json_t *item = json_array_get(results, i);
+    json_t *classes = json_object_get(item, "classes");
+    json_t *values = json_object_get(item, "probs");
+    if (values == NULL)
+      values = json_object_get(item, "logits");
+    json_t *rests = json_object_get(item, "rest");
+    for (size_t j = 0; j < cells && rc == 0; j++) {
+      json_t *cc = cell_of(classes, cells, j), *cv = cell_of(values, cells, j);
+      json_t *r = cells == 1 ? rests : json_array_get(rests, j);
+      offsets[i * cells + j] = at;
+      if (!json_is_number(r))
+        rc = sparse_fail(err, i, "rest is not a number");
+      rest[i * cells + j] = (float)json_number_value(r);
+      for (size_t e = 0; e < json_array_size(cc) && rc == 0; e++) {
+        json_t *c = json_array_get(cc, e), *v = json_array_get(cv, e);
+        if (!json_is_integer(c) || json_integer_value(c) < 0 ||
+            json_integer_value(c) > INT32_MAX || !json_is_number(v))
+          rc = sparse_fail(err, i, "a class or value is malformed");
+        cls[at] = (int32_t)json_integer_value(c);
+        val[at] = (float)json_number_value(v);
+        at++;
+      }
+    }
+  }
+  offsets[slots] = at;
+  if (rc) {
+    free(block);
+    goto done;
+  }
+  *s = (lmap_sparse){.n = n, .cells = cells, .offsets = offsets, .classes = cls,
+                     .values = val, .rest = rest};
+  *out = s;
+done:
+  json_decref(doc);
+  return rc;
+}
+
+static int get_u64(json_t *doc, const char *key, uint64_t max, uint64_t *v,
+                   char err[LMAP_WIRE_ERRLEN]) {
+  json_t *x = json_object_get(doc, key);
+  if (!json_is_integer(x) || json_integer_value(x) < 0 ||
+      (uint64_t)json_integer_value(x) > max) {
+    snprintf(err, LMAP_WIRE_ERRLEN, "the info answer has no valid \"%s\"", key);
+    return LMAP_EPROTOCOL;
+  }
+  *v = (uint64_t)json_integer_value(x);
+  return 0;
+}
+
+int lmap_wire_info(const char *body, size_t len, lmap_info *info,
+                   char err[LMAP_WIRE_ERRLEN]) {
+  json_t *doc = load(body, len, err);
+  if (doc == NULL)
+    return LMAP_EPROTOCOL;
+  uint64_t c = 0, k = 0, h = 0, w = 0, records = 0;
+  int rc = get_u64(doc, "num_classes", UINT32_MAX, &c, err);
+  if (rc == 0)
+    rc = get_u64(doc, "topk", UINT32_MAX, &k, err);
+  if (rc == 0)
+    rc = get_u64(doc, "grid_h", UINT32_MAX, &h, err);
+  if (rc == 0)
+    rc = get_u64(doc, "grid_w", UINT32_MAX, &w, err);
+  if (rc == 0)
+    rc = get_u64(doc, "record_count", UINT64_MAX, &records, err);
+  if (rc == 0 && info)
+    *info = (lmap_info){.num_classes = (uint32_t)c, .top_k = (uint32_t)k,
+                        .height = (uint32_t)h, .width = (uint32_t)w, .records = records};
+  json_decref(doc);
+  return rc;
+}

@@ -1,0 +1,190 @@
+/*
+ * liblmap: the thin C client of lmapd.
+ *
+ * One handle talks to one or more lmapd base URLs that serve the same store
+ * (replicas behind no load balancer, or a load balancer and a fallback). Each
+ * call is one HTTP request; the handle keeps its connections alive and reuses
+ * them. A request that fails on an endpoint (connection refused or reset,
+ * timeout, HTTP 5xx, or an answer cut short) is sent again, whole, to the next
+ * endpoint; a failed endpoint is skipped for a short while (`down_ms`). An
+ * answer is only written to the caller's buffer once it is complete, so a
+ * failover never loses or duplicates a query. A 4xx answer is the caller's
+ * mistake and is returned at once, with the server's code and message.
+ *
+ * Threads and fork: a handle has no internal lock. Use one handle per thread
+ * (or per data-loader worker); different handles may be used concurrently.
+ * Never use a handle across fork(): its sockets would be shared by parent and
+ * child. A child creates its own handle (it may only lmap_client_free() one
+ * inherited from the parent).
+ *
+ * Ownership: every string passed in is copied or only read during the call.
+ * Output buffers belong to the caller. Pointers returned by the library say
+ * who frees them: lmap_free() for strings, lmap_sparse_free() for sparse
+ * results; strings inside lmap_error_detail belong to the handle and live
+ * until its next call.
+ *
+ * Every fallible function returns 0 or a negative LMAP_E* code from
+ * <lmap/error.h>, the table the server uses for its answers.
+ */
+#ifndef LMAP_CLIENT_H
+#define LMAP_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lmap/error.h"
+#include "lmap/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Size of the optional error buffer of lmap_client_new(). */
+#define LMAP_ERRBUF_SIZE 256
+
+/** Most server URLs one handle takes. */
+#define LMAP_MAX_ENDPOINTS 16
+
+typedef struct lmap_client lmap_client;
+
+/** Client options. Initialise with lmap_client_options_init(), then set
+ *  what differs; a zero or negative value means the default. */
+typedef struct lmap_client_options {
+  long connect_timeout_ms; /**< per TCP connect; default 2000 */
+  long timeout_ms;         /**< per HTTP request, whole transfer; default 30000 */
+  int retries;             /**< extra passes over all endpoints after the first
+                                one fails everywhere; default 1, -1 for none */
+  long retry_backoff_ms;   /**< sleep before each extra pass, doubled each
+                                time; default 50 */
+  long down_ms;            /**< how long a failed endpoint is skipped when
+                                another is available; default 1000 */
+  const char *token;       /**< bearer token (copied); NULL for none */
+} lmap_client_options;
+
+/** Fills `opts` with the defaults. */
+LMAP_API void lmap_client_options_init(lmap_client_options *opts);
+
+/** Creates a handle for `urls`, a comma-separated list of base URLs
+ *  ("http://host:port", optionally with a path prefix; spaces around commas
+ *  are ignored). `opts` may be NULL. Nothing is connected yet.
+ *  On failure *out is NULL and, when `errbuf` is not NULL, it receives a
+ *  sentence of at most LMAP_ERRBUF_SIZE bytes naming the problem.
+ *  Returns 0, LMAP_EINVAL (bad URL or option) or LMAP_ENOMEM. */
+LMAP_API int lmap_client_new(const char *urls, const lmap_client_options *opts,
+                             lmap_client **out, char *errbuf);
+
+/** The same with the URLs as an array of `n_urls` strings. */
+LMAP_API int lmap_client_new_array(const char *const *urls, size_t n_urls,
+                                   const lmap_client_options *opts,
+                                   lmap_client **out, char *errbuf);
+
+/** Closes the connections and frees the handle. Accepts NULL. */
+LMAP_API void lmap_client_free(lmap_client *c);
+
+/** How a query's box is read; see docs/POOLING.md. */
+typedef enum lmap_box_format {
+  LMAP_BOX_XYXY = 0,   /**< (x0, y0, x1, y1): fractions of width and height */
+  LMAP_BOX_RELABEL = 1 /**< the official ReLabel tuple, official arithmetic */
+} lmap_box_format;
+
+/** One query: the image id and the crop box. */
+typedef struct lmap_query {
+  const char *id; /**< read during the call only */
+  double box[4];
+  int flip;       /**< non-zero: the crop was mirrored left-right */
+} lmap_query;
+
+/** Pooling options shared by all the queries of a call. */
+typedef struct lmap_label_options {
+  int output_size;            /**< G: a G x G grid of labels; default 1 */
+  lmap_box_format box_format; /**< default LMAP_BOX_XYXY */
+  int softmax;                /**< 1 (default): probabilities; 0: pooled logits */
+} lmap_label_options;
+
+/** Fills `opts` with the defaults. */
+LMAP_API void lmap_label_options_init(lmap_label_options *opts);
+
+/** Dense soft labels of `n` queries (1 <= n <= the server's --max-batch),
+ *  written as float32 to `out`: [n, C] when G == 1, [n, C, G, G] otherwise,
+ *  C-order. `out_len` is the number of floats `out` holds and must equal the
+ *  answer's size exactly (C is lmap_info.num_classes); a mismatch is
+ *  LMAP_ERANGE. Transported as .npy. `opts` may be NULL. On failure the
+ *  contents of `out` are unspecified. */
+LMAP_API int lmap_client_labels(lmap_client *c, const lmap_query *queries,
+                                size_t n, const lmap_label_options *opts,
+                                float *out, size_t out_len);
+
+/** Sparse soft labels: for each query and each of its G*G cells, the classes
+ *  with a non-zero pooled logit, by decreasing value, and `rest`, the value
+ *  each other class has (0 with softmax off). Free with lmap_sparse_free().
+ *  Cell j of query i is index i*cells + j; its entries are
+ *  [offsets[index], offsets[index + 1]) of `classes` and `values`. */
+typedef struct lmap_sparse {
+  size_t n;              /**< queries */
+  size_t cells;          /**< G * G */
+  const size_t *offsets; /**< n * cells + 1 */
+  const int32_t *classes;
+  const float *values;   /**< probabilities, or logits with softmax off */
+  const float *rest;     /**< n * cells */
+} lmap_sparse;
+
+/** Fetches sparse labels for `n` queries into a new *out (NULL on failure). */
+LMAP_API int lmap_client_sparse(lmap_client *c, const lmap_query *queries,
+                                size_t n, const lmap_label_options *opts,
+                                lmap_sparse **out);
+
+/** Frees a sparse result. Accepts NULL. */
+LMAP_API void lmap_sparse_free(lmap_sparse *s);
+
+/** Fetches the raw map of `id` as the official float32 [2, K, H, W] tensor
+ *  (plane 0 scores, plane 1 class indices). `out_len` must be 2*K*H*W
+ *  (LMAP_ERANGE otherwise). `shape`, when not NULL, receives {2, K, H, W}. */
+LMAP_API int lmap_client_map(lmap_client *c, const char *id, float *out,
+                             size_t out_len, uint32_t shape[4]);
+
+/** What a server's store holds. */
+typedef struct lmap_info {
+  uint32_t num_classes; /**< C */
+  uint32_t top_k;       /**< K */
+  uint32_t height;      /**< H */
+  uint32_t width;       /**< W */
+  uint64_t records;
+} lmap_info;
+
+/** Fetches the store's description. `info` and `json` may each be NULL;
+ *  *json receives the whole /v1/info document (free with lmap_free()). */
+LMAP_API int lmap_client_info(lmap_client *c, lmap_info *info, char **json);
+
+/** What went wrong in the handle's last call. */
+typedef struct lmap_error_detail {
+  int code;                /**< the call's return value */
+  int http_status;         /**< of the last answer; 0 when none came */
+  const char *server_code; /**< the server's JSON "code", or the table's */
+  const char *message;     /**< one sentence; with several endpoints it names
+                                each endpoint tried and why it failed */
+  const char *field;       /**< the request field at fault, or "" */
+  const char *endpoint;    /**< base URL of the last endpoint tried, or "" */
+  const char *request_id;  /**< X-Request-Id of the last answer, or "" */
+} lmap_error_detail;
+
+/** Fills `detail` for the last call (code 0 and empty strings after a
+ *  success). The strings live until the handle's next call. */
+LMAP_API void lmap_client_last_error(const lmap_client *c,
+                                     lmap_error_detail *detail);
+
+/** The last call's message alone ("" after a success). */
+LMAP_API const char *lmap_client_errmsg(const lmap_client *c);
+
+/** Base URL of the endpoint that answered the last successful call. */
+LMAP_API const char *lmap_client_endpoint(const lmap_client *c);
+
+/** Frees memory the library returned (strings). Accepts NULL. */
+LMAP_API void lmap_free(void *p);
+
+/** The library's version, "MAJOR.MINOR.PATCH". */
+LMAP_API const char *lmap_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LMAP_CLIENT_H */
