@@ -3,34 +3,72 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
+
+#include "fmtfloat.h"
 
 #include "lmap/error.h"
 
-int itemjson_number(dynbuf *b, float v) {
-  char tmp[32];
-  /* Pooled values are finite by construction; guard anyway so that the
-   * output is always valid JSON. */
-  int n = isfinite(v) ? snprintf(tmp, sizeof tmp, "%.9g", (double)v)
-                      : snprintf(tmp, sizeof tmp, "null");
-  return dynbuf_add(b, tmp, (size_t)n);
+/* One number's text: 9 significant digits. Pooled values are finite by
+ * construction; the guard keeps the output valid JSON regardless. */
+static int number_text(char out[FMTFLOAT_MAX], float v) {
+  if (isfinite(v))
+    return fmtfloat9(out, v);
+  memcpy(out, "null", 4);
+  return 4;
 }
 
+int itemjson_number(dynbuf *b, float v) {
+  char tmp[FMTFLOAT_MAX];
+  return dynbuf_add(b, tmp, (size_t)number_text(tmp, v));
+}
+
+/* Arrays are built in a stack block and appended a block at a time: a
+ * dense item is 1,000 numbers. */
+#define BLOCK 4096
+
 static int floats(dynbuf *b, const float *v, uint32_t n) {
-  int rc = dynbuf_add(b, "[", 1);
+  char block[BLOCK];
+  size_t len = 0;
+  int rc = 0;
+  block[len++] = '[';
   for (uint32_t i = 0; i < n && rc == 0; i++) {
+    if (len > BLOCK - FMTFLOAT_MAX - 2) {
+      rc = dynbuf_add(b, block, len);
+      len = 0;
+    }
     if (i)
-      rc = dynbuf_add(b, ",", 1);
-    if (rc == 0)
-      rc = itemjson_number(b, v[i]);
+      block[len++] = ',';
+    len += (size_t)number_text(block + len, v[i]);
   }
-  return rc ? rc : dynbuf_add(b, "]", 1);
+  block[len++] = ']';
+  return rc ? rc : dynbuf_add(b, block, len);
 }
 
 static int uints(dynbuf *b, const uint32_t *v, uint32_t n) {
-  int rc = dynbuf_add(b, "[", 1);
-  for (uint32_t i = 0; i < n && rc == 0; i++)
-    rc = dynbuf_printf(b, i ? ",%u" : "%u", v[i]);
-  return rc ? rc : dynbuf_add(b, "]", 1);
+  char block[BLOCK];
+  size_t len = 0;
+  int rc = 0;
+  block[len++] = '[';
+  for (uint32_t i = 0; i < n && rc == 0; i++) {
+    if (len > BLOCK - 16) {
+      rc = dynbuf_add(b, block, len);
+      len = 0;
+    }
+    if (i)
+      block[len++] = ',';
+    char digits[10];
+    int nd = 0;
+    uint32_t x = v[i];
+    do {
+      digits[nd++] = (char)('0' + x % 10);
+      x /= 10;
+    } while (x);
+    while (nd)
+      block[len++] = digits[--nd];
+  }
+  block[len++] = ']';
+  return rc ? rc : dynbuf_add(b, block, len);
 }
 
 static int write_dense(dynbuf *b, const labelmap *m, uint32_t num_classes,
