@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "buf.h"
@@ -306,10 +307,27 @@ static int answer_error(lmap_client *c, long status) {
   return fail(c, err, NULL, "HTTP %ld from %s without an lmap error body", status, c->tried);
 }
 
+/* How an endpoint failed, for the call's final code. */
+typedef enum failure { FAIL_NONE, FAIL_TRANSPORT, FAIL_TIMEOUT, FAIL_HTTP, FAIL_ANSWER } failure;
+
+/* The success of an attempt: the endpoint goes first from now on and the
+ * failures of earlier attempts are forgotten. */
+static int succeeded(lmap_client *c, size_t i, const call *k, const size_t shape[4]) {
+  if (k->dest)
+    memcpy(c->npy_shape, shape, sizeof c->npy_shape);
+  c->endpoints[i].down_until_ms = 0;
+  c->current = i;
+  c->answered = c->endpoints[i].base;
+  c->err = 0;
+  c->server_code[0] = c->field[0] = '\0';
+  lmap_buf_reset(&c->message);
+  return 0;
+}
+
 /* One attempt on endpoint `i`. Returns 0 on success, 1 when the endpoint
- * failed (the reason is appended to `reasons`), or a final error. */
-static int attempt(lmap_client *c, size_t i, const call *k, lmap_buf *reasons,
-                   int *all_timeouts, int *http_error) {
+ * failed (*how says how; the reason is appended to `reasons`), or a final
+ * error. */
+static int attempt(lmap_client *c, size_t i, const call *k, lmap_buf *reasons, failure *how) {
   endpoint *ep = &c->endpoints[i];
   c->tried = ep->base;
   lmap_buf_reset(&c->url);
@@ -323,41 +341,36 @@ static int attempt(lmap_client *c, size_t i, const call *k, lmap_buf *reasons,
   c->status = o.status;
   snprintf(c->request_id, sizeof c->request_id, "%s", o.request_id);
   char reason[600] = "";
-  *http_error = 0;
+  *how = FAIL_NONE;
+  size_t shape[4] = {0};
   if (rc == 0 && !o.transport_failed && o.status == 200 && k->dest) {
-    rc = lmap_npy_finish(&sink);
-    if (rc == LMAP_ERANGE) {
-      fail(c, rc, NULL, "%s", sink.err);
+    if (strncasecmp(o.content_type, "application/x-npy", 17) != 0) {
+      snprintf(reason, sizeof reason, "the answer is not .npy (Content-Type: %.60s)",
+               o.content_type[0] ? o.content_type : "none");
+      *how = FAIL_ANSWER;
+    } else if ((rc = lmap_npy_finish(&sink)) == LMAP_ERANGE) {
+      fail(c, rc, NULL, "%s", sink.err); /* the caller's buffer, not the answer */
     } else if (rc) {
-      snprintf(reason, sizeof reason, "%s", sink.err); /* a bad answer: try another */
+      snprintf(reason, sizeof reason, "%s", sink.err);
+      *how = FAIL_ANSWER;
       rc = 0;
     }
+    memcpy(shape, sink.shape, sizeof shape);
   }
-  size_t sink_shape[4] = {0};
-  if (k->dest) {
-    memcpy(sink_shape, sink.shape, sizeof sink_shape);
+  if (k->dest)
     lmap_npy_sink_free(&sink);
-  }
   if (rc)
     return rc == LMAP_ENOMEM ? fail(c, rc, NULL, "out of memory") : rc;
   if (o.transport_failed) {
     snprintf(reason, sizeof reason, "%s", o.error);
-    *all_timeouts &= o.timed_out;
-  } else if (reason[0]) {
-    *all_timeouts = 0;
-  } else if (o.status == 200) {
-    if (k->dest)
-      memcpy(c->npy_shape, sink_shape, sizeof sink_shape);
-    ep->down_until_ms = 0;
-    c->current = i;
-    c->answered = ep->base;
-    return 0;
-  } else if (o.status >= 400 && o.status < 500) {
+    *how = o.timed_out ? FAIL_TIMEOUT : FAIL_TRANSPORT;
+  } else if (*how == FAIL_NONE && o.status == 200) {
+    return succeeded(c, i, k, shape);
+  } else if (*how == FAIL_NONE && o.status >= 400 && o.status < 500) {
     return answer_error(c, o.status);
-  } else {
+  } else if (*how == FAIL_NONE) {
     /* 5xx (or a status lmapd never sends): keep the server's words. */
-    *all_timeouts = 0;
-    *http_error = 1;
+    *how = FAIL_HTTP;
     answer_error(c, o.status);
     snprintf(reason, sizeof reason, "HTTP %ld %s: %.400s", o.status, c->server_code,
              c->message.data ? c->message.data : "");
@@ -372,11 +385,15 @@ static int attempt(lmap_client *c, size_t i, const call *k, lmap_buf *reasons,
 }
 
 /* Sends `k` until an endpoint answers it: a pass over every endpoint, then
- * `retries` more after growing pauses. */
+ * `retries` more after growing pauses. When all fail, the code says how the
+ * last one failed: its server's code for a 5xx, LMAP_EPROTOCOL for an
+ * answer that was not what was asked, LMAP_ETIMEOUT when every attempt
+ * timed out, LMAP_EUNAVAILABLE otherwise. */
 static int perform(lmap_client *c, const call *k) {
   lmap_buf reasons;
   lmap_buf_init(&reasons, MESSAGE_MAX);
-  int all_timeouts = 1, http_error = 0, attempts = 0, rc = 1;
+  int all_timeouts = 1, attempts = 0, rc = 1;
+  failure how = FAIL_NONE;
   long pause = c->backoff_ms;
   for (int pass = 0; pass <= c->retries && rc == 1; pass++) {
     if (pass) {
@@ -386,17 +403,21 @@ static int perform(lmap_client *c, const call *k) {
     size_t order[LMAP_MAX_ENDPOINTS];
     pass_order(c, order);
     for (size_t j = 0; j < c->n_endpoints && rc == 1; j++) {
-      rc = attempt(c, order[j], k, &reasons, &all_timeouts, &http_error);
+      rc = attempt(c, order[j], k, &reasons, &how);
+      all_timeouts &= how == FAIL_TIMEOUT;
       attempts++;
     }
   }
   if (rc == 1) {
-    /* Every attempt failed. A 5xx last keeps the server's code. */
-    if (http_error) {
+    if (how == FAIL_HTTP) {
       rc = c->err;
       lmap_buf_reset(&c->message);
     } else {
-      rc = fail(c, all_timeouts ? LMAP_ETIMEOUT : LMAP_EUNAVAILABLE, NULL, "%s", "");
+      rc = fail(c,
+                how == FAIL_ANSWER ? LMAP_EPROTOCOL
+                : all_timeouts     ? LMAP_ETIMEOUT
+                                   : LMAP_EUNAVAILABLE,
+                NULL, "%s", "");
     }
     if (attempts == 1)
       add_message(c, "%s", reasons.data);
@@ -453,9 +474,10 @@ int lmap_client_labels(lmap_client *c, const lmap_query *queries, size_t n,
                 n, o.output_size);
   if ((rc = build_body(c, queries, n, &o, 0)) != 0)
     return rc;
-  size_t classes = out_len / (n * cells);
   call k = {.path = "/v1/labels", .post = &c->request, .dest = out, .dest_len = out_len,
-            .expect = {n, classes, (size_t)o.output_size, (size_t)o.output_size},
+            /* C is left open: a C other than out_len implies is the
+             * caller's LMAP_ERANGE, not a bad answer. */
+            .expect = {n, 0, (size_t)o.output_size, (size_t)o.output_size},
             .ndim = o.output_size == 1 ? 2 : 4};
   return perform(c, &k);
 }
@@ -498,8 +520,10 @@ int lmap_client_map(lmap_client *c, const char *id, float *out, size_t out_len,
   clear_error(c);
   if (id == NULL || id[0] == '\0')
     return fail(c, LMAP_EBADID, "id", "the id is NULL or empty");
-  if (out == NULL || out_len == 0)
-    return fail(c, LMAP_EINVAL, NULL, "the output buffer is NULL or empty");
+  if (out == NULL)
+    return fail(c, LMAP_EINVAL, NULL, "the output buffer is NULL");
+  if (out_len == 0)
+    return fail(c, LMAP_ERANGE, NULL, "out_len is 0, not 2 * K * H * W");
   lmap_buf path;
   lmap_buf_init(&path, MAX_URL_LEN);
   int rc = lmap_buf_addstr(&path, "/v1/maps/");

@@ -25,7 +25,6 @@ struct lmap_http {
   lmap_npy_sink *npy;
   int streaming;  /* -1 undecided, 0 into body, 1 into npy */
   int sink_error; /* the body or the sink refused bytes */
-  char content_type[64];
   lmap_http_outcome *out;
 };
 
@@ -73,10 +72,10 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg) {
   size_t len = size * n;
   if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) { /* a new answer (after a 1xx) */
     h->out->request_id[0] = '\0';
-    h->content_type[0] = '\0';
+    h->out->content_type[0] = '\0';
   }
   header_value(p, len, "x-request-id:", h->out->request_id, sizeof h->out->request_id);
-  header_value(p, len, "content-type:", h->content_type, sizeof h->content_type);
+  header_value(p, len, "content-type:", h->out->content_type, sizeof h->out->content_type);
   return len;
 }
 
@@ -87,7 +86,7 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg) {
     long status = 0;
     curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &status);
     h->streaming = h->npy && status == 200 &&
-                   strncasecmp(h->content_type, "application/x-npy", 17) == 0;
+                   strncasecmp(h->out->content_type, "application/x-npy", 17) == 0;
   }
   int rc = h->streaming ? lmap_npy_feed(h->npy, p, len) : lmap_buf_add(h->body, p, len);
   if (rc) {
@@ -194,7 +193,6 @@ int lmap_http_perform(lmap_http *h, const char *url, const lmap_buf *post,
   h->npy = npy;
   h->streaming = -1;
   h->sink_error = 0;
-  h->content_type[0] = '\0';
   h->out = out;
   h->errbuf[0] = '\0';
   CURL *c = h->curl;

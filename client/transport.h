@@ -29,6 +29,7 @@ typedef struct lmap_http_outcome {
   int timed_out;        /* ... because a timeout ran out */
   long status;          /* HTTP status, 0 when none */
   char request_id[64];  /* X-Request-Id of the answer */
+  char content_type[64];
   char error[256];      /* what went wrong in the transport */
 } lmap_http_outcome;
 

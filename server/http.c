@@ -32,7 +32,18 @@ struct http_server {
   atomic_ullong id_next;
   pthread_key_t worker_key;
   int key_made;
+  /* For the drain: requests between their first handler call and their
+   * completion, and when one last started or ended. */
+  atomic_uint in_flight;
+  atomic_ullong last_activity_ms;
+  atomic_int draining;
 };
+
+static unsigned long long monotonic_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
+}
 
 /* Per-request state, from the first handler call to the completion
  * callback. */
@@ -87,6 +98,10 @@ static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
   if (r->auth_challenge)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+  /* While draining, kept-alive clients are told to go: their next request
+   * opens a new connection, which another server takes. */
+  if (atomic_load(&s->draining))
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
   enum MHD_Result ok = MHD_queue_response(c, (unsigned)r->status, resp);
   MHD_destroy_response(resp);
   struct timespec now;
@@ -197,6 +212,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
     if (rq == NULL)
       return MHD_NO;
     *con_cls = rq;
+    atomic_fetch_add(&s->in_flight, 1);
+    atomic_store(&s->last_activity_ms, monotonic_ms());
     clock_gettime(CLOCK_MONOTONIC, &rq->start);
     rq->method = method;
     rq->path = url;
@@ -233,12 +250,14 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
                       enum MHD_RequestTerminationCode toe) {
-  (void)cls;
   (void)c;
   (void)toe;
+  http_server *s = cls;
   request *rq = *con_cls;
   if (rq == NULL)
     return;
+  atomic_fetch_sub(&s->in_flight, 1);
+  atomic_store(&s->last_activity_ms, monotonic_ms());
   dynbuf_free(&rq->body);
   free(rq);
   *con_cls = NULL;
@@ -291,7 +310,7 @@ int http_start(const http_config *c, api *a, http_server **out,
       MHD_OPTION_CONNECTION_TIMEOUT, c->idle_timeout,
       MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
       MHD_OPTION_PER_IP_CONNECTION_LIMIT, c->max_per_ip,
-      MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_END);
   if (s->mhd == NULL) {
     pthread_key_delete(s->worker_key);
     free(s);
@@ -311,6 +330,7 @@ int http_start(const http_config *c, api *a, http_server **out,
  * to be served like the others; only connections arriving after this are
  * refused. */
 void http_quiesce(http_server *s) {
+  atomic_store(&s->draining, 1);
   MHD_socket fd = MHD_quiesce_daemon(s->mhd);
   if (fd == MHD_INVALID_SOCKET)
     return;
@@ -333,6 +353,12 @@ unsigned http_connections(http_server *s) {
   const union MHD_DaemonInfo *info =
       MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
   return info ? info->num_connections : 0;
+}
+
+unsigned http_in_flight(http_server *s, unsigned long long *quiet_ms) {
+  unsigned long long last = atomic_load(&s->last_activity_ms), now = monotonic_ms();
+  *quiet_ms = now > last ? now - last : 0;
+  return atomic_load(&s->in_flight);
 }
 
 void http_stop(http_server *s) {

@@ -56,11 +56,16 @@ int http_start(const http_config *c, api *a, http_server **out,
                uint16_t *port_out, diag *d);
 
 /* Stops accepting new connections (the listening socket is closed);
- * connections already open are served until they finish. */
+ * connections already open are served, and every answer from now on says
+ * "Connection: close" so that kept-alive clients move elsewhere. */
 void http_quiesce(http_server *s);
 
 /* Connections currently open. */
 unsigned http_connections(http_server *s);
+
+/* Requests being served now; *quiet_ms is the time since one last started
+ * or ended. */
+unsigned http_in_flight(http_server *s, unsigned long long *quiet_ms);
 
 /* Stops the server and frees it (accepts NULL). */
 void http_stop(http_server *s);

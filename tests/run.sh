@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the build and the tests need
 # (Debian packages, only those missing), builds, and runs every ctest suite
-# (unit, oracle, e2e, bench), then the unit and e2e tests again under
-# AddressSanitizer + UBSan.
+# (unit, oracle, e2e, client, python, bench), then the unit, e2e and client
+# tests again under AddressSanitizer + UBSan.
 #
 #   tests/run.sh            everything
 #   LMAP_SKIP_SANITIZE=1    skip the sanitizer pass
@@ -24,5 +24,5 @@ ctest --test-dir build --output-on-failure -j"$jobs"
 if [ -z "${LMAP_SKIP_SANITIZE:-}" ]; then
   cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DLMAP_SANITIZE=ON -DLMAP_WERROR=ON
   cmake --build build-sanitize -j"$jobs"
-  ctest --test-dir build-sanitize --output-on-failure -j"$jobs" -L 'unit|e2e'
+  ctest --test-dir build-sanitize --output-on-failure -j"$jobs" -L 'unit|e2e|client'
 fi

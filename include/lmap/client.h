@@ -14,8 +14,9 @@
  * Threads and fork: a handle has no internal lock. Use one handle per thread
  * (or per data-loader worker); different handles may be used concurrently.
  * Never use a handle across fork(): its sockets would be shared by parent and
- * child. A child creates its own handle (it may only lmap_client_free() one
- * inherited from the parent).
+ * child. A child creates its own handle and leaves an inherited one alone
+ * (freeing it would close connections the parent still uses, and over TLS
+ * end the parent's sessions).
  *
  * Ownership: every string passed in is copied or only read during the call.
  * Output buffers belong to the caller. Pointers returned by the library say

@@ -33,15 +33,24 @@ static void stop_all(control *c) {
   uv_close((uv_handle_t *)&c->poll, NULL);
 }
 
-/* Every 20 ms while draining: done when no connection is left. */
+#define DRAIN_QUIET_MS 200
+
+/* Every 20 ms while draining: done when no connection is left, or when
+ * no request is in flight and none has started for DRAIN_QUIET_MS (the
+ * connections left are idle keep-alives, closed by the stop; a connection
+ * taken from the backlog sends its request well within that time). */
 static void on_poll(uv_timer_t *t) {
   control *c = t->data;
   unsigned open = http_connections(c->h);
+  unsigned long long quiet_ms;
+  unsigned busy = http_in_flight(c->h, &quiet_ms);
   uint64_t waited = uv_now(t->loop) - c->drain_started;
-  if (open == 0 || waited >= c->grace_ms) {
-    c->timed_out = open != 0;
-    log_event("drained", "\"open_connections\":%u,\"waited_ms\":%llu", open,
-              (unsigned long long)waited);
+  int idle = busy == 0 && quiet_ms >= DRAIN_QUIET_MS && waited >= DRAIN_QUIET_MS;
+  if (open == 0 || idle || waited >= c->grace_ms) {
+    c->timed_out = open != 0 && !idle;
+    log_event("drained",
+              "\"open_connections\":%u,\"requests_in_flight\":%u,\"waited_ms\":%llu",
+              open, busy, (unsigned long long)waited);
     stop_all(c);
   }
 }

@@ -1,9 +1,12 @@
 #!/usr/bin/python3
 """End-to-end: store swap by rename + SIGHUP under steady load (zero failed
 requests, answers from the new store afterwards, a bad store refused and the
-old one kept), then SIGTERM with requests in flight (all answered, exit 0).
+old one kept), then SIGTERM with requests in flight (all answered, exit 0), and SIGTERM
+with an idle kept-alive connection (no wait for it; answers during the drain
+say "Connection: close").
 Load goes to 127.0.0.1 only, bounded in time and count; every process is
 stopped by its PID."""
+import http.client
 import json
 import os
 import signal
@@ -13,7 +16,7 @@ import threading
 import time
 import urllib.request
 
-from e2e_common import LMAP, LMAPD, TMP, check, summary
+from e2e_common import LMAP, LMAPD, TMP, check, start_daemon, summary
 
 
 def get(port, path, body=None, timeout=20):
@@ -125,6 +128,37 @@ def main():
         code = p.wait(timeout=30)
         check(answers == [200] * 6, "in-flight requests all answered during drain: %s" % answers)
         check(code == 0, "exit 0 after drain (got %s)" % code)
+        p.wait()
+
+        # An idle kept-alive connection does not hold the drain, and a
+        # request on a kept-alive connection during the drain is answered
+        # with "Connection: close" (the client moves to another server).
+        calm = os.path.join(TMP, "calm.lmap")
+        synth(calm, 300)
+        p, port, log_path = start_daemon(calm, "--grace", "20")
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        busy = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for conn in (idle, busy):
+            conn.request("GET", "/v1/labels/%s?box=0,0,1,1" % ids[0])
+            r = conn.getresponse()
+            r.read()
+            check(r.status == 200 and r.getheader("Connection") != "close", "kept alive before")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        busy.request("GET", "/v1/labels/%s?box=0,0,1,1" % ids[1])
+        r = busy.getresponse()
+        r.read()
+        check(r.status == 200 and r.getheader("Connection") == "close",
+              "answered during the drain with Connection: close (%s)" % r.getheader("Connection"))
+        code = p.wait(timeout=30)
+        took = time.monotonic() - t0
+        check(code == 0 and took < 5,
+              "idle keep-alive connection: exit %s after %.1f s (grace 20 s)" % (code, took))
+        drained = [json.loads(l) for l in open(log_path) if '"drained"' in l]
+        check(drained and drained[0]["requests_in_flight"] == 0, "drained log: %s" % drained)
+        idle.close()
+        busy.close()
     finally:
         if p.poll() is None:
             p.kill()
