@@ -430,13 +430,18 @@ static int perform(lmap_client *c, const call *k) {
 
 /* ---- the calls ---------------------------------------------------------- */
 
-static int check_queries(lmap_client *c, const lmap_query *queries, size_t n,
-                         const lmap_label_options *opts) {
+/* Checks the queries and resolves the options (NULL: the defaults). */
+static int label_call(lmap_client *c, const lmap_query *queries, size_t n,
+                      const lmap_label_options *opts, lmap_label_options *o) {
+  if (opts == NULL)
+    lmap_label_options_init(o);
+  else
+    *o = *opts;
   if (queries == NULL || n == 0)
     return fail(c, LMAP_EINVAL, "queries", "no queries given");
-  if (opts->output_size < 1 || opts->output_size > 1024)
+  if (o->output_size < 1 || o->output_size > 1024)
     return fail(c, LMAP_EINVAL, "output_size", "output_size %d is not in 1..1024",
-                opts->output_size);
+                o->output_size);
   return 0;
 }
 
@@ -458,11 +463,7 @@ int lmap_client_labels(lmap_client *c, const lmap_query *queries, size_t n,
     return LMAP_EINVAL;
   clear_error(c);
   lmap_label_options o;
-  if (opts == NULL)
-    lmap_label_options_init(&o);
-  else
-    o = *opts;
-  int rc = check_queries(c, queries, n, &o);
+  int rc = label_call(c, queries, n, opts, &o);
   if (rc)
     return rc;
   size_t cells = (size_t)o.output_size * (size_t)o.output_size;
@@ -491,11 +492,7 @@ int lmap_client_sparse(lmap_client *c, const lmap_query *queries, size_t n,
     return fail(c, LMAP_EINVAL, NULL, "the output pointer is NULL");
   *out = NULL;
   lmap_label_options o;
-  if (opts == NULL)
-    lmap_label_options_init(&o);
-  else
-    o = *opts;
-  int rc = check_queries(c, queries, n, &o);
+  int rc = label_call(c, queries, n, opts, &o);
   if (rc == 0)
     rc = build_body(c, queries, n, &o, 1);
   call k = {.path = "/v1/labels", .post = &c->request};

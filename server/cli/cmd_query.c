@@ -307,15 +307,9 @@ done:
 }
 
 int cmd_query(int argc, char **argv) {
-  enum { O_FMT = 256, O_BOXFMT, O_FLIP, O_NOSOFT, O_BSIZE, O_INFO, O_MAP, O_TOKEN,
-         O_TIMEOUT, O_CTIMEOUT, O_RETRIES };
+  enum { O_BSIZE = QUERY_OPT_NEXT, O_INFO, O_MAP, O_TOKEN, O_TIMEOUT, O_CTIMEOUT, O_RETRIES };
   static const struct option longopts[] = {
-      {"box", required_argument, 0, 'b'},
-      {"box-format", required_argument, 0, O_BOXFMT},
-      {"output-size", required_argument, 0, 'G'},
-      {"flip", no_argument, 0, O_FLIP},
-      {"format", required_argument, 0, O_FMT},
-      {"no-softmax", no_argument, 0, O_NOSOFT},
+      QUERY_LONGOPTS,
       {"batch", required_argument, 0, 'q'},
       {"batch-size", required_argument, 0, O_BSIZE},
       {"info", no_argument, 0, O_INFO},
@@ -333,31 +327,16 @@ int cmd_query(int argc, char **argv) {
   lmap_client_options copts;
   lmap_client_options_init(&copts);
   const char *batch = NULL, *map_id = NULL, *output = NULL, *token_file = NULL;
-  int have_box = 0, info = 0, c;
+  int have_box = 0, info = 0, c, rc;
   uint32_t retries;
   optind = 1;
   while ((c = getopt_long(argc, argv, "b:G:q:o:h", longopts, NULL)) != -1) {
+    if ((rc = query_flag("query", c, optarg, &x.q, &x.fmt, &have_box)) >= 0) {
+      if (rc)
+        return rc;
+      continue;
+    }
     switch (c) {
-    case 'b':
-      if (queryopt_box(optarg, x.q.box))
-        return cli_usage("query", "--box: '%s' is not four finite numbers A,B,C,D", optarg);
-      have_box = 1;
-      break;
-    case O_BOXFMT:
-      if (queryopt_box_format(optarg, &x.q.box_format))
-        return cli_usage("query", "--box-format: '%s' is not xyxy or relabel", optarg);
-      break;
-    case 'G':
-      if (cli_u32(optarg, 1, POOL_MAX_OUTPUT_SIZE, &x.q.output_size))
-        return cli_usage("query", "--output-size: '%s' is not in [1, %u]", optarg,
-                         POOL_MAX_OUTPUT_SIZE);
-      break;
-    case O_FLIP: x.q.flip = true; break;
-    case O_FMT:
-      if (queryopt_format(optarg, &x.fmt))
-        return cli_usage("query", "--format: '%s' is not dense or sparse", optarg);
-      break;
-    case O_NOSOFT: x.q.softmax = false; break;
     case 'q': batch = optarg; break;
     case O_BSIZE:
       if (cli_u32(optarg, 1, MAX_BATCH, &x.batch_size))
@@ -407,7 +386,7 @@ int cmd_query(int argc, char **argv) {
     copts.token = token;
   }
   char err[LMAP_ERRBUF_SIZE];
-  int rc = lmap_client_new(argv[optind], &copts, &x.client, err);
+  rc = lmap_client_new(argv[optind], &copts, &x.client, err);
   memset(token, 0, sizeof token);
   if (rc)
     return cli_usage("query", "%s", err);

@@ -211,44 +211,23 @@ static int run_line(void *ctx, const queryline *l, diag *d) {
 }
 
 int cmd_get(int argc, char **argv) {
-  enum { O_FMT = 256, O_BOXFMT, O_FLIP, O_NOSOFT };
   static const struct option longopts[] = {
-      {"box", required_argument, 0, 'b'},
-      {"box-format", required_argument, 0, O_BOXFMT},
-      {"output-size", required_argument, 0, 'G'},
-      {"flip", no_argument, 0, O_FLIP},
-      {"format", required_argument, 0, O_FMT},
-      {"no-softmax", no_argument, 0, O_NOSOFT},
+      QUERY_LONGOPTS,
       {"queries", required_argument, 0, 'q'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   pool_query q = {{0, 0, 1, 1}, POOL_BOX_XYXY, 1, false, true};
   itemjson_format fmt = ITEM_DENSE;
   const char *queries = NULL;
-  int have_box = 0, c;
+  int have_box = 0, c, rc;
   optind = 1;
   while ((c = getopt_long(argc, argv, "b:G:q:h", longopts, NULL)) != -1) {
+    if ((rc = query_flag("get", c, optarg, &q, &fmt, &have_box)) >= 0) {
+      if (rc)
+        return rc;
+      continue;
+    }
     switch (c) {
-    case 'b':
-      if (queryopt_box(optarg, q.box))
-        return cli_usage("get", "--box: '%s' is not four finite numbers A,B,C,D", optarg);
-      have_box = 1;
-      break;
-    case O_BOXFMT:
-      if (queryopt_box_format(optarg, &q.box_format))
-        return cli_usage("get", "--box-format: '%s' is not xyxy or relabel", optarg);
-      break;
-    case 'G':
-      if (cli_u32(optarg, 1, POOL_MAX_OUTPUT_SIZE, &q.output_size))
-        return cli_usage("get", "--output-size: '%s' is not in [1, %u]", optarg,
-                         POOL_MAX_OUTPUT_SIZE);
-      break;
-    case O_FLIP: q.flip = true; break;
-    case O_FMT:
-      if (queryopt_format(optarg, &fmt))
-        return cli_usage("get", "--format: '%s' is not dense or sparse", optarg);
-      break;
-    case O_NOSOFT: q.softmax = false; break;
     case 'q': queries = optarg; break;
     case 'h': fputs(get_help, stdout); return EXIT_OK;
     default: return cli_usage("get", "bad option");
@@ -267,7 +246,7 @@ int cmd_get(int argc, char **argv) {
   get_ctx g = {0};
   dynbuf_init(&g.out, (size_t)1 << 30);
   g.path = argv[optind];
-  int rc = open_store("get", g.path, &g.s);
+  rc = open_store("get", g.path, &g.s);
   if (rc)
     return rc;
   g.num_classes = store_get_meta(g.s)->shape.num_classes;

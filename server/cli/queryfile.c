@@ -11,6 +11,36 @@
 #include "cli.h"
 #include "queryopt.h"
 
+int query_flag(const char *cmd, int c, const char *arg, pool_query *q, itemjson_format *fmt,
+               int *have_box) {
+  switch (c) {
+  case 'b':
+    if (queryopt_box(arg, q->box))
+      return cli_usage(cmd, "--box: '%s' is not four finite numbers A,B,C,D", arg);
+    *have_box = 1;
+    return 0;
+  case QUERY_OPT_BOX_FORMAT:
+    if (queryopt_box_format(arg, &q->box_format))
+      return cli_usage(cmd, "--box-format: '%s' is not xyxy or relabel", arg);
+    return 0;
+  case 'G':
+    if (cli_u32(arg, 1, POOL_MAX_OUTPUT_SIZE, &q->output_size))
+      return cli_usage(cmd, "--output-size: '%s' is not in [1, %u]", arg, POOL_MAX_OUTPUT_SIZE);
+    return 0;
+  case QUERY_OPT_FLIP:
+    q->flip = true;
+    return 0;
+  case QUERY_OPT_FORMAT:
+    if (queryopt_format(arg, fmt))
+      return cli_usage(cmd, "--format: '%s' is not dense or sparse", arg);
+    return 0;
+  case QUERY_OPT_NO_SOFTMAX:
+    q->softmax = false;
+    return 0;
+  }
+  return -1;
+}
+
 /* A query line is ~100 bytes; getline grows its buffer with the line, so
  * a stream without newlines is stopped here rather than by the OOM killer
  * (getline itself still reads the whole line first). */
