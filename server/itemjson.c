@@ -13,7 +13,7 @@
  * construction; the guard keeps the output valid JSON regardless. */
 static int number_text(char out[FMTFLOAT_MAX], float v) {
   if (isfinite(v))
-    return fmtfloat9(out, v);
+    return lmap_fmtfloat9(out, v);
   memcpy(out, "null", 4);
   return 4;
 }

@@ -13,7 +13,7 @@ static unsigned long compared;
 static void same_as_printf(float v) {
   char want[32], got[FMTFLOAT_MAX + 1];
   int wl = snprintf(want, sizeof want, "%.9g", (double)v);
-  int gl = fmtfloat9(got, v);
+  int gl = lmap_fmtfloat9(got, v);
   got[gl] = '\0';
   compared++;
   if (wl != gl || memcmp(want, got, (size_t)gl) != 0) {

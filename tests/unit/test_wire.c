@@ -152,7 +152,7 @@ static void test_labels_body(void) {
   ASSERT_EQ(json_array_size(qs), 2);
   ASSERT(strcmp(json_string_value(json_object_get(json_array_get(qs, 1), "id")), "a\"b\\c\n") ==
         0);
-  /* 17 digits: the server reads the very double sent. */
+  /* relabel: 17 digits, the server reads the very double sent. */
   ASSERT(json_real_value(json_array_get(json_object_get(json_array_get(qs, 0), "box"), 0)) ==
         0.1);
   ASSERT(json_is_true(json_object_get(json_array_get(qs, 1), "flip")));
@@ -161,6 +161,19 @@ static void test_labels_body(void) {
   ASSERT(strcmp(json_string_value(json_object_get(doc, "box_format")), "relabel") == 0);
   ASSERT(json_is_false(json_object_get(doc, "softmax")));
   json_decref(doc);
+  /* xyxy: the float the server's geometry uses, in 9 digits. */
+  lmap_buf_reset(&b);
+  o.box_format = LMAP_BOX_XYXY;
+  ASSERT_EQ(lmap_wire_labels_body(&b, q, 2, &o, 0, field, err), 0);
+  doc = json_loadb(b.data, b.len, JSON_REJECT_DUPLICATES, &je);
+  qs = json_object_get(doc, "queries");
+  for (int k = 0; k < 4; k++) {
+    double sent = json_number_value(json_array_get(json_object_get(json_array_get(qs, 0), "box"), k));
+    ASSERT((float)sent == (float)q[0].box[k]);
+  }
+  ASSERT(strstr(b.data, "0.100000001") != NULL);
+  json_decref(doc);
+  o.box_format = LMAP_BOX_RELABEL;
   /* What JSON cannot carry is refused here, naming the query. */
   lmap_buf_reset(&b);
   q[1].box[2] = NAN;

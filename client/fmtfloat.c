@@ -50,7 +50,7 @@ static int slow(char out[FMTFLOAT_MAX], float v) {
   return n;
 }
 
-int fmtfloat9(char out[FMTFLOAT_MAX], float v) {
+int lmap_fmtfloat9(char out[FMTFLOAT_MAX], float v) {
   double a = fabs((double)v);
   if (a == 0 || !isfinite(a))
     return slow(out, v); /* "0", "-0" */
