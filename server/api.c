@@ -346,20 +346,23 @@ static int lookup(api_worker *w, const char *id, labelmap *m, diag *d) {
   return rc;
 }
 
-/* Appends query results as .npy rows: [C] per item for G = 1, else
- * [C, G, G] (the dense output is cell-major and is transposed here). */
+/* Appends query results as .npy rows: [C] per item for G = 1, pooled in
+ * place, else [C, G, G] (the dense output is cell-major and is transposed
+ * here). */
 static int npy_item(api_worker *w, const labelmap *m, const pool_query *q) {
   uint32_t C = w->g->meta->shape.num_classes, G = q->output_size;
-  int rc = pool_dense(m, C, q, w->ws, w->dense);
+  size_t cells = (size_t)G * G;
+  void *at;
+  int rc = dynbuf_extend(&w->res.body, cells * C * sizeof(float), &at);
   if (rc)
     return rc;
   if (G == 1)
-    return dynbuf_add(&w->res.body, w->dense, (size_t)C * sizeof(float));
-  size_t cells = (size_t)G * G;
-  rc = dynbuf_reserve(&w->res.body, cells * C * sizeof(float));
+    return pool_dense(m, C, q, w->ws, at);
+  rc = pool_dense(m, C, q, w->ws, w->dense);
+  float *row = at;
   for (uint32_t c = 0; rc == 0 && c < C; c++)
     for (size_t cell = 0; cell < cells; cell++)
-      dynbuf_add(&w->res.body, &w->dense[cell * C + c], sizeof(float));
+      *row++ = w->dense[cell * C + c];
   return rc;
 }
 

@@ -44,6 +44,16 @@ int dynbuf_reserve(dynbuf *b, size_t extra) {
   return 0;
 }
 
+int dynbuf_extend(dynbuf *b, size_t n, void **at) {
+  int rc = dynbuf_reserve(b, n);
+  if (rc)
+    return rc;
+  *at = b->data + b->len;
+  b->len += n;
+  b->data[b->len] = '\0';
+  return 0;
+}
+
 int dynbuf_add(dynbuf *b, const void *p, size_t n) {
   int rc = dynbuf_reserve(b, n);
   if (rc)

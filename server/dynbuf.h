@@ -21,6 +21,9 @@ void dynbuf_free(dynbuf *b); /* back to the empty state; keeps max */
 void dynbuf_reset(dynbuf *b); /* len = 0, keeps the memory */
 int dynbuf_reserve(dynbuf *b, size_t extra);
 int dynbuf_add(dynbuf *b, const void *p, size_t n);
+/* Appends `n` bytes for the caller to write at *at (uninitialised), so
+ * results can be produced in place instead of copied in. */
+int dynbuf_extend(dynbuf *b, size_t n, void **at);
 int dynbuf_addstr(dynbuf *b, const char *s);
 int dynbuf_printf(dynbuf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
