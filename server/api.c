@@ -366,6 +366,21 @@ static int npy_item(api_worker *w, const labelmap *m, const pool_query *q) {
   return rc;
 }
 
+/* Whether `id` is already in the 404's list of names ('a', 'b', ...). Ids
+ * cannot hold a quote, so the quoted form is unambiguous. */
+static int already_named(const dynbuf *names, const char *id) {
+  size_t len = strlen(id);
+  const char *open = names->data, *close;
+  for (; open && (open = strchr(open, '\'')) != NULL; open = close + 1) {
+    close = strchr(open + 1, '\'');
+    if (close == NULL)
+      return 0;
+    if ((size_t)(close - open - 1) == len && strncmp(open + 1, id, len) == 0)
+      return 1;
+  }
+  return 0;
+}
+
 /* ---- handlers ---- */
 
 static api_response *get_label(api_worker *w, const api_request *req,
@@ -535,7 +550,8 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
    * few); the answer built so far is then discarded. */
   dynbuf missing;
   dynbuf_init(&missing, 4096);
-  size_t nmissing = 0;
+  size_t nmissing = 0, named = 0; /* queries with unknown ids, ids named */
+  int unnamed = 0;
   for (size_t i = 0; rc == 0 && i < n; i++) {
     pool_query q = o.q;
     const char *id = NULL;
@@ -545,8 +561,13 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
       break;
     int got = store_reader_get(w->reader, id, strlen(id), &m, &d);
     if (got == LMAP_ENOTFOUND) {
-      if (nmissing++ < MISSING_NAMED)
-        dynbuf_printf(&missing, "%s'%s'", nmissing > 1 ? ", " : "", id);
+      if (already_named(&missing, id))
+        ;
+      else if (named < MISSING_NAMED)
+        dynbuf_printf(&missing, "%s'%s'", named++ ? ", " : "", id);
+      else
+        unnamed = 1;
+      nmissing++;
       continue;
     }
     if (got) {
@@ -567,10 +588,11 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
       diag_set(&d, rc, "cannot build the answer: %s", lmap_strerror(rc));
   }
   if (rc == 0 && nmissing) {
-    rc = diag_field(&d, LMAP_ENOTFOUND, "queries",
-                    "%zu unknown id%s: %s%s", nmissing,
-                    nmissing > 1 ? "s" : "", missing.data ? missing.data : "",
-                    nmissing > MISSING_NAMED ? ", ..." : "");
+    rc = nmissing == 1
+             ? diag_field(&d, LMAP_ENOTFOUND, "queries", "unknown id %s", missing.data)
+             : diag_field(&d, LMAP_ENOTFOUND, "queries",
+                          "%zu of the %zu queries name unknown ids: %s%s", nmissing, n,
+                          missing.data, unnamed ? ", ..." : "");
   }
   dynbuf_free(&missing);
   json_decref(root);

@@ -308,13 +308,19 @@ int http_start(const http_config *c, api *a, http_server **out,
   }
   s->key_made = 1;
   /* MHD's messages go through our log, so that every stderr line stays a
-   * log line; a pool of one thread is MHD's plain internal thread. */
+   * log line (the logger must be the first option, or MHD says so on
+   * stderr); one thread is MHD's plain internal thread, more a pool. */
+  struct MHD_OptionItem pool[] = {
+      {c->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
+       (intptr_t)c->threads, NULL},
+      {MHD_OPTION_END, 0, NULL}};
   s->mhd = MHD_start_daemon(
       MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
           MHD_USE_ERROR_LOG,
-      c->port, NULL, NULL, handle, s, MHD_OPTION_SOCK_ADDR, &addr,
+      c->port, NULL, NULL, handle, s,
       MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)c->on_message,
-      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(c->threads > 1 ? c->threads : 0),
+      MHD_OPTION_SOCK_ADDR, &addr,
+      MHD_OPTION_ARRAY, pool,
       MHD_OPTION_CONNECTION_TIMEOUT, c->idle_timeout,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
       MHD_OPTION_CONNECTION_LIMIT, c->max_connections,

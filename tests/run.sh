@@ -13,6 +13,7 @@ packages=(
   cmake gcc make pkg-config
   liblmdb-dev libzstd-dev libjansson-dev libarchive-dev libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev
   python3-torch python3-torchvision python3-numpy
+  wrk nginx-light gnuplot-nox
 )
 deploy/install-deps.sh "${packages[@]}"
 
