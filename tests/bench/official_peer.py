@@ -5,8 +5,8 @@ What a trainer without lmap does for every sample of every batch: torch.load
 the sample's `.pt` label map (float32 [2, K, H, W]: top-K scores, class
 indices as floats), scatter the batch into a dense [B, 1000, H, W] tensor,
 torchvision roi_align over the crop boxes, softmax: get_labelmaps() and
-get_relabel() of the official code (utils/relabel_functions.py), copied
-inline below as tests/oracle/test_oracle_relabel.py copies them. Boxes are
+get_relabel() of the official code (utils/relabel_functions.py), as copied
+inline by tests/oracle/test_oracle_relabel.py (imported from there). Boxes are
 RandomResizedCrop draws (torchvision's get_params) in the official
 (i/H, j/W, h/H, w/W) form, turned into corners by the training loop's
 `coords[:, 2:] += coords[:, :2]`.
@@ -44,30 +44,15 @@ import numpy as np
 import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset
-from torchvision.ops import roi_align
 
 sys.dont_write_bytecode = True
 
 
-# ---- inline copy of the official loader's label pooling --------------------
-def get_labelmaps(label_maps_topk, num_batches):
-    label_maps_topk_sizes = label_maps_topk[0].size()
-    label_maps = torch.zeros([num_batches, 1000, label_maps_topk_sizes[2],
-                              label_maps_topk_sizes[3]])
-    for _label_map, _label_topk in zip(label_maps, label_maps_topk):
-        _label_map = _label_map.scatter_(
-            0, _label_topk[1][:, :, :].long(), _label_topk[0][:, :, :])
-    return label_maps
-
-
-def get_relabel(label_maps, batch_coords, num_batches):
-    target_relabel = roi_align(
-        input=label_maps,
-        boxes=torch.cat([torch.arange(num_batches).view(num_batches, 1).float(),
-                         batch_coords.float() * label_maps.size(3) - 0.5], 1),
-        output_size=(1, 1))
-    return torch.nn.functional.softmax(target_relabel.squeeze(), 1)
-# -----------------------------------------------------------------------------
+# The official loader's label pooling: the inline copy the oracle test
+# checks lmap against (tests/oracle/test_oracle_relabel.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "oracle"))
+from test_oracle_relabel import official_get_labelmaps as get_labelmaps  # noqa: E402
+from test_oracle_relabel import official_get_relabel as get_relabel  # noqa: E402
 
 
 _mem = {"t": -1e9, "v": (0, 0)}
