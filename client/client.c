@@ -228,9 +228,8 @@ int lmap_client_new(const char *urls, const lmap_client_options *opts, lmap_clie
   char *copy = strdup(urls);
   if (copy == NULL)
     return new_fail(errbuf, LMAP_ENOMEM, "out of memory");
-  const char *list[LMAP_MAX_ENDPOINTS + 1];
-  size_t n = 0;
-  int rc = 0;
+  const char *list[LMAP_MAX_ENDPOINTS];
+  size_t n = 0; /* URLs seen; only the first LMAP_MAX_ENDPOINTS are kept */
   char *save = NULL;
   for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
     while (*tok == ' ' || *tok == '\t')
@@ -240,11 +239,19 @@ int lmap_client_new(const char *urls, const lmap_client_options *opts, lmap_clie
       *--end = '\0';
     if (*tok == '\0')
       continue; /* "a,,b" and a trailing comma */
-    if (n == LMAP_MAX_ENDPOINTS + 1)
-      break; /* one over the limit is enough for new_array to refuse */
-    list[n++] = tok;
+    if (n < LMAP_MAX_ENDPOINTS)
+      list[n] = tok;
+    n++;
   }
-  rc = lmap_client_new_array(list, n, opts, out, errbuf);
+  int rc;
+  if (n > LMAP_MAX_ENDPOINTS) {
+    char err[128];
+    snprintf(err, sizeof err, "%zu server URLs given, at most %d are allowed", n,
+             LMAP_MAX_ENDPOINTS);
+    rc = new_fail(errbuf, LMAP_EINVAL, err);
+  } else {
+    rc = lmap_client_new_array(list, n, opts, out, errbuf);
+  }
   free(copy);
   return rc;
 }
