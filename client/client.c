@@ -115,6 +115,8 @@ static int fail(lmap_client *c, int code, const char *field, const char *fmt, ..
 /* The table's first error with HTTP status `status`, for error answers
  * without a readable body (a proxy's page, say). */
 static int error_of_status(long status) {
+  if (status == 500)
+    return LMAP_EINTERNAL; /* the table's first 500 is "out of memory" */
 #define XX(name, value, msg, http, code)                                       \
   if (status == http)                                                          \
     return value;
