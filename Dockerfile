@@ -6,6 +6,7 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt CMakePresets.json ./
+COPY cmake cmake
 COPY include include
 COPY client client
 COPY server server
@@ -20,6 +21,11 @@ RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-ins
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --no-create-home --shell /usr/sbin/nologin lmap
 COPY --from=build /opt/lmap/bin/ /usr/local/bin/
+# liblmap, its headers, CMake package and pkg-config file, for client images
+# built on this one.
+COPY --from=build /opt/lmap/lib/ /usr/local/lib/
+COPY --from=build /opt/lmap/include/ /usr/local/include/
+RUN ldconfig
 USER lmap
 # Stores are mounted read-only here.
 VOLUME ["/data"]
