@@ -20,7 +20,7 @@
 #include <strings.h>
 #include <time.h>
 
-#include "buf.h"
+#include "dynbuf.h"
 #include "lmap/client.h"
 #include "transport.h"
 #include "wire.h"
@@ -47,7 +47,7 @@ struct lmap_client {
   size_t current; /* answered last */
   int retries;
   long backoff_ms, down_ms;
-  lmap_buf url, request, body;
+  dynbuf url, request, body;
   /* The last call. */
   const char *answered; /* base of the endpoint that answered, or "" */
   int err;
@@ -56,7 +56,7 @@ struct lmap_client {
   char field[64];
   char request_id[64];
   const char *tried; /* base of the last endpoint tried, or "" */
-  lmap_buf message;
+  dynbuf message;
   size_t npy_shape[4]; /* of the last .npy answer */
 };
 
@@ -81,7 +81,7 @@ static void clear_error(lmap_client *c) {
   c->status = 0;
   c->server_code[0] = c->field[0] = c->request_id[0] = '\0';
   c->tried = "";
-  lmap_buf_reset(&c->message);
+  lmap_dynbuf_reset(&c->message);
 }
 
 /* Appends to the message (silently cut at MESSAGE_MAX). */
@@ -93,7 +93,7 @@ static void add_message(lmap_client *c, const char *fmt, ...) {
   va_end(ap);
   size_t room = c->message.max - c->message.len;
   size_t len = strlen(text);
-  lmap_buf_add(&c->message, text, len < room ? len : room);
+  lmap_dynbuf_add(&c->message, text, len < room ? len : room);
 }
 
 /* Sets the call's error: `code`, the table's code string, `field`, and a
@@ -107,7 +107,7 @@ static int fail(lmap_client *c, int code, const char *field, const char *fmt, ..
   c->err = code;
   snprintf(c->server_code, sizeof c->server_code, "%s", lmap_err_code(code));
   snprintf(c->field, sizeof c->field, "%s", field ? field : "");
-  lmap_buf_reset(&c->message);
+  lmap_dynbuf_reset(&c->message);
   add_message(c, "%s", text);
   return code;
 }
@@ -196,10 +196,10 @@ int lmap_client_new_array(const char *const *urls, size_t n_urls,
   c->backoff_ms = o.retry_backoff_ms;
   c->down_ms = o.down_ms;
   c->answered = c->tried = "";
-  lmap_buf_init(&c->url, MAX_URL_LEN + 1024);
-  lmap_buf_init(&c->request, REQUEST_MAX);
-  lmap_buf_init(&c->body, LMAP_HTTP_MAX_ANSWER);
-  lmap_buf_init(&c->message, MESSAGE_MAX);
+  lmap_dynbuf_init(&c->url, MAX_URL_LEN + 1024);
+  lmap_dynbuf_init(&c->request, REQUEST_MAX);
+  lmap_dynbuf_init(&c->body, LMAP_HTTP_MAX_ANSWER);
+  lmap_dynbuf_init(&c->message, MESSAGE_MAX);
   for (size_t i = 0; i < n_urls; i++) {
     size_t len = strlen(urls[i]);
     while (len && urls[i][len - 1] == '/')
@@ -264,10 +264,10 @@ void lmap_client_free(lmap_client *c) {
   lmap_http_free(c->http);
   for (size_t i = 0; i < c->n_endpoints; i++)
     free(c->endpoints[i].base);
-  lmap_buf_free(&c->url);
-  lmap_buf_free(&c->request);
-  lmap_buf_free(&c->body);
-  lmap_buf_free(&c->message);
+  lmap_dynbuf_free(&c->url);
+  lmap_dynbuf_free(&c->request);
+  lmap_dynbuf_free(&c->body);
+  lmap_dynbuf_free(&c->message);
   free(c);
 }
 
@@ -277,7 +277,7 @@ void lmap_client_free(lmap_client *c) {
  * lands in c->body). */
 typedef struct call {
   const char *path;
-  const lmap_buf *post;
+  const dynbuf *post;
   float *dest;
   size_t dest_len;
   size_t expect[4];
@@ -308,7 +308,7 @@ static int answer_error(lmap_client *c, long status) {
     c->err = err;
     snprintf(c->server_code, sizeof c->server_code, "%s", code);
     snprintf(c->field, sizeof c->field, "%s", field);
-    lmap_buf_reset(&c->message);
+    lmap_dynbuf_reset(&c->message);
     add_message(c, "%s", message);
     return err;
   }
@@ -329,18 +329,18 @@ static int succeeded(lmap_client *c, size_t i, const call *k, const size_t shape
   c->answered = c->endpoints[i].base;
   c->err = 0;
   c->server_code[0] = c->field[0] = '\0';
-  lmap_buf_reset(&c->message);
+  lmap_dynbuf_reset(&c->message);
   return 0;
 }
 
 /* One attempt on endpoint `i`. Returns 0 on success, 1 when the endpoint
  * failed (*how says how; the reason is appended to `reasons`), or a final
  * error. */
-static int attempt(lmap_client *c, size_t i, const call *k, lmap_buf *reasons, failure *how) {
+static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons, failure *how) {
   endpoint *ep = &c->endpoints[i];
   c->tried = ep->base;
-  lmap_buf_reset(&c->url);
-  if (lmap_buf_addstr(&c->url, ep->base) || lmap_buf_addstr(&c->url, k->path))
+  lmap_dynbuf_reset(&c->url);
+  if (lmap_dynbuf_addstr(&c->url, ep->base) || lmap_dynbuf_addstr(&c->url, k->path))
     return fail(c, LMAP_EINVAL, NULL, "the request URL is longer than %zu bytes", c->url.max);
   lmap_npy_sink sink;
   if (k->dest)
@@ -386,10 +386,10 @@ static int attempt(lmap_client *c, size_t i, const call *k, lmap_buf *reasons, f
   }
   ep->down_until_ms = now_ms() + c->down_ms;
   if (reasons->len)
-    lmap_buf_addstr(reasons, "; ");
-  lmap_buf_addstr(reasons, ep->base);
-  lmap_buf_addstr(reasons, ": ");
-  lmap_buf_addstr(reasons, reason);
+    lmap_dynbuf_addstr(reasons, "; ");
+  lmap_dynbuf_addstr(reasons, ep->base);
+  lmap_dynbuf_addstr(reasons, ": ");
+  lmap_dynbuf_addstr(reasons, reason);
   return 1;
 }
 
@@ -399,8 +399,8 @@ static int attempt(lmap_client *c, size_t i, const call *k, lmap_buf *reasons, f
  * answer that was not what was asked, LMAP_ETIMEOUT when every attempt
  * timed out, LMAP_EUNAVAILABLE otherwise. */
 static int perform(lmap_client *c, const call *k) {
-  lmap_buf reasons;
-  lmap_buf_init(&reasons, MESSAGE_MAX);
+  dynbuf reasons;
+  lmap_dynbuf_init(&reasons, MESSAGE_MAX);
   int all_timeouts = 1, attempts = 0, rc = 1;
   failure how = FAIL_NONE;
   long pause = c->backoff_ms;
@@ -420,7 +420,7 @@ static int perform(lmap_client *c, const call *k) {
   if (rc == 1) {
     if (how == FAIL_HTTP) {
       rc = c->err;
-      lmap_buf_reset(&c->message);
+      lmap_dynbuf_reset(&c->message);
     } else {
       rc = fail(c,
                 how == FAIL_ANSWER ? LMAP_EPROTOCOL
@@ -433,7 +433,7 @@ static int perform(lmap_client *c, const call *k) {
     else
       add_message(c, "every endpoint failed (%d attempts): %s", attempts, reasons.data);
   }
-  lmap_buf_free(&reasons);
+  lmap_dynbuf_free(&reasons);
   return rc;
 }
 
@@ -457,7 +457,7 @@ static int label_call(lmap_client *c, const lmap_query *queries, size_t n,
 static int build_body(lmap_client *c, const lmap_query *queries, size_t n,
                       const lmap_label_options *opts, int sparse) {
   char field[64] = "", err[LMAP_WIRE_ERRLEN] = "";
-  lmap_buf_reset(&c->request);
+  lmap_dynbuf_reset(&c->request);
   int rc = lmap_wire_labels_body(&c->request, queries, n, opts, sparse, field, err);
   if (rc == LMAP_ETOOBIG)
     return fail(c, rc, "queries", "the request is over %zu bytes", c->request.max);
@@ -530,19 +530,19 @@ int lmap_client_map(lmap_client *c, const char *id, float *out, size_t out_len,
     return fail(c, LMAP_EINVAL, NULL, "the output buffer is NULL");
   if (out_len == 0)
     return fail(c, LMAP_ERANGE, NULL, "out_len is 0, not 2 * K * H * W");
-  lmap_buf path;
-  lmap_buf_init(&path, MAX_URL_LEN);
-  int rc = lmap_buf_addstr(&path, "/v1/maps/");
+  dynbuf path;
+  lmap_dynbuf_init(&path, MAX_URL_LEN);
+  int rc = lmap_dynbuf_addstr(&path, "/v1/maps/");
   if (rc == 0)
     rc = lmap_wire_path_escape(&path, id);
   if (rc) {
-    lmap_buf_free(&path);
+    lmap_dynbuf_free(&path);
     return fail(c, rc == LMAP_ENOMEM ? rc : LMAP_EBADID, "id", "the id is too long");
   }
   call k = {.path = path.data, .dest = out, .dest_len = out_len, .expect = {2, 0, 0, 0},
             .ndim = 4};
   rc = perform(c, &k); /* the answer's shape is checked against out_len */
-  lmap_buf_free(&path);
+  lmap_dynbuf_free(&path);
   if (rc == 0 && shape)
     for (int i = 0; i < 4; i++)
       shape[i] = (uint32_t)c->npy_shape[i];

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
 
 struct lmap_http {
@@ -21,7 +22,7 @@ struct lmap_http {
   struct curl_slist *npy_headers;  /* Accept: application/x-npy */
   char errbuf[CURL_ERROR_SIZE];
   /* The exchange in progress. */
-  lmap_buf *body;
+  dynbuf *body;
   lmap_npy_sink *npy;
   int streaming;  /* -1 undecided, 0 into body, 1 into npy */
   int sink_error; /* the body or the sink refused bytes */
@@ -88,7 +89,7 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg) {
     h->streaming = h->npy && status == 200 &&
                    strncasecmp(h->out->content_type, "application/x-npy", 17) == 0;
   }
-  int rc = h->streaming ? lmap_npy_feed(h->npy, p, len) : lmap_buf_add(h->body, p, len);
+  int rc = h->streaming ? lmap_npy_feed(h->npy, p, len) : lmap_dynbuf_add(h->body, p, len);
   if (rc) {
     h->sink_error = rc;
     return 0; /* curl aborts the transfer */
@@ -185,10 +186,10 @@ void lmap_http_free(lmap_http *h) {
   free(h);
 }
 
-int lmap_http_perform(lmap_http *h, const char *url, const lmap_buf *post,
-                      lmap_buf *body, lmap_npy_sink *npy, lmap_http_outcome *out) {
+int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
+                      dynbuf *body, lmap_npy_sink *npy, lmap_http_outcome *out) {
   *out = (lmap_http_outcome){0};
-  lmap_buf_reset(body);
+  lmap_dynbuf_reset(body);
   h->body = body;
   h->npy = npy;
   h->streaming = -1;

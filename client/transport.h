@@ -9,7 +9,7 @@
 
 #include <stddef.h>
 
-#include "buf.h"
+#include "dynbuf.h"
 #include "wire.h"
 
 /* The most an answer body may hold (a bigger one is a transport failure). */
@@ -45,7 +45,7 @@ void lmap_http_free(lmap_http *h);
  * when `npy` is not NULL and the status is 200, streamed into `npy`.
  * Returns 0 whenever the exchange could be attempted (the outcome tells how
  * it went), or LMAP_ENOMEM. */
-int lmap_http_perform(lmap_http *h, const char *url, const lmap_buf *post,
-                      lmap_buf *body, lmap_npy_sink *npy, lmap_http_outcome *out);
+int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
+                      dynbuf *body, lmap_npy_sink *npy, lmap_http_outcome *out);
 
 #endif /* LMAP_CLIENT_TRANSPORT_H */

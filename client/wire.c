@@ -26,22 +26,22 @@
 /* ---- request body ------------------------------------------------------ */
 
 /* Appends `s` as a JSON string. */
-static int add_json_string(lmap_buf *b, const char *s) {
-  int rc = lmap_buf_add(b, "\"", 1);
+static int add_json_string(dynbuf *b, const char *s) {
+  int rc = lmap_dynbuf_add(b, "\"", 1);
   for (const unsigned char *p = (const unsigned char *)s; rc == 0 && *p; p++) {
     char esc[8];
     if (*p == '"' || *p == '\\') {
       esc[0] = '\\';
       esc[1] = (char)*p;
-      rc = lmap_buf_add(b, esc, 2);
+      rc = lmap_dynbuf_add(b, esc, 2);
     } else if (*p < 0x20) {
       snprintf(esc, sizeof esc, "\\u%04x", *p);
-      rc = lmap_buf_add(b, esc, 6);
+      rc = lmap_dynbuf_add(b, esc, 6);
     } else {
-      rc = lmap_buf_add(b, p, 1);
+      rc = lmap_dynbuf_add(b, p, 1);
     }
   }
-  return rc ? rc : lmap_buf_add(b, "\"", 1);
+  return rc ? rc : lmap_dynbuf_add(b, "\"", 1);
 }
 
 /* A box coordinate. The server reads an xyxy box as float32 (its
@@ -49,14 +49,14 @@ static int add_json_string(lmap_buf *b, const char *s) {
  * identical result in half the bytes and a fraction of the time; a relabel
  * box is summed in double first (the official a + c), so it travels
  * whole, with 17 digits. */
-static int add_coordinate(lmap_buf *b, double v, lmap_box_format format) {
+static int add_coordinate(dynbuf *b, double v, lmap_box_format format) {
   char num[32];
   int len = format == LMAP_BOX_XYXY ? lmap_fmtfloat9(num, (float)v)
                                     : snprintf(num, sizeof num, "%.17g", v);
-  return lmap_buf_add(b, num, (size_t)len);
+  return lmap_dynbuf_add(b, num, (size_t)len);
 }
 
-int lmap_wire_labels_body(lmap_buf *b, const lmap_query *queries, size_t n,
+int lmap_wire_labels_body(dynbuf *b, const lmap_query *queries, size_t n,
                           const lmap_label_options *opts, int sparse,
                           char field[64], char err[LMAP_WIRE_ERRLEN]) {
   if (opts->box_format != LMAP_BOX_XYXY && opts->box_format != LMAP_BOX_RELABEL) {
@@ -65,7 +65,7 @@ int lmap_wire_labels_body(lmap_buf *b, const lmap_query *queries, size_t n,
              (int)opts->box_format);
     return LMAP_EINVAL;
   }
-  int rc = lmap_buf_addstr(b, "{\"queries\":[");
+  int rc = lmap_dynbuf_addstr(b, "{\"queries\":[");
   for (size_t i = 0; rc == 0 && i < n; i++) {
     const lmap_query *q = &queries[i];
     if (q->id == NULL) {
@@ -73,11 +73,11 @@ int lmap_wire_labels_body(lmap_buf *b, const lmap_query *queries, size_t n,
       snprintf(err, LMAP_WIRE_ERRLEN, "queries[%zu].id is NULL", i);
       return LMAP_EBADID;
     }
-    rc = lmap_buf_addstr(b, i ? ",{\"id\":" : "{\"id\":");
+    rc = lmap_dynbuf_addstr(b, i ? ",{\"id\":" : "{\"id\":");
     if (rc == 0)
       rc = add_json_string(b, q->id);
     if (rc == 0)
-      rc = lmap_buf_addstr(b, ",\"box\":[");
+      rc = lmap_dynbuf_addstr(b, ",\"box\":[");
     for (int j = 0; rc == 0 && j < 4; j++) {
       if (!isfinite(q->box[j])) {
         snprintf(field, 64, "queries[%zu].box", i);
@@ -85,12 +85,12 @@ int lmap_wire_labels_body(lmap_buf *b, const lmap_query *queries, size_t n,
         return LMAP_EBADBOX;
       }
       if (j)
-        rc = lmap_buf_add(b, ",", 1);
+        rc = lmap_dynbuf_add(b, ",", 1);
       if (rc == 0)
         rc = add_coordinate(b, q->box[j], opts->box_format);
     }
     if (rc == 0)
-      rc = lmap_buf_addstr(b, q->flip ? "],\"flip\":true}" : "],\"flip\":false}");
+      rc = lmap_dynbuf_addstr(b, q->flip ? "],\"flip\":true}" : "],\"flip\":false}");
   }
   char tail[160];
   snprintf(tail, sizeof tail,
@@ -98,18 +98,18 @@ int lmap_wire_labels_body(lmap_buf *b, const lmap_query *queries, size_t n,
            opts->output_size, sparse ? "sparse" : "dense",
            opts->box_format == LMAP_BOX_RELABEL ? "relabel" : "xyxy",
            opts->softmax ? "true" : "false");
-  return rc ? rc : lmap_buf_addstr(b, tail);
+  return rc ? rc : lmap_dynbuf_addstr(b, tail);
 }
 
-int lmap_wire_path_escape(lmap_buf *b, const char *id) {
+int lmap_wire_path_escape(dynbuf *b, const char *id) {
   static const char hex[] = "0123456789ABCDEF";
   int rc = 0;
   for (const unsigned char *p = (const unsigned char *)id; rc == 0 && *p; p++) {
     if (isalnum(*p) || *p == '-' || *p == '_' || *p == '.' || *p == '~') {
-      rc = lmap_buf_add(b, p, 1);
+      rc = lmap_dynbuf_add(b, p, 1);
     } else {
       char esc[3] = {'%', hex[*p >> 4], hex[*p & 15]};
-      rc = lmap_buf_add(b, esc, 3);
+      rc = lmap_dynbuf_add(b, esc, 3);
     }
   }
   return rc;
@@ -120,7 +120,7 @@ int lmap_wire_path_escape(lmap_buf *b, const char *id) {
 void lmap_npy_sink_init(lmap_npy_sink *s, float *dest, size_t dest_len,
                         const size_t *expect, int expect_ndim) {
   memset(s, 0, sizeof *s);
-  lmap_buf_init(&s->head, NPY_MAX_HEADER);
+  lmap_dynbuf_init(&s->head, NPY_MAX_HEADER);
   s->dest = dest;
   s->dest_len = dest_len;
   s->expect_ndim = expect_ndim;
@@ -129,7 +129,7 @@ void lmap_npy_sink_init(lmap_npy_sink *s, float *dest, size_t dest_len,
 }
 
 void lmap_npy_sink_free(lmap_npy_sink *s) {
-  lmap_buf_free(&s->head);
+  lmap_dynbuf_free(&s->head);
 }
 
 static int npy_fail(lmap_npy_sink *s, int code, const char *msg) {
@@ -242,7 +242,7 @@ int lmap_npy_feed(lmap_npy_sink *s, const char *p, size_t n) {
       return 0;
     size_t target = s->header_len ? s->header_len : s->head.len < 10 ? 10 : 12;
     size_t take = target - s->head.len < n ? target - s->head.len : n;
-    if (lmap_buf_add(&s->head, p, take) != 0)
+    if (lmap_dynbuf_add(&s->head, p, take) != 0)
       return npy_fail(s, LMAP_ENOMEM, "out of memory for the .npy header");
     p += take;
     n -= take;

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "buf.h"
+#include "dynbuf.h"
 #include "lmap/client.h"
 
 #define LMAP_WIRE_ERRLEN 512
@@ -21,12 +21,12 @@
  * JSON cannot carry or the client alone knows is wrong (NULL ids, non-finite
  * numbers, unknown enum values). Returns 0, LMAP_EINVAL / LMAP_EBADBOX
  * (`field` and `err` name the query), or a buffer error. */
-int lmap_wire_labels_body(lmap_buf *b, const lmap_query *queries, size_t n,
+int lmap_wire_labels_body(dynbuf *b, const lmap_query *queries, size_t n,
                           const lmap_label_options *opts, int sparse,
                           char field[64], char err[LMAP_WIRE_ERRLEN]);
 
 /* Appends `id` percent-encoded for a URL path segment. */
-int lmap_wire_path_escape(lmap_buf *b, const char *id);
+int lmap_wire_path_escape(dynbuf *b, const char *id);
 
 /* A .npy answer (format 1.0 or 2.0, '<f4', C order) read as it arrives:
  * the header is collected, its shape checked against `expect`, and the data
@@ -38,7 +38,7 @@ typedef struct lmap_npy_sink {
   int expect_ndim;
   size_t shape[4];      /* the answer's shape, once the header is read */
   int ndim;
-  lmap_buf head;        /* header bytes until it is complete */
+  dynbuf head;        /* header bytes until it is complete */
   size_t header_len;    /* 0 until known */
   size_t data_off;      /* bytes of data written to dest */
   int failed;

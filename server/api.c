@@ -193,7 +193,7 @@ api_worker *api_worker_new(api *a) {
   if (w == NULL)
     return NULL;
   w->a = a;
-  dynbuf_init(&w->res.body, RESPONSE_MAX);
+  lmap_dynbuf_init(&w->res.body, RESPONSE_MAX);
   return w;
 }
 
@@ -204,7 +204,7 @@ void api_worker_free(api_worker *w) {
   generation_release(w->g);
   pool_ws_free(w->ws);
   free(w->dense);
-  dynbuf_free(&w->res.body);
+  lmap_dynbuf_free(&w->res.body);
   free(w);
 }
 
@@ -216,7 +216,7 @@ static void reset(api_response *res) {
   res->allow = NULL;
   res->auth_challenge = 0;
   res->batch = res->labels = 0;
-  dynbuf_reset(&res->body);
+  lmap_dynbuf_reset(&res->body);
 }
 
 void api_error_message(api_response *res, int err, const char *message) {
@@ -226,9 +226,9 @@ void api_error_message(api_response *res, int err, const char *message) {
                         "message", message);
   char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
   json_decref(e);
-  if (text == NULL || dynbuf_addstr(&res->body, text) != 0) {
-    dynbuf_reset(&res->body);
-    dynbuf_addstr(&res->body, "{\"error\":{\"code\":\"internal\","
+  if (text == NULL || lmap_dynbuf_addstr(&res->body, text) != 0) {
+    lmap_dynbuf_reset(&res->body);
+    lmap_dynbuf_addstr(&res->body, "{\"error\":{\"code\":\"internal\","
                               "\"message\":\"cannot format the error\"}}");
   }
   free(text);
@@ -245,7 +245,7 @@ void api_error(api_response *res, int code, const diag *d) {
   json_t *e = err ? json_pack("{s:o}", "error", err) : NULL;
   char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
   json_decref(e);
-  if (text == NULL || dynbuf_addstr(&res->body, text) != 0) {
+  if (text == NULL || lmap_dynbuf_addstr(&res->body, text) != 0) {
     free(text);
     api_error_message(res, LMAP_EINTERNAL, "cannot format the error");
     return;
@@ -353,7 +353,7 @@ static int npy_item(api_worker *w, const labelmap *m, const pool_query *q) {
   uint32_t C = w->g->meta->shape.num_classes, G = q->output_size;
   size_t cells = (size_t)G * G;
   void *at;
-  int rc = dynbuf_extend(&w->res.body, cells * C * sizeof(float), &at);
+  int rc = lmap_dynbuf_extend(&w->res.body, cells * C * sizeof(float), &at);
   if (rc)
     return rc;
   if (G == 1)
@@ -544,12 +544,12 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
     rc = npy_header_f32(out, shape4, G == 1 ? 2 : 4);
     w->res.content_type = NPY_TYPE;
   } else {
-    rc = dynbuf_addstr(out, "{\"results\":[");
+    rc = lmap_dynbuf_addstr(out, "{\"results\":[");
   }
   /* Unknown ids are collected so that the 404 names them all (up to a
    * few); the answer built so far is then discarded. */
   dynbuf missing;
-  dynbuf_init(&missing, 4096);
+  lmap_dynbuf_init(&missing, 4096);
   size_t nmissing = 0, named = 0; /* queries with unknown ids, ids named */
   int unnamed = 0;
   for (size_t i = 0; rc == 0 && i < n; i++) {
@@ -564,7 +564,7 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
       if (already_named(&missing, id))
         ;
       else if (named < MISSING_NAMED)
-        dynbuf_printf(&missing, "%s'%s'", named++ ? ", " : "", id);
+        lmap_dynbuf_printf(&missing, "%s'%s'", named++ ? ", " : "", id);
       else
         unnamed = 1;
       nmissing++;
@@ -580,7 +580,7 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
       rc = npy_item(w, &m, &q);
     } else {
       if (i)
-        rc = dynbuf_add(out, ",", 1);
+        rc = lmap_dynbuf_add(out, ",", 1);
       if (rc == 0)
         rc = itemjson_write(out, id, &m, C, &q, o.format, w->ws, w->dense);
     }
@@ -594,10 +594,10 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
                           "%zu of the %zu queries name unknown ids: %s%s", nmissing, n,
                           missing.data, unnamed ? ", ..." : "");
   }
-  dynbuf_free(&missing);
+  lmap_dynbuf_free(&missing);
   json_decref(root);
   if (rc == 0 && !npy)
-    rc = dynbuf_addstr(out, "]}");
+    rc = lmap_dynbuf_addstr(out, "]}");
   if (rc)
     return fail(w, rc, &d);
   w->res.batch = w->res.labels = (uint32_t)n;
@@ -625,27 +625,27 @@ static api_response *get_map(api_worker *w, const api_request *req,
         for (size_t cell = 0; rc == 0 && cell < cells; cell++) {
           size_t i = cell * m.k + k;
           float v = plane ? (float)m.classes[i] : m.scores[i];
-          rc = dynbuf_add(out, &v, sizeof v);
+          rc = lmap_dynbuf_add(out, &v, sizeof v);
         }
   } else {
     /* JSON: the same layout flattened, [K][H][W] row-major per plane. */
-    rc = dynbuf_printf(out, "{\"id\":\"%s\",\"k\":%u,\"h\":%u,\"w\":%u,"
+    rc = lmap_dynbuf_printf(out, "{\"id\":\"%s\",\"k\":%u,\"h\":%u,\"w\":%u,"
                             "\"classes\":[", id, m.k, m.h, m.w);
     for (uint32_t k = 0; rc == 0 && k < m.k; k++)
       for (size_t cell = 0; rc == 0 && cell < cells; cell++)
-        rc = dynbuf_printf(out, k || cell ? ",%u" : "%u",
+        rc = lmap_dynbuf_printf(out, k || cell ? ",%u" : "%u",
                            m.classes[cell * m.k + k]);
     if (rc == 0)
-      rc = dynbuf_addstr(out, "],\"scores\":[");
+      rc = lmap_dynbuf_addstr(out, "],\"scores\":[");
     for (uint32_t k = 0; rc == 0 && k < m.k; k++)
       for (size_t cell = 0; rc == 0 && cell < cells; cell++) {
         if (k || cell)
-          rc = dynbuf_add(out, ",", 1);
+          rc = lmap_dynbuf_add(out, ",", 1);
         if (rc == 0)
           rc = itemjson_number(out, m.scores[cell * m.k + k]);
       }
     if (rc == 0)
-      rc = dynbuf_addstr(out, "]}");
+      rc = lmap_dynbuf_addstr(out, "]}");
   }
   if (rc) {
     diag_set(&d, rc, "cannot build the answer: %s", lmap_strerror(rc));
@@ -657,7 +657,7 @@ static api_response *get_map(api_worker *w, const api_request *req,
 static api_response *json_text(api_worker *w, int status, const char *text) {
   reset(&w->res);
   w->res.status = status;
-  if (dynbuf_addstr(&w->res.body, text))
+  if (lmap_dynbuf_addstr(&w->res.body, text))
     api_error_message(&w->res, LMAP_EINTERNAL, "out of memory");
   return &w->res;
 }
@@ -682,9 +682,9 @@ static api_response *get_classes(api_worker *w) {
     return fail_msg(w, LMAP_ENOTFOUND, NULL, "%s",
                     "this store has no class names");
   reset(&w->res);
-  if (dynbuf_addstr(&w->res.body, "{\"classes\":") ||
-      dynbuf_addstr(&w->res.body, names) ||
-      dynbuf_addstr(&w->res.body, "}"))
+  if (lmap_dynbuf_addstr(&w->res.body, "{\"classes\":") ||
+      lmap_dynbuf_addstr(&w->res.body, names) ||
+      lmap_dynbuf_addstr(&w->res.body, "}"))
     api_error_message(&w->res, LMAP_EINTERNAL, "out of memory");
   return &w->res;
 }
@@ -713,7 +713,7 @@ static api_response *get_metrics(api_worker *w) {
   const store_meta *m = w->g->meta;
   int rc = metrics_render(w->a->metrics, &w->res.body);
   if (rc == 0)
-    rc = dynbuf_printf(
+    rc = lmap_dynbuf_printf(
         &w->res.body,
         "# HELP lmap_store_info The served store (value 1).\n"
         "# TYPE lmap_store_info gauge\n"

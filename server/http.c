@@ -150,12 +150,12 @@ static void request_id(http_server *s, struct MHD_Connection *c,
 static enum MHD_Result refuse(http_server *s, struct MHD_Connection *c,
                               request *rq, int err, const char *message) {
   api_response r = {0};
-  dynbuf_init(&r.body, 4096);
+  lmap_dynbuf_init(&r.body, 4096);
   api_error_message(&r, err, message);
   r.route = ROUTE_OTHER;
   rq->refused = 1;
   enum MHD_Result ok = respond(s, c, rq, &r);
-  dynbuf_free(&r.body);
+  lmap_dynbuf_free(&r.body);
   return ok;
 }
 
@@ -186,8 +186,8 @@ static enum MHD_Result first_call(http_server *s, struct MHD_Connection *c,
              "allowed", f.length, s->max_body);
     return refuse(s, c, rq, LMAP_ETOOBIG, msg);
   }
-  dynbuf_init(&rq->body, s->max_body);
-  if (f.content_length && dynbuf_reserve(&rq->body, (size_t)f.length))
+  lmap_dynbuf_init(&rq->body, s->max_body);
+  if (f.content_length && lmap_dynbuf_reserve(&rq->body, (size_t)f.length))
     return refuse(s, c, rq, LMAP_EINTERNAL, "out of memory");
   return MHD_YES;
 }
@@ -233,7 +233,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
     return MHD_YES;
   }
   if (*upload_size) {
-    if (dynbuf_add(&rq->body, upload_data, *upload_size))
+    if (lmap_dynbuf_add(&rq->body, upload_data, *upload_size))
       return refuse(s, c, rq, LMAP_ETOOBIG, "the body exceeds the limit");
     *upload_size = 0;
     return MHD_YES;
@@ -266,7 +266,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     return;
   atomic_fetch_sub(&s->in_flight, 1);
   atomic_store(&s->last_activity_ms, monotonic_ms());
-  dynbuf_free(&rq->body);
+  lmap_dynbuf_free(&rq->body);
   free(rq);
   *con_cls = NULL;
 }

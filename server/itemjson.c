@@ -20,7 +20,7 @@ static int number_text(char out[FMTFLOAT_MAX], float v) {
 
 int itemjson_number(dynbuf *b, float v) {
   char tmp[FMTFLOAT_MAX];
-  return dynbuf_add(b, tmp, (size_t)number_text(tmp, v));
+  return lmap_dynbuf_add(b, tmp, (size_t)number_text(tmp, v));
 }
 
 /* Arrays are built in a stack block and appended a block at a time: a
@@ -34,7 +34,7 @@ static int floats(dynbuf *b, const float *v, uint32_t n) {
   block[len++] = '[';
   for (uint32_t i = 0; i < n && rc == 0; i++) {
     if (len > BLOCK - FMTFLOAT_MAX - 2) {
-      rc = dynbuf_add(b, block, len);
+      rc = lmap_dynbuf_add(b, block, len);
       len = 0;
     }
     if (i)
@@ -42,7 +42,7 @@ static int floats(dynbuf *b, const float *v, uint32_t n) {
     len += (size_t)number_text(block + len, v[i]);
   }
   block[len++] = ']';
-  return rc ? rc : dynbuf_add(b, block, len);
+  return rc ? rc : lmap_dynbuf_add(b, block, len);
 }
 
 static int uints(dynbuf *b, const uint32_t *v, uint32_t n) {
@@ -52,7 +52,7 @@ static int uints(dynbuf *b, const uint32_t *v, uint32_t n) {
   block[len++] = '[';
   for (uint32_t i = 0; i < n && rc == 0; i++) {
     if (len > BLOCK - 16) {
-      rc = dynbuf_add(b, block, len);
+      rc = lmap_dynbuf_add(b, block, len);
       len = 0;
     }
     if (i)
@@ -68,7 +68,7 @@ static int uints(dynbuf *b, const uint32_t *v, uint32_t n) {
       block[len++] = digits[--nd];
   }
   block[len++] = ']';
-  return rc ? rc : dynbuf_add(b, block, len);
+  return rc ? rc : lmap_dynbuf_add(b, block, len);
 }
 
 static int write_dense(dynbuf *b, const labelmap *m, uint32_t num_classes,
@@ -77,18 +77,18 @@ static int write_dense(dynbuf *b, const labelmap *m, uint32_t num_classes,
   int rc = pool_dense(m, num_classes, q, ws, dense);
   if (rc)
     return rc;
-  rc = dynbuf_addstr(b, q->softmax ? ",\"probs\":" : ",\"logits\":");
+  rc = lmap_dynbuf_addstr(b, q->softmax ? ",\"probs\":" : ",\"logits\":");
   if (cells == 1)
     return rc ? rc : floats(b, dense, num_classes);
   if (rc == 0)
-    rc = dynbuf_add(b, "[", 1);
+    rc = lmap_dynbuf_add(b, "[", 1);
   for (uint32_t c = 0; c < cells && rc == 0; c++) {
     if (c)
-      rc = dynbuf_add(b, ",", 1);
+      rc = lmap_dynbuf_add(b, ",", 1);
     if (rc == 0)
       rc = floats(b, dense + (size_t)c * num_classes, num_classes);
   }
-  return rc ? rc : dynbuf_add(b, "]", 1);
+  return rc ? rc : lmap_dynbuf_add(b, "]", 1);
 }
 
 /* Sparse items list every cell's classes, then values, then rest; the cells
@@ -100,50 +100,50 @@ static int write_sparse(dynbuf *b, const labelmap *m, uint32_t num_classes,
     pool_cell cell;
     int rc = pool_cell_sparse(m, num_classes, q, 0, ws, &cell);
     if (rc == 0)
-      rc = dynbuf_addstr(b, ",\"classes\":");
+      rc = lmap_dynbuf_addstr(b, ",\"classes\":");
     if (rc == 0)
       rc = uints(b, cell.classes, cell.n);
     if (rc == 0)
-      rc = dynbuf_addstr(b, q->softmax ? ",\"probs\":" : ",\"logits\":");
+      rc = lmap_dynbuf_addstr(b, q->softmax ? ",\"probs\":" : ",\"logits\":");
     if (rc == 0)
       rc = floats(b, cell.values, cell.n);
     if (rc == 0)
-      rc = dynbuf_addstr(b, ",\"rest\":");
+      rc = lmap_dynbuf_addstr(b, ",\"rest\":");
     return rc ? rc : itemjson_number(b, cell.rest);
   }
   dynbuf vals, rest;
-  dynbuf_init(&vals, b->max);
-  dynbuf_init(&rest, b->max);
-  int rc = dynbuf_addstr(b, ",\"classes\":[");
+  lmap_dynbuf_init(&vals, b->max);
+  lmap_dynbuf_init(&rest, b->max);
+  int rc = lmap_dynbuf_addstr(b, ",\"classes\":[");
   for (uint32_t c = 0; c < cells && rc == 0; c++) {
     pool_cell cell;
     const char *sep = c ? "," : "";
     rc = pool_cell_sparse(m, num_classes, q, c, ws, &cell);
     if (rc == 0)
-      rc = dynbuf_addstr(b, sep);
+      rc = lmap_dynbuf_addstr(b, sep);
     if (rc == 0)
       rc = uints(b, cell.classes, cell.n);
     if (rc == 0)
-      rc = dynbuf_addstr(&vals, sep);
+      rc = lmap_dynbuf_addstr(&vals, sep);
     if (rc == 0)
       rc = floats(&vals, cell.values, cell.n);
     if (rc == 0)
-      rc = dynbuf_addstr(&rest, sep);
+      rc = lmap_dynbuf_addstr(&rest, sep);
     if (rc == 0)
       rc = itemjson_number(&rest, cell.rest);
   }
   if (rc == 0)
-    rc = dynbuf_addstr(b, q->softmax ? "],\"probs\":[" : "],\"logits\":[");
+    rc = lmap_dynbuf_addstr(b, q->softmax ? "],\"probs\":[" : "],\"logits\":[");
   if (rc == 0 && vals.len)
-    rc = dynbuf_add(b, vals.data, vals.len);
+    rc = lmap_dynbuf_add(b, vals.data, vals.len);
   if (rc == 0)
-    rc = dynbuf_addstr(b, "],\"rest\":[");
+    rc = lmap_dynbuf_addstr(b, "],\"rest\":[");
   if (rc == 0 && rest.len)
-    rc = dynbuf_add(b, rest.data, rest.len);
+    rc = lmap_dynbuf_add(b, rest.data, rest.len);
   if (rc == 0)
-    rc = dynbuf_add(b, "]", 1);
-  dynbuf_free(&vals);
-  dynbuf_free(&rest);
+    rc = lmap_dynbuf_add(b, "]", 1);
+  lmap_dynbuf_free(&vals);
+  lmap_dynbuf_free(&rest);
   return rc;
 }
 
@@ -151,10 +151,10 @@ int itemjson_write(dynbuf *b, const char *id, const labelmap *m,
                    uint32_t num_classes, const pool_query *q,
                    itemjson_format format, pool_ws *ws, float *dense) {
   /* Ids passed labelmap_id_check, so they need no JSON escaping. */
-  int rc = dynbuf_printf(b, "{\"id\":\"%s\"", id);
+  int rc = lmap_dynbuf_printf(b, "{\"id\":\"%s\"", id);
   if (rc)
     return rc;
   rc = format == ITEM_SPARSE ? write_sparse(b, m, num_classes, q, ws)
                              : write_dense(b, m, num_classes, q, ws, dense);
-  return rc ? rc : dynbuf_add(b, "}", 1);
+  return rc ? rc : lmap_dynbuf_add(b, "}", 1);
 }

@@ -68,7 +68,7 @@ void metrics_observe(metrics *m, metrics_route route, int status, double ms,
 }
 
 int metrics_render(const metrics *m, dynbuf *b) {
-  int rc = dynbuf_addstr(
+  int rc = lmap_dynbuf_addstr(
       b, "# HELP lmap_requests_total Requests answered, by route and status.\n"
          "# TYPE lmap_requests_total counter\n");
   for (size_t r = 0; rc == 0 && r < ROUTE_COUNT; r++)
@@ -77,53 +77,53 @@ int metrics_render(const metrics *m, dynbuf *b) {
       if (v == 0)
         continue;
       if (s + 1 < NSTATUS)
-        rc = dynbuf_printf(b,
+        rc = lmap_dynbuf_printf(b,
                            "lmap_requests_total{route=\"%s\",status=\"%d\"} "
                            "%llu\n",
                            route_names[r], statuses[s], v);
       else
-        rc = dynbuf_printf(b,
+        rc = lmap_dynbuf_printf(b,
                            "lmap_requests_total{route=\"%s\",status=\"other\"}"
                            " %llu\n",
                            route_names[r], v);
     }
   if (rc == 0)
-    rc = dynbuf_addstr(b, "# HELP lmap_request_duration_seconds Time from "
+    rc = lmap_dynbuf_addstr(b, "# HELP lmap_request_duration_seconds Time from "
                           "the request's headers to its answer.\n"
                           "# TYPE lmap_request_duration_seconds histogram\n");
   unsigned long long cum = 0;
   for (size_t i = 0; rc == 0 && i <= NLAT; i++) {
     cum += get(&m->latency[i]);
     if (i < NLAT)
-      rc = dynbuf_printf(b,
+      rc = lmap_dynbuf_printf(b,
                          "lmap_request_duration_seconds_bucket{le=\"%g\"} "
                          "%llu\n",
                          latency_ms[i] / 1000.0, cum);
     else
-      rc = dynbuf_printf(b,
+      rc = lmap_dynbuf_printf(b,
                          "lmap_request_duration_seconds_bucket{le=\"+Inf\"} "
                          "%llu\nlmap_request_duration_seconds_sum %.6f\n"
                          "lmap_request_duration_seconds_count %llu\n",
                          cum, (double)get(&m->latency_sum_us) / 1e6, cum);
   }
   if (rc == 0)
-    rc = dynbuf_addstr(b, "# HELP lmap_batch_size Queries per labels "
+    rc = lmap_dynbuf_addstr(b, "# HELP lmap_batch_size Queries per labels "
                           "request.\n# TYPE lmap_batch_size histogram\n");
   cum = 0;
   for (size_t i = 0; rc == 0 && i <= NBATCH; i++) {
     cum += get(&m->batch[i]);
     if (i < NBATCH)
-      rc = dynbuf_printf(b, "lmap_batch_size_bucket{le=\"%u\"} %llu\n",
+      rc = lmap_dynbuf_printf(b, "lmap_batch_size_bucket{le=\"%u\"} %llu\n",
                          batch_sizes[i], cum);
     else
-      rc = dynbuf_printf(b,
+      rc = lmap_dynbuf_printf(b,
                          "lmap_batch_size_bucket{le=\"+Inf\"} %llu\n"
                          "lmap_batch_size_sum %llu\nlmap_batch_size_count "
                          "%llu\n",
                          cum, get(&m->batch_sum), cum);
   }
   if (rc == 0)
-    rc = dynbuf_printf(b,
+    rc = lmap_dynbuf_printf(b,
                        "# HELP lmap_labels_served_total Soft labels "
                        "answered (one per query).\n"
                        "# TYPE lmap_labels_served_total counter\n"

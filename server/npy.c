@@ -25,12 +25,12 @@ int npy_header_f32(dynbuf *b, const size_t *shape, int ndim) {
   unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
                            (unsigned char)(hlen & 0xff),
                            (unsigned char)(hlen >> 8)};
-  int rc = dynbuf_reserve(b, padded);
+  int rc = lmap_dynbuf_reserve(b, padded);
   if (rc)
     return rc;
-  dynbuf_add(b, pre, sizeof pre);
-  dynbuf_add(b, dict, (size_t)n);
+  lmap_dynbuf_add(b, pre, sizeof pre);
+  lmap_dynbuf_add(b, dict, (size_t)n);
   for (size_t i = total; i < padded; i++)
-    dynbuf_add(b, " ", 1);
-  return dynbuf_add(b, "\n", 1);
+    lmap_dynbuf_add(b, " ", 1);
+  return lmap_dynbuf_add(b, "\n", 1);
 }

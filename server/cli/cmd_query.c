@@ -85,14 +85,14 @@ static int client_fail(query_ctx *x, int rc) {
 }
 
 static int add_cells(dynbuf *b, const float *v, size_t n, size_t stride) {
-  int rc = dynbuf_addstr(b, "[");
+  int rc = lmap_dynbuf_addstr(b, "[");
   for (size_t i = 0; rc == 0 && i < n; i++) {
     if (i)
-      rc = dynbuf_addstr(b, ",");
+      rc = lmap_dynbuf_addstr(b, ",");
     if (rc == 0)
       rc = itemjson_number(b, v[i * stride]);
   }
-  return rc ? rc : dynbuf_addstr(b, "]");
+  return rc ? rc : lmap_dynbuf_addstr(b, "]");
 }
 
 /* Prints the dense items of the batch from its [n, C(, G, G)] floats. */
@@ -100,22 +100,22 @@ static int print_dense(query_ctx *x) {
   size_t g = x->q.output_size, cells = g * g, c = x->num_classes;
   const char *key = x->q.softmax ? "probs" : "logits";
   for (size_t i = 0; i < x->n; i++) {
-    dynbuf_reset(&x->out);
-    int rc = dynbuf_printf(&x->out, "{\"id\":\"%s\",\"%s\":", x->ids[i], key);
+    lmap_dynbuf_reset(&x->out);
+    int rc = lmap_dynbuf_printf(&x->out, "{\"id\":\"%s\",\"%s\":", x->ids[i], key);
     const float *item = x->dense + i * c * cells;
     if (cells == 1) {
       rc = rc ? rc : add_cells(&x->out, item, c, 1);
     } else {
-      rc = rc ? rc : dynbuf_addstr(&x->out, "[");
+      rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "[");
       for (size_t j = 0; rc == 0 && j < cells; j++) {
         if (j)
-          rc = dynbuf_addstr(&x->out, ",");
+          rc = lmap_dynbuf_addstr(&x->out, ",");
         if (rc == 0)
           rc = add_cells(&x->out, item + j, c, cells); /* class-major: stride G*G */
       }
-      rc = rc ? rc : dynbuf_addstr(&x->out, "]");
+      rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "]");
     }
-    rc = rc ? rc : dynbuf_addstr(&x->out, "}\n");
+    rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "}\n");
     if (rc)
       return rc;
     fwrite(x->out.data, 1, x->out.len, stdout);
@@ -124,43 +124,43 @@ static int print_dense(query_ctx *x) {
 }
 
 static int add_sparse_cell(dynbuf *b, const lmap_sparse *s, size_t slot, int classes) {
-  int rc = dynbuf_addstr(b, "[");
+  int rc = lmap_dynbuf_addstr(b, "[");
   for (size_t e = s->offsets[slot]; rc == 0 && e < s->offsets[slot + 1]; e++) {
     if (e > s->offsets[slot])
-      rc = dynbuf_addstr(b, ",");
+      rc = lmap_dynbuf_addstr(b, ",");
     if (rc == 0)
-      rc = classes ? dynbuf_printf(b, "%d", (int)s->classes[e])
+      rc = classes ? lmap_dynbuf_printf(b, "%d", (int)s->classes[e])
                    : itemjson_number(b, s->values[e]);
   }
-  return rc ? rc : dynbuf_addstr(b, "]");
+  return rc ? rc : lmap_dynbuf_addstr(b, "]");
 }
 
 /* Appends ,"key":value for every cell of item i (a list of cells for G > 1). */
 static int add_sparse_key(dynbuf *b, const lmap_sparse *s, size_t i, const char *key,
                           int what) {
-  int rc = dynbuf_printf(b, ",\"%s\":", key);
+  int rc = lmap_dynbuf_printf(b, ",\"%s\":", key);
   if (rc == 0 && s->cells > 1)
-    rc = dynbuf_addstr(b, "[");
+    rc = lmap_dynbuf_addstr(b, "[");
   for (size_t j = 0; rc == 0 && j < s->cells; j++) {
     size_t slot = i * s->cells + j;
     if (j)
-      rc = dynbuf_addstr(b, ",");
+      rc = lmap_dynbuf_addstr(b, ",");
     if (rc == 0)
       rc = what == 2 ? itemjson_number(b, s->rest[slot]) : add_sparse_cell(b, s, slot, what);
   }
   if (rc == 0 && s->cells > 1)
-    rc = dynbuf_addstr(b, "]");
+    rc = lmap_dynbuf_addstr(b, "]");
   return rc;
 }
 
 static int print_sparse(query_ctx *x, const lmap_sparse *s) {
   for (size_t i = 0; i < x->n; i++) {
-    dynbuf_reset(&x->out);
-    int rc = dynbuf_printf(&x->out, "{\"id\":\"%s\"", x->ids[i]);
+    lmap_dynbuf_reset(&x->out);
+    int rc = lmap_dynbuf_printf(&x->out, "{\"id\":\"%s\"", x->ids[i]);
     rc = rc ? rc : add_sparse_key(&x->out, s, i, "classes", 1);
     rc = rc ? rc : add_sparse_key(&x->out, s, i, x->q.softmax ? "probs" : "logits", 0);
     rc = rc ? rc : add_sparse_key(&x->out, s, i, "rest", 2);
-    rc = rc ? rc : dynbuf_addstr(&x->out, "}\n");
+    rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "}\n");
     if (rc)
       return rc;
     fwrite(x->out.data, 1, x->out.len, stdout);
@@ -278,7 +278,7 @@ static int write_map(query_ctx *x, const char *id, const char *path) {
   size_t len = 2 * (size_t)info.top_k * info.height * info.width;
   float *map = malloc(len * sizeof *map);
   dynbuf b;
-  dynbuf_init(&b, (size_t)1 << 31);
+  lmap_dynbuf_init(&b, (size_t)1 << 31);
   uint32_t shape[4];
   int status = EXIT_FAIL;
   if (map == NULL) {
@@ -291,7 +291,7 @@ static int write_map(query_ctx *x, const char *id, const char *path) {
   }
   size_t dims[4] = {shape[0], shape[1], shape[2], shape[3]};
   FILE *f = NULL;
-  if (npy_header_f32(&b, dims, 4) || dynbuf_add(&b, map, len * sizeof *map)) {
+  if (npy_header_f32(&b, dims, 4) || lmap_dynbuf_add(&b, map, len * sizeof *map)) {
     fputs("lmap query: out of memory\n", stderr);
   } else if ((f = fopen(path, "wb")) == NULL || fwrite(b.data, 1, b.len, f) != b.len ||
              fclose(f) != 0) {
@@ -302,7 +302,7 @@ static int write_map(query_ctx *x, const char *id, const char *path) {
   }
 done:
   free(map);
-  dynbuf_free(&b);
+  lmap_dynbuf_free(&b);
   return status;
 }
 
@@ -391,7 +391,7 @@ int cmd_query(int argc, char **argv) {
   if (rc)
     return cli_usage("query", "%s", err);
   int status = EXIT_FAIL;
-  dynbuf_init(&x.out, (size_t)1 << 30);
+  lmap_dynbuf_init(&x.out, (size_t)1 << 30);
   x.queries = calloc(x.batch_size, sizeof *x.queries);
   x.ids = calloc(x.batch_size, sizeof *x.ids);
   x.lines = calloc(x.batch_size, sizeof *x.lines);
@@ -423,7 +423,7 @@ int cmd_query(int argc, char **argv) {
   free(x.queries);
   free(x.lines);
   free(x.dense);
-  dynbuf_free(&x.out);
+  lmap_dynbuf_free(&x.out);
   lmap_client_free(x.client);
   return status;
 }

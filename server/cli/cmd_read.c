@@ -196,7 +196,7 @@ static int run_query(get_ctx *g, const char *id, const pool_query *q,
     g->dense = p;
     g->dense_cap = need;
   }
-  dynbuf_reset(&g->out);
+  lmap_dynbuf_reset(&g->out);
   rc = itemjson_write(&g->out, id, &m, g->num_classes, q, fmt, g->ws, g->dense);
   if (rc)
     return diag_set(d, rc, "cannot format the item: %s", lmap_strerror(rc));
@@ -244,7 +244,7 @@ int cmd_get(int argc, char **argv) {
     return cli_usage("get", "%s", diag_text(&qd));
 
   get_ctx g = {0};
-  dynbuf_init(&g.out, (size_t)1 << 30);
+  lmap_dynbuf_init(&g.out, (size_t)1 << 30);
   g.path = argv[optind];
   rc = open_store("get", g.path, &g.s);
   if (rc)
@@ -266,7 +266,7 @@ int cmd_get(int argc, char **argv) {
   store_reader_free(g.r);
   pool_ws_free(g.ws);
   free(g.dense);
-  dynbuf_free(&g.out);
+  lmap_dynbuf_free(&g.out);
   store_close(g.s);
   return rc;
 }
@@ -305,7 +305,7 @@ int cmd_export(int argc, char **argv) {
   diag_clear(&d);
   store_reader *r = NULL;
   dynbuf b;
-  dynbuf_init(&b, (size_t)1 << 31);
+  lmap_dynbuf_init(&b, (size_t)1 << 31);
   labelmap m;
   if (labelmap_id_check(id, strlen(id), &d) || store_reader_new(s, &r, &d) ||
       store_reader_get(r, id, strlen(id), &m, &d)) {
@@ -317,7 +317,7 @@ int cmd_export(int argc, char **argv) {
   size_t shape[4] = {2, m.k, m.h, m.w};
   size_t cells = (size_t)m.h * m.w;
   if (npy_header_f32(&b, shape, 4) ||
-      dynbuf_reserve(&b, 2 * labelmap_entries(&m) * sizeof(float))) {
+      lmap_dynbuf_reserve(&b, 2 * labelmap_entries(&m) * sizeof(float))) {
     diag_set(&d, LMAP_ENOMEM, "out of memory");
     rc = cli_fail("export", &d);
     goto done;
@@ -328,7 +328,7 @@ int cmd_export(int argc, char **argv) {
       for (size_t cell = 0; cell < cells; cell++) {
         size_t i = cell * m.k + k;
         float v = plane == 0 ? m.scores[i] : (float)m.classes[i];
-        dynbuf_add(&b, &v, sizeof v);
+        lmap_dynbuf_add(&b, &v, sizeof v);
       }
   FILE *f = fopen(out, "wb");
   int bad = f == NULL || fwrite(b.data, 1, b.len, f) != b.len;
@@ -341,7 +341,7 @@ int cmd_export(int argc, char **argv) {
     rc = cli_fail("export", &d);
   }
 done:
-  dynbuf_free(&b);
+  lmap_dynbuf_free(&b);
   store_reader_free(r);
   store_close(s);
   return rc;

@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
   pool_ws *ws = pool_ws_new(C);
   float *dense = malloc(sizeof(float) * C);
   dynbuf out;
-  dynbuf_init(&out, 1u << 24);
+  lmap_dynbuf_init(&out, 1u << 24);
   size_t *order = malloc(n * sizeof *order);
   pool_query *q = malloc(n * sizeof *q);
   for (size_t i = 0; i < n; i++) {
@@ -106,14 +106,14 @@ int main(int argc, char **argv) {
   t_dense = now() - t0;
   t0 = now();
   for (size_t i = 0; i < n; i++) {
-    dynbuf_reset(&out);
+    lmap_dynbuf_reset(&out);
     itemjson_write(&out, l.v[0], &m, C, &q[i], ITEM_SPARSE, ws, dense);
     bytes_sparse += out.len;
   }
   t_json_sparse = now() - t0;
   t0 = now();
   for (size_t i = 0; i < n; i++) {
-    dynbuf_reset(&out);
+    lmap_dynbuf_reset(&out);
     itemjson_write(&out, l.v[0], &m, C, &q[i], ITEM_DENSE, ws, dense);
     bytes_dense += out.len;
   }
@@ -135,7 +135,7 @@ int main(int argc, char **argv) {
   free(order);
   free(q);
   free(dense);
-  dynbuf_free(&out);
+  lmap_dynbuf_free(&out);
   pool_ws_free(ws);
   store_reader_free(r);
   store_close(s);

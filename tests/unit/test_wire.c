@@ -139,8 +139,8 @@ static void test_npy_refusals(void) {
 }
 
 static void test_labels_body(void) {
-  lmap_buf b;
-  lmap_buf_init(&b, 1 << 20);
+  dynbuf b;
+  lmap_dynbuf_init(&b, 1 << 20);
   lmap_query q[2] = {{"n01_1", {0.1, 0.2, 0.7, 0.9}, 0}, {"a\"b\\c\n", {0, 0, 1, 1}, 1}};
   lmap_label_options o = {2, LMAP_BOX_RELABEL, 0};
   char field[64], err[LMAP_WIRE_ERRLEN];
@@ -162,7 +162,7 @@ static void test_labels_body(void) {
   ASSERT(json_is_false(json_object_get(doc, "softmax")));
   json_decref(doc);
   /* xyxy: the float the server's geometry uses, in 9 digits. */
-  lmap_buf_reset(&b);
+  lmap_dynbuf_reset(&b);
   o.box_format = LMAP_BOX_XYXY;
   ASSERT_EQ(lmap_wire_labels_body(&b, q, 2, &o, 0, field, err), 0);
   doc = json_loadb(b.data, b.len, JSON_REJECT_DUPLICATES, &je);
@@ -175,7 +175,7 @@ static void test_labels_body(void) {
   json_decref(doc);
   o.box_format = LMAP_BOX_RELABEL;
   /* What JSON cannot carry is refused here, naming the query. */
-  lmap_buf_reset(&b);
+  lmap_dynbuf_reset(&b);
   q[1].box[2] = NAN;
   ASSERT_EQ(lmap_wire_labels_body(&b, q, 2, &o, 0, field, err), LMAP_EBADBOX);
   ASSERT(strcmp(field, "queries[1].box") == 0);
@@ -187,16 +187,16 @@ static void test_labels_body(void) {
   ASSERT_EQ(lmap_wire_labels_body(&b, q, 2, &o, 0, field, err), LMAP_EINVAL);
   ASSERT(strcmp(field, "box_format") == 0);
   /* The buffer's cap holds. */
-  lmap_buf small;
-  lmap_buf_init(&small, 40);
+  dynbuf small;
+  lmap_dynbuf_init(&small, 40);
   o.box_format = LMAP_BOX_XYXY;
   ASSERT_EQ(lmap_wire_labels_body(&small, q, 2, &o, 0, field, err), LMAP_ETOOBIG);
-  lmap_buf_free(&small);
-  lmap_buf_free(&b);
-  lmap_buf_init(&b, 256);
+  lmap_dynbuf_free(&small);
+  lmap_dynbuf_free(&b);
+  lmap_dynbuf_init(&b, 256);
   ASSERT_EQ(lmap_wire_path_escape(&b, "n01+a:b/c d"), 0);
   ASSERT(strcmp(b.data, "n01%2Ba%3Ab%2Fc%20d") == 0);
-  lmap_buf_free(&b);
+  lmap_dynbuf_free(&b);
 }
 
 static void test_sparse(void) {

@@ -9,25 +9,25 @@
 
 #include "lmap/error.h"
 
-void dynbuf_init(dynbuf *b, size_t max) {
+void lmap_dynbuf_init(dynbuf *b, size_t max) {
   b->data = NULL;
   b->len = b->cap = 0;
   b->max = max;
 }
 
-void dynbuf_free(dynbuf *b) {
+void lmap_dynbuf_free(dynbuf *b) {
   free(b->data);
   b->data = NULL;
   b->len = b->cap = 0;
 }
 
-void dynbuf_reset(dynbuf *b) {
+void lmap_dynbuf_reset(dynbuf *b) {
   b->len = 0;
   if (b->data)
     b->data[0] = '\0';
 }
 
-int dynbuf_reserve(dynbuf *b, size_t extra) {
+int lmap_dynbuf_reserve(dynbuf *b, size_t extra) {
   if (extra > b->max || b->len > b->max - extra)
     return LMAP_ETOOBIG;
   size_t need = b->len + extra + 1; /* room for the NUL */
@@ -44,8 +44,8 @@ int dynbuf_reserve(dynbuf *b, size_t extra) {
   return 0;
 }
 
-int dynbuf_extend(dynbuf *b, size_t n, void **at) {
-  int rc = dynbuf_reserve(b, n);
+int lmap_dynbuf_extend(dynbuf *b, size_t n, void **at) {
+  int rc = lmap_dynbuf_reserve(b, n);
   if (rc)
     return rc;
   *at = b->data + b->len;
@@ -54,8 +54,8 @@ int dynbuf_extend(dynbuf *b, size_t n, void **at) {
   return 0;
 }
 
-int dynbuf_add(dynbuf *b, const void *p, size_t n) {
-  int rc = dynbuf_reserve(b, n);
+int lmap_dynbuf_add(dynbuf *b, const void *p, size_t n) {
+  int rc = lmap_dynbuf_reserve(b, n);
   if (rc)
     return rc;
   memcpy(b->data + b->len, p, n);
@@ -64,16 +64,16 @@ int dynbuf_add(dynbuf *b, const void *p, size_t n) {
   return 0;
 }
 
-int dynbuf_addstr(dynbuf *b, const char *s) { return dynbuf_add(b, s, strlen(s)); }
+int lmap_dynbuf_addstr(dynbuf *b, const char *s) { return lmap_dynbuf_add(b, s, strlen(s)); }
 
-int dynbuf_printf(dynbuf *b, const char *fmt, ...) {
+int lmap_dynbuf_printf(dynbuf *b, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   int n = vsnprintf(NULL, 0, fmt, ap);
   va_end(ap);
   if (n < 0)
     return LMAP_EINTERNAL;
-  int rc = dynbuf_reserve(b, (size_t)n);
+  int rc = lmap_dynbuf_reserve(b, (size_t)n);
   if (rc)
     return rc;
   va_start(ap, fmt);
