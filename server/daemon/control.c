@@ -2,6 +2,8 @@
 #include "control.h"
 
 #include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <uv.h>
@@ -97,6 +99,19 @@ static void on_reload(uv_signal_t *s, int signum) {
             (unsigned long long)gen, records);
 }
 
+static void signal_set(sigset_t *set) {
+  sigemptyset(set);
+  sigaddset(set, SIGTERM);
+  sigaddset(set, SIGINT);
+  sigaddset(set, SIGHUP);
+}
+
+void control_block_signals(void) {
+  sigset_t set;
+  signal_set(&set);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
 int control_run(api *a, http_server *h, unsigned grace_ms,
                 const char *store_path) {
   control c = {.a = a, .h = h, .grace_ms = grace_ms,
@@ -110,6 +125,9 @@ int control_run(api *a, http_server *h, unsigned grace_ms,
   uv_signal_start(&c.sigterm, on_signal, SIGTERM);
   uv_signal_start(&c.sigint, on_signal, SIGINT);
   uv_signal_start(&c.sighup, on_reload, SIGHUP);
+  sigset_t set;
+  signal_set(&set);
+  pthread_sigmask(SIG_UNBLOCK, &set, NULL); /* pending ones arrive now */
   uv_run(loop, UV_RUN_DEFAULT);
   uv_loop_close(loop);
   return c.timed_out;

@@ -11,7 +11,14 @@
 #include "api.h"
 #include "http.h"
 
-/* Runs until a drain completes. Returns 0 when every connection finished
+/* Blocks SIGTERM, SIGINT and SIGHUP in the calling thread. Called before
+ * any thread starts, so the HTTP threads inherit the mask: a signal that
+ * arrives before control_run() stays pending instead of killing the
+ * process (the default action), and is handled once the loop is ready. */
+void control_block_signals(void);
+
+/* Runs until a drain completes (unblocking the signals once their handlers
+ * are in place). Returns 0 when every connection finished
  * within `grace_ms`, 1 when the grace period ran out first. */
 int control_run(api *a, http_server *h, unsigned grace_ms,
                 const char *store_path);

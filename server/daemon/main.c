@@ -221,6 +221,9 @@ int main(int argc, char **argv) {
 
   /* A client that disconnects mid-answer must not kill the daemon. */
   signal(SIGPIPE, SIG_IGN);
+  /* Before any thread starts: a SIGTERM or SIGHUP sent as soon as the
+   * daemon listens must wait for the control loop, not kill it. */
+  control_block_signals();
 
   json_t *cfg = json_pack(
       "{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}", "store",
