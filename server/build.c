@@ -134,6 +134,7 @@ typedef struct result {
 typedef struct build {
   const build_opts *o;
   const build_source *src;
+  int level;            /* zstd level of the records' heads */
   queue work, results;
   atomic_int failed;    /* stop everything: a fatal error was recorded */
   atomic_ullong written;
@@ -252,8 +253,8 @@ static int ensure_codec(worker *w, diag *d) {
   if (!ready)
     return 1;
   /* The shape and dictionary are immutable once ready: read unlocked. */
-  return codec_ctx_new(&b->shape, b->dict, b->dict_len, CODEC_LEVEL_DEFAULT,
-                       &w->codec, d);
+  return codec_ctx_new(&b->shape, b->dict, b->dict_len, b->level, &w->codec,
+                       d);
 }
 
 static int encode(worker *w, const labelmap *m, result *r) {
@@ -447,15 +448,15 @@ static int train_and_flush(writer *wr) {
     }
     for (size_t i = 0; i < wr->nbacklog; i++)
       memcpy(samples + i * raw, wr->backlog[i]->bytes, raw);
-    if (codec_train_dict(&b->shape, samples, wr->nbacklog, dict,
+    if (codec_train_dict(&b->shape, samples, wr->nbacklog, b->level, dict,
                          DICT_MAX_BYTES, &dict_len, NULL) != 0)
       dict_len = 0; /* too few or too alike: no dictionary */
     free(samples);
   }
   int rc = 0;
   if (b->shape_set) {
-    rc = codec_ctx_new(&b->shape, dict, dict_len, CODEC_LEVEL_DEFAULT,
-                       &wr->codec, &wr->d);
+    rc = codec_ctx_new(&b->shape, dict, dict_len, b->level, &wr->codec,
+                       &wr->d);
     if (rc == 0 && dict_len)
       rc = store_writer_put_meta(wr->sw, "lmap.dict", dict, dict_len,
                                  &wr->d);
@@ -641,7 +642,7 @@ static json_t *meta_json(const build *b, writer *wr, uint64_t records) {
       percentile(s, n, 0.99), "sampled", (json_int_t)n);
   return json_pack(
       "{s:s, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:s, s:o, s:o, s:s, s:s, "
-      "s:o, s:f, s:{s:I, s:i}, s:f, s:I, s:b}",
+      "s:o, s:f, s:{s:I, s:i}, s:f, s:I, s:i, s:b}",
       "format", "lmap-store", "format_version", STORE_FORMAT_VERSION,
       "grid_h", (int)b->shape.h, "grid_w", (int)b->shape.w, "topk",
       (int)b->shape.k, "num_classes", (int)b->shape.num_classes, "encoding",
@@ -654,7 +655,8 @@ static json_t *meta_json(const build *b, writer *wr, uint64_t records) {
       "records", (json_int_t)wr->error_records, "boxes", ERROR_BOXES,
       "bytes_per_record",
       records ? (double)wr->record_bytes / (double)records : 0.0,
-      "dictionary_bytes", (json_int_t)b->dict_len, "class_names",
+      "dictionary_bytes", (json_int_t)b->dict_len, "zstd_level", b->level,
+      "class_names",
       o->classes_json != NULL);
 }
 
@@ -719,7 +721,8 @@ static void worker_teardown(build *b, worker *w) {
 
 int build_run(const build_opts *o, const build_source *src, build_stats *st,
               diag *d) {
-  build b = {.o = o, .src = src};
+  build b = {.o = o, .src = src,
+             .level = o->level ? o->level : CODEC_LEVEL_DEFAULT};
   writer wr = {.b = &b, .score_min = INFINITY, .score_max = -INFINITY,
                .rng = 42};
   worker workers[MAX_WORKERS];
@@ -735,7 +738,9 @@ int build_run(const build_opts *o, const build_source *src, build_stats *st,
   pthread_mutex_init(&b.mu, NULL);
 
   double t0 = now_seconds();
-  int rc = store_writer_open(o->out, o->overwrite, &wr.sw, d);
+  int rc = codec_level_check(b.level, d);
+  if (rc == 0)
+    rc = store_writer_open(o->out, o->overwrite, &wr.sw, d);
   if (rc)
     goto out;
   wr.backlog = malloc(DICT_SAMPLES * sizeof *wr.backlog);

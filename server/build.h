@@ -61,6 +61,7 @@ typedef struct build_opts {
   int overwrite;
   uint32_t num_classes;
   codec_encoding encoding;
+  int level;            /* zstd level, codec.h; 0: CODEC_LEVEL_DEFAULT */
   int threads;          /* workers; <= 0 means one per core */
   bool skip_bad;
   bool progress;        /* progress line on stderr */

@@ -1155,19 +1155,19 @@ void codec_round_scores(const codec_shape *s, labelmap *m) {
 /* Total compressed size of the heads of `count` bodies with dictionary
  * `dict` (which may be NULL), or 0 on failure. */
 static size_t measure(const codec_shape *s, const uint8_t *raws, size_t count,
-                      const void *dict, size_t dict_len, uint8_t *dst,
-                      size_t cap) {
+                      int level, const void *dict, size_t dict_len,
+                      uint8_t *dst, size_t cap) {
   const geom g = geom_of(s);
   size_t total = 0;
   ZSTD_CCtx *cc = ZSTD_createCCtx();
   ZSTD_CDict *cd = NULL;
   if (cc == NULL)
     return 0;
-  ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, CODEC_LEVEL_DEFAULT);
+  ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, level);
   ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 1);
   ZSTD_CCtx_setParameter(cc, ZSTD_c_dictIDFlag, 0);
   if (dict_len > 0) {
-    cd = ZSTD_createCDict(dict, dict_len, CODEC_LEVEL_DEFAULT);
+    cd = ZSTD_createCDict(dict, dict_len, level);
     if (cd == NULL || ZSTD_isError(ZSTD_CCtx_refCDict(cc, cd)))
       goto done;
   }
@@ -1192,9 +1192,12 @@ done:
 #define CONTENT_DICT_MAX (16u << 10)
 
 int codec_train_dict(const codec_shape *s, const uint8_t *raws, size_t count,
-                     void *dict, size_t cap, size_t *dict_len, diag *d) {
+                     int level, void *dict, size_t cap, size_t *dict_len,
+                     diag *d) {
   int rc = codec_shape_check(s, d);
   if (rc != 0)
+    return rc;
+  if ((rc = codec_level_check(level, d)) != 0)
     return rc;
   *dict_len = 0;
   if (count < TRAIN_MIN_SAMPLES)
@@ -1245,15 +1248,15 @@ int codec_train_dict(const codec_shape *s, const uint8_t *raws, size_t count,
    * maps it measures smaller). */
   ZDICT_params_t zp;
   memset(&zp, 0, sizeof zp);
-  zp.compressionLevel = CODEC_LEVEL_DEFAULT;
+  zp.compressionLevel = level;
   size_t best_len = 0, best_cost = (size_t)-1;
   const char *why = "no candidate dictionary could be built";
   size_t r = ZDICT_finalizeDictionary(cand, cap, cand, 0, heads, sizes,
                                       (unsigned)ntrain, zp);
   if (!ZDICT_isError(r)) {
-    size_t cost =
-        ntest ? measure(s, raws + ntrain * g.size, ntest, cand, r, zbuf, zcap)
-              : 1;
+    size_t cost = ntest ? measure(s, raws + ntrain * g.size, ntest, level, cand,
+                                  r, zbuf, zcap)
+                        : 1;
     if (cost != 0) {
       memcpy(best, cand, r);
       best_len = r;
@@ -1269,7 +1272,7 @@ int codec_train_dict(const codec_shape *s, const uint8_t *raws, size_t count,
     r = ZDICT_trainFromBuffer(cand, csize, heads, sizes, (unsigned)ntrain);
     if (!ZDICT_isError(r)) {
       size_t cost =
-          measure(s, raws + ntrain * g.size, ntest, cand, r, zbuf, zcap);
+          measure(s, raws + ntrain * g.size, ntest, level, cand, r, zbuf, zcap);
       if (cost != 0 && cost < best_cost) {
         memcpy(best, cand, r);
         best_len = r;
@@ -1298,6 +1301,16 @@ fail:
 }
 
 /* ---- contexts ---- */
+
+/* Levels below 1 turn off Huffman coding of literals (+470 to +1,000
+ * bytes a record, §11); above 19, zstd only allows larger windows, which
+ * records of a few KB never use. */
+int codec_level_check(int level, diag *d) {
+  if (level < CODEC_LEVEL_MIN || level > CODEC_LEVEL_MAX)
+    return diag_set(d, LMAP_EINVAL, "zstd level %d is outside %d..%d", level,
+                    CODEC_LEVEL_MIN, CODEC_LEVEL_MAX);
+  return 0;
+}
 
 struct codec_ctx {
   codec_shape shape;
@@ -1332,9 +1345,8 @@ int codec_ctx_new(const codec_shape *s, const void *dict, size_t dict_len,
   int rc = codec_shape_check(s, d);
   if (rc != 0)
     return rc;
-  if (level < ZSTD_minCLevel() || level > ZSTD_maxCLevel())
-    return diag_set(d, LMAP_EINVAL, "zstd level %d is outside %d..%d", level,
-                    ZSTD_minCLevel(), ZSTD_maxCLevel());
+  if ((rc = codec_level_check(level, d)) != 0)
+    return rc;
   if (dict_len > 0) {
     const uint8_t *b = dict;
     /* Only full zstd dictionaries (magic, entropy tables): without the

@@ -66,7 +66,9 @@ int codec_untransform(const codec_shape *s, const uint8_t *raw, labelmap *out,
 void codec_round_scores(const codec_shape *s, labelmap *m);
 
 /* Trains a zstd dictionary from `count` transformed samples laid end to end
- * in `raws` (each codec_raw_size(s) bytes). Writes at most `cap` bytes to
+ * in `raws` (each codec_raw_size(s) bytes), for records written at zstd
+ * level `level` (the candidates are judged at that level: which one wins
+ * depends on it). Writes at most `cap` bytes to
  * `dict` and its size to `*dict_len`. Returns 0, or LMAP_EINVAL when the
  * samples are too few or too alike to train on (the caller then stores
  * without a dictionary: *dict_len == 0 is a valid outcome of a caller's
@@ -75,14 +77,27 @@ void codec_round_scores(const codec_shape *s, labelmap *m);
  * tables alone (about 140 bytes) unless a 16 KiB content dictionary
  * measures smaller on held-out samples. */
 int codec_train_dict(const codec_shape *s, const uint8_t *raws, size_t count,
-                     void *dict, size_t cap, size_t *dict_len, diag *d);
+                     int level, void *dict, size_t cap, size_t *dict_len,
+                     diag *d);
 
 typedef struct codec_ctx codec_ctx;
 
-/* The zstd level lmap writes stores with unless told otherwise, and the
- * level dictionaries are tuned for (docs/STORE_FORMAT.md has the figures
- * behind the choice). */
-#define CODEC_LEVEL_DEFAULT 1
+/* zstd levels of the head frame (the tail's is fixed). Records of any
+ * level decode alike and at about the same speed; the level trades
+ * encoding time for size. The default writes the smallest stores: from
+ * level 14 on, zstd parses optimally, which finds what a content
+ * dictionary shares with a record; on 15x15x5 maps that saves about 60
+ * bytes a record (3%) for about 15x the encoding time (import: 5x). FAST
+ * is for stores written often (tests) or in a hurry. docs/STORE_FORMAT.md
+ * §11 has the figures. */
+#define CODEC_LEVEL_MIN 1
+#define CODEC_LEVEL_MAX 19
+#define CODEC_LEVEL_FAST 1
+#define CODEC_LEVEL_DEFAULT 15
+
+/* Returns 0 if `level` is within CODEC_LEVEL_MIN..MAX, else LMAP_EINVAL
+ * with a message. */
+int codec_level_check(int level, diag *d);
 
 /* Creates a context for shape `s`, with an optional dictionary (`dict` may be
  * NULL when `dict_len` is 0; the bytes are copied). `level` is the zstd

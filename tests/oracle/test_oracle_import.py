@@ -81,7 +81,7 @@ def write_tree(env, name, k, h, w, c, nfiles, gen, ck):
     return root, expected
 
 
-def check_store(env, ck, store, label, expected, k, h, w, c, enc):
+def check_store(env, ck, store, label, expected, k, h, w, c, enc, level=15):
     ids = sorted(expected)
     rc, out, err = env.run(["ids", store])
     ck.check(rc == 0, "%s: lmap ids exit %d: %s" % (label, rc, err.strip()))
@@ -100,7 +100,7 @@ def check_store(env, ck, store, label, expected, k, h, w, c, enc):
         info = {}
     # Field names as the importer writes them (server/build.c meta_json).
     want = {"record_count": len(ids), "topk": k, "grid_h": h, "grid_w": w,
-            "num_classes": c, "encoding": enc, "extent": "full"}
+            "num_classes": c, "encoding": enc, "extent": "full", "zstd_level": level}
     for key, val in want.items():
         ck.check(info.get(key) == val, "%s: info --json %s = %r, expected %r" % (label, key, info.get(key), val))
     e = info.get("encoding_max_prob_error")
@@ -273,6 +273,9 @@ def main():
              + ([] if c == 1000 else cflag), None, "f16"),
             ("tar f32", ["import", tar, "-o", env.path(name, "tar_f32.lmap"), "--encoding", "f32"] + cflag, None, "f32"),
             ("stdin f16", ["import", "-", "-o", env.path(name, "stdin_f16.lmap"), "--encoding", "f16"] + cflag, tar, "f16"),
+            # The fast level writes other bytes for the same maps.
+            ("tar f16 level 1", ["import", tar, "-o", env.path(name, "tar_f16_l1.lmap"), "--level", "1"] + cflag,
+             None, "f16"),
         ]
         for label, args, stdin_path, enc in specs:
             label = "%s %s" % (name, label)
@@ -286,7 +289,8 @@ def main():
                             "%s: lmap %s exit %d: %s" % (label, " ".join(args[:2]), rc, err.strip()[:500])):
                 continue
             stores[label] = (store, enc)
-            check_store(env, ck, store, label, expected, k, h, w, c, enc)
+            level = int(args[args.index("--level") + 1]) if "--level" in args else 15
+            check_store(env, ck, store, label, expected, k, h, w, c, enc, level)
         print("%s: wrote %d files and checked %d stores in %.1f s"
               % (name, nfiles, len(stores), time.time() - t0), flush=True)
 
@@ -300,7 +304,19 @@ def main():
                 pool_store(env, ck, rng, stores[key][0], key, maps, idmap, h, w, c, plan)
         print("%s done at %.1f s" % (name, time.time() - t_start), flush=True)
     check_synth(env, ck, rng)
+    check_level_usage(env, ck, src)
     ck.finish(env)
+
+
+def check_level_usage(env, ck, src):
+    """A --level outside 1..19 is a usage error that names the option, and
+    leaves no store behind."""
+    for cmd in (["import", src], ["synth", "--images", "4"]):
+        for bad in ("0", "20", "-3", "fast", ""):
+            store = env.path("level_usage", "bad.lmap")
+            rc, out, err = env.run(cmd + ["-o", store, "--level", bad])
+            ck.check(rc == 2 and "--level" in err and "1, 19" in err and not os.path.exists(store),
+                     "lmap %s --level %r: exit %d, stderr %r" % (cmd[0], bad, rc, err[:200]))
 
 
 SYNTH = [

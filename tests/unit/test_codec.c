@@ -95,7 +95,7 @@ static codec_ctx *ctx_new(const codec_shape *s, const void *dict,
                           size_t dict_len) {
   codec_ctx *c = NULL;
   diag d = {0};
-  int rc = codec_ctx_new(s, dict, dict_len, CODEC_LEVEL_DEFAULT, &c, &d);
+  int rc = codec_ctx_new(s, dict, dict_len, CODEC_LEVEL_FAST, &c, &d);
   if (rc != 0)
     fprintf(stderr, "codec_ctx_new: %s\n", d.msg);
   ASSERT_EQ(rc, 0);
@@ -415,11 +415,15 @@ static void test_dictionary(void) {
   size_t cap = 1 << 16, dl = 123;
   uint8_t *dict = malloc(cap);
   uint8_t *raws = synth_raws(&s, 100000, 400, 3);
-  ASSERT_EQ(codec_train_dict(&s, raws, 3, dict, cap, &dl, &d), LMAP_EINVAL);
+  ASSERT_EQ(codec_train_dict(&s, raws, 3, CODEC_LEVEL_FAST, dict, cap, &dl, &d),
+            LMAP_EINVAL);
   ASSERT_CONTAINS(d.msg, "too few");
   ASSERT_EQ(dl, 0);
-  ASSERT_EQ(codec_train_dict(&s, raws, 400, dict, 100, &dl, &d), LMAP_EINVAL);
-  int rc = codec_train_dict(&s, raws, 400, dict, cap, &dl, &d);
+  ASSERT_EQ(
+      codec_train_dict(&s, raws, 400, CODEC_LEVEL_FAST, dict, 100, &dl, &d),
+      LMAP_EINVAL);
+  int rc =
+      codec_train_dict(&s, raws, 400, CODEC_LEVEL_FAST, dict, cap, &dl, &d);
   if (rc != 0)
     fprintf(stderr, "train: %s\n", d.msg);
   ASSERT_EQ(rc, 0);
@@ -449,7 +453,9 @@ static void test_dictionary(void) {
   uint8_t *raws2 = synth_raws(&s, 500000, 200, 99);
   size_t dl2;
   uint8_t *dict2 = malloc(cap);
-  ASSERT_EQ(codec_train_dict(&s, raws2, 200, dict2, cap, &dl2, &d), 0);
+  ASSERT_EQ(
+      codec_train_dict(&s, raws2, 200, CODEC_LEVEL_FAST, dict2, cap, &dl2, &d),
+      0);
   if (dl2 != dl || memcmp(dict, dict2, dl) != 0) {
     codec_ctx *other = ctx_new(&s, dict2, dl2);
     ASSERT_EQ(codec_decode(other, rec, len, &out, &d), LMAP_ECORRUPT);
@@ -551,7 +557,9 @@ static void test_corruption(void) {
   uint8_t *raws = synth_raws(&s, 200000, 100, 5);
   size_t dl;
   uint8_t *dict = malloc(1 << 16);
-  ASSERT_EQ(codec_train_dict(&s, raws, 100, dict, 1 << 16, &dl, NULL), 0);
+  ASSERT_EQ(codec_train_dict(&s, raws, 100, CODEC_LEVEL_FAST, dict, 1 << 16,
+                             &dl, NULL),
+            0);
   synth_params p = {1000, 15, 15, 5, 5};
   labelmap m = map_new(5, 15, 15);
   char id[64];
@@ -609,6 +617,62 @@ static void test_corruption(void) {
   free(raws);
 }
 
+/* ---- levels ---- */
+
+/* The level only changes the bytes: both levels decode to the same maps,
+ * and the default (optimal parsing against a content dictionary) writes
+ * smaller records than the fast level on ImageNet-shaped maps. */
+static void test_levels(void) {
+  diag d;
+  ASSERT_EQ(codec_level_check(CODEC_LEVEL_DEFAULT, &d), 0);
+  ASSERT_EQ(codec_level_check(CODEC_LEVEL_FAST, &d), 0);
+  ASSERT_EQ(codec_level_check(0, &d), LMAP_EINVAL);
+  ASSERT_CONTAINS(d.msg, "zstd level 0 is outside 1..19");
+  ASSERT_EQ(codec_level_check(20, &d), LMAP_EINVAL);
+  ASSERT_EQ(codec_level_check(-1, &d), LMAP_EINVAL);
+  codec_shape s = {5, 15, 15, 1000, CODEC_F16};
+  codec_ctx *c = NULL;
+  ASSERT_EQ(codec_ctx_new(&s, NULL, 0, 20, &c, &d), LMAP_EINVAL);
+  ASSERT(c == NULL);
+  const size_t ntrain = 500, nmeas = 200;
+  uint8_t *raws = synth_raws(&s, 1000000, ntrain, 42);
+  uint8_t *dict = malloc(1 << 17);
+  size_t dl;
+  ASSERT_EQ(codec_train_dict(&s, raws, ntrain, 0, dict, 1 << 17, &dl, &d),
+            LMAP_EINVAL);
+  ASSERT_CONTAINS(d.msg, "zstd level 0");
+  synth_params p = {1000, 15, 15, 5, 42};
+  labelmap m = map_new(5, 15, 15), out = map_new(5, 15, 15);
+  double per[2];
+  const int levels[2] = {CODEC_LEVEL_FAST, CODEC_LEVEL_DEFAULT};
+  for (int i = 0; i < 2; i++) {
+    ASSERT_EQ(codec_train_dict(&s, raws, ntrain, levels[i], dict, 1 << 17,
+                               &dl, &d),
+              0);
+    ASSERT_EQ(codec_ctx_new(&s, dict, dl, levels[i], &c, &d), 0);
+    size_t cap = codec_record_bound(c), len, total = 0;
+    uint8_t *rec = malloc(cap);
+    char id[64];
+    for (uint64_t j = 0; j < nmeas; j++) {
+      synth_image(&p, j, id, &m);
+      ASSERT_EQ(codec_encode(c, &m, rec, cap, &len, &d), 0);
+      ASSERT_EQ(codec_decode(c, rec, len, &out, &d), 0);
+      assert_same(&s, &m, &out);
+      total += len;
+    }
+    per[i] = (double)total / (double)nmeas;
+    printf("codec f16 level %d: %.1f bytes/record (dictionary %zu bytes)\n",
+           levels[i], per[i], dl);
+    free(rec);
+    codec_ctx_free(c);
+  }
+  ASSERT(per[1] < per[0]);
+  map_free(&m);
+  map_free(&out);
+  free(dict);
+  free(raws);
+}
+
 /* ---- figures ---- */
 
 static double now_us(void) {
@@ -627,7 +691,9 @@ static void test_figures(void) {
     uint8_t *raws = synth_raws(&s, 1000000, ntrain, 42);
     size_t dl;
     uint8_t *dict = malloc(1 << 17);
-    ASSERT_EQ(codec_train_dict(&s, raws, ntrain, dict, 1 << 17, &dl, NULL), 0);
+    ASSERT_EQ(codec_train_dict(&s, raws, ntrain, CODEC_LEVEL_FAST, dict,
+                               1 << 17, &dl, NULL),
+              0);
     codec_ctx *c = ctx_new(&s, dict, dl);
     synth_params p = {1000, 15, 15, 5, 42};
     labelmap m = map_new(5, 15, 15), out = map_new(5, 15, 15);
@@ -677,6 +743,7 @@ int main(void) {
   test_corruption();
   test_hostile_bodies(CODEC_F16);
   test_hostile_bodies(CODEC_F32);
+  test_levels();
   test_figures();
   TEST_DONE();
 }

@@ -193,7 +193,9 @@ static uint8_t *train(size_t *dl) {
     synth_image(&params, 900000 + i, id, &m);
     ASSERT_EQ(codec_transform(&shape, &m, raws + i * rs, NULL), 0);
   }
-  ASSERT_EQ(codec_train_dict(&shape, raws, n, dict, 1 << 16, dl, NULL), 0);
+  ASSERT_EQ(codec_train_dict(&shape, raws, n, CODEC_LEVEL_FAST, dict, 1 << 16,
+                             dl, NULL),
+            0);
   free(raws);
   return dict;
 }
@@ -236,9 +238,8 @@ static void build(const char *path, uint64_t count, const build_opts *o) {
   if (rc != 0)
     fprintf(stderr, "writer_open: %s\n", d.msg);
   ASSERT_EQ(rc, 0);
-  ASSERT_EQ(
-      codec_ctx_new(&shape, g_dict, g_dict_len, CODEC_LEVEL_DEFAULT, &c, &d),
-      0);
+  ASSERT_EQ(codec_ctx_new(&shape, g_dict, g_dict_len, CODEC_LEVEL_FAST, &c, &d),
+            0);
   size_t cap = codec_record_bound(c), len;
   uint8_t *rec = malloc(cap);
   float sc[1125];
@@ -1683,9 +1684,8 @@ static void test_damaged_record(const char *good) {
   char id[64];
   synth_image(&params, 7, id, &m);
   codec_ctx *c = NULL;
-  ASSERT_EQ(
-      codec_ctx_new(&shape, g_dict, g_dict_len, CODEC_LEVEL_DEFAULT, &c, &d),
-      0);
+  ASSERT_EQ(codec_ctx_new(&shape, g_dict, g_dict_len, CODEC_LEVEL_FAST, &c, &d),
+            0);
   size_t cap = codec_record_bound(c), rl;
   uint8_t *rec = malloc(cap);
   ASSERT_EQ(codec_encode(c, &m, rec, cap, &rl, &d), 0);
