@@ -71,6 +71,14 @@
 #define BLOCK                                                                  \
   4u /* lanes per vectorized block (one SSE2 vector; 8 measured                \
          slower for odd lane counts, e.g. 9 lanes of W=18) */
+/* x86-64 with GCC or Clang: AVX2 kernels beside the SSE2 ones (§ lanes). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CODEC_AVX2 1
+#else
+#define CODEC_AVX2 0
+#endif
+#define BLOCK_AVX2 8u
+#define BLOCK_MAX 8u /* the widest kernel: padding of lane rows and z */
 
 /* ---- shape ---- */
 
@@ -357,41 +365,45 @@ static void kern_residual32(const float *restrict pa, const float *restrict pb,
 /* Decodes K ranks of a row from z (rank stride zs) into v; the cap of
  * each rank stays in a block-sized array. Returns a flag for values
  * outside the fast path. (Reading the byte planes here instead of z would
- * save a pass, but mixed widths keep the compiler from vectorizing.) */
-static uint32_t
-kern_decode16(const float *restrict pa, const float *restrict pb,
-              const float *restrict pc, const float *restrict pd,
-              const uint32_t *restrict z, size_t zs, float *restrict v,
-              uint32_t K, size_t ls, uint32_t nl) {
-  uint32_t ab = 0;
-  for (size_t b = 1; b < 1 + nl; b += BLOCK) {
-    uint32_t cap[BLOCK];
-    for (size_t l = 0; l < BLOCK; l++)
-      cap[l] = NOCAP16;
-    for (size_t k = 0; k < K; k++)
-      for (size_t l = 0; l < BLOCK; l++)
-        ab |= decode16(PF(pa, pb, pc, pd, k * ls + b + l), cap[l],
-                       z[k * zs + b + l - 1], &v[k * ls + b + l], &cap[l]);
+ * save a pass, but mixed widths keep the compiler from vectorizing.)
+ * Defined once per entry decoder and block width: the SSE2 kernels every
+ * x86-64 has, and AVX2 kernels of 8 lanes (one 256-bit vector) chosen at
+ * run time where the CPU has AVX2; a row of 15 cells has 7 or 8 lanes of
+ * a colour, one AVX2 block instead of two SSE2 ones, and decoding a
+ * 15x15x5 record takes 10% less time. Both compute the same IEEE binary32
+ * operations (no FMA: ISO C mode does not contract), so they decode alike. */
+#define KERN_DECODE(NAME, ENTRY, NOCAP, WIDTH, ATTR)                           \
+  ATTR static uint32_t NAME(                                                   \
+      const float *restrict pa, const float *restrict pb,                      \
+      const float *restrict pc, const float *restrict pd,                      \
+      const uint32_t *restrict z, size_t zs, float *restrict v, uint32_t K,    \
+      size_t ls, uint32_t nl) {                                                \
+    uint32_t ab = 0;                                                           \
+    for (size_t b = 1; b < 1 + nl; b += (WIDTH)) {                             \
+      uint32_t cap[WIDTH];                                                     \
+      for (size_t l = 0; l < (WIDTH); l++)                                     \
+        cap[l] = (NOCAP);                                                      \
+      for (size_t k = 0; k < K; k++)                                           \
+        for (size_t l = 0; l < (WIDTH); l++)                                   \
+          ab |= ENTRY(PF(pa, pb, pc, pd, k * ls + b + l), cap[l],              \
+                      z[k * zs + b + l - 1], &v[k * ls + b + l], &cap[l]);     \
+    }                                                                          \
+    return ab;                                                                 \
   }
-  return ab;
-}
 
-static uint32_t
-kern_decode32(const float *restrict pa, const float *restrict pb,
-              const float *restrict pc, const float *restrict pd,
-              const uint32_t *restrict z, size_t zs, float *restrict v,
-              uint32_t K, size_t ls, uint32_t nl) {
-  uint32_t ab = 0;
-  for (size_t b = 1; b < 1 + nl; b += BLOCK) {
-    uint32_t cap[BLOCK];
-    for (size_t l = 0; l < BLOCK; l++)
-      cap[l] = NOCAP32;
-    for (size_t k = 0; k < K; k++)
-      for (size_t l = 0; l < BLOCK; l++)
-        ab |= decode32(PF(pa, pb, pc, pd, k * ls + b + l), cap[l],
-                       z[k * zs + b + l - 1], &v[k * ls + b + l], &cap[l]);
-  }
-  return ab;
+KERN_DECODE(kern_decode16, decode16, NOCAP16, BLOCK, )
+KERN_DECODE(kern_decode32, decode32, NOCAP32, BLOCK, )
+#if CODEC_AVX2
+KERN_DECODE(kern_decode16_avx2, decode16, NOCAP16, BLOCK_AVX2,
+            __attribute__((target("avx2"))))
+KERN_DECODE(kern_decode32_avx2, decode32, NOCAP32, BLOCK_AVX2,
+            __attribute__((target("avx2"))))
+#endif
+
+static int avx2_allowed = 1;
+
+void codec_allow_avx2(int allow) {
+  avx2_allowed = allow;
 }
 
 typedef struct work {
@@ -405,7 +417,7 @@ typedef struct work {
   uint32_t *o;     /* one row: ordered values */
   uint32_t *zr;    /* one row: residuals */
   uint32_t *nocap; /* ls entries: the cap of rank 0 (NOCAP16 or NOCAP32) */
-  uint32_t *z;     /* every residual, in coding order, and BLOCK more */
+  uint32_t *z;     /* every residual, in coding order, and BLOCK_MAX more */
   uint8_t *raw;    /* a body, for a context */
   uint32_t (*stored)(const float *restrict, float *restrict, uint32_t *restrict,
                      uint32_t, size_t, uint32_t);
@@ -418,6 +430,15 @@ typedef struct work {
                      const uint32_t *restrict, size_t, float *restrict,
                      uint32_t, size_t, uint32_t);
 } work;
+
+/* The decoding kernels of a new context. */
+static void pick_decode(work *w) {
+  w->decode = w->f16 ? kern_decode16 : kern_decode32;
+#if CODEC_AVX2
+  if (avx2_allowed && __builtin_cpu_supports("avx2"))
+    w->decode = w->f16 ? kern_decode16_avx2 : kern_decode32_avx2;
+#endif
+}
 
 static void work_free(work *w) {
   if (w == NULL)
@@ -438,15 +459,15 @@ static work *work_new(const codec_shape *s) {
   w->f16 = s->encoding == CODEC_F16;
   w->stored = w->f16 ? kern_stored16 : kern_stored32;
   w->residual = w->f16 ? kern_residual16 : kern_residual32;
-  w->decode = w->f16 ? kern_decode16 : kern_decode32;
+  pick_decode(w);
   size_t lanes = (s->w + 1u) / 2;
-  w->ls = (lanes + BLOCK - 1) / BLOCK * BLOCK + 2;
+  w->ls = (lanes + BLOCK_MAX - 1) / BLOCK_MAX * BLOCK_MAX + 2;
   w->rs = (size_t)s->k * w->ls;
   geom g = geom_of(s);
   /* Zeroed, so that lanes past the last one read initialized values. The
    * float rows and the integer rows share one block (both 4 bytes). */
   w->s = calloc(((size_t)s->h + 5) * w->rs + w->ls, sizeof(float));
-  w->z = calloc(g.n + BLOCK, sizeof *w->z);
+  w->z = calloc(g.n + BLOCK_MAX, sizeof *w->z);
   w->raw = malloc(g.size);
   if (w->s == NULL || w->z == NULL || w->raw == NULL) {
     work_free(w);

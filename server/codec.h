@@ -82,6 +82,12 @@ int codec_train_dict(const codec_shape *s, const uint8_t *raws, size_t count,
 
 typedef struct codec_ctx codec_ctx;
 
+/* Whether contexts created from now on may decode scores with AVX2
+ * kernels where the CPU has them (default: yes). Both kernels decode
+ * alike; tests turn AVX2 off to check the portable kernels on machines
+ * that have it. Not thread-safe: call before creating contexts. */
+void codec_allow_avx2(int allow);
+
 /* zstd levels of the head frame (the tail's is fixed). Records of any
  * level decode alike and at about the same speed; the level trades
  * encoding time for size. The default writes the smallest stores: from

@@ -646,9 +646,9 @@ static void test_levels(void) {
   double per[2];
   const int levels[2] = {CODEC_LEVEL_FAST, CODEC_LEVEL_DEFAULT};
   for (int i = 0; i < 2; i++) {
-    ASSERT_EQ(codec_train_dict(&s, raws, ntrain, levels[i], dict, 1 << 17,
-                               &dl, &d),
-              0);
+    ASSERT_EQ(
+        codec_train_dict(&s, raws, ntrain, levels[i], dict, 1 << 17, &dl, &d),
+        0);
     ASSERT_EQ(codec_ctx_new(&s, dict, dl, levels[i], &c, &d), 0);
     size_t cap = codec_record_bound(c), len, total = 0;
     uint8_t *rec = malloc(cap);
@@ -744,6 +744,13 @@ int main(void) {
   test_hostile_bodies(CODEC_F16);
   test_hostile_bodies(CODEC_F32);
   test_levels();
+  /* The portable kernels, on machines where the rest ran with AVX2. */
+  codec_allow_avx2(0);
+  test_round_trip_edges();
+  test_synth_round_trip(CODEC_F16);
+  test_synth_round_trip(CODEC_F32);
+  test_hostile_bodies(CODEC_F16);
+  codec_allow_avx2(1);
   test_figures();
   TEST_DONE();
 }
