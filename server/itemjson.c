@@ -27,19 +27,32 @@ int itemjson_number(dynbuf *b, float v) {
  * dense item is 1,000 numbers. */
 #define BLOCK 4096
 
+/* Most of a dense item is one number: every class absent from the pooled
+ * cells has the same probability. A number equal (bit for bit) to the one
+ * before reuses its text, comma included, copied whole at a fixed size
+ * (inline moves, not a call): pooling and writing a dense item of 1,000
+ * classes takes 2.6 us instead of 18 (tests/bench/bench_lookup.c). */
 static int floats(dynbuf *b, const float *v, uint32_t n) {
-  char block[BLOCK];
-  size_t len = 0;
+  char block[BLOCK], last[1 + FMTFLOAT_MAX];
+  size_t len = 0, last_len = 0;
+  uint32_t last_bits = 0;
   int rc = 0;
   block[len++] = '[';
+  last[0] = ',';
   for (uint32_t i = 0; i < n && rc == 0; i++) {
-    if (len > BLOCK - FMTFLOAT_MAX - 2) {
+    if (len > BLOCK - sizeof last - 1) {
       rc = lmap_dynbuf_add(b, block, len);
       len = 0;
     }
-    if (i)
-      block[len++] = ',';
-    len += (size_t)number_text(block + len, v[i]);
+    uint32_t bits;
+    memcpy(&bits, &v[i], sizeof bits);
+    if (i == 0 || bits != last_bits) {
+      last_len = 1 + (size_t)number_text(last + 1, v[i]);
+      last_bits = bits;
+    }
+    size_t skip = i == 0; /* no comma before the first */
+    memcpy(block + len, last + skip, sizeof last - 1);
+    len += last_len - skip;
   }
   block[len++] = ']';
   return rc ? rc : lmap_dynbuf_add(b, block, len);
