@@ -9,7 +9,9 @@
 #     RandomResizedCrop boxes, keep-alive, 64 connections, wrk + Lua), sparse
 #     and dense JSON: req/s, p50, p99, server CPU per request. Peer: nginx
 #     (Debian's, on its own config) serving a static file of the mean size of
-#     lmap's answers, for the same random URLs from the same wrk script.
+#     lmap's answers, for the same random URLs from the same wrk script. The
+#     two alternate in short rounds (3 of 2 s each; quick: 2 of 1 s), and
+#     every figure is the median of its rounds.
 #  2. POST /v1/labels, 256 queries, .npy, through liblmap from several client
 #     threads (bench_batch): labels/s, p99 per batch, CPU per label. Peer:
 #     the official ReLabel path (official_peer.py: torch.load of each
@@ -74,10 +76,12 @@ done
 
 if ((quick)); then
   mode=quick secs=2 warm=1 point=1 peer_secs=2 peer_maps=256 import_n=5000
+  rounds=2 round_secs=1
   batch_sizes="1 16 256 1024" client_counts="1 4 16" conn_counts="1 16 64"
   suffix=-quick
 else
   mode=full secs=5 warm=1 point=2 peer_secs=5 peer_maps=2048 import_n=100000
+  rounds=3 round_secs=2
   batch_sizes="1 4 16 64 256 1024" client_counts="1 2 4 8 16 32" conn_counts="1 4 16 64 256"
   suffix=""
 fi
@@ -355,6 +359,57 @@ footprint_end() {
   fi
 }
 
+# ---- nginx, row 1's peer: the same URLs, a static file of lmap's mean
+# answer size each (written after lmapd's first round of each format) ----
+start_nginx() { # sets NPID, nurl, nginx_pids; returns 1 if nginx did not start
+  local attempt i ok user_line
+  mkdir -p "$run/nginx-tmp" "$run/www"
+  user_line=""
+  [ "$(id -u)" -eq 0 ] && user_line="user root root;"   # workers read $run/www as the caller does
+  NPID="" NPORT=""
+  for attempt in 1 2 3; do
+    NPORT=$(free_port)
+    cat > "$run/nginx.conf" <<EOT
+  $user_line
+  worker_processes 2;
+  daemon off;
+  master_process on;
+  pid $run/nginx.pid;
+  error_log $run/nginx.err;
+  events { worker_connections 1024; }
+  http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 65;
+    client_body_temp_path $run/nginx-tmp; proxy_temp_path $run/nginx-tmp;
+    fastcgi_temp_path $run/nginx-tmp; uwsgi_temp_path $run/nginx-tmp; scgi_temp_path $run/nginx-tmp;
+    server {
+      listen 127.0.0.1:$NPORT;
+      root $run/www;
+      default_type application/json;
+      location /sparse/ { try_files /sparse.json =404; }
+      location /dense/ { try_files /dense.json =404; }
+    }
+  }
+EOT
+    setsid nginx -p "$run" -c "$run/nginx.conf" -e "$run/nginx.err" 2>> "$run/nginx.err" &
+    NPID=$!
+    pids+=("$NPID")
+    ok=0
+    for ((i = 0; i < 50; i++)); do
+      [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NPORT/sparse/x" 2>/dev/null)" = 200 ] && { ok=1; break; }
+      alive "$NPID" || break
+      sleep 0.1
+    done
+    ((ok)) && break
+    stop_proc "$NPID" 5
+    NPID=""
+  done
+  [ -n "$NPID" ] || return 1
+  nurl=http://127.0.0.1:$NPORT
+  nginx_pids=("$NPID" $(children "$NPID"))
+}
+
 # ---- lmapd on the main store, 2 threads: rows 1, 2, 4 and the plot ----
 main_ids=$main_store.ids
 start_lmapd "$main_store" 2 main
@@ -362,22 +417,52 @@ url=http://127.0.0.1:$LPORT
 say "lmapd on $(basename "$main_store"), port $LPORT, 2 threads"
 record fp.idle "$("$bench_src/footprint.sh" "$LPID" "$main_store" | awk '{ printf "{\"rss_kib\":%d,\"store_rss_kib\":%d,\"other_kib\":%d}", $1, $2, $3 }')"
 wrk_run warmup "$url" $conns "$warm" sparse "" "$LPID"
+# Row 1 alternates lmapd and nginx in short rounds and reports medians: a
+# burst of outside load then hits one round of each, not one server's
+# whole measurement. nginx idles (no CPU) while lmapd is measured.
+for fmt in sparse dense; do # placeholders until lmapd's answer sizes are known
+  mkdir -p "$run/www" && printf '{}' > "$run/www/$fmt.json"
+done
+have_nginx=0
+if start_nginx; then
+  have_nginx=1
+  wrk_run warmup-nginx "$nurl" $conns "$warm" sparse /sparse "${nginx_pids[@]}"
+else
+  failed "nginx did not start: $(tail -3 "$run/nginx.err" | tr '\n' ' ')"
+fi
 for fmt in sparse dense; do
-  say "row 1: single GET, $fmt, lmapd"
-  wrk_run "single.$fmt.lmap" "$url" $conns $secs $fmt "" "$LPID"
-  # The answer's mean body size over the whole run, for nginx's file.
-  id=$(head -1 "$wrk_ids")
-  curl -s -D "$run/hdr-$fmt" -o "$run/body-$fmt" "$url/v1/labels/$id?box=0.1,0.1,0.9,0.9&format=$fmt"
-  hdr=$(stat -c %s "$run/hdr-$fmt")
-  size=$(grep "\"single.$fmt.lmap\"" "$run/raw.jsonl" | $PY -c '
+  say "row 1: single GET, $fmt, lmapd and nginx, $rounds rounds of $round_secs s"
+  for ((r = 1; r <= rounds; r++)); do
+    wrk_run "single.$fmt.lmap.$r" "$url" $conns $round_secs $fmt "" "$LPID"
+    if ((r == 1)); then
+      # nginx's file: lmapd's mean body size over the first round.
+      id=$(head -1 "$wrk_ids")
+      curl -s -D "$run/hdr-$fmt" -o "$run/body-$fmt" "$url/v1/labels/$id?box=0.1,0.1,0.9,0.9&format=$fmt"
+      hdr=$(stat -c %s "$run/hdr-$fmt")
+      size=$(grep "\"single.$fmt.lmap.1\"" "$run/raw.jsonl" | $PY -c '
 import json, sys
 d = json.loads(sys.stdin.readline())["data"]["wrk"]
 print(max(1, round(d["bytes"] / max(1, d["requests"]) - int(sys.argv[1]))))' "$hdr" 2>/dev/null || stat -c %s "$run/body-$fmt")
-  mkdir -p "$run/www"
-  b=$(stat -c %s "$run/body-$fmt")
-  { head -c "$size" "$run/body-$fmt"; if ((size > b)); then printf '%*s' $((size - b)) ''; fi; } > "$run/www/$fmt.json"
-  record "body.$fmt" "{\"mean_body_bytes\":$size,\"lmapd_header_bytes\":$hdr}"
+      b=$(stat -c %s "$run/body-$fmt")
+      { head -c "$size" "$run/body-$fmt"; if ((size > b)); then printf '%*s' $((size - b)) ''; fi; } > "$run/www/$fmt.json.tmp"
+      mv "$run/www/$fmt.json.tmp" "$run/www/$fmt.json"
+      record "body.$fmt" "{\"mean_body_bytes\":$size,\"lmapd_header_bytes\":$hdr}"
+    fi
+    ((have_nginx)) || continue
+    if ((r == 1)); then
+      ( sleep "$(awk -v s="$round_secs" 'BEGIN { print s / 2 }')"; rss_sum "${nginx_pids[@]}" > "$run/fp-nginx-$fmt.txt" ) &
+      sp=$!
+      pids+=("$sp")
+    fi
+    wrk_run "single.$fmt.nginx.$r" "$nurl" $conns $round_secs $fmt "/$fmt" "${nginx_pids[@]}"
+    if ((r == 1)); then
+      wait "$sp" || true
+      forget "$sp"
+      read -r rk qk < "$run/fp-nginx-$fmt.txt" && record "fp.nginx-$fmt" "{\"rss_kib\":$rk,\"pss_kib\":$qk,\"processes\":${#nginx_pids[@]}}"
+    fi
+  done
 done
+((have_nginx)) && stop_proc "$NPID" 10
 
 # GET-only memory first: a batch leaves its larger buffers in the heap.
 say "plot series: wrk connections ($conn_counts), lmapd memory sampled"
@@ -408,68 +493,6 @@ for b in $batch_sizes; do batch_run "series.batch.$b" $clients "$b" $point; done
 for k in $client_counts; do batch_run "series.clients.$k" "$k" $batch $point; done
 footprint_end batch
 stop_lmapd main
-
-# ---- nginx: row 1 peer ----
-say "row 1 peer: nginx"
-mkdir -p "$run/nginx-tmp"
-user_line=""
-[ "$(id -u)" -eq 0 ] && user_line="user root root;"   # workers read $run/www as the caller does
-NPID="" NPORT=""
-for attempt in 1 2 3; do
-  NPORT=$(free_port)
-  cat > "$run/nginx.conf" <<EOT
-$user_line
-worker_processes 2;
-daemon off;
-master_process on;
-pid $run/nginx.pid;
-error_log $run/nginx.err;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 65;
-  client_body_temp_path $run/nginx-tmp; proxy_temp_path $run/nginx-tmp;
-  fastcgi_temp_path $run/nginx-tmp; uwsgi_temp_path $run/nginx-tmp; scgi_temp_path $run/nginx-tmp;
-  server {
-    listen 127.0.0.1:$NPORT;
-    root $run/www;
-    default_type application/json;
-    location /sparse/ { try_files /sparse.json =404; }
-    location /dense/ { try_files /dense.json =404; }
-  }
-}
-EOT
-  setsid nginx -p "$run" -c "$run/nginx.conf" -e "$run/nginx.err" 2>> "$run/nginx.err" &
-  NPID=$!
-  pids+=("$NPID")
-  ok=0
-  for ((i = 0; i < 50; i++)); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NPORT/sparse/x" 2>/dev/null)" = 200 ] && { ok=1; break; }
-    alive "$NPID" || break
-    sleep 0.1
-  done
-  ((ok)) && break
-  stop_proc "$NPID" 5
-  NPID=""
-done
-if [ -n "$NPID" ]; then
-  nurl=http://127.0.0.1:$NPORT
-  nginx_pids=("$NPID" $(children "$NPID"))
-  wrk_run warmup-nginx "$nurl" $conns "$warm" sparse /sparse "${nginx_pids[@]}"
-  for fmt in sparse dense; do
-    ( sleep "$(awk -v s="$secs" 'BEGIN { print s / 2 }')"; rss_sum "${nginx_pids[@]}" > "$run/fp-nginx-$fmt.txt" ) &
-    sp=$!
-    pids+=("$sp")
-    wrk_run "single.$fmt.nginx" "$nurl" $conns $secs $fmt "/$fmt" "${nginx_pids[@]}"
-    wait "$sp" || true
-    forget "$sp"
-    read -r r q < "$run/fp-nginx-$fmt.txt" && record "fp.nginx-$fmt" "{\"rss_kib\":$r,\"pss_kib\":$q,\"processes\":${#nginx_pids[@]}}"
-  done
-  stop_proc "$NPID" 10
-else
-  failed "nginx did not start: $(tail -3 "$run/nginx.err" | tr '\n' ' ')"
-fi
 
 # ---- row 5: 1 server thread; the 10,000-record store ----
 say "row 5: lmapd with 1 thread"
@@ -566,7 +589,21 @@ def get(tag, *path):
         d = d.get(p) if isinstance(d, dict) else None
     return d
 
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
 def wrk(tag, what):
+    if tag not in by and tag + ".1" in by:  # rounds: their median
+        r = 1
+        vals = []
+        while tag + ".%d" % r in by:
+            vals.append(wrk(tag + ".%d" % r, what))
+            r += 1
+        return median(vals)
     w = get(tag, "wrk")
     if not w:
         return None
