@@ -307,60 +307,41 @@ typedef struct nb4 {
 #define PF(a, b, c, d, i) (((a)[i] + (b)[i]) + ((c)[i] + (d)[i])) * 0.25f
 
 /* Stored and ordered values of K ranks of input x; returns a flag for
- * values outside the fast path (f16: outside the normal range). */
-static uint32_t kern_stored16(const float *restrict x, float *restrict v,
-                              uint32_t *restrict o, uint32_t K, size_t ls,
-                              uint32_t nl) {
-  uint32_t ab = 0;
-  for (size_t k = 0; k < K; k++)
-    for (size_t b = k * ls + 1; b < k * ls + 1 + nl; b += BLOCK)
-      for (size_t l = 0; l < BLOCK; l++)
-        ab |= stored16(x[b + l], &v[b + l], &o[b + l]);
-  return ab;
-}
+ * values outside the fast path (f16: outside the normal range). Defined
+ * once per entry function, as are the kernels below. */
+#define KERN_STORED(NAME, ENTRY)                                               \
+  static uint32_t NAME(const float *restrict x, float *restrict v,             \
+                       uint32_t *restrict o, uint32_t K, size_t ls,            \
+                       uint32_t nl) {                                          \
+    uint32_t ab = 0;                                                           \
+    for (size_t k = 0; k < K; k++)                                             \
+      for (size_t b = k * ls + 1; b < k * ls + 1 + nl; b += BLOCK)             \
+        for (size_t l = 0; l < BLOCK; l++)                                     \
+          ab |= ENTRY(x[b + l], &v[b + l], &o[b + l]);                         \
+    return ab;                                                                 \
+  }
 
-static uint32_t kern_stored32(const float *restrict x, float *restrict v,
-                              uint32_t *restrict o, uint32_t K, size_t ls,
-                              uint32_t nl) {
-  uint32_t ab = 0;
-  for (size_t k = 0; k < K; k++)
-    for (size_t b = k * ls + 1; b < k * ls + 1 + nl; b += BLOCK)
-      for (size_t l = 0; l < BLOCK; l++)
-        ab |= stored32(x[b + l], &v[b + l], &o[b + l]);
-  return ab;
-}
+KERN_STORED(kern_stored16, stored16)
+KERN_STORED(kern_stored32, stored32)
 
 /* Residuals of K ranks into the lane row z; the cap of rank k is the
  * ordered value of rank k-1, and `nocap` for rank 0. */
-static void kern_residual16(const float *restrict pa, const float *restrict pb,
-                            const float *restrict pc, const float *restrict pd,
-                            const uint32_t *restrict o,
-                            const uint32_t *restrict nocap,
-                            uint32_t *restrict z, uint32_t K, size_t ls,
-                            uint32_t nl) {
-  for (size_t k = 0; k < K; k++) {
-    const uint32_t *op = k > 0 ? o + (k - 1) * ls : nocap;
-    for (size_t b = 1; b < 1 + nl; b += BLOCK)
-      for (size_t l = 0; l < BLOCK; l++)
-        z[k * ls + b + l] = residual16(PF(pa, pb, pc, pd, k * ls + b + l),
-                                       op[b + l], o[k * ls + b + l]);
+#define KERN_RESIDUAL(NAME, ENTRY)                                             \
+  static void NAME(const float *restrict pa, const float *restrict pb,         \
+                   const float *restrict pc, const float *restrict pd,         \
+                   const uint32_t *restrict o, const uint32_t *restrict nocap, \
+                   uint32_t *restrict z, uint32_t K, size_t ls, uint32_t nl) { \
+    for (size_t k = 0; k < K; k++) {                                           \
+      const uint32_t *op = k > 0 ? o + (k - 1) * ls : nocap;                   \
+      for (size_t b = 1; b < 1 + nl; b += BLOCK)                               \
+        for (size_t l = 0; l < BLOCK; l++)                                     \
+          z[k * ls + b + l] = ENTRY(PF(pa, pb, pc, pd, k * ls + b + l),        \
+                                    op[b + l], o[k * ls + b + l]);             \
+    }                                                                          \
   }
-}
 
-static void kern_residual32(const float *restrict pa, const float *restrict pb,
-                            const float *restrict pc, const float *restrict pd,
-                            const uint32_t *restrict o,
-                            const uint32_t *restrict nocap,
-                            uint32_t *restrict z, uint32_t K, size_t ls,
-                            uint32_t nl) {
-  for (size_t k = 0; k < K; k++) {
-    const uint32_t *op = k > 0 ? o + (k - 1) * ls : nocap;
-    for (size_t b = 1; b < 1 + nl; b += BLOCK)
-      for (size_t l = 0; l < BLOCK; l++)
-        z[k * ls + b + l] = residual32(PF(pa, pb, pc, pd, k * ls + b + l),
-                                       op[b + l], o[k * ls + b + l]);
-  }
-}
+KERN_RESIDUAL(kern_residual16, residual16)
+KERN_RESIDUAL(kern_residual32, residual32)
 
 /* Decodes K ranks of a row from z (rank stride zs) into v; the cap of
  * each rank stays in a block-sized array. Returns a flag for values
