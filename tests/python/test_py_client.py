@@ -418,8 +418,7 @@ def main():
         ck.raises(lmap.ClientClosedError, lambda: client.info(), "closed client refuses info()")
         client = None  # __del__ of a closed client
         # Every Client is closed: both daemons drain at once and exit 0
-        # (an open keep-alive connection would hold the drain, see
-        # /work/notes/client-findings.md).
+        # (a connection left open would hold the drain until --grace).
         for p in list(daemons.procs):
             rc = daemons.stop(p)
             ck.check(rc == 0, "lmapd pid %d stopped with %r: a connection was left open" % (p.pid, rc))
