@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 
+#include "build.h"
 #include "diag.h"
 
 #define EXIT_OK 0
@@ -40,5 +41,10 @@ int cli_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
 
 /* "H" or "HxW" -> grid sides. 0 or -1. */
 int cli_grid(const char *s, uint32_t *h, uint32_t *w);
+
+/* The options every command that writes a store shares (import, synth):
+ * 'e' --encoding, 'l' --level, 'j' --threads. Parses option `c`'s `arg`
+ * into `o`; returns EXIT_OK, or EXIT_USAGE after cli_usage. */
+int cli_build_option(const char *cmd, int c, const char *arg, build_opts *o);
 
 #endif /* LMAP_CLI_H */

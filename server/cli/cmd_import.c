@@ -57,7 +57,7 @@ int cmd_import(int argc, char **argv) {
   build_opts o = {.cmd = "import", .encoding = CODEC_F16, .extent = "full",
                   .progress = isatty(2)};
   const char *classes_file = NULL;
-  uint32_t num_classes = 0, threads = 0, level;
+  uint32_t num_classes = 0;
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "o:C:e:l:j:fh", longopts, NULL)) != -1) {
@@ -70,22 +70,12 @@ int cmd_import(int argc, char **argv) {
       break;
     case O_CLASSES: classes_file = optarg; break;
     case 'e':
-      if (strcmp(optarg, "f16") == 0) o.encoding = CODEC_F16;
-      else if (strcmp(optarg, "f32") == 0) o.encoding = CODEC_F32;
-      else return cli_usage("import", "--encoding: '%s' is not f16 or f32", optarg);
-      break;
     case 'l':
-      if (cli_u32(optarg, CODEC_LEVEL_MIN, CODEC_LEVEL_MAX, &level))
-        return cli_usage("import", "--level: '%s' is not an integer in [%d, %d]",
-                         optarg, CODEC_LEVEL_MIN, CODEC_LEVEL_MAX);
-      o.level = (int)level;
+    case 'j':
+      if (cli_build_option("import", c, optarg, &o) != EXIT_OK)
+        return EXIT_USAGE;
       break;
     case O_SKIP: o.skip_bad = true; break;
-    case 'j':
-      if (cli_u32(optarg, 1, 64, &threads))
-        return cli_usage("import", "--threads: '%s' is not in [1, 64]", optarg);
-      o.threads = (int)threads;
-      break;
     case 'f': o.overwrite = 1; break;
     case O_SOURCE: o.source_desc = optarg; break;
     case O_ANNOT: o.annotator = optarg; break;

@@ -117,7 +117,6 @@ int cmd_synth(int argc, char **argv) {
                             .seed = 1}};
   build_opts o = {.cmd = "synth", .encoding = CODEC_F16, .extent = "full",
                   .progress = isatty(2), .annotator = "lmap synth"};
-  uint32_t threads, level;
   int have_images = 0, c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "o:n:C:g:k:s:e:l:j:fh", longopts, NULL)) != -1) {
@@ -146,20 +145,10 @@ int cmd_synth(int argc, char **argv) {
         return cli_usage("synth", "--seed: '%s' is not an unsigned integer", optarg);
       break;
     case 'e':
-      if (strcmp(optarg, "f16") == 0) o.encoding = CODEC_F16;
-      else if (strcmp(optarg, "f32") == 0) o.encoding = CODEC_F32;
-      else return cli_usage("synth", "--encoding: '%s' is not f16 or f32", optarg);
-      break;
     case 'l':
-      if (cli_u32(optarg, CODEC_LEVEL_MIN, CODEC_LEVEL_MAX, &level))
-        return cli_usage("synth", "--level: '%s' is not an integer in [%d, %d]",
-                         optarg, CODEC_LEVEL_MIN, CODEC_LEVEL_MAX);
-      o.level = (int)level;
-      break;
     case 'j':
-      if (cli_u32(optarg, 1, 64, &threads))
-        return cli_usage("synth", "--threads: '%s' is not in [1, 64]", optarg);
-      o.threads = (int)threads;
+      if (cli_build_option("synth", c, optarg, &o) != EXIT_OK)
+        return EXIT_USAGE;
       break;
     case 'f': o.overwrite = 1; break;
     case 'P': o.progress = true; break;

@@ -58,3 +58,30 @@ int cli_grid(const char *s, uint32_t *h, uint32_t *w) {
   }
   return cli_u32(x + 1, 1, 1024, w);
 }
+
+int cli_build_option(const char *cmd, int c, const char *arg, build_opts *o) {
+  uint32_t v;
+  switch (c) {
+  case 'e':
+    if (strcmp(arg, "f16") == 0)
+      o->encoding = CODEC_F16;
+    else if (strcmp(arg, "f32") == 0)
+      o->encoding = CODEC_F32;
+    else
+      return cli_usage(cmd, "--encoding: '%s' is not f16 or f32", arg);
+    return EXIT_OK;
+  case 'l':
+    if (cli_u32(arg, CODEC_LEVEL_MIN, CODEC_LEVEL_MAX, &v))
+      return cli_usage(cmd, "--level: '%s' is not an integer in [%d, %d]", arg,
+                       CODEC_LEVEL_MIN, CODEC_LEVEL_MAX);
+    o->level = (int)v;
+    return EXIT_OK;
+  case 'j':
+    if (cli_u32(arg, 1, 64, &v))
+      return cli_usage(cmd, "--threads: '%s' is not in [1, 64]", arg);
+    o->threads = (int)v;
+    return EXIT_OK;
+  default:
+    return cli_usage(cmd, "bad option");
+  }
+}
