@@ -48,6 +48,7 @@ struct api {
   _Atomic(generation *) current;
   pthread_mutex_t mu;
   uint32_t max_batch;
+  size_t max_answer;
   atomic_int draining;
   char *token; /* required bearer token, or NULL */
   size_t token_len;
@@ -94,6 +95,7 @@ int api_new(store *s, uint32_t max_batch, api **out, diag *d) {
   atomic_init(&a->current, g);
   pthread_mutex_init(&a->mu, NULL);
   a->max_batch = max_batch ? max_batch : API_DEFAULT_MAX_BATCH;
+  a->max_answer = RESPONSE_MAX;
   a->metrics = m;
   *out = a;
   return 0;
@@ -153,6 +155,10 @@ static int token_matches(const api *a, const char *header) {
   for (size_t i = 0; i < a->token_len; i++)
     diff |= (unsigned char)(a->token[i] ^ (i < n ? got[i] : 0));
   return diff == 0;
+}
+
+void api_set_max_answer(api *a, size_t bytes) {
+  a->max_answer = bytes ? bytes : RESPONSE_MAX;
 }
 
 void api_set_draining(api *a) { atomic_store(&a->draining, 1); }

@@ -69,6 +69,11 @@ uint64_t api_swap(api *a, store *s);
  * on (the token is copied). Returns 0 or LMAP_EINVAL (empty token). */
 int api_set_token(api *a, const char *token, size_t len);
 
+/* Caps the size of one answer body at `bytes` (lmapd --max-answer): a
+ * request whose answer would be larger is refused with 413 before any
+ * pooling. 0 keeps the default. */
+void api_set_max_answer(api *a, size_t bytes);
+
 /* Marks the service as draining: /readyz answers 503 from now on. */
 void api_set_draining(api *a);
 

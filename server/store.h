@@ -55,6 +55,12 @@ typedef struct store store;
  * Returns 0, LMAP_EIO, LMAP_EBADSTORE, LMAP_EVERSION or LMAP_ENOMEM. */
 int store_open(const char *path, store **out, diag *d);
 
+/* Flags of store_open_flags. */
+#define STORE_OPEN_NO_PAGE_CHECK 1u /* skip the check of every page at open */
+
+/* store_open with flags (store_open is store_open_flags(path, 0, ...)). */
+int store_open_flags(const char *path, unsigned flags, store **out, diag *d);
+
 /* Accepts NULL. Every reader of the store must have been freed. */
 void store_close(store *s);
 

@@ -20,6 +20,7 @@ typedef struct control {
   int draining;
   int timed_out;
   const char *store_path;
+  unsigned open_flags; /* store_open_flags() flags for reloads */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t poll;
 } control;
@@ -80,7 +81,7 @@ static void on_reload(uv_signal_t *s, int signum) {
   diag d;
   diag_clear(&d);
   store *st;
-  if (store_open(c->store_path, &st, &d) != 0) {
+  if (store_open_flags(c->store_path, c->open_flags, &st, &d) != 0) {
     json_t *m = json_string(diag_text(&d));
     char *text = m ? json_dumps(m, JSON_ENCODE_ANY) : NULL;
     log_event("reload_failed", "\"message\":%s", text ? text : "\"?\"");
@@ -113,9 +114,9 @@ void control_block_signals(void) {
 }
 
 int control_run(api *a, http_server *h, unsigned grace_ms,
-                const char *store_path) {
+                const char *store_path, unsigned store_open_flags) {
   control c = {.a = a, .h = h, .grace_ms = grace_ms,
-               .store_path = store_path};
+               .store_path = store_path, .open_flags = store_open_flags};
   uv_loop_t *loop = uv_default_loop();
   uv_signal_init(loop, &c.sigterm);
   uv_signal_init(loop, &c.sigint);

@@ -21,6 +21,6 @@ void control_block_signals(void);
  * are in place). Returns 0 when every connection finished
  * within `grace_ms`, 1 when the grace period ran out first. */
 int control_run(api *a, http_server *h, unsigned grace_ms,
-                const char *store_path);
+                const char *store_path, unsigned store_open_flags);
 
 #endif /* LMAPD_CONTROL_H */

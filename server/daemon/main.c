@@ -274,7 +274,7 @@ int main(int argc, char **argv) {
   log_event("listening", "\"host\":\"%s\",\"port\":%u,\"records\":%llu", host,
             (unsigned)bound,
             records);
-  rc = control_run(a, h, (unsigned)c.grace * 1000u, c.store);
+  rc = control_run(a, h, (unsigned)c.grace * 1000u, c.store, 0);
   http_stop(h);
   api_free(a);
   log_event("stopped", "\"exit\":%d", rc);
