@@ -296,6 +296,7 @@ struct store {
   void *dict;         /* copy of "lmap.dict", NULL when empty */
   size_t dict_len;
   uint64_t file_size;
+  struct timespec mtime; /* at open, for store_file_check */
 };
 
 /* Reads integer field `key` of `root` (the document called `doc` in
@@ -645,6 +646,7 @@ static int open_env(store *s, uint64_t size, diag *d) {
   if (!S_ISREG(st.st_mode))
     return diag_set(d, LMAP_EBADSTORE, "not a regular file");
   s->file_size = (uint64_t)st.st_size;
+  s->mtime = st.st_mtim;
   return check_size(s->file_size, (uint64_t)info.me_last_pgno, ms.ms_psize, d);
 }
 
@@ -724,6 +726,30 @@ const char *store_class_names_json(const store *s) {
 
 uint64_t store_file_size(const store *s) {
   return s->file_size;
+}
+
+int store_file_check(const store *s, diag *d) {
+  mdb_filehandle_t fd;
+  struct stat st;
+  int e = mdb_env_get_fd(s->env, &fd);
+  if (e != 0)
+    return lmdb_fail(d, LMAP_EBADSTORE, "cannot check the store file", e);
+  if (fstat(fd, &st) != 0)
+    return diag_set(d, LMAP_EBADSTORE, "%s: cannot stat the store file: %s",
+                    s->path, strerror(errno));
+  if ((uint64_t)st.st_size != s->file_size)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "%s: the store file changed size while served (%llu "
+                    "bytes at open, %llu now): truncated or overwritten in "
+                    "place",
+                    s->path, (unsigned long long)s->file_size,
+                    (unsigned long long)st.st_size);
+  if (st.st_mtim.tv_sec != s->mtime.tv_sec ||
+      st.st_mtim.tv_nsec != s->mtime.tv_nsec)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "%s: the store file was modified in place while served",
+                    s->path);
+  return 0;
 }
 
 /* ---- chunks ---- */

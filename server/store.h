@@ -78,6 +78,13 @@ const char *store_class_names_json(const store *s);
 /* Size of the store file in bytes. */
 uint64_t store_file_size(const store *s);
 
+/* Checks that the open store file is still the file that was opened: the
+ * same size and modification time (a `cp` over the served file, or a
+ * truncation, changes them; installing a new store by rename() does not
+ * touch the open file). One fstat(), cheap enough for a timer.
+ * Returns 0, or LMAP_EBADSTORE with `d` naming the change. Thread-safe. */
+int store_file_check(const store *s, diag *d);
+
 /* A reader owns one read transaction and cursor (kept for its life), a
  * codec context and the decode buffers. Not thread-safe: one per thread. */
 typedef struct store_reader store_reader;
