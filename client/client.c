@@ -12,6 +12,7 @@
  * query. 4xx answers describe the request and are returned at once.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -58,6 +59,10 @@ struct lmap_client {
   const char *tried; /* base of the last endpoint tried, or "" */
   dynbuf message;
   size_t npy_shape[4]; /* of the last .npy answer */
+  /* The store's description, from the last /v1/info answer: what labels,
+   * maps and sparse answers are checked against. */
+  lmap_info info;
+  int have_info;
 };
 
 /* ---- time --------------------------------------------------------------- */
@@ -278,10 +283,14 @@ void lmap_client_free(lmap_client *c) {
 typedef struct call {
   const char *path;
   const dynbuf *post;
+  size_t max_ok; /* cap of a JSON 200 answer */
+  const char *what; /* why that cap, for the message when it is passed */
   float *dest;
   size_t dest_len;
   size_t expect[4];
   int ndim;
+  lmap_npy_values values;
+  uint32_t classes;
 } call;
 
 /* The order of a pass: from the endpoint that answered last, those not
@@ -343,17 +352,28 @@ static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons, fai
   if (lmap_dynbuf_addstr(&c->url, ep->base) || lmap_dynbuf_addstr(&c->url, k->path))
     return fail(c, LMAP_EINVAL, NULL, "the request URL is longer than %zu bytes", c->url.max);
   lmap_npy_sink sink;
-  if (k->dest)
+  if (k->dest) {
     lmap_npy_sink_init(&sink, k->dest, k->dest_len, k->expect, k->ndim);
+    lmap_npy_sink_values(&sink, k->values, k->classes);
+  }
   lmap_http_outcome o;
-  int rc = lmap_http_perform(c->http, c->url.data, k->post, &c->body, k->dest ? &sink : NULL, &o);
+  int rc = lmap_http_perform(c->http, c->url.data, k->post, k->max_ok, &c->body,
+                             k->dest ? &sink : NULL, &o);
   c->status = o.status;
   snprintf(c->request_id, sizeof c->request_id, "%s", o.request_id);
   char reason[600] = "";
   *how = FAIL_NONE;
   size_t shape[4] = {0};
-  if (rc == 0 && !o.transport_failed && o.status == 200 && k->dest) {
-    if (strncasecmp(o.content_type, "application/x-npy", 17) != 0) {
+  int npy = strncasecmp(o.content_type, "application/x-npy", 17) == 0;
+  if (rc == 0 && o.too_large && !(k->dest && o.status == 200 && !npy)) {
+    /* Not what was asked for, whatever its status: abandoned unread. */
+    snprintf(reason, sizeof reason, "%s (%s)", o.error,
+             o.status != 200 ? "the cap on error answers"
+             : k->what       ? k->what
+                             : "the cap on this answer");
+    *how = FAIL_ANSWER;
+  } else if (rc == 0 && !o.transport_failed && o.status == 200 && k->dest) {
+    if (!npy) {
       snprintf(reason, sizeof reason, "the answer is not .npy (Content-Type: %.60s)",
                o.content_type[0] ? o.content_type : "none");
       *how = FAIL_ANSWER;
@@ -437,6 +457,32 @@ static int perform(lmap_client *c, const call *k) {
   return rc;
 }
 
+/* ---- the store's description -------------------------------------------- */
+
+/* GET /v1/info into c->body; on success c->info is the store's. */
+static int fetch_info(lmap_client *c) {
+  call k = {.path = "/v1/info", .max_ok = LMAP_WIRE_INFO_MAX,
+            .what = "the cap on /v1/info documents"};
+  int rc = perform(c, &k);
+  if (rc)
+    return rc;
+  char err[LMAP_WIRE_ERRLEN];
+  lmap_info info;
+  rc = lmap_wire_info(c->body.data, c->body.len, &info, err);
+  if (rc)
+    return fail(c, rc, NULL, "%s: %s", c->answered, err);
+  c->info = info;
+  c->have_info = 1;
+  return 0;
+}
+
+/* Makes sure c->info describes the store: fetched when the handle has none
+ * yet, or again when `refresh` (the caller's idea of the store disagrees
+ * with it: the store may have been replaced). */
+static int store_info(lmap_client *c, int refresh) {
+  return c->have_info && !refresh ? 0 : fetch_info(c);
+}
+
 /* ---- the calls ---------------------------------------------------------- */
 
 /* Checks the queries and resolves the options (NULL: the defaults). */
@@ -475,20 +521,31 @@ int lmap_client_labels(lmap_client *c, const lmap_query *queries, size_t n,
   int rc = label_call(c, queries, n, opts, &o);
   if (rc)
     return rc;
-  size_t cells = (size_t)o.output_size * (size_t)o.output_size;
+  size_t G = (size_t)o.output_size, cells = G * G;
   if (out == NULL)
     return fail(c, LMAP_EINVAL, NULL, "the output buffer is NULL");
   if (n > SIZE_MAX / cells || out_len == 0 || out_len % (n * cells) != 0)
     return fail(c, LMAP_ERANGE, NULL,
-                "out_len %zu is not n * num_classes * G * G for n = %zu, G = %d", out_len,
-                n, o.output_size);
+                "out_len %zu is not n * num_classes * G * G for n = %zu, G = %zu", out_len, n,
+                G);
+  /* The caller's buffer says how many classes it expects: the store must
+   * agree (asked again once when it does not: it may have been replaced). */
+  size_t classes = out_len / (n * cells);
+  if ((rc = store_info(c, 0)) != 0 ||
+      (classes != c->info.num_classes && (rc = store_info(c, 1)) != 0))
+    return rc;
+  if (classes != c->info.num_classes)
+    return fail(c, LMAP_ERANGE, NULL,
+                "out_len %zu is n * %zu * G * G (n = %zu, G = %zu), but the store has %" PRIu32
+                " classes: out_len must be %zu",
+                out_len, classes, n, G, c->info.num_classes,
+                n * cells * (size_t)c->info.num_classes);
   if ((rc = build_body(c, queries, n, &o, 0)) != 0)
     return rc;
-  call k = {.path = "/v1/labels", .post = &c->request, .dest = out, .dest_len = out_len,
-            /* C is left open: a C other than out_len implies is the
-             * caller's LMAP_ERANGE, not a bad answer. */
-            .expect = {n, 0, (size_t)o.output_size, (size_t)o.output_size},
-            .ndim = o.output_size == 1 ? 2 : 4};
+  /* Exactly the shape asked for: any other is the server's error. */
+  call k = {.path = "/v1/labels", .post = &c->request, .max_ok = LMAP_WIRE_ERROR_MAX, .dest = out,
+            .dest_len = out_len, .expect = {n, classes, G, G}, .ndim = G == 1 ? 2 : 4,
+            .values = o.softmax ? LMAP_NPY_PROB : LMAP_NPY_FINITE};
   return perform(c, &k);
 }
 
@@ -504,15 +561,50 @@ int lmap_client_sparse(lmap_client *c, const lmap_query *queries, size_t n,
   int rc = label_call(c, queries, n, opts, &o);
   if (rc == 0)
     rc = build_body(c, queries, n, &o, 1);
-  call k = {.path = "/v1/labels", .post = &c->request};
-  if (rc == 0)
-    rc = perform(c, &k);
   if (rc)
     return rc;
-  char err[LMAP_WIRE_ERRLEN];
-  size_t cells = (size_t)o.output_size * (size_t)o.output_size;
-  rc = lmap_wire_sparse(c->body.data, c->body.len, n, cells, out, err);
-  return rc ? fail(c, rc, NULL, "%s: %s", c->answered, err) : 0;
+  size_t cells = (size_t)o.output_size * (size_t)o.output_size, id_bytes = 0;
+  for (size_t i = 0; i < n; i++)
+    id_bytes += strlen(queries[i].id); /* checked non-NULL by build_body */
+  /* Twice at most: when an answer is refused with a store description
+   * known from before this call, the store may have been replaced since;
+   * the description is asked again and, if it changed, the call repeated. */
+  int had_info = c->have_info;
+  for (int round = 0;; round++) {
+    if ((rc = store_info(c, round > 0)) != 0)
+      return rc;
+    lmap_info info = c->info;
+    char what[200];
+    size_t max = lmap_wire_sparse_max(n, id_bytes, cells, info.num_classes,
+                                      (uint64_t)info.top_k * info.height * info.width);
+    snprintf(what, sizeof what,
+             "the most a sparse answer to %zu queries of %zu cells, %" PRIu32
+             " classes, can take",
+             n, cells, info.num_classes);
+    call k = {.path = "/v1/labels", .post = &c->request, .max_ok = max, .what = what};
+    rc = perform(c, &k);
+    if (rc == 0) {
+      char err[LMAP_WIRE_ERRLEN];
+      lmap_sparse_expect x = {.n = n, .cells = cells, .classes = info.num_classes,
+                              .softmax = o.softmax ? 1 : 0};
+      rc = lmap_wire_sparse_check(c->body.data, c->body.len, &x, out, err);
+      if (rc)
+        fail(c, rc, NULL, "%s: %s", c->answered, err);
+    }
+    if (rc != LMAP_EPROTOCOL || !had_info || round > 0)
+      return rc;
+    /* Keep this call's error unless the store did change. */
+    dynbuf saved;
+    lmap_dynbuf_init(&saved, MESSAGE_MAX);
+    lmap_dynbuf_addstr(&saved, c->message.data ? c->message.data : "");
+    int same = store_info(c, 1) == 0 && memcmp(&c->info, &info, sizeof info) == 0;
+    if (same || !c->have_info) {
+      fail(c, LMAP_EPROTOCOL, NULL, "%s", saved.data ? saved.data : "");
+      lmap_dynbuf_free(&saved);
+      return LMAP_EPROTOCOL;
+    }
+    lmap_dynbuf_free(&saved);
+  }
 }
 
 void lmap_sparse_free(lmap_sparse *s) {
@@ -530,18 +622,35 @@ int lmap_client_map(lmap_client *c, const char *id, float *out, size_t out_len,
     return fail(c, LMAP_EINVAL, NULL, "the output buffer is NULL");
   if (out_len == 0)
     return fail(c, LMAP_ERANGE, NULL, "out_len is 0, not 2 * K * H * W");
+  /* As for labels: the store's K, H, W must give out_len. */
+  int rc = store_info(c, 0);
+  size_t want = 0;
+  for (int round = 0; rc == 0 && round < 2; round++) {
+    want = (size_t)2 * c->info.top_k * c->info.height * c->info.width;
+    if (want == out_len || round)
+      break;
+    rc = store_info(c, 1);
+  }
+  if (rc)
+    return rc;
+  if (want != out_len)
+    return fail(c, LMAP_ERANGE, NULL,
+                "out_len %zu is not 2 * K * H * W = %zu for the store's K = %" PRIu32
+                ", H = %" PRIu32 ", W = %" PRIu32,
+                out_len, want, c->info.top_k, c->info.height, c->info.width);
   dynbuf path;
   lmap_dynbuf_init(&path, MAX_URL_LEN);
-  int rc = lmap_dynbuf_addstr(&path, "/v1/maps/");
+  rc = lmap_dynbuf_addstr(&path, "/v1/maps/");
   if (rc == 0)
     rc = lmap_wire_path_escape(&path, id);
   if (rc) {
     lmap_dynbuf_free(&path);
     return fail(c, rc == LMAP_ENOMEM ? rc : LMAP_EBADID, "id", "the id is too long");
   }
-  call k = {.path = path.data, .dest = out, .dest_len = out_len, .expect = {2, 0, 0, 0},
-            .ndim = 4};
-  rc = perform(c, &k); /* the answer's shape is checked against out_len */
+  call k = {.path = path.data, .max_ok = LMAP_WIRE_ERROR_MAX, .dest = out, .dest_len = out_len,
+            .expect = {2, c->info.top_k, c->info.height, c->info.width}, .ndim = 4,
+            .values = LMAP_NPY_MAP, .classes = c->info.num_classes};
+  rc = perform(c, &k);
   lmap_dynbuf_free(&path);
   if (rc == 0 && shape)
     for (int i = 0; i < 4; i++)
@@ -555,14 +664,11 @@ int lmap_client_info(lmap_client *c, lmap_info *info, char **json) {
   clear_error(c);
   if (json)
     *json = NULL;
-  call k = {.path = "/v1/info"};
-  int rc = perform(c, &k);
+  int rc = fetch_info(c);
   if (rc)
     return rc;
-  char err[LMAP_WIRE_ERRLEN];
-  rc = lmap_wire_info(c->body.data, c->body.len, info, err);
-  if (rc)
-    return fail(c, rc, NULL, "%s: %s", c->answered, err);
+  if (info)
+    *info = c->info;
   if (json && (*json = strdup(c->body.data)) == NULL)
     return fail(c, LMAP_ENOMEM, NULL, "out of memory");
   return 0;

@@ -24,6 +24,8 @@ struct lmap_http {
   /* The exchange in progress. */
   dynbuf *body;
   lmap_npy_sink *npy;
+  size_t max_ok;  /* cap of a 200 answer's body */
+  long status;    /* of the answer whose headers are arriving */
   int streaming;  /* -1 undecided, 0 into body, 1 into npy */
   int sink_error; /* the body or the sink refused bytes */
   lmap_http_outcome *out;
@@ -68,15 +70,56 @@ static void header_value(const char *line, size_t len, const char *name, char *d
   dst[n] = '\0';
 }
 
+/* Where the answer's body goes and what caps it, decided once its headers
+ * are in (or at its first byte): a .npy 200 answer into the sink, anything
+ * else into `body`. Returns 0, or -1 when the answer is refused already. */
+static int decide(lmap_http *h) {
+  lmap_http_outcome *out = h->out;
+  h->streaming = h->npy && h->status == 200 &&
+                 strncasecmp(out->content_type, "application/x-npy", 17) == 0;
+  if (h->streaming) {
+    if (lmap_npy_sink_declare(h->npy, out->declared) != 0) {
+      h->sink_error = LMAP_EPROTOCOL;
+      return -1;
+    }
+    return 0;
+  }
+  out->cap = h->status == 200 ? h->max_ok : LMAP_WIRE_ERROR_MAX;
+  h->body->max = out->cap;
+  if (out->declared >= 0 && (unsigned long long)out->declared > out->cap) {
+    out->too_large = 1;
+    return -1;
+  }
+  return 0;
+}
+
 static size_t on_header(char *p, size_t size, size_t n, void *arg) {
   lmap_http *h = arg;
+  lmap_http_outcome *out = h->out;
   size_t len = size * n;
   if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) { /* a new answer (after a 1xx) */
-    h->out->request_id[0] = '\0';
-    h->out->content_type[0] = '\0';
+    out->request_id[0] = '\0';
+    out->content_type[0] = '\0';
+    out->declared = -1;
+    const char *sp = memchr(p, ' ', len);
+    h->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+    h->streaming = -1;
+    return len;
   }
-  header_value(p, len, "x-request-id:", h->out->request_id, sizeof h->out->request_id);
-  header_value(p, len, "content-type:", h->out->content_type, sizeof h->out->content_type);
+  if ((len == 2 && p[0] == '\r') || (len == 1 && p[0] == '\n')) { /* end of the headers */
+    if (h->status >= 200 && h->streaming < 0 && decide(h) != 0)
+      return 0; /* curl abandons the transfer */
+    return len;
+  }
+  header_value(p, len, "x-request-id:", out->request_id, sizeof out->request_id);
+  header_value(p, len, "content-type:", out->content_type, sizeof out->content_type);
+  char cl[32] = "";
+  header_value(p, len, "content-length:", cl, sizeof cl);
+  if (cl[0]) {
+    char *end;
+    long long v = strtoll(cl, &end, 10);
+    out->declared = *end == '\0' && v >= 0 ? v : -1;
+  }
   return len;
 }
 
@@ -84,12 +127,17 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg) {
   lmap_http *h = arg;
   size_t len = size * n;
   if (h->streaming < 0) {
-    long status = 0;
-    curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &status);
-    h->streaming = h->npy && status == 200 &&
-                   strncasecmp(h->out->content_type, "application/x-npy", 17) == 0;
+    if (h->status == 0)
+      curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &h->status);
+    if (decide(h) != 0)
+      return 0;
   }
+  h->out->received += len;
   int rc = h->streaming ? lmap_npy_feed(h->npy, p, len) : lmap_dynbuf_add(h->body, p, len);
+  if (rc == LMAP_ETOOBIG) {
+    h->out->too_large = 1;
+    return 0;
+  }
   if (rc) {
     h->sink_error = rc;
     return 0; /* curl aborts the transfer */
@@ -186,12 +234,14 @@ void lmap_http_free(lmap_http *h) {
   free(h);
 }
 
-int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
+int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post, size_t max_ok,
                       dynbuf *body, lmap_npy_sink *npy, lmap_http_outcome *out) {
-  *out = (lmap_http_outcome){0};
+  *out = (lmap_http_outcome){.declared = -1};
   lmap_dynbuf_reset(body);
   h->body = body;
   h->npy = npy;
+  h->max_ok = max_ok < LMAP_HTTP_MAX_ANSWER ? max_ok : LMAP_HTTP_MAX_ANSWER;
+  h->status = 0;
   h->streaming = -1;
   h->sink_error = 0;
   h->out = out;
@@ -207,16 +257,19 @@ int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
   }
   CURLcode rc = curl_easy_perform(c);
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
-  if (rc == CURLE_WRITE_ERROR && h->sink_error) {
-    if (h->sink_error == LMAP_ENOMEM)
-      return LMAP_ENOMEM;
-    if (h->sink_error == LMAP_ETOOBIG) {
-      out->transport_failed = 1;
-      snprintf(out->error, sizeof out->error, "the answer is larger than %zu bytes",
-               LMAP_HTTP_MAX_ANSWER);
-    }
-    return 0; /* the npy sink holds its own error */
+  if (rc == CURLE_WRITE_ERROR && out->too_large) {
+    if (out->declared >= 0 && (unsigned long long)out->declared > out->cap)
+      snprintf(out->error, sizeof out->error,
+               "the HTTP %ld answer's Content-Length is %lld bytes, over the %zu allowed for it",
+               out->status, out->declared, out->cap);
+    else
+      snprintf(out->error, sizeof out->error,
+               "the HTTP %ld answer is over the %zu bytes allowed for it (abandoned after %zu)",
+               out->status, out->cap, out->received);
+    return 0;
   }
+  if (rc == CURLE_WRITE_ERROR && h->sink_error)
+    return h->sink_error == LMAP_ENOMEM ? LMAP_ENOMEM : 0; /* the sink holds its error */
   if (rc != CURLE_OK) {
     out->transport_failed = 1;
     out->timed_out = rc == CURLE_OPERATION_TIMEDOUT;

@@ -12,7 +12,8 @@
 #include "dynbuf.h"
 #include "wire.h"
 
-/* The most an answer body may hold (a bigger one is a transport failure). */
+/* The most any answer body may hold, whatever was asked. Each exchange
+ * has its own, smaller cap (lmap_http_perform). */
 #define LMAP_HTTP_MAX_ANSWER ((size_t)1 << 30)
 
 typedef struct lmap_http lmap_http;
@@ -30,6 +31,11 @@ typedef struct lmap_http_outcome {
   long status;          /* HTTP status, 0 when none */
   char request_id[64];  /* X-Request-Id of the answer */
   char content_type[64];
+  long long declared;   /* the answer's Content-Length, -1 when none */
+  size_t received;      /* body bytes received */
+  size_t cap;           /* the cap the body was held to */
+  int too_large;        /* the body, or its Content-Length, was over `cap`:
+                           the transfer was abandoned at once */
   char error[256];      /* what went wrong in the transport */
 } lmap_http_outcome;
 
@@ -40,12 +46,16 @@ int lmap_http_check_url(const char *url, char err[256]);
 int lmap_http_new(const lmap_http_config *cfg, lmap_http **out, char err[256]);
 void lmap_http_free(lmap_http *h);
 
-/* GET `url` (POST when `post` is not NULL) with the answer in `body` (whose
- * max should be LMAP_HTTP_MAX_ANSWER), or,
- * when `npy` is not NULL and the status is 200, streamed into `npy`.
- * Returns 0 whenever the exchange could be attempted (the outcome tells how
- * it went), or LMAP_ENOMEM. */
-int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
+/* GET `url` (POST when `post` is not NULL). A 200 answer goes to `body`,
+ * at most `max_ok` bytes, or, when `npy` is not NULL and the answer is
+ * .npy, streamed into `npy` (which is told the Content-Length and refuses
+ * what its array cannot hold). Any other answer goes to `body`, at most
+ * LMAP_WIRE_ERROR_MAX bytes. An answer whose Content-Length is over its
+ * cap is abandoned when its headers arrive, one without a Content-Length
+ * when its bytes pass the cap (out->too_large). Returns 0 whenever the
+ * exchange could be attempted (the outcome tells how it went; a refusal of
+ * the npy sink is in its err), or LMAP_ENOMEM. */
+int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post, size_t max_ok,
                       dynbuf *body, lmap_npy_sink *npy, lmap_http_outcome *out);
 
 #endif /* LMAP_CLIENT_TRANSPORT_H */

@@ -16,12 +16,16 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define NPY_MAGIC "\x93NUMPY"
 #define NPY_MAX_HEADER 4096
+
+static void shape_text(char out[96], const size_t *shape, int ndim, const char *zero);
+static int npy_fail(struct lmap_npy_sink *s, int code, const char *msg);
 
 /* ---- request body ------------------------------------------------------ */
 
@@ -126,6 +130,28 @@ void lmap_npy_sink_init(lmap_npy_sink *s, float *dest, size_t dest_len,
   s->expect_ndim = expect_ndim;
   for (int i = 0; i < expect_ndim && i < 4; i++)
     s->expect[i] = expect[i];
+  s->declared = -1;
+}
+
+void lmap_npy_sink_values(lmap_npy_sink *s, lmap_npy_values values, uint32_t classes) {
+  s->values = values;
+  s->classes = classes ? classes : LMAP_WIRE_MAX_CLASSES;
+}
+
+int lmap_npy_sink_declare(lmap_npy_sink *s, long long length) {
+  s->declared = length;
+  size_t most = s->dest_len > (SIZE_MAX - NPY_MAX_HEADER) / sizeof(float)
+                    ? SIZE_MAX
+                    : NPY_MAX_HEADER + s->dest_len * sizeof(float);
+  if (length < 0 || (unsigned long long)length <= most)
+    return 0;
+  char want[96], msg[300];
+  shape_text(want, s->expect, s->expect_ndim, "any");
+  snprintf(msg, sizeof msg,
+           "the .npy answer's Content-Length is %lld bytes, more than the %zu a %s float32 "
+           "array of %zu values and its header can take",
+           length, most, want, s->dest_len);
+  return npy_fail(s, LMAP_EPROTOCOL, msg);
 }
 
 void lmap_npy_sink_free(lmap_npy_sink *s) {
@@ -152,6 +178,51 @@ static const char *npy_value(const char *dict, const char *key) {
   while (*p == ' ')
     p++;
   return p;
+}
+
+/* "(2, 3)" into out[96]; a 0 dim prints as `zero` when it is not NULL. */
+static void shape_text(char out[96], const size_t *shape, int ndim, const char *zero) {
+  int len = snprintf(out, 96, "(");
+  for (int i = 0; i < ndim && len < 80; i++) {
+    const char *sep = i ? ", " : "";
+    len += shape[i] == 0 && zero ? snprintf(out + len, 96 - (size_t)len, "%s%s", sep, zero)
+                                 : snprintf(out + len, 96 - (size_t)len, "%s%zu", sep, shape[i]);
+  }
+  snprintf(out + len, 96 - (size_t)len, ndim == 1 ? ",)" : ")");
+}
+
+/* Checks the values of dest[s->checked, upto) as the sink's `values` says.
+ * The index of a refused value is printed in the answer's shape. */
+static int npy_check_values(lmap_npy_sink *s, size_t upto) {
+  size_t half = s->dest_len / 2; /* LMAP_NPY_MAP: plane 1 starts here */
+  for (size_t i = s->checked; i < upto; i++) {
+    float v = s->dest[i];
+    const char *why = NULL;
+    if (!isfinite(v))
+      why = "not a finite number";
+    else if (s->values == LMAP_NPY_PROB && (v < -LMAP_WIRE_PROB_SLACK || v > 1 + LMAP_WIRE_PROB_SLACK))
+      why = "not a probability in [0, 1]";
+    else if (s->values == LMAP_NPY_MAP && i >= half &&
+             (v < 0 || v >= (float)s->classes || v != floorf(v)))
+      why = "not a class index (a whole number below the store's number of classes)";
+    if (why) {
+      char at[96], msg[300];
+      int len = snprintf(at, sizeof at, "[");
+      size_t rest = i, idx[4] = {0};
+      for (int d = s->ndim - 1; d >= 0; d--) {
+        idx[d] = s->shape[d] ? rest % s->shape[d] : 0;
+        rest = s->shape[d] ? rest / s->shape[d] : 0;
+      }
+      for (int d = 0; d < s->ndim; d++)
+        len += snprintf(at + len, sizeof at - (size_t)len, d ? ", %zu" : "%zu", idx[d]);
+      snprintf(at + len, sizeof at - (size_t)len, "]");
+      snprintf(msg, sizeof msg, "the .npy answer's value at %s is %g, %s", at, (double)v, why);
+      s->checked = i;
+      return npy_fail(s, LMAP_EPROTOCOL, msg);
+    }
+  }
+  s->checked = upto;
+  return 0;
 }
 
 /* Reads the header dict: '<f4', C order, and a shape of at most 4 dims that
@@ -193,11 +264,12 @@ static int npy_parse_header(lmap_npy_sink *s, const char *dict) {
   for (int i = 0; match && i < s->ndim; i++)
     match = s->expect[i] == 0 || s->expect[i] == s->shape[i];
   if (!match) {
-    char msg[160];
-    int len = snprintf(msg, sizeof msg, "the answer's shape is (");
-    for (int i = 0; i < s->ndim && len < 120; i++)
-      len += snprintf(msg + len, sizeof msg - (size_t)len, i ? ", %zu" : "%zu", s->shape[i]);
-    snprintf(msg + len, sizeof msg - (size_t)len, "), not the one asked for");
+    char got[96], want[96];
+    shape_text(got, s->shape, s->ndim, NULL);
+    shape_text(want, s->expect, s->expect_ndim, "any");
+    char msg[240];
+    snprintf(msg, sizeof msg, "the .npy answer's shape is %s, not the %s asked for", got, want);
+    s->shape_differs = 1;
     return npy_fail(s, LMAP_EPROTOCOL, msg);
   }
   if (total != s->dest_len) {
@@ -207,6 +279,17 @@ static int npy_parse_header(lmap_npy_sink *s, const char *dict) {
              "n * num_classes * G * G)",
              total, s->dest_len);
     return npy_fail(s, LMAP_ERANGE, msg);
+  }
+  /* The header has been read whole: header_len bytes. */
+  if (s->declared >= 0 && (unsigned long long)s->declared !=
+                              (unsigned long long)s->header_len + total * sizeof(float)) {
+    char got[96], msg[240];
+    shape_text(got, s->shape, s->ndim, NULL);
+    snprintf(msg, sizeof msg,
+             "the .npy answer's Content-Length is %lld bytes, but a %s float32 array with "
+             "its %zu-byte header is %zu",
+             s->declared, got, s->header_len, s->header_len + total * sizeof(float));
+    return npy_fail(s, LMAP_EPROTOCOL, msg);
   }
   return 0;
 }
@@ -260,7 +343,9 @@ int lmap_npy_feed(lmap_npy_sink *s, const char *p, size_t n) {
   if (n)
     memcpy((char *)s->dest + s->data_off, p, n);
   s->data_off += n;
-  return 0;
+  /* Checked as they arrive (a float split across two feeds waits for its
+   * last byte), while they are still in cache. */
+  return s->values == LMAP_NPY_ANY ? 0 : npy_check_values(s, s->data_off / sizeof(float));
 }
 
 int lmap_npy_finish(lmap_npy_sink *s) {
@@ -308,19 +393,56 @@ static json_t *cell_of(json_t *v, size_t cells, size_t j) {
   return cells == 1 ? v : json_array_get(v, j);
 }
 
-static int sparse_fail(char err[LMAP_WIRE_ERRLEN], size_t i, const char *what) {
-  snprintf(err, LMAP_WIRE_ERRLEN, "sparse answer, results[%zu]: %s", i, what);
+/* Names item `i` (and cell `j` when there are several) in `err`. */
+static int sparse_fail(char err[LMAP_WIRE_ERRLEN], size_t i, size_t cells, size_t j,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static int sparse_fail(char err[LMAP_WIRE_ERRLEN], size_t i, size_t cells, size_t j,
+                       const char *fmt, ...) {
+  char what[300];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  if (cells > 1)
+    snprintf(err, LMAP_WIRE_ERRLEN, "sparse answer, results[%zu] cell %zu: %s", i, j, what);
+  else
+    snprintf(err, LMAP_WIRE_ERRLEN, "sparse answer, results[%zu]: %s", i, what);
   return LMAP_EPROTOCOL;
 }
 
-int lmap_wire_sparse(const char *body, size_t len, size_t n, size_t cells,
-                     lmap_sparse **out, char err[LMAP_WIRE_ERRLEN]) {
+/* Why `v` (a value of key `key`) cannot be one, or NULL when it can. */
+static const char *bad_value(float v, int probability, int must_be_zero) {
+  if (!isfinite(v))
+    return "not a finite number";
+  if (probability && (v < -LMAP_WIRE_PROB_SLACK || v > 1 + LMAP_WIRE_PROB_SLACK))
+    return "not a probability in [0, 1]";
+  if (must_be_zero && v != 0)
+    return "not 0 (softmax is off: every class not listed has logit 0)";
+  return NULL;
+}
+
+/* The item's values array: "probs" or "logits" as `softmax` asks. */
+static json_t *sparse_values(json_t *item, int softmax, const char **key) {
+  json_t *probs = json_object_get(item, "probs"), *logits = json_object_get(item, "logits");
+  if (softmax == 1 || (softmax < 0 && probs)) {
+    *key = "probs";
+    return logits ? NULL : probs;
+  }
+  *key = "logits";
+  return probs ? NULL : logits;
+}
+
+int lmap_wire_sparse_check(const char *body, size_t len, const lmap_sparse_expect *x,
+                           lmap_sparse **out, char err[LMAP_WIRE_ERRLEN]) {
   *out = NULL;
+  size_t n = x->n, cells = x->cells;
+  uint32_t classes = x->classes ? x->classes : LMAP_WIRE_MAX_CLASSES;
   json_t *doc = load(body, len, err);
   if (doc == NULL)
     return LMAP_EPROTOCOL;
   json_t *results = json_object_get(doc, "results");
   int rc = 0;
+  char *block = NULL;
   if (json_array_size(results) != n) {
     snprintf(err, LMAP_WIRE_ERRLEN, "the sparse answer holds %zu results for %zu queries",
              json_array_size(results), n);
@@ -329,39 +451,41 @@ int lmap_wire_sparse(const char *body, size_t len, size_t n, size_t cells,
   }
   /* First pass: check the shape and count the entries. */
   size_t entries = 0;
-  const char *values_key = NULL;
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = 0; i < n && rc == 0; i++) {
     json_t *item = json_array_get(results, i);
-    json_t *classes = json_object_get(item, "classes");
-    json_t *values = json_object_get(item, "probs");
-    values_key = values ? "probs" : "logits";
-    if (values == NULL)
-      values = json_object_get(item, "logits");
+    const char *key;
+    json_t *classes_v = json_object_get(item, "classes");
+    json_t *values = sparse_values(item, x->softmax, &key);
     json_t *rest = json_object_get(item, "rest");
-    if (!json_is_array(classes) || !json_is_array(values) || rest == NULL) {
-      rc = sparse_fail(err, i, "missing classes, probs or rest");
-      goto done;
+    if (!json_is_array(classes_v) || !json_is_array(values) || rest == NULL) {
+      rc = sparse_fail(err, i, 1, 0, x->softmax == 1   ? "not classes, probs and rest"
+                                      : x->softmax == 0 ? "not classes, logits and rest"
+                                                        : "missing classes, probs or rest");
+      break;
     }
-    if (cells > 1 && (json_array_size(classes) != cells ||
-                      json_array_size(values) != cells || json_array_size(rest) != cells)) {
-      rc = sparse_fail(err, i, "the number of cells differs from output_size squared");
-      goto done;
+    if (cells > 1 && (json_array_size(classes_v) != cells || json_array_size(values) != cells ||
+                      json_array_size(rest) != cells)) {
+      rc = sparse_fail(err, i, 1, 0, "the number of cells differs from output_size squared");
+      break;
     }
-    for (size_t j = 0; j < cells; j++) {
-      json_t *cc = cell_of(classes, cells, j), *cv = cell_of(values, cells, j);
-      if (!json_is_array(cc) || json_array_size(cc) != json_array_size(cv)) {
-        rc = sparse_fail(err, i, "classes and values differ in length");
-        goto done;
-      }
+    for (size_t j = 0; j < cells && rc == 0; j++) {
+      json_t *cc = cell_of(classes_v, cells, j), *cv = cell_of(values, cells, j);
+      if (!json_is_array(cc) || !json_is_array(cv) || json_array_size(cc) != json_array_size(cv))
+        rc = sparse_fail(err, i, cells, j, "classes and %s differ in length", key);
+      else if (json_array_size(cc) > classes)
+        rc = sparse_fail(err, i, cells, j, "%zu classes listed, the store has %" PRIu32,
+                         json_array_size(cc), classes);
       entries += json_array_size(cc);
     }
   }
-  (void)values_key;
-  /* One block: the struct, offsets, classes, values, rest. */
+  if (rc)
+    goto done;
+  /* One block: the struct, offsets, classes, values, rest. Its size cannot
+   * overflow: every entry is a parsed JSON number in memory already. */
   size_t slots = n * cells;
   size_t size = sizeof(lmap_sparse) + (slots + 1) * sizeof(size_t) +
                 entries * (sizeof(int32_t) + sizeof(float)) + slots * sizeof(float);
-  char *block = malloc(size);
+  block = malloc(size);
   if (block == NULL) {
     snprintf(err, LMAP_WIRE_ERRLEN, "out of memory for a sparse answer of %zu entries", entries);
     rc = LMAP_ENOMEM;
@@ -375,40 +499,93 @@ int lmap_wire_sparse(const char *body, size_t len, size_t n, size_t cells,
   size_t at = 0;
   for (size_t i = 0; i < n && rc == 0; i++) {
     json_t *item = json_array_get(results, i);
-    json_t *classes = json_object_get(item, "classes");
-    json_t *values = json_object_get(item, "probs");
-    if (values == NULL)
-      values = json_object_get(item, "logits");
+    const char *key;
+    json_t *classes_v = json_object_get(item, "classes");
+    json_t *values = sparse_values(item, x->softmax, &key);
+    int probability = strcmp(key, "probs") == 0;
     json_t *rests = json_object_get(item, "rest");
     for (size_t j = 0; j < cells && rc == 0; j++) {
-      json_t *cc = cell_of(classes, cells, j), *cv = cell_of(values, cells, j);
+      json_t *cc = cell_of(classes_v, cells, j), *cv = cell_of(values, cells, j);
       json_t *r = cells == 1 ? rests : json_array_get(rests, j);
       offsets[i * cells + j] = at;
-      if (!json_is_number(r))
-        rc = sparse_fail(err, i, "rest is not a number");
+      const char *why;
+      if (!json_is_number(r)) {
+        rc = sparse_fail(err, i, cells, j, "rest is not a number");
+        break;
+      }
       rest[i * cells + j] = (float)json_number_value(r);
-      for (size_t e = 0; e < json_array_size(cc) && rc == 0; e++) {
+      if ((why = bad_value(rest[i * cells + j], probability, !probability)) != NULL) {
+        rc = sparse_fail(err, i, cells, j, "rest is %g, %s", json_number_value(r), why);
+        break;
+      }
+      for (size_t e = 0; e < json_array_size(cc) && rc == 0; e++, at++) {
         json_t *c = json_array_get(cc, e), *v = json_array_get(cv, e);
         if (!json_is_integer(c) || json_integer_value(c) < 0 ||
-            json_integer_value(c) > INT32_MAX || !json_is_number(v))
-          rc = sparse_fail(err, i, "a class or value is malformed");
+            json_integer_value(c) >= (json_int_t)classes) {
+          rc = sparse_fail(err, i, cells, j,
+                           "classes[%zu] is not a class index (an integer below %" PRIu32 ")",
+                           e, classes);
+          break;
+        }
+        if (!json_is_number(v)) {
+          rc = sparse_fail(err, i, cells, j, "%s[%zu] is not a number", key, e);
+          break;
+        }
         cls[at] = (int32_t)json_integer_value(c);
         val[at] = (float)json_number_value(v);
-        at++;
+        if ((why = bad_value(val[at], probability, 0)) != NULL)
+          rc = sparse_fail(err, i, cells, j, "%s[%zu] is %g, %s", key, e, json_number_value(v),
+                           why);
       }
     }
   }
-  offsets[slots] = at;
-  if (rc) {
-    free(block);
+  if (rc)
     goto done;
-  }
+  offsets[slots] = at;
   *s = (lmap_sparse){.n = n, .cells = cells, .offsets = offsets, .classes = cls,
                      .values = val, .rest = rest};
   *out = s;
+  block = NULL;
 done:
+  free(block);
   json_decref(doc);
   return rc;
+}
+
+int lmap_wire_sparse(const char *body, size_t len, size_t n, size_t cells,
+                     lmap_sparse **out, char err[LMAP_WIRE_ERRLEN]) {
+  lmap_sparse_expect x = {.n = n, .cells = cells, .classes = 0, .softmax = -1};
+  return lmap_wire_sparse_check(body, len, &x, out, err);
+}
+
+/* a * b + c, or SIZE_MAX when it does not fit. */
+static size_t mul_add(size_t a, size_t b, size_t c) {
+  if (b && a > (SIZE_MAX - c) / b)
+    return SIZE_MAX;
+  return a * b + c;
+}
+
+size_t lmap_wire_sparse_max(size_t n, size_t id_bytes, size_t cells, uint32_t classes,
+                            uint64_t per_cell) {
+  if (classes == 0 || classes > LMAP_WIRE_MAX_CLASSES)
+    classes = LMAP_WIRE_MAX_CLASSES;
+  if (per_cell == 0 || per_cell > classes)
+    per_cell = classes;
+  size_t digits = 1;
+  for (uint32_t c = classes - 1; c >= 10; c /= 10)
+    digits++;
+  /* One entry: a class index and a value, each with its comma. A cell: its
+   * entries, its rest, and the brackets and commas of three arrays. An
+   * item: its cells, the id (escaped, at most 6 bytes a byte: \u00XX) and
+   * the keys ({"id":"","classes":[],"logits":[],"rest":[]},: 46 bytes). */
+  size_t entry = digits + 1 + FMTFLOAT_MAX + 1;
+  size_t cell = mul_add((size_t)per_cell, entry, FMTFLOAT_MAX + 1 + 6 + 3);
+  size_t items = mul_add(n, mul_add(cells, cell, 64), 0);
+  size_t ids = mul_add(id_bytes, 6, 32);
+  if (items == SIZE_MAX || ids == SIZE_MAX || items > SIZE_MAX / 2 - ids)
+    return SIZE_MAX;
+  size_t compact = items + ids;
+  return compact > (SIZE_MAX - (64 << 10)) / 2 ? SIZE_MAX : 2 * compact + (64 << 10);
 }
 
 static int get_u64(json_t *doc, const char *key, uint64_t max, uint64_t *v,

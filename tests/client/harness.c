@@ -370,7 +370,7 @@ int th_dead_port(void) {
 
 /* ---- fakes ---- */
 
-enum { FAKE_SILENT, FAKE_CANNED, FAKE_PROXY };
+enum { FAKE_SILENT, FAKE_CANNED, FAKE_PROXY, FAKE_FLOOD };
 #define MAX_PAIRS 16
 
 struct th_fake {
@@ -382,8 +382,9 @@ struct th_fake {
   int has_thread;
   atomic_int stop;
   atomic_uint accepted, answered;
-  char *response;
-  size_t response_len, cut_after;
+  atomic_ullong sent;
+  char *response, *info;
+  size_t response_len, cut_after, flood_limit;
   int upstream_port;
 };
 
@@ -413,8 +414,9 @@ static int accept_tick(th_fake *f) {
 }
 
 /* Reads one request: headers to the blank line, then Content-Length bytes
- * of body. Returns 0, or -1 when the peer closed or stalled (2 s). */
-static int read_request(int fd) {
+ * of body. Returns 0, or -1 when the peer closed or stalled (2 s). Sets
+ * *is_info when it is GET /v1/info. */
+static int read_request(int fd, int *is_info) {
   char buf[65536];
   size_t n = 0;
   char *end = NULL;
@@ -428,6 +430,8 @@ static int read_request(int fd) {
     buf[n] = '\0';
     end = strstr(buf, "\r\n\r\n");
   }
+  if (is_info)
+    *is_info = strncmp(buf, "GET /v1/info ", 13) == 0;
   size_t head = (size_t)(end + 4 - buf), body = 0;
   for (char *line = buf; line < end;) {
     char *eol = strstr(line, "\r\n");
@@ -445,6 +449,24 @@ static int read_request(int fd) {
   return 0;
 }
 
+/* Writes filler after the head until the client goes or the limit. */
+static void flood(th_fake *f, int c) {
+  char fill[65536];
+  for (size_t i = 0; i < sizeof fill; i += 2)
+    memcpy(fill + i, "0,", 2);
+  size_t left = f->flood_limit;
+  while (left && !atomic_load(&f->stop)) {
+    size_t n = left < sizeof fill ? left : sizeof fill;
+    ssize_t w = send(c, fill, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      break; /* the client closed: EPIPE or ECONNRESET */
+    atomic_fetch_add(&f->sent, (unsigned long long)w);
+    left -= (size_t)w;
+  }
+}
+
 static void *canned_main(void *arg) {
   th_fake *f = arg;
   while (!atomic_load(&f->stop)) {
@@ -453,14 +475,20 @@ static void *canned_main(void *arg) {
       continue;
     struct timeval tv = {2, 0};
     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (read_request(c) == 0) {
-      size_t n = f->response_len;
-      if (f->cut_after && f->cut_after < n)
-        n = f->cut_after;
-      /* Counted before the bytes go out, so a client that has its answer
-       * always sees the count. */
-      atomic_fetch_add(&f->answered, 1);
-      send_all(c, f->response, n);
+    int is_info = 0;
+    if (read_request(c, &is_info) == 0) {
+      if (is_info && f->info) {
+        send_all(c, f->info, strlen(f->info));
+      } else {
+        size_t n = f->response_len;
+        if (f->cut_after && f->cut_after < n)
+          n = f->cut_after;
+        /* Counted before the bytes go out, so a client that has its answer
+         * always sees the count. */
+        atomic_fetch_add(&f->answered, 1);
+        if (send_all(c, f->response, n) == 0 && f->kind == FAKE_FLOOD)
+          flood(f, c);
+      }
     }
     shutdown(c, SHUT_RDWR);
     close(c);
@@ -617,6 +645,37 @@ th_fake *th_fake_canned(const char *response, size_t cut_after) {
   return fake_run(f, canned_main);
 }
 
+/* A canned fake whose answer is `len` bytes and whose /v1/info answer,
+ * when not NULL, is `info`. */
+static th_fake *fake_canned(int kind, const char *info, const void *response, size_t len) {
+  th_fake *f = fake_new(kind);
+  if (f == NULL)
+    return NULL;
+  f->response_len = len;
+  f->response = malloc(len + 1);
+  f->info = info ? strdup(info) : NULL;
+  if (f->response == NULL || (info && f->info == NULL)) {
+    th_fake_free(f);
+    return NULL;
+  }
+  memcpy(f->response, response, len);
+  f->response[len] = '\0';
+  return fake_run(f, canned_main);
+}
+
+th_fake *th_fake_routed(const char *info, const void *response, size_t len) {
+  return fake_canned(FAKE_CANNED, info, response, len);
+}
+
+th_fake *th_fake_flood(const char *info, const void *head, size_t len, size_t limit) {
+  th_fake *f = fake_canned(FAKE_FLOOD, info, head, len);
+  if (f)
+    f->flood_limit = limit;
+  return f;
+}
+
+unsigned long long th_fake_sent(th_fake *f) { return atomic_load(&f->sent); }
+
 th_fake *th_fake_proxy(int upstream_port, size_t cut_after) {
   th_fake *f = fake_new(FAKE_PROXY);
   if (f == NULL)
@@ -639,5 +698,6 @@ void th_fake_free(th_fake *f) {
     pthread_join(f->thread, NULL);
   close(f->lfd);
   free(f->response);
+  free(f->info);
   free(f);
 }

@@ -81,6 +81,20 @@ th_fake *th_fake_silent(void);
  * `cut_after` > 0 only that many bytes are written before closing. */
 th_fake *th_fake_canned(const char *response, size_t cut_after);
 
+/* A canned fake for answers of any bytes (NULs included): GET /v1/info
+ * gets `info` (a whole HTTP answer, NUL-terminated) when it is not NULL,
+ * every other request the `len` bytes of `response`. Lets a test give the
+ * client a real store description and a hostile labels or map answer. */
+th_fake *th_fake_routed(const char *info, const void *response, size_t len);
+
+/* Like th_fake_routed, but after the `len` bytes of `head` (the status line,
+ * headers, the blank line and maybe the start of a body) it writes filler
+ * bytes ("0,0,...") until the client closes
+ * the connection or `limit` bytes of body went out: a server that sends an
+ * answer without end. th_fake_sent() says how many body bytes it wrote. */
+th_fake *th_fake_flood(const char *info, const void *head, size_t len, size_t limit);
+unsigned long long th_fake_sent(th_fake *f);
+
 /* Forwards to 127.0.0.1:upstream_port. When `cut_after` > 0 each
  * connection's answer stream is cut after that many bytes (both sockets
  * closed), an answer cut short. */

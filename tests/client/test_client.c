@@ -1228,6 +1228,422 @@ out:
   free(out);
 }
 
+/* ---- a hostile or broken server (issue 10) ---- */
+
+/* The store description the fakes give: the real store's. */
+static char *info_answer(void) {
+  char body[256];
+  snprintf(body, sizeof body,
+           "{\"num_classes\":%u,\"topk\":%u,\"grid_h\":%u,\"grid_w\":%u,"
+           "\"record_count\":%zu}",
+           g_C, g_K, g_H, g_W, g_nids);
+  return http_answer("200 OK", "application/json", body);
+}
+
+/* A whole HTTP 200 answer holding a .npy float32 array of `shape` with the
+ * `n` values `v` (the array's size need not match the shape: a lying
+ * server). `declared`, when not 0, replaces the Content-Length; when -1
+ * there is none (Connection: close ends the body). */
+static char *npy_answer(const size_t *shape, int ndim, const float *v, size_t n,
+                        long long declared, size_t *len) {
+  char dict[200];
+  int dl = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
+  for (int i = 0; i < ndim; i++)
+    dl += snprintf(dict + dl, sizeof dict - (size_t)dl, "%zu, ", shape[i]);
+  dl += snprintf(dict + dl, sizeof dict - (size_t)dl, "), }");
+  size_t hlen = (size_t)dl + 1, pad = (64 - (10 + hlen) % 64) % 64;
+  hlen += pad;
+  size_t body = 10 + hlen + n * sizeof *v;
+  char head[200];
+  char cl[48] = "";
+  if (declared >= 0)
+    snprintf(cl, sizeof cl, "Content-Length: %lld\r\n", declared ? declared : (long long)body);
+  int hl = snprintf(head, sizeof head,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/x-npy\r\n"
+                    "%sConnection: close\r\n\r\n",
+                    cl);
+  char *a = malloc((size_t)hl + body);
+  if (a == NULL)
+    return NULL;
+  char *p = a;
+  memcpy(p, head, (size_t)hl);
+  p += hl;
+  memcpy(p, "\x93NUMPY\x01\x00", 8);
+  p[8] = (char)(hlen & 255);
+  p[9] = (char)(hlen >> 8);
+  p += 10;
+  memcpy(p, dict, (size_t)dl);
+  memset(p + dl, ' ', pad);
+  p[dl + pad] = '\n';
+  p += hlen;
+  if (n)
+    memcpy(p, v, n * sizeof *v);
+  *len = (size_t)hl + body;
+  return a;
+}
+
+/* A client of one endpoint that tries it once. */
+static lmap_client *connect_once(const char *url) {
+  lmap_client_options o;
+  lmap_client_options_init(&o);
+  o.retries = -1;
+  o.timeout_ms = 20000;
+  lmap_client *c = NULL;
+  char err[LMAP_ERRBUF_SIZE] = "";
+  if (lmap_client_new(url, &o, &c, err) != 0)
+    fprintf(stderr, "lmap_client_new(%s): %s\n", url, err);
+  return c;
+}
+
+/* Labels from a fake answering `answer`: the call's code, message in msg. */
+static int labels_from(const char *info, const char *answer, size_t len, size_t n,
+                       const lmap_label_options *o, float *out, size_t out_len,
+                       char msg[600]) {
+  th_fake *f = th_fake_routed(info, answer, len);
+  lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
+  lmap_query *q = make_queries(n, LMAP_BOX_XYXY, 5);
+  int rc = c && q ? lmap_client_labels(c, q, n, o, out, out_len) : -9999;
+  snprintf(msg, 600, "%s", c ? lmap_client_errmsg(c) : "(no client)");
+  lmap_client_free(c);
+  th_fake_free(f);
+  free(q);
+  return rc;
+}
+
+/* Dense .npy answers holding NaN, infinities, probabilities outside [0, 1],
+ * or of another shape than asked: LMAP_EPROTOCOL naming what is wrong,
+ * never labels; values that can be labels pass. */
+static void case_hostile_dense(void) {
+  g_case = "hostile_dense";
+  char *info = info_answer();
+  size_t n = 2, C = g_C, len = 0;
+  float *v = calloc(4 * n * (C + 1), sizeof *v);
+  float *out = malloc(4 * n * (C + 1) * sizeof *out);
+  char msg[600];
+  REQUIRE(info && v && out);
+  lmap_label_options o1 = label_opts(1, LMAP_BOX_XYXY, 1);
+  lmap_label_options raw = label_opts(1, LMAP_BOX_XYXY, 0);
+  lmap_label_options o2 = label_opts(2, LMAP_BOX_XYXY, 1);
+  size_t shape2[2] = {n, C}, shape4[4] = {n, C, 2, 2};
+  for (size_t i = 0; i < n * C; i++)
+    v[i] = 1.0f / (float)C;
+  static const struct {
+    float value;
+    int softmax_ok, logits_ok;
+    const char *why;
+  } bad[] = {
+      {NAN, 0, 0, "not a finite number"},
+      {INFINITY, 0, 0, "not a finite number"},
+      {-INFINITY, 0, 0, "not a finite number"},
+      {1.5f, 0, 1, "not a probability in [0, 1]"},
+      {-0.25f, 0, 1, "not a probability in [0, 1]"},
+      {1.0f + 1e-7f, 1, 1, ""}, /* one ulp over 1: float rounding */
+      {0.0f, 1, 1, ""},
+      {1.0f, 1, 1, ""},
+  };
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+    float keep = v[C + 7];
+    v[C + 7] = bad[k].value; /* row 1, class 7 */
+    char *a = npy_answer(shape2, 2, v, n * C, 0, &len);
+    for (int softmax = 1; a && softmax >= 0; softmax--) {
+      int ok = softmax ? bad[k].softmax_ok : bad[k].logits_ok;
+      int rc = labels_from(info, a, len, n, softmax ? &o1 : &raw, out, n * C, msg);
+      if (!CHECK_RC(rc, ok ? 0 : LMAP_EPROTOCOL, NULL))
+        fprintf(stderr, "  value %g, softmax %d: %s\n", (double)bad[k].value, softmax, msg);
+      if (!ok) {
+        CHECK_HAS(msg, "[1, 7]");
+        CHECK_HAS(msg, bad[k].why);
+      } else {
+        CHECK(memcmp(out, v, n * C * sizeof *v) == 0);
+      }
+    }
+    free(a);
+    v[C + 7] = keep;
+  }
+  /* A G x G grid: the index names the cell. */
+  for (size_t i = 0; i < n * C * 4; i++)
+    v[i] = 0.001f;
+  v[((size_t)1 * C + 3) * 4 + 2] = NAN; /* [1, 3, 1, 0] */
+  char *a = npy_answer(shape4, 4, v, n * C * 4, 0, &len);
+  CHECK_RC(a ? labels_from(info, a, len, n, &o2, out, n * C * 4, msg) : -1, LMAP_EPROTOCOL,
+           NULL);
+  CHECK_HAS(msg, "[1, 3, 1, 0] is nan");
+  free(a);
+
+  /* Another width than asked: the server's error, naming both shapes (it
+   * was LMAP_ERANGE, the caller's, before). */
+  for (size_t i = 0; i < n * (C + 1); i++)
+    v[i] = 0.001f;
+  size_t wide[2] = {n, C + 1}, longer[2] = {n + 1, C}, flat[1] = {n * C};
+  char want[64], got[64];
+  snprintf(want, sizeof want, "(%zu, %zu)", n, C);
+  struct {
+    const size_t *shape;
+    int ndim;
+  } shapes[] = {{wide, 2}, {longer, 2}, {flat, 1}};
+  for (size_t k = 0; k < 3; k++) {
+    size_t count = 1;
+    for (int d = 0; d < shapes[k].ndim; d++)
+      count *= shapes[k].shape[d];
+    a = npy_answer(shapes[k].shape, shapes[k].ndim, v, count, 0, &len);
+    CHECK_RC(a ? labels_from(info, a, len, n, &o1, out, n * C, msg) : -1, LMAP_EPROTOCOL, NULL);
+    CHECK_HAS(msg, want);
+    free(a);
+  }
+  snprintf(got, sizeof got, "(%zu, %zu)", n, C + 1);
+  a = npy_answer(wide, 2, v, n * (C + 1), 0, &len);
+  CHECK_RC(a ? labels_from(info, a, len, n, &o1, out, n * C, msg) : -1, LMAP_EPROTOCOL, NULL);
+  CHECK_HAS(msg, got);
+  free(a);
+  /* The caller's own error stays LMAP_ERANGE, found before any request:
+   * a buffer for another number of classes than the store has. */
+  {
+    th_fake *f = th_fake_routed(info, "x", 1);
+    lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
+    lmap_query *q = make_queries(n, LMAP_BOX_XYXY, 5);
+    if (CHECK(c && q)) {
+      CHECK_RC(lmap_client_labels(c, q, n, &o1, out, n * (C + 1)), LMAP_ERANGE, c);
+      CHECK_HAS(lmap_client_errmsg(c), "the store has");
+      CHECK(th_fake_answered(f) == 0); /* only /v1/info was asked */
+    }
+    lmap_client_free(c);
+    th_fake_free(f);
+    free(q);
+  }
+out:
+  free(info);
+  free(v);
+  free(out);
+}
+
+/* Raw maps holding NaN or infinite scores, or class indices that are not
+ * classes of the store. */
+static void case_hostile_map(void) {
+  g_case = "hostile_map";
+  char *info = info_answer();
+  size_t len = (size_t)2 * g_K * g_H * g_W, half = len / 2, alen = 0;
+  float *v = malloc(len * sizeof *v), *out = malloc(len * sizeof *out);
+  size_t shape[4] = {2, g_K, g_H, g_W};
+  REQUIRE(info && v && out);
+  static const struct {
+    int plane;
+    float value;
+    const char *why;
+  } bad[] = {
+      {0, NAN, "not a finite number"},
+      {0, -INFINITY, "not a finite number"},
+      {1, NAN, "not a finite number"},
+      {1, 2.5f, "not a class index"},
+      {1, -1.0f, "not a class index"},
+      {1, 0.0f, NULL},
+      {0, -3e30f, NULL},
+  };
+  for (size_t k = 0; k < sizeof bad / sizeof bad[0] + 1; k++) {
+    for (size_t i = 0; i < half; i++) {
+      v[i] = 0.5f;
+      v[half + i] = (float)(i % g_K);
+    }
+    const char *why = "not a class index";
+    char where[64];
+    size_t at = half + g_W + 1; /* [1, 0, 1, 1] */
+    snprintf(where, sizeof where, "[1, 0, 1, 1]");
+    if (k < sizeof bad / sizeof bad[0]) {
+      at = bad[k].plane ? at : at - half;
+      where[1] = bad[k].plane ? '1' : '0';
+      v[at] = bad[k].value;
+      why = bad[k].why;
+    } else {
+      v[at] = (float)g_C; /* one past the store's last class */
+    }
+    char *a = npy_answer(shape, 4, v, len, 0, &alen);
+    th_fake *f = a ? th_fake_routed(info, a, alen) : NULL;
+    lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
+    if (CHECK(c != NULL)) {
+      int rc = lmap_client_map(c, "x", out, len, NULL);
+      if (!CHECK_RC(rc, why ? LMAP_EPROTOCOL : 0, c))
+        fprintf(stderr, "  case %zu\n", k);
+      if (why) {
+        CHECK_HAS(lmap_client_errmsg(c), where);
+        CHECK_HAS(lmap_client_errmsg(c), why);
+      }
+    }
+    lmap_client_free(c);
+    th_fake_free(f);
+    free(a);
+  }
+  /* Another K than the store's: a protocol error naming both shapes. */
+  size_t other[4] = {2, g_K + 1, g_H, g_W};
+  float *w = calloc(len + 2 * g_H * g_W, sizeof *w);
+  char *a = w ? npy_answer(other, 4, w, len + 2 * g_H * g_W, 0, &alen) : NULL;
+  th_fake *f = a ? th_fake_routed(info, a, alen) : NULL;
+  lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
+  if (CHECK(c != NULL)) {
+    CHECK_RC(lmap_client_map(c, "x", out, len, NULL), LMAP_EPROTOCOL, c);
+    char want[64];
+    snprintf(want, sizeof want, "not the (2, %u, %u, %u) asked for", g_K, g_H, g_W);
+    CHECK_HAS(lmap_client_errmsg(c), want);
+    /* A buffer of another size is still the caller's error. */
+    CHECK_RC(lmap_client_map(c, "x", out, len - 1, NULL), LMAP_ERANGE, c);
+  }
+  lmap_client_free(c);
+  th_fake_free(f);
+  free(a);
+  free(w);
+out:
+  free(info);
+  free(v);
+  free(out);
+}
+
+/* Sparse answers: values that are not finite (a JSON number beyond float's
+ * range becomes infinity), probabilities outside [0, 1], a rest that is not
+ * what softmax implies, class indices that are not the store's. */
+static void case_hostile_sparse(void) {
+  g_case = "hostile_sparse";
+  char *info = info_answer();
+  REQUIRE(info != NULL);
+  char big[32], top[32];
+  snprintf(big, sizeof big, "%u", g_C);
+  snprintf(top, sizeof top, "%u", g_C - 1);
+  static const struct {
+    int softmax;
+    const char *classes, *key, *values, *rest, *want;
+  } cases[] = {
+      {1, "[3,1]", "probs", "[0.5,0.25]", "0.001", NULL},
+      {1, "[3,1]", "probs", "[1e39,0.25]", "0.001", "probs[0] is 1e+39, not a finite number"},
+      {1, "[3,1]", "probs", "[0.5,-1e39]", "0.001", "probs[1] is -1e+39, not a finite number"},
+      {1, "[3,1]", "probs", "[0.5,0.25]", "1e39", "rest is 1e+39, not a finite number"},
+      {1, "[3,1]", "probs", "[1.5,0.25]", "0.001", "probs[0] is 1.5, not a probability"},
+      {1, "[3,1]", "probs", "[0.5,0.25]", "-0.5", "rest is -0.5, not a probability"},
+      {1, "[3,1]", "logits", "[0.5,0.25]", "0.001", "not classes, probs and rest"},
+      {0, "[3,1]", "logits", "[7.5,-2]", "0", NULL},
+      {0, "[3,1]", "logits", "[7.5,1e300]", "0", "logits[1] is 1e+300, not a finite number"},
+      {0, "[3,1]", "logits", "[7.5,-2]", "0.5", "rest is 0.5, not 0"},
+      {0, "[3,1]", "probs", "[0.5,0.25]", "0", "not classes, logits and rest"},
+      {1, "[3,TOP]", "probs", "[0.5,0.25]", "0", NULL},
+      {1, "[3,BIG]", "probs", "[0.5,0.25]", "0", "classes[1] is not a class index"},
+  };
+  lmap_query q = {"a", {0, 0, 1, 1}, 0};
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    char cls[64], body[512];
+    snprintf(cls, sizeof cls, "%s", cases[k].classes);
+    char *t = strstr(cls, "TOP");
+    if (t)
+      snprintf(t, sizeof cls - (size_t)(t - cls), "%s]", top);
+    t = strstr(cls, "BIG");
+    if (t)
+      snprintf(t, sizeof cls - (size_t)(t - cls), "%s]", big);
+    snprintf(body, sizeof body,
+             "{\"results\":[{\"id\":\"a\",\"classes\":%s,\"%s\":%s,\"rest\":%s}]}", cls,
+             cases[k].key, cases[k].values, cases[k].rest);
+    char *a = http_answer("200 OK", "application/json", body);
+    th_fake *f = a ? th_fake_routed(info, a, strlen(a)) : NULL;
+    lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
+    if (CHECK(c != NULL)) {
+      lmap_label_options o = label_opts(1, LMAP_BOX_XYXY, cases[k].softmax);
+      lmap_sparse *s = NULL;
+      int rc = lmap_client_sparse(c, &q, 1, &o, &s);
+      if (!CHECK_RC(rc, cases[k].want ? LMAP_EPROTOCOL : 0, c))
+        fprintf(stderr, "  answer %s\n", body);
+      if (cases[k].want) {
+        CHECK(s == NULL);
+        CHECK_HAS(lmap_client_errmsg(c), cases[k].want);
+        CHECK_HAS(lmap_client_errmsg(c), "results[0]");
+      }
+      lmap_sparse_free(s);
+    }
+    lmap_client_free(c);
+    th_fake_free(f);
+    free(a);
+  }
+  /* G x G: the message names the cell. */
+  const char *g2 = "{\"results\":[{\"id\":\"a\",\"classes\":[[1],[2],[3],[4]],"
+                   "\"probs\":[[0.5],[0.5],[0.5],[0.5]],\"rest\":[0,0,1e39,0]}]}";
+  char *a = http_answer("200 OK", "application/json", g2);
+  th_fake *f = a ? th_fake_routed(info, a, strlen(a)) : NULL;
+  lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
+  if (CHECK(c != NULL)) {
+    lmap_label_options o = label_opts(2, LMAP_BOX_XYXY, 1);
+    lmap_sparse *s = NULL;
+    CHECK_RC(lmap_client_sparse(c, &q, 1, &o, &s), LMAP_EPROTOCOL, c);
+    CHECK_HAS(lmap_client_errmsg(c), "results[0] cell 2: rest is 1e+39");
+  }
+  lmap_client_free(c);
+  th_fake_free(f);
+  free(a);
+out:
+  free(info);
+}
+
+/* Answers larger than what was asked for can be: refused when the
+ * Content-Length says so, before the body is read, or as soon as the bytes
+ * pass the bound; either way the transfer is abandoned (the fake sees the
+ * connection close after a few socket buffers, not 1 GiB). */
+static void case_hostile_size(void) {
+  g_case = "hostile_size";
+  char *info = info_answer();
+  size_t n = 2;
+  lmap_query *q = make_queries(n, LMAP_BOX_XYXY, 5);
+  float *out = malloc(n * g_C * sizeof *out);
+  size_t mlen = (size_t)2 * g_K * g_H * g_W;
+  float *map = malloc(mlen * sizeof *map);
+  REQUIRE(info && q && out && map);
+  /* What the fake may send after the client stopped reading: socket
+   * buffers, nowhere near the 1 GiB the library once took. */
+  const unsigned long long slack = 32ull << 20;
+  const size_t endless = (size_t)1200 << 20;
+  static const char *heads[] = {
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 900000000\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"results\":[",
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "40000000\r\n",
+      "HTTP/1.1 200 OK\r\nContent-Type: application/x-npy\r\nContent-Length: 900000000\r\n\r\n",
+      "NPY", /* an .npy header of the shape asked for, then data without end */
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n",
+      "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 900000000\r\n\r\n",
+  };
+  enum { SPARSE, LABELS, MAP, INFO };
+  for (size_t h = 0; h < sizeof heads / sizeof heads[0]; h++) {
+    int npy = strstr(heads[h], "x-npy") != NULL || strcmp(heads[h], "NPY") == 0;
+    for (int call = SPARSE; call <= INFO; call++) {
+      if (npy != (call == LABELS || call == MAP))
+        continue;
+      /* For /v1/info the flood answers the description itself. */
+      size_t shape2[2] = {n, g_C}, shape4[4] = {2, g_K, g_H, g_W}, hlen = strlen(heads[h]);
+      char *head = strcmp(heads[h], "NPY") != 0 ? NULL
+                   : call == LABELS          ? npy_answer(shape2, 2, NULL, 0, -1, &hlen)
+                                             : npy_answer(shape4, 4, NULL, 0, -1, &hlen);
+      th_fake *f = th_fake_flood(call == INFO ? NULL : info, head ? head : heads[h], hlen,
+                                 endless);
+      free(head);
+      lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
+      if (!CHECK(c != NULL)) {
+        th_fake_free(f);
+        continue;
+      }
+      lmap_sparse *s = NULL;
+      int rc = call == SPARSE ? lmap_client_sparse(c, q, n, NULL, &s)
+               : call == LABELS ? lmap_client_labels(c, q, n, NULL, out, n * g_C)
+               : call == MAP    ? lmap_client_map(c, "x", map, mlen, NULL)
+                                : lmap_client_info(c, NULL, NULL);
+      unsigned long long sent = th_fake_sent(f);
+      if (!CHECK_RC(rc, LMAP_EPROTOCOL, c) || !CHECK(sent < slack))
+        fprintf(stderr, "  answer %zu, call %d: %llu bytes sent\n", h, call, sent);
+      const char *msg = lmap_client_errmsg(c);
+      CHECK(strstr(msg, "over the") || strstr(msg, "longer than its shape") ||
+            strstr(msg, "Content-Length is 900000000"));
+      lmap_sparse_free(s);
+      lmap_client_free(c);
+      th_fake_free(f);
+    }
+  }
+out:
+  free(info);
+  free(q);
+  free(out);
+  free(map);
+}
+
 /* Attempt counts: retries passes over the endpoints, down_ms skipping. */
 static void case_retries(void) {
   g_case = "retries";
@@ -1804,6 +2220,10 @@ int main(void) {
   case_token();
   case_url_forms();
   case_failover();
+  case_hostile_dense();
+  case_hostile_map();
+  case_hostile_sparse();
+  case_hostile_size();
   case_retries();
   case_timeout();
   case_keepalive();

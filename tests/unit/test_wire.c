@@ -138,6 +138,117 @@ static void test_npy_refusals(void) {
   ASSERT_EQ(feed_all(file, len, out, 6, any, 2, err), LMAP_EPROTOCOL);
 }
 
+/* Values checked as they arrive, whatever the split: NaN and infinities
+ * always refused, probabilities outside [0, 1] (beyond the slack) with
+ * LMAP_NPY_PROB, class indices that are not whole numbers below C with
+ * LMAP_NPY_MAP; the message names the index in the answer's shape. */
+static void test_npy_values(void) {
+  float v[6] = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f}, out[6];
+  char file[512];
+  size_t e2[2] = {2, 3};
+  static const struct {
+    float value;
+    lmap_npy_values mode;
+    int ok;
+    const char *want;
+  } cases[] = {
+      {NAN, LMAP_NPY_FINITE, 0, "[1, 1] is nan, not a finite number"},
+      {INFINITY, LMAP_NPY_PROB, 0, "[1, 1] is inf, not a finite number"},
+      {-INFINITY, LMAP_NPY_FINITE, 0, "is -inf"},
+      {NAN, LMAP_NPY_ANY, 1, NULL},
+      {7.0f, LMAP_NPY_FINITE, 1, NULL},
+      {7.0f, LMAP_NPY_PROB, 0, "[1, 1] is 7, not a probability in [0, 1]"},
+      {-1e-3f, LMAP_NPY_PROB, 0, "not a probability"},
+      {-1e-7f, LMAP_NPY_PROB, 1, NULL},
+      {1.0000001f, LMAP_NPY_PROB, 1, NULL},
+      {1.00001f, LMAP_NPY_PROB, 0, "not a probability"},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    v[4] = cases[k].value;
+    size_t len = make_npy(file, sizeof file, "(2, 3)", v, 6, 1);
+    for (size_t cut = 0; cut <= len; cut += 3) {
+      lmap_npy_sink s;
+      lmap_npy_sink_init(&s, out, 6, e2, 2);
+      lmap_npy_sink_values(&s, cases[k].mode, 0);
+      int rc = lmap_npy_feed(&s, file, cut);
+      if (rc == 0)
+        rc = lmap_npy_feed(&s, file + cut, len - cut);
+      if (rc == 0)
+        rc = lmap_npy_finish(&s);
+      ASSERT_EQ(rc, cases[k].ok ? 0 : LMAP_EPROTOCOL);
+      if (!cases[k].ok && strstr(s.err, cases[k].want) == NULL) {
+        fprintf(stderr, "case %zu: '%s' lacks '%s'\n", k, s.err, cases[k].want);
+        ASSERT(0);
+      }
+      lmap_npy_sink_free(&s);
+    }
+  }
+  /* Maps: plane 0 scores, plane 1 class indices below `classes`. */
+  float m[8] = {1.5f, -2e30f, 0.25f, 4, 0, 9, 3, 2};
+  size_t e4[4] = {2, 1, 2, 2};
+  static const struct {
+    size_t at;
+    float value;
+    int ok;
+    const char *want;
+  } mc[] = {
+      {1, -2e30f, 1, NULL},
+      {1, NAN, 0, "[0, 0, 0, 1] is nan"},
+      {5, 9, 1, NULL},
+      {5, 10, 0, "[1, 0, 0, 1] is 10, not a class index"},
+      {6, 2.5f, 0, "[1, 0, 1, 0] is 2.5, not a class index"},
+      {7, -1, 0, "[1, 0, 1, 1] is -1, not a class index"},
+      {7, INFINITY, 0, "not a finite number"},
+  };
+  for (size_t k = 0; k < sizeof mc / sizeof *mc; k++) {
+    float w[8];
+    memcpy(w, m, sizeof w);
+    w[mc[k].at] = mc[k].value;
+    size_t len = make_npy(file, sizeof file, "(2, 1, 2, 2)", w, 8, 1);
+    lmap_npy_sink s;
+    float o8[8];
+    lmap_npy_sink_init(&s, o8, 8, e4, 4);
+    lmap_npy_sink_values(&s, LMAP_NPY_MAP, 10);
+    int rc = lmap_npy_feed(&s, file, len);
+    if (rc == 0)
+      rc = lmap_npy_finish(&s);
+    ASSERT_EQ(rc, mc[k].ok ? 0 : LMAP_EPROTOCOL);
+    if (!mc[k].ok && strstr(s.err, mc[k].want) == NULL) {
+      fprintf(stderr, "map case %zu: '%s' lacks '%s'\n", k, s.err, mc[k].want);
+      ASSERT(0);
+    }
+    lmap_npy_sink_free(&s);
+  }
+}
+
+/* A declared Content-Length: more than the array asked for plus the
+ * largest header is refused before any byte; otherwise it must be exactly
+ * the header plus the array once the header is read. */
+static void test_npy_declared(void) {
+  float v[6] = {0}, out[6];
+  char file[512];
+  size_t e2[2] = {2, 3};
+  size_t len = make_npy(file, sizeof file, "(2, 3)", v, 6, 1);
+  long long declared[] = {-1, (long long)len, (long long)len + 1, (long long)len - 1,
+                          4096 + 24 + 1, 900000000};
+  int want[] = {0, 0, LMAP_EPROTOCOL, LMAP_EPROTOCOL, LMAP_EPROTOCOL, LMAP_EPROTOCOL};
+  int at_once[] = {0, 0, 0, 0, 1, 1};
+  for (size_t k = 0; k < sizeof declared / sizeof *declared; k++) {
+    lmap_npy_sink s;
+    lmap_npy_sink_init(&s, out, 6, e2, 2);
+    int rc = lmap_npy_sink_declare(&s, declared[k]);
+    ASSERT_EQ(rc != 0, at_once[k]);
+    if (rc == 0)
+      rc = lmap_npy_feed(&s, file, len);
+    if (rc == 0)
+      rc = lmap_npy_finish(&s);
+    ASSERT_EQ(rc, want[k]);
+    if (rc)
+      ASSERT(strstr(s.err, "Content-Length") != NULL);
+    lmap_npy_sink_free(&s);
+  }
+}
+
 static void test_labels_body(void) {
   dynbuf b;
   lmap_dynbuf_init(&b, 1 << 20);
@@ -235,6 +346,119 @@ static void test_sparse(void) {
     ASSERT(s == NULL && err[0] != '\0');
   }
   ASSERT_EQ(lmap_wire_sparse(g2, strlen(g2), 1, 9, &s, err), LMAP_EPROTOCOL);
+
+  /* With what the request and the store say: the key softmax implies,
+   * finite values (a JSON number beyond float's range is infinite as a
+   * float), probabilities and rest in [0, 1], rest 0 for logits, class
+   * indices below C and at most C of them. */
+  lmap_sparse_expect probs = {.n = 1, .cells = 1, .classes = 10, .softmax = 1};
+  lmap_sparse_expect logits = {.n = 1, .cells = 1, .classes = 10, .softmax = 0};
+  static const struct {
+    const char *body;
+    int softmax;
+    const char *want; /* NULL: accepted */
+  } cases[] = {
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":0.03125}]}", 1, NULL},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[1,0],\"rest\":0}]}", 1, NULL},
+      {"{\"results\":[{\"classes\":[9,0],\"logits\":[5,-3e38],\"rest\":0}]}", 0, NULL},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,4e38],\"rest\":0}]}", 1,
+       "probs[1] is 4e+38, not a finite number"},
+      {"{\"results\":[{\"classes\":[9,0],\"logits\":[-1e39,1],\"rest\":0}]}", 0,
+       "logits[0] is -1e+39, not a finite number"},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":1e39}]}", 1,
+       "rest is 1e+39, not a finite number"},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,1.001],\"rest\":0}]}", 1,
+       "probs[1] is 1.001, not a probability"},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":-0.01}]}", 1,
+       "rest is -0.01, not a probability"},
+      {"{\"results\":[{\"classes\":[9,0],\"logits\":[0.5,0.25],\"rest\":1}]}", 0,
+       "rest is 1, not 0"},
+      {"{\"results\":[{\"classes\":[10,0],\"probs\":[0.5,0.25],\"rest\":0}]}", 1,
+       "classes[0] is not a class index (an integer below 10)"},
+      {"{\"results\":[{\"classes\":[1,2,3,4,5,6,7,8,9,0,1],\"probs\":[0,0,0,0,0,0,0,0,0,0,0],"
+       "\"rest\":0}]}",
+       1, "11 classes listed, the store has 10"},
+      {"{\"results\":[{\"classes\":[9,0],\"logits\":[0.5,0.25],\"rest\":0}]}", 1,
+       "not classes, probs and rest"},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":0}]}", 0,
+       "not classes, logits and rest"},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"logits\":[1,2],\"rest\":0}]}",
+       1, "not classes, probs and rest"},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+    s = (lmap_sparse *)1;
+    int rc = lmap_wire_sparse_check(cases[k].body, strlen(cases[k].body),
+                                    cases[k].softmax ? &probs : &logits, &s, err);
+    if (cases[k].want == NULL) {
+      ASSERT_EQ(rc, 0);
+      ASSERT(s != NULL && s->offsets[1] == 2 && s->classes[0] == 9);
+      lmap_sparse_free(s);
+      continue;
+    }
+    ASSERT_EQ(rc, LMAP_EPROTOCOL);
+    ASSERT(s == NULL);
+    if (strstr(err, cases[k].want) == NULL || strstr(err, "results[0]") == NULL) {
+      fprintf(stderr, "sparse case %zu: '%s' lacks '%s'\n", k, err, cases[k].want);
+      ASSERT(0);
+    }
+  }
+  /* Cells are named when there are several. */
+  const char *g2bad = "{\"results\":[{\"classes\":[[1],[2],[3],[4]],"
+                      "\"logits\":[[1],[2],[1e40],[4]],\"rest\":[0,0,0,0]}]}";
+  lmap_sparse_expect x4 = {.n = 1, .cells = 4, .classes = 10, .softmax = 0};
+  ASSERT_EQ(lmap_wire_sparse_check(g2bad, strlen(g2bad), &x4, &s, err), LMAP_EPROTOCOL);
+  ASSERT(strstr(err, "results[0] cell 2: logits[0] is 1e+40") != NULL);
+}
+
+/* The bound on a sparse answer holds lmapd's longest answer (every class
+ * listed, every number at its longest) and is not absurdly above it. */
+static void test_sparse_max(void) {
+  for (uint32_t C = 1; C <= 100000; C *= 10) {
+    for (size_t cells = 1; cells <= 4; cells *= 4) {
+      size_t n = 3;
+      /* The longest answer lmapd writes: every class in every cell, with
+       * the longest number text. */
+      dynbuf b;
+      lmap_dynbuf_init(&b, (size_t)1 << 30);
+      ASSERT_EQ(lmap_dynbuf_addstr(&b, "{\"results\":["), 0);
+      for (size_t i = 0; i < n; i++) {
+        ASSERT_EQ(lmap_dynbuf_printf(&b, "%s{\"id\":\"n01440764_10026\",\"classes\":%s",
+                                     i ? "," : "", cells > 1 ? "[" : ""), 0);
+        for (int part = 0; part < 3; part++) {
+          if (part)
+            ASSERT_EQ(lmap_dynbuf_addstr(&b, part == 1 ? ",\"logits\":" : ",\"rest\":"), 0);
+          if (cells > 1)
+            ASSERT_EQ(lmap_dynbuf_addstr(&b, "["), 0);
+          for (size_t c = 0; c < cells; c++) {
+            if (c)
+              ASSERT_EQ(lmap_dynbuf_addstr(&b, ","), 0);
+            if (part == 2) {
+              ASSERT_EQ(lmap_dynbuf_addstr(&b, "-1.23456789e-38"), 0);
+              continue;
+            }
+            ASSERT_EQ(lmap_dynbuf_addstr(&b, "["), 0);
+            for (uint32_t k = 0; k < C; k++)
+              ASSERT_EQ(part ? lmap_dynbuf_printf(&b, "%s-1.23456789e-38", k ? "," : "")
+                             : lmap_dynbuf_printf(&b, "%s%u", k ? "," : "", C - 1),
+                        0);
+            ASSERT_EQ(lmap_dynbuf_addstr(&b, "]"), 0);
+          }
+          if (cells > 1)
+            ASSERT_EQ(lmap_dynbuf_addstr(&b, "]"), 0);
+        }
+        ASSERT_EQ(lmap_dynbuf_addstr(&b, "}"), 0);
+      }
+      ASSERT_EQ(lmap_dynbuf_addstr(&b, "]}"), 0);
+      size_t max = lmap_wire_sparse_max(n, n * strlen("n01440764_10026"), cells, C, 0);
+      ASSERT(b.len <= max);
+      ASSERT(max <= 3 * b.len + (64 << 10) + 1024);
+      /* K * H * W below C bounds the entries of a cell. */
+      ASSERT(lmap_wire_sparse_max(n, 45, cells, C, 5) <= max);
+      lmap_dynbuf_free(&b);
+    }
+  }
+  ASSERT_EQ(lmap_wire_sparse_max((size_t)1 << 40, 0, (size_t)1 << 30, 1000, 0), SIZE_MAX);
+  ASSERT(lmap_wire_sparse_max(1, 1, 1, 0, 0) > 0); /* C unknown: the most classes */
 }
 
 static void test_error_and_info(void) {
@@ -264,8 +488,11 @@ static void test_error_and_info(void) {
 int main(void) {
   test_npy_every_split();
   test_npy_refusals();
+  test_npy_values();
+  test_npy_declared();
   test_labels_body();
   test_sparse();
+  test_sparse_max();
   test_error_and_info();
   TEST_DONE();
 }
