@@ -13,6 +13,9 @@ separate process (the same pooling code, no HTTP, no client library):
   bad_id, too_large (--max-batch), unauthorized (--token-file), no server;
 - a dead endpoint followed by a live one answers, and `endpoint` names it;
   a server that never answers gives UnavailableError "timeout";
+- a hostile server's answers (NaN, infinities, probabilities outside
+  [0, 1], another width than asked, bodies over what was asked) raise
+  ProtocolError naming the problem;
 - after lmapd swaps (SIGHUP) to a store of another shape, labels() and
   map() refresh the cached shape; a caller's stale out= buffer gets
   LMAP_ERANGE ("out_of_range"), as include/lmap/client.h promises;
@@ -146,6 +149,123 @@ def check_sparse(ck, client, store, d, ids, boxes, flips, g, box_format, softmax
     ck.check(e <= TOL, "%s: sparse expanded differs from dense by %.3g" % (tag, e))
 
 
+class HostileServer:
+    """A loopback HTTP server that is not lmapd: GET /v1/info gets a real
+    store description, every other request the canned (status, type, body)
+    of the moment. Stopped by close()."""
+
+    def __init__(self, info):
+        import http.server
+        import threading
+        outer = self
+        self.info = json.dumps(info).encode()
+        self.answer = (200, "application/json", b"{}", None)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, status, ctype, body, length=None):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body) if length is None else length))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the client gave up on an answer it refused
+
+            def do_GET(self):
+                if self.path == "/v1/info":
+                    self._send(200, "application/json", outer.info)
+                else:
+                    self._send(*outer.answer)
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self._send(*outer.answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def npy(self, arr, length=None):
+        import io
+        b = io.BytesIO()
+        np.save(b, np.asarray(arr))
+        self.answer = (200, "application/x-npy", b.getvalue(), length)
+
+    def json(self, doc, length=None):
+        self.answer = (200, "application/json", doc.encode(), length)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def check_hostile(ck, info):
+    """What a server that is not lmapd answers (NaN, infinities, impossible
+    probabilities, another width, a body over what was asked) raises
+    lmap.ProtocolError (code "bad_answer", errno LMAP_EPROTOCOL) naming the
+    problem; never labels, and never the caller's out_of_range."""
+    srv = HostileServer(info)
+    c = lmap.Client(srv.url, retries=0)
+    nc, k, h, w = info["num_classes"], info["topk"], info["grid_h"], info["grid_w"]
+    ids, boxes = ["a", "b"], [[0, 0, 1, 1]] * 2
+    try:
+        good = np.full((2, nc), 1.0 / nc, np.float32)
+        srv.npy(good)
+        ck.check(np.array_equal(c.labels(ids, boxes), good), "hostile: a good answer passes")
+
+        def refused(what, fn, needle):
+            e = ck.raises(lmap.ProtocolError, fn, "hostile: " + what)
+            if e is not None:
+                ck.check(e.code == "bad_answer" and e.errno == -21 and needle in e.message,
+                         "hostile %s: code %r errno %r message %r (wants %r)"
+                         % (what, e.code, e.errno, e.message, needle))
+
+        for value, softmax, needle in ((np.nan, True, "[1, 7] is nan, not a finite number"),
+                                       (np.inf, False, "[1, 7] is inf, not a finite number"),
+                                       (1.5, True, "[1, 7] is 1.5, not a probability in [0, 1]"),
+                                       (-0.5, True, "not a probability")):
+            bad = good.copy()
+            bad[1, 7] = value
+            srv.npy(bad)
+            refused("dense %r softmax=%s" % (value, softmax),
+                    lambda: c.labels(ids, boxes, softmax=softmax), needle)
+        bad = good.copy()
+        bad[1, 7] = 1.5
+        srv.npy(bad)
+        ck.check(c.labels(ids, boxes, softmax=False)[1, 7] == 1.5, "hostile: a logit of 1.5 passes")
+        # Another width than the store's: once the caller's out_of_range.
+        srv.npy(np.zeros((2, nc + 1), np.float32))
+        refused("dense of width C + 1", lambda: c.labels(ids, boxes),
+                "shape is (2, %d), not the (2, %d) asked for" % (nc + 1, nc))
+        srv.npy(np.zeros((2, nc + 1), np.float32))
+        refused("dense of width C + 1 into out=",
+                lambda: c.labels(ids, boxes, out=np.empty((2, nc), np.float32)),
+                "not the (2, %d) asked for" % nc)
+        m = np.zeros((2, k, h, w), np.float32)
+        m[0, 0, 1, 1] = np.nan
+        srv.npy(m)
+        refused("map with a NaN score", lambda: c.map("a"), "[0, 0, 1, 1] is nan")
+        m[0, 0, 1, 1] = 0
+        m[1, 0, 1, 1] = nc
+        srv.npy(m)
+        refused("map with class index C", lambda: c.map("a"), "not a class index")
+        srv.json('{"results":[{"id":"a","classes":[3,1],"probs":[0.5,1e39],"rest":0}]}')
+        refused("sparse probs 1e39", lambda: c.sparse(["a"], [[0, 0, 1, 1]]),
+                "results[0]: probs[1] is 1e+39, not a finite number")
+        srv.json('{"results":[{"id":"a","classes":[3,1],"probs":[0.5,0.25],"rest":0}]}', length=900000000)
+        refused("sparse with a Content-Length of 900 MB", lambda: c.sparse(["a"], [[0, 0, 1, 1]]),
+                "Content-Length is 900000000 bytes, over the")
+    finally:
+        c.close()
+        srv.close()
+
+
 def main():
     ck = pc.Checker("test_py_client")
     d = pc.scratch("test_py_client")
@@ -196,6 +316,9 @@ def main():
                   "source", "score_stats"):
             ck.check(info.get(k) == ref.get(k), "info()[%r] = %r, lmap info says %r" % (k, info.get(k), ref.get(k)))
         ck.check(client.num_classes == 1000, "num_classes %r" % client.num_classes)
+
+        # ---- a server that is not lmapd ----
+        check_hostile(ck, info)
 
         # ---- input forms ----
         a = client.labels(ids[:4], boxes[:4])

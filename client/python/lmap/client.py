@@ -327,7 +327,10 @@ class Client:
     @staticmethod
     def _maybe_stale(rc, err):
         """Could this failure come from a stale cached store shape? ERANGE
-        says so; an answer that came (HTTP 200) but was refused may too."""
+        says so (the C library found the store's shape differs from the
+        buffer's); an answer that came (HTTP 200) but was refused may too
+        (a store replaced between the two calls). A refusal for any other
+        reason costs one /v1/info and is raised unchanged."""
         return rc == _lib.ERANGE or err.http_status == 200
 
     def _reshaped(self):

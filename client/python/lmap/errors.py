@@ -118,8 +118,12 @@ class UnavailableError(LmapError):
 
 
 class ProtocolError(LmapError):
-    """code "bad_answer": an answer the library could not read, or whose
-    size does not match (e.g. the store changed its number of classes)."""
+    """code "bad_answer": an answer that is not what was asked for: not
+    lmapd's, of another shape (e.g. the store changed its number of classes
+    between calls), holding a value that cannot be a label (NaN, infinite, a
+    probability outside [0, 1], a class index the store does not have), or
+    larger than such an answer can be. The message names the item and the
+    value; nothing of the answer reaches the caller's arrays."""
 
     _defaults = ("bad_answer", -21, 0)
 
