@@ -202,8 +202,10 @@ static int npy_check_values(lmap_npy_sink *s, size_t upto) {
       why = "not a finite number";
     else if (s->values == LMAP_NPY_PROB && (v < -LMAP_WIRE_PROB_SLACK || v > 1 + LMAP_WIRE_PROB_SLACK))
       why = "not a probability in [0, 1]";
+    /* The cast is reached only for 0 <= v < classes <= 2^24: exact for a
+     * whole number, and no libm needed to tell. */
     else if (s->values == LMAP_NPY_MAP && i >= half &&
-             (v < 0 || v >= (float)s->classes || v != floorf(v)))
+             (v < 0 || v >= (float)s->classes || (float)(uint32_t)v != v))
       why = "not a class index (a whole number below the store's number of classes)";
     if (why) {
       char at[96], msg[300];

@@ -25,7 +25,21 @@
  * until its next call.
  *
  * Every fallible function returns 0 or a negative LMAP_E* code from
- * <lmap/error.h>, the table the server uses for its answers.
+ * <lmap/error.h>, the table the server uses for its answers. Each function
+ * below lists the codes it returns; the message and details of a failure
+ * are in lmap_client_last_error().
+ *
+ * What an answer must be (docs/CLIENT.md, "What liblmap refuses"): a
+ * server may be a proxy, another program or a hostile one, so an answer is
+ * checked before it is trusted. The handle knows the store's description
+ * (lmap_info: asked from /v1/info once, with the first call that needs it,
+ * and again when the caller's buffer disagrees with it). An answer of
+ * another shape than asked, with a value that cannot be a label (NaN,
+ * infinite, a probability outside [0, 1] by more than 1e-6, a class index
+ * the store does not have), or larger than the answer asked for can be, is
+ * refused with LMAP_EPROTOCOL naming what is wrong (a too-large one as
+ * soon as its Content-Length or its bytes show it, without reading the
+ * rest), and the next endpoint is tried.
  */
 #ifndef LMAP_CLIENT_H
 #define LMAP_CLIENT_H
@@ -62,7 +76,7 @@ typedef struct lmap_client_options {
   const char *token;       /**< bearer token (copied); NULL for none */
 } lmap_client_options;
 
-/** Fills `opts` with the defaults. */
+/** Fills `opts` with the defaults. Cannot fail. */
 LMAP_API void lmap_client_options_init(lmap_client_options *opts);
 
 /** Creates a handle for `urls`, a comma-separated list of base URLs
@@ -70,7 +84,10 @@ LMAP_API void lmap_client_options_init(lmap_client_options *opts);
  *  are ignored). `opts` may be NULL. Nothing is connected yet.
  *  On failure *out is NULL and, when `errbuf` is not NULL, it receives a
  *  sentence of at most LMAP_ERRBUF_SIZE bytes naming the problem.
- *  Returns 0, LMAP_EINVAL (bad URL or option) or LMAP_ENOMEM. */
+ *  Returns 0, LMAP_EINVAL (bad URL or option), LMAP_ENOMEM, or
+ *  LMAP_EINTERNAL (libcurl failed to initialise).
+ *  Ownership: *out is the caller's, freed with lmap_client_free(); `urls`
+ *  and `opts->token` are copied. */
 LMAP_API int lmap_client_new(const char *urls, const lmap_client_options *opts,
                              lmap_client **out, char *errbuf);
 
@@ -108,9 +125,26 @@ LMAP_API void lmap_label_options_init(lmap_label_options *opts);
 /** Dense soft labels of `n` queries (1 <= n <= the server's --max-batch),
  *  written as float32 to `out`: [n, C] when G == 1, [n, C, G, G] otherwise,
  *  C-order. `out_len` is the number of floats `out` holds and must equal the
- *  answer's size exactly (C is lmap_info.num_classes); a mismatch is
- *  LMAP_ERANGE. Transported as .npy. `opts` may be NULL. On failure the
- *  contents of `out` are unspecified. */
+ *  answer's size exactly (C is lmap_info.num_classes). Transported as .npy,
+ *  written into `out` as it arrives and checked value by value: with
+ *  softmax each is a probability in [0, 1], without it a finite logit.
+ *  `opts` may be NULL. The first call of a handle also asks /v1/info,
+ *  unless lmap_client_info() did.
+ *  Returns 0, or:
+ *  - LMAP_EINVAL: NULL queries or `out`, n == 0, output_size not in 1..1024,
+ *    an unknown box_format;
+ *  - LMAP_EBADID, LMAP_EBADBOX: a NULL id or a non-finite box (field names
+ *    the query), or the server's refusal of one;
+ *  - LMAP_ERANGE: `out_len` is not n * C * G * G for the store's C (found
+ *    before the labels are asked for);
+ *  - LMAP_EPROTOCOL: no endpoint gave the answer asked for (another shape,
+ *    a value that cannot be a label, not .npy: the message says which);
+ *  - LMAP_EUNAVAILABLE, LMAP_ETIMEOUT: no endpoint answered;
+ *  - any code of the server's answer (LMAP_ENOTFOUND, LMAP_ETOOBIG,
+ *    LMAP_EUNAUTHORIZED, a 5xx's code...); LMAP_ENOMEM.
+ *  On failure the contents of `out` are unspecified: they may hold part of
+ *  a refused answer. `out` stays the caller's; nothing is kept after the
+ *  call. */
 LMAP_API int lmap_client_labels(lmap_client *c, const lmap_query *queries,
                                 size_t n, const lmap_label_options *opts,
                                 float *out, size_t out_len);
@@ -129,17 +163,36 @@ typedef struct lmap_sparse {
   const float *rest;     /**< n * cells */
 } lmap_sparse;
 
-/** Fetches sparse labels for `n` queries into a new *out (NULL on failure). */
+/** Fetches sparse labels for `n` queries into a new *out (NULL on failure).
+ *  Each cell is checked: at most C classes, each an integer below C,
+ *  finite values; with softmax "probs" and a `rest` in [0, 1], without it
+ *  "logits" and a `rest` of 0. The answer is read whole before it is
+ *  parsed, so its size is capped by a bound computed from n, G, C and
+ *  K * H * W (docs/CLIENT.md). When an answer is refused and the store's
+ *  description was known from an earlier call, it is asked again and, if
+ *  the store changed, the call is repeated once.
+ *  Returns 0, or the codes of lmap_client_labels() but LMAP_ERANGE.
+ *  Ownership: *out is the caller's, one allocation freed with
+ *  lmap_sparse_free(); the arrays it points to live as long as it does. */
 LMAP_API int lmap_client_sparse(lmap_client *c, const lmap_query *queries,
                                 size_t n, const lmap_label_options *opts,
                                 lmap_sparse **out);
 
-/** Frees a sparse result. Accepts NULL. */
+/** Frees a sparse result and the arrays it points to. Accepts NULL. */
 LMAP_API void lmap_sparse_free(lmap_sparse *s);
 
 /** Fetches the raw map of `id` as the official float32 [2, K, H, W] tensor
- *  (plane 0 scores, plane 1 class indices). `out_len` must be 2*K*H*W
- *  (LMAP_ERANGE otherwise). `shape`, when not NULL, receives {2, K, H, W}. */
+ *  (plane 0 scores, plane 1 class indices). `out_len` must be 2*K*H*W for
+ *  the store's K, H, W. `shape`, when not NULL, receives {2, K, H, W}.
+ *  The answer is checked as it arrives: finite scores, class indices whole
+ *  numbers below C. The first call of a handle also asks /v1/info, unless
+ *  lmap_client_info() did.
+ *  Returns 0, or: LMAP_EBADID (a NULL, empty or too long id, or the
+ *  server's refusal), LMAP_EINVAL (`out` NULL), LMAP_ERANGE (`out_len` is
+ *  not 2*K*H*W, found before the map is asked for), LMAP_ENOTFOUND,
+ *  LMAP_EPROTOCOL, LMAP_EUNAVAILABLE, LMAP_ETIMEOUT, another code of the
+ *  server's answer, LMAP_ENOMEM. On failure the contents of `out` and
+ *  `shape` are unspecified. */
 LMAP_API int lmap_client_map(lmap_client *c, const char *id, float *out,
                              size_t out_len, uint32_t shape[4]);
 
@@ -152,8 +205,14 @@ typedef struct lmap_info {
   uint64_t records;
 } lmap_info;
 
-/** Fetches the store's description. `info` and `json` may each be NULL;
- *  *json receives the whole /v1/info document (free with lmap_free()). */
+/** Fetches the store's description (and keeps it in the handle: later
+ *  calls check their answers against it). `info` and `json` may each be
+ *  NULL. A document over 8 MiB is refused unread.
+ *  Returns 0, or LMAP_EPROTOCOL (not a description: the message names the
+ *  field), LMAP_EUNAVAILABLE, LMAP_ETIMEOUT, a code of the server's answer
+ *  (LMAP_EUNAUTHORIZED...), LMAP_ENOMEM. On failure *json is NULL and
+ *  *info unchanged.
+ *  Ownership: *json is the caller's, freed with lmap_free(). */
 LMAP_API int lmap_client_info(lmap_client *c, lmap_info *info, char **json);
 
 /** What went wrong in the handle's last call. */
@@ -169,14 +228,18 @@ typedef struct lmap_error_detail {
 } lmap_error_detail;
 
 /** Fills `detail` for the last call (code 0 and empty strings after a
- *  success). The strings live until the handle's next call. */
+ *  success). Cannot fail; a NULL handle gives LMAP_EINVAL's detail.
+ *  Ownership: the strings are the handle's (never NULL) and live until its
+ *  next call or lmap_client_free(). */
 LMAP_API void lmap_client_last_error(const lmap_client *c,
                                      lmap_error_detail *detail);
 
-/** The last call's message alone ("" after a success). */
+/** The last call's message alone ("" after a success). Borrowed: valid
+ *  until the handle's next call. */
 LMAP_API const char *lmap_client_errmsg(const lmap_client *c);
 
-/** Base URL of the endpoint that answered the last successful call. */
+/** Base URL of the endpoint that answered the last successful call ("" before
+ *  the first). Borrowed: valid until lmap_client_free(). */
 LMAP_API const char *lmap_client_endpoint(const lmap_client *c);
 
 /** Frees memory the library returned (strings). Accepts NULL. */
