@@ -59,6 +59,8 @@ struct lmap_client {
   const char *tried; /* base of the last endpoint tried, or "" */
   dynbuf message;
   size_t npy_shape[4]; /* of the last .npy answer */
+  int npy_differs;     /* the last .npy answer was refused for its shape,
+                          which npy_shape then holds */
   /* The store's description, from the last /v1/info answer: what labels,
    * maps and sparse answers are checked against. */
   lmap_info info;
@@ -351,6 +353,7 @@ static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons, fai
   lmap_dynbuf_reset(&c->url);
   if (lmap_dynbuf_addstr(&c->url, ep->base) || lmap_dynbuf_addstr(&c->url, k->path))
     return fail(c, LMAP_EINVAL, NULL, "the request URL is longer than %zu bytes", c->url.max);
+  c->npy_differs = 0;
   lmap_npy_sink sink;
   if (k->dest) {
     lmap_npy_sink_init(&sink, k->dest, k->dest_len, k->expect, k->ndim);
@@ -385,6 +388,10 @@ static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons, fai
       rc = 0;
     }
     memcpy(shape, sink.shape, sizeof shape);
+    if (sink.shape_differs) {
+      c->npy_differs = 1;
+      memcpy(c->npy_shape, sink.shape, sizeof c->npy_shape);
+    }
   }
   if (k->dest)
     lmap_npy_sink_free(&sink);
@@ -483,6 +490,47 @@ static int store_info(lmap_client *c, int refresh) {
   return c->have_info && !refresh ? 0 : fetch_info(c);
 }
 
+/* The shape a labels call (`n` queries, G = `G`) or, with n == 0, a map
+ * call expects of the store `info`. Returns the number of dims. */
+static int expected_shape(const lmap_info *info, size_t n, size_t G, size_t shape[4]) {
+  if (n == 0) {
+    size_t map[4] = {2, info->top_k, info->height, info->width};
+    memcpy(shape, map, sizeof map);
+    return 4;
+  }
+  size_t labels[4] = {n, info->num_classes, G, G};
+  memcpy(shape, labels, sizeof labels);
+  return G == 1 ? 2 : 4;
+}
+
+/* After .npy answers were refused for their shape (rc LMAP_EPROTOCOL):
+ * if the store's description, asked again, gives that very shape, the
+ * store was replaced since the handle last asked and the caller's buffer
+ * is for the old one, which is the caller's LMAP_ERANGE. Otherwise the
+ * refusal stands. */
+static int shape_refused(lmap_client *c, int rc, const call *k, size_t n, size_t G) {
+  if (rc != LMAP_EPROTOCOL || !c->npy_differs)
+    return rc;
+  size_t got[4], want[4] = {0};
+  memcpy(got, c->npy_shape, sizeof got);
+  dynbuf saved;
+  lmap_dynbuf_init(&saved, MESSAGE_MAX);
+  lmap_dynbuf_addstr(&saved, c->message.data ? c->message.data : "");
+  int ndim = store_info(c, 1) == 0 ? expected_shape(&c->info, n, G, want) : 0;
+  int same = ndim == k->ndim;
+  for (int i = 0; same && i < ndim; i++)
+    same = want[i] == got[i];
+  if (same)
+    rc = fail(c, LMAP_ERANGE, NULL,
+              "the store was replaced: it now has %" PRIu32 " classes, K = %" PRIu32
+              ", H = %" PRIu32 ", W = %" PRIu32 ", and out_len %zu is for the one before",
+              c->info.num_classes, c->info.top_k, c->info.height, c->info.width, k->dest_len);
+  else
+    fail(c, rc, NULL, "%s", saved.data ? saved.data : "");
+  lmap_dynbuf_free(&saved);
+  return rc;
+}
+
 /* ---- the calls ---------------------------------------------------------- */
 
 /* Checks the queries and resolves the options (NULL: the defaults). */
@@ -546,7 +594,7 @@ int lmap_client_labels(lmap_client *c, const lmap_query *queries, size_t n,
   call k = {.path = "/v1/labels", .post = &c->request, .max_ok = LMAP_WIRE_ERROR_MAX, .dest = out,
             .dest_len = out_len, .expect = {n, classes, G, G}, .ndim = G == 1 ? 2 : 4,
             .values = o.softmax ? LMAP_NPY_PROB : LMAP_NPY_FINITE};
-  return perform(c, &k);
+  return shape_refused(c, perform(c, &k), &k, n, G);
 }
 
 int lmap_client_sparse(lmap_client *c, const lmap_query *queries, size_t n,
@@ -570,16 +618,16 @@ int lmap_client_sparse(lmap_client *c, const lmap_query *queries, size_t n,
    * known from before this call, the store may have been replaced since;
    * the description is asked again and, if it changed, the call repeated. */
   int had_info = c->have_info;
+  if ((rc = store_info(c, 0)) != 0)
+    return rc;
   for (int round = 0;; round++) {
-    if ((rc = store_info(c, round > 0)) != 0)
-      return rc;
     lmap_info info = c->info;
     char what[200];
     size_t max = lmap_wire_sparse_max(n, id_bytes, cells, info.num_classes,
                                       (uint64_t)info.top_k * info.height * info.width);
     snprintf(what, sizeof what,
-             "the most a sparse answer to %zu queries of %zu cells, %" PRIu32
-             " classes, can take",
+             "the most a sparse answer to %zu queries of %zu cell(s) of %" PRIu32
+             " classes can take",
              n, cells, info.num_classes);
     call k = {.path = "/v1/labels", .post = &c->request, .max_ok = max, .what = what};
     rc = perform(c, &k);
@@ -593,17 +641,19 @@ int lmap_client_sparse(lmap_client *c, const lmap_query *queries, size_t n,
     }
     if (rc != LMAP_EPROTOCOL || !had_info || round > 0)
       return rc;
-    /* Keep this call's error unless the store did change. */
+    /* This call's error stands unless the store did change. */
     dynbuf saved;
     lmap_dynbuf_init(&saved, MESSAGE_MAX);
     lmap_dynbuf_addstr(&saved, c->message.data ? c->message.data : "");
-    int same = store_info(c, 1) == 0 && memcmp(&c->info, &info, sizeof info) == 0;
-    if (same || !c->have_info) {
+    int changed = store_info(c, 1) == 0 && (c->info.num_classes != info.num_classes ||
+                                            c->info.top_k != info.top_k ||
+                                            c->info.height != info.height ||
+                                            c->info.width != info.width);
+    if (!changed)
       fail(c, LMAP_EPROTOCOL, NULL, "%s", saved.data ? saved.data : "");
-      lmap_dynbuf_free(&saved);
-      return LMAP_EPROTOCOL;
-    }
     lmap_dynbuf_free(&saved);
+    if (!changed)
+      return LMAP_EPROTOCOL;
   }
 }
 
@@ -650,7 +700,7 @@ int lmap_client_map(lmap_client *c, const char *id, float *out, size_t out_len,
   call k = {.path = path.data, .max_ok = LMAP_WIRE_ERROR_MAX, .dest = out, .dest_len = out_len,
             .expect = {2, c->info.top_k, c->info.height, c->info.width}, .ndim = 4,
             .values = LMAP_NPY_MAP, .classes = c->info.num_classes};
-  rc = perform(c, &k);
+  rc = shape_refused(c, perform(c, &k), &k, 0, 0);
   lmap_dynbuf_free(&path);
   if (rc == 0 && shape)
     for (int i = 0; i < 4; i++)

@@ -136,7 +136,9 @@ LMAP_API void lmap_label_options_init(lmap_label_options *opts);
  *  - LMAP_EBADID, LMAP_EBADBOX: a NULL id or a non-finite box (field names
  *    the query), or the server's refusal of one;
  *  - LMAP_ERANGE: `out_len` is not n * C * G * G for the store's C (found
- *    before the labels are asked for);
+ *    before the labels are asked for, or, when the store was replaced
+ *    after the handle last asked /v1/info, from an answer of the new
+ *    store's shape, which is then asked again to tell);
  *  - LMAP_EPROTOCOL: no endpoint gave the answer asked for (another shape,
  *    a value that cannot be a label, not .npy: the message says which);
  *  - LMAP_EUNAVAILABLE, LMAP_ETIMEOUT: no endpoint answered;
@@ -189,7 +191,8 @@ LMAP_API void lmap_sparse_free(lmap_sparse *s);
  *  lmap_client_info() did.
  *  Returns 0, or: LMAP_EBADID (a NULL, empty or too long id, or the
  *  server's refusal), LMAP_EINVAL (`out` NULL), LMAP_ERANGE (`out_len` is
- *  not 2*K*H*W, found before the map is asked for), LMAP_ENOTFOUND,
+ *  not 2*K*H*W, found before the map is asked for or as for labels from a
+ *  replaced store's answer), LMAP_ENOTFOUND,
  *  LMAP_EPROTOCOL, LMAP_EUNAVAILABLE, LMAP_ETIMEOUT, another code of the
  *  server's answer, LMAP_ENOMEM. On failure the contents of `out` and
  *  `shape` are unspecified. */

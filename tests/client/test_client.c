@@ -1644,6 +1644,88 @@ out:
   free(map);
 }
 
+/* The first id of `store` (lmap ids) into `id`; 0 or -1. */
+static int first_id(const char *store, char id[300]) {
+  char opath[700];
+  tmp_path(opath, sizeof opath, "ids1.txt");
+  const char *argv[] = {th_lmap(), "ids", store, NULL};
+  char *text = th_run(argv, opath) == 0 ? th_read_file(opath, NULL) : NULL;
+  remove(opath);
+  int rc = text && text[0] ? 0 : -1;
+  if (rc == 0)
+    snprintf(id, 300, "%.*s", (int)strcspn(text, "\n"), text);
+  free(text);
+  return rc;
+}
+
+/* A store replaced (SIGHUP) by one of another shape while handles hold
+ * the old description. A sparse answer naming classes past the old C is
+ * not refused for good: the description is asked again and the call
+ * repeated. A labels or map buffer sized for the old store is the caller's
+ * LMAP_ERANGE, whether the handle finds out before asking (the caller's
+ * buffer disagrees with what it holds) or from the answer (it agreed with
+ * the old description: the answer's shape is then the new store's). */
+static void case_store_change(void) {
+  g_case = "store_change";
+  char path[700], id[300];
+  tmp_path(path, sizeof path, "swap.lmap");
+  const char *small[] = {th_lmap(), "synth", "-o", path, "-n", "20", "-C", "10",
+                         "-k", "3", "-f", "--no-progress", NULL};
+  const char *large[] = {th_lmap(), "synth", "-o", path, "-n", "20", "-f", "--no-progress", NULL};
+  th_daemon *d = NULL;
+  lmap_client *c = NULL, *dense = NULL, *map = NULL, *poll = NULL;
+  float *out = malloc((size_t)1000 * 2 * 5 * 15 * 15 * sizeof *out);
+  REQUIRE(out && th_run(small, NULL) == 0 && first_id(path, id) == 0);
+  REQUIRE((d = th_start(path, NULL)) != NULL);
+  c = connect_to(d->url, NULL);
+  dense = connect_to(d->url, NULL);
+  map = connect_to(d->url, NULL);
+  poll = connect_to(d->url, NULL);
+  REQUIRE(c && dense && map && poll);
+  lmap_info before, after = {0};
+  REQUIRE_RC(lmap_client_info(c, &before, NULL), 0, c);
+  REQUIRE_RC(lmap_client_info(dense, NULL, NULL), 0, dense);
+  REQUIRE_RC(lmap_client_info(map, NULL, NULL), 0, map);
+  REQUIRE(before.num_classes == 10 && before.top_k == 3);
+  REQUIRE(th_run(large, NULL) == 0); /* renamed over the served path */
+  th_signal(d, SIGHUP);
+  for (int i = 0; i < 400 && after.num_classes != 1000; i++) {
+    if (lmap_client_info(poll, &after, NULL) != 0 || after.num_classes != 1000)
+      nanosleep(&(struct timespec){0, 25000000}, NULL);
+  }
+  REQUIRE(after.num_classes == 1000);
+  REQUIRE(first_id(path, id) == 0);
+
+  lmap_query q = {id, {0, 0, 1, 1}, 0};
+  lmap_sparse *s = NULL;
+  if (CHECK_RC(lmap_client_sparse(c, &q, 1, NULL, &s), 0, c)) {
+    int past = 0; /* the old description would have refused these */
+    for (size_t e = 0; e < s->offsets[1]; e++)
+      past |= s->classes[e] >= 10;
+    CHECK(past);
+  }
+  lmap_sparse_free(s);
+  /* The old C, the handle's old description: found from the answer. */
+  CHECK_RC(lmap_client_labels(dense, &q, 1, NULL, out, 10), LMAP_ERANGE, dense);
+  CHECK_HAS(lmap_client_errmsg(dense), "the store was replaced");
+  CHECK_RC(lmap_client_labels(dense, &q, 1, NULL, out, 1000), 0, dense);
+  /* The old C again, the handle's new description: found before asking. */
+  CHECK_RC(lmap_client_labels(dense, &q, 1, NULL, out, 10), LMAP_ERANGE, dense);
+  CHECK_HAS(lmap_client_errmsg(dense), "the store has 1000 classes");
+  CHECK_RC(lmap_client_map(map, id, out, (size_t)2 * 3 * 15 * 15, NULL), LMAP_ERANGE, map);
+  CHECK_HAS(lmap_client_errmsg(map), "the store was replaced");
+  CHECK_RC(lmap_client_map(map, id, out, (size_t)2 * 5 * 15 * 15, NULL), 0, map);
+out:
+  lmap_client_free(c);
+  lmap_client_free(dense);
+  lmap_client_free(map);
+  lmap_client_free(poll);
+  if (d)
+    CHECK(th_stop(d, 30) == 0);
+  remove(path);
+  free(out);
+}
+
 /* Attempt counts: retries passes over the endpoints, down_ms skipping. */
 static void case_retries(void) {
   g_case = "retries";
@@ -2224,6 +2306,7 @@ int main(void) {
   case_hostile_map();
   case_hostile_sparse();
   case_hostile_size();
+  case_store_change();
   case_retries();
   case_timeout();
   case_keepalive();
