@@ -13,6 +13,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <float.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
@@ -195,6 +196,20 @@ static void shape_text(char out[96], const size_t *shape, int ndim, const char *
  * The index of a refused value is printed in the answer's shape. */
 static int npy_check_values(lmap_npy_sink *s, size_t upto) {
   size_t half = s->dest_len / 2; /* LMAP_NPY_MAP: plane 1 starts here */
+  if (s->values != LMAP_NPY_MAP) {
+    /* The common case, a batch of labels: one tight pass (NaN fails both
+     * comparisons, infinities the bounds); the loop below then only finds
+     * and names the first bad value. */
+    float lo = s->values == LMAP_NPY_PROB ? (float)-LMAP_WIRE_PROB_SLACK : -FLT_MAX;
+    float hi = s->values == LMAP_NPY_PROB ? (float)(1 + LMAP_WIRE_PROB_SLACK) : FLT_MAX;
+    int bad = 0;
+    for (size_t i = s->checked; i < upto; i++)
+      bad |= !(s->dest[i] >= lo && s->dest[i] <= hi);
+    if (!bad) {
+      s->checked = upto;
+      return 0;
+    }
+  }
   for (size_t i = s->checked; i < upto; i++) {
     float v = s->dest[i];
     const char *why = NULL;

@@ -2,9 +2,11 @@
  * wire: what liblmap sends and reads, without any I/O. Writes the JSON body
  * of POST /v1/labels, reads .npy answers as a stream straight into the
  * caller's float buffer, and reads the JSON answers (errors, sparse labels,
- * store info). Every reader checks the shape of what it gets and names what
- * is wrong in `err`, since a proxy or another server may answer instead of
- * lmapd.
+ * store info). Every reader checks the shape of what it gets and every
+ * value (finite; probabilities in [0, 1]; class indices below C) and names
+ * what is wrong in `err`, since a proxy or another, maybe hostile, server
+ * may answer instead of lmapd. The readers work on byte buffers alone (no
+ * handle, no I/O), so they can be fuzzed as they are.
  */
 #ifndef LMAP_CLIENT_WIRE_H
 #define LMAP_CLIENT_WIRE_H
