@@ -41,9 +41,11 @@
 #include "store.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,6 +183,92 @@ static void put_le32(uint8_t *p, uint32_t v) {
   p[1] = (uint8_t)(v >> 8);
   p[2] = (uint8_t)(v >> 16);
   p[3] = (uint8_t)(v >> 24);
+}
+
+/* ---- the SIGBUS guard ----
+ *
+ * A store is read through LMDB's shared read-only mapping of the file. If
+ * the file shrinks while mapped (a truncation, a `cp` over the served
+ * path), touching a page past its new end raises SIGBUS, whose default
+ * action kills the whole process, every worker with it. So every access
+ * to the mapping runs inside a guarded region: `guarded()` sets a
+ * per-thread recovery point, and a process-wide SIGBUS handler, installed
+ * once by store_open, jumps back to it. The read then fails with
+ * LMAP_EBADSTORE and the caller's state is rebuilt (see reader_renew).
+ *
+ * Why this is safe here. SIGBUS from a memory access is delivered to the
+ * faulting thread, and the recovery point is thread-local (initial-exec
+ * TLS: reading it is a plain load, async-signal-safe). Inside a guarded
+ * region the only code that touches the mapping is LMDB's read path
+ * (mdb_txn_begin reading the meta pages, mdb_cursor_get walking pages),
+ * the chunk parser and codec_decode; none of them allocates or takes a
+ * lock there (MDB_NOLOCK read-only transactions hold no lock and no
+ * reader slot; zstd decompresses a whole frame into a caller buffer), so
+ * the jump abandons no lock and no heap state, only the transaction's,
+ * the cursor's and the decoder's own progress, which the caller throws
+ * away: the reader's transaction and cursor are begun anew and its codec
+ * context is rebuilt. The handler runs with SA_NODEFER, so SIGBUS is not
+ * left blocked after the jump, and sigsetjmp need not save the signal
+ * mask (no system call per lookup). A SIGBUS outside any guarded region
+ * is not ours: the previous action is put back and the signal delivered
+ * to it (the fault repeats on return; a SIGBUS sent by kill() is raised
+ * again), so a real bug still dumps core where it happened.
+ */
+
+#define GUARD_FAULT INT_MIN /* guarded()'s result when a SIGBUS hit */
+
+static _Thread_local sigjmp_buf *volatile guard_point;
+static struct sigaction guard_prev;
+static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc) {
+  sigjmp_buf *j = guard_point;
+  if (j != NULL) {
+    guard_point = NULL;
+    siglongjmp(*j, 1);
+  }
+  if ((guard_prev.sa_flags & SA_SIGINFO) && guard_prev.sa_sigaction != NULL) {
+    guard_prev.sa_sigaction(sig, si, uc);
+    return;
+  }
+  if (guard_prev.sa_handler != SIG_DFL && guard_prev.sa_handler != SIG_IGN) {
+    guard_prev.sa_handler(sig);
+    return;
+  }
+  /* Default action: a SIGBUS from the hardware repeats when the faulting
+   * instruction runs again; one sent by a process would not. */
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGBUS, &dfl, NULL);
+  if (si == NULL || si->si_code <= 0)
+    raise(SIGBUS);
+}
+
+static void guard_install(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_sigbus;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGBUS, &sa, &guard_prev);
+}
+
+/* Runs fn(arg) with a recovery point for SIGBUS. Returns fn's result, or
+ * GUARD_FAULT if fn was abandoned because the mapping faulted. Regions
+ * nest (store_foreach's visitor may decode): the innermost catches. */
+static int guarded(int (*fn)(void *), void *arg) {
+  sigjmp_buf jb;
+  sigjmp_buf *prev = guard_point;
+  if (sigsetjmp(jb, 0) != 0) {
+    guard_point = prev;
+    return GUARD_FAULT;
+  }
+  guard_point = &jb;
+  int rc = fn(arg);
+  guard_point = prev;
+  return rc;
 }
 
 /* ---- the LMDB header, read before LMDB maps the file ---- */
@@ -650,8 +738,29 @@ static int open_env(store *s, uint64_t size, diag *d) {
   return check_size(s->file_size, (uint64_t)info.me_last_pgno, ms.ms_psize, d);
 }
 
+typedef struct meta_args {
+  store *s;
+  MDB_txn *txn;
+  diag *d;
+} meta_args;
+
+/* load_meta reads the mapping, and the file may shrink after the size
+ * check: guarded like every other read. */
+static int load_meta_guarded(void *p) {
+  meta_args *a = p;
+  int e = mdb_txn_begin(a->s->env, NULL, MDB_RDONLY, &a->txn);
+  if (e != 0) {
+    a->txn = NULL;
+    return lmdb_fail(a->d, LMAP_EIO, "cannot begin a read transaction", e);
+  }
+  return load_meta(a->s, a->txn, a->d);
+}
+
+static int fault_diag(const store *s, int name_path, diag *d);
+
 int store_open(const char *path, store **out, diag *d) {
   *out = NULL;
+  pthread_once(&guard_once, guard_install);
   int rc, e, fd = -1;
   MDB_txn *txn = NULL;
   store *s = calloc(1, sizeof *s);
@@ -679,13 +788,14 @@ int store_open(const char *path, store **out, diag *d) {
   fd = -1;
   if ((rc = open_env(s, (uint64_t)st.st_size, d)) != 0)
     goto fail;
-  e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-  if (e != 0) {
-    rc = lmdb_fail(d, LMAP_EIO, "cannot begin a read transaction", e);
+  meta_args ma = {s, NULL, d};
+  rc = guarded(load_meta_guarded, &ma);
+  txn = ma.txn;
+  if (rc != 0) {
+    if (rc == GUARD_FAULT)
+      rc = fault_diag(s, 0, d);
     goto fail;
   }
-  if ((rc = load_meta(s, txn, d)) != 0)
-    goto fail;
   /* Committing, not aborting, keeps the database handles opened in this
    * transaction valid for the readers' transactions. */
   e = mdb_txn_commit(txn);
@@ -934,26 +1044,116 @@ struct store_reader {
   MDB_txn *txn;    /* one read transaction for the reader's life */
   MDB_cursor *cur; /* on txn, repositioned by every lookup */
   codec_ctx *codec;
+  int stale; /* txn, cur and codec must be rebuilt before the next use */
   float *scores;
   uint32_t *classes;
 };
 
-void store_reader_free(store_reader *r) {
-  if (r == NULL)
-    return;
+/* Fills `d` for a SIGBUS caught while reading the mapping: the file was
+ * cut under it (one fstat() tells by how much, when it can). The message
+ * names the file unless the caller prefixes it anyway. */
+static int fault_diag(const store *s, int name_path, diag *d) {
+  mdb_filehandle_t fd;
+  struct stat st;
+  const char *p = name_path ? s->path : "", *sep = name_path ? ": " : "";
+  if (mdb_env_get_fd(s->env, &fd) == 0 && fstat(fd, &st) == 0 &&
+      (uint64_t)st.st_size < s->file_size)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "%s%sthe store file was truncated while being read "
+                    "(%llu bytes at open, %llu now)",
+                    p, sep, (unsigned long long)s->file_size,
+                    (unsigned long long)st.st_size);
+  return diag_set(d, LMAP_EBADSTORE,
+                  "%s%sthe store file was truncated while being read "
+                  "(SIGBUS touching its mapping)",
+                  p, sep);
+}
+
+/* 1 if the open file is now shorter than at open. Beginning a transaction
+ * on such a file would fault inside mdb_txn_begin, after it allocated the
+ * transaction (which the jump would leak), so renewals ask first. */
+static int file_shrank(const store *s) {
+  mdb_filehandle_t fd;
+  struct stat st;
+  return mdb_env_get_fd(s->env, &fd) == 0 && fstat(fd, &st) == 0 &&
+         (uint64_t)st.st_size < s->file_size;
+}
+
+static void reader_drop_txn(store_reader *r) {
   if (r->cur != NULL)
     mdb_cursor_close(r->cur);
   if (r->txn != NULL)
     mdb_txn_abort(r->txn);
+  r->cur = NULL;
+  r->txn = NULL;
+}
+
+void store_reader_free(store_reader *r) {
+  if (r == NULL)
+    return;
+  reader_drop_txn(r);
   codec_ctx_free(r->codec);
   free(r->scores);
   free(r->classes);
   free(r);
 }
 
+typedef struct begin_args {
+  store_reader *r;
+  diag *d;
+} begin_args;
+
+/* Begins the reader's transaction and cursor (mdb_txn_begin reads the meta
+ * pages from the mapping: guarded by the caller). */
+static int reader_begin(void *p) {
+  begin_args *a = p;
+  store_reader *r = a->r;
+  int e = mdb_txn_begin(r->s->env, NULL, MDB_RDONLY, &r->txn);
+  if (e != 0) {
+    r->txn = NULL;
+    return lmdb_fail(a->d, LMAP_EIO, "cannot begin a read transaction", e);
+  }
+  if ((e = mdb_cursor_open(r->txn, r->s->maps, &r->cur)) != 0) {
+    r->cur = NULL;
+    return lmdb_fail(a->d, LMAP_EIO, "cannot open a cursor", e);
+  }
+  return 0;
+}
+
+/*
+ * Rebuilds what a failed lookup may have left unusable. After an LMDB error
+ * the transaction is flagged in error (every later call would answer
+ * MDB_BAD_TXN); after a SIGBUS, the cursor and the decoder were abandoned
+ * halfway. A read-only MDB_NOLOCK transaction holds nothing, so it is
+ * simply aborted and begun anew, and the codec context is replaced. Until
+ * this succeeds the reader stays stale and every call retries it.
+ */
+static int reader_renew(store_reader *r, diag *d) {
+  reader_drop_txn(r);
+  codec_ctx *c = NULL;
+  int rc = codec_ctx_new(&r->s->meta.shape, r->s->dict, r->s->dict_len,
+                         CODEC_LEVEL_DEFAULT, &c, d);
+  if (rc != 0)
+    return rc;
+  codec_ctx_free(r->codec);
+  r->codec = c;
+  if (file_shrank(r->s))
+    return fault_diag(r->s, 1, d);
+  begin_args a = {r, d};
+  rc = guarded(reader_begin, &a);
+  if (rc == GUARD_FAULT)
+    rc = fault_diag(r->s, 1, d);
+  if (rc != 0) {
+    reader_drop_txn(r);
+    return rc;
+  }
+  r->stale = 0;
+  return 0;
+}
+
 int store_reader_new(store *s, store_reader **out, diag *d) {
   *out = NULL;
-  int rc, e;
+  int rc;
   store_reader *r = calloc(1, sizeof *r);
   if (r == NULL)
     return diag_set(d, LMAP_ENOMEM, "out of memory for a store reader");
@@ -966,23 +1166,11 @@ int store_reader_new(store *s, store_reader **out, diag *d) {
     rc = diag_set(d, LMAP_ENOMEM, "out of memory for a store reader");
     goto fail;
   }
-  if ((rc = codec_ctx_new(sh, s->dict, s->dict_len, CODEC_LEVEL_DEFAULT,
-                          &r->codec, d)) != 0)
-    goto fail;
   /* With MDB_NOLOCK a read transaction takes no reader slot and the file
    * never changes, so holding one (and its cursor) for the reader's life
    * costs nothing and saves a begin and a cursor open per lookup. */
-  e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &r->txn);
-  if (e != 0) {
-    r->txn = NULL;
-    rc = lmdb_fail(d, LMAP_EIO, "cannot begin a read transaction", e);
+  if ((rc = reader_renew(r, d)) != 0)
     goto fail;
-  }
-  if ((e = mdb_cursor_open(r->txn, s->maps, &r->cur)) != 0) {
-    r->cur = NULL;
-    rc = lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
-    goto fail;
-  }
   *out = r;
   return 0;
 fail:
@@ -1017,14 +1205,25 @@ static int seek_chunk(MDB_cursor *cur, const char *id, size_t id_len,
   return mdb_cursor_get(cur, key, val, MDB_PREV);
 }
 
-int store_reader_get(store_reader *r, const char *id, size_t id_len,
-                     labelmap *out, diag *d) {
+typedef struct get_args {
+  store_reader *r;
+  const char *id;
+  size_t id_len;
+  labelmap *out;
+  diag *d;
+} get_args;
+
+/* The lookup proper; every read of the mapping happens in here (guarded by
+ * store_reader_get). */
+static int reader_get(void *p) {
+  get_args *a = p;
+  store_reader *r = a->r;
+  const char *id = a->id;
+  size_t id_len = a->id_len;
+  diag *d = a->d;
   char t[300], t2[300], pre[700];
-  int rc = check_id(id, id_len, d);
-  if (rc != 0)
-    return rc;
   MDB_val key, val;
-  int exact;
+  int exact, rc;
   int e = seek_chunk(r->cur, id, id_len, &key, &val, &exact);
   if (e == MDB_NOTFOUND)
     return diag_set(d, LMAP_ENOTFOUND, "no map for id '%s'",
@@ -1051,8 +1250,8 @@ int store_reader_get(store_reader *r, const char *id, size_t id_len,
     diag_prefix(d, pre);
     return rc;
   }
-  *out = reader_map(r);
-  rc = codec_decode(r->codec, rec, rec_len, out, d);
+  *a->out = reader_map(r);
+  rc = codec_decode(r->codec, rec, rec_len, a->out, d);
   if (rc != 0) {
     snprintf(pre, sizeof pre, "record '%s'", id_text(t, id, id_len));
     diag_prefix(d, pre);
@@ -1060,10 +1259,51 @@ int store_reader_get(store_reader *r, const char *id, size_t id_len,
   return rc;
 }
 
+int store_reader_get(store_reader *r, const char *id, size_t id_len,
+                     labelmap *out, diag *d) {
+  char t[300], pre[340];
+  int rc = check_id(id, id_len, d);
+  if (rc != 0)
+    return rc;
+  if (r->stale && (rc = reader_renew(r, d)) != 0)
+    goto fail;
+  get_args a = {r, id, id_len, out, d};
+  rc = guarded(reader_get, &a);
+  if (rc != GUARD_FAULT)
+    return rc;
+  r->stale = 1;
+  rc = fault_diag(r->s, 1, d);
+fail:
+  snprintf(pre, sizeof pre, "record '%s'", id_text(t, id, id_len));
+  diag_prefix(d, pre);
+  return rc;
+}
+
+typedef struct decode_args {
+  store_reader *r;
+  const uint8_t *rec;
+  size_t len;
+  labelmap *out;
+  diag *d;
+} decode_args;
+
+static int reader_decode(void *p) {
+  decode_args *a = p;
+  return codec_decode(a->r->codec, a->rec, a->len, a->out, a->d);
+}
+
 int store_reader_decode(store_reader *r, const uint8_t *rec, size_t len,
                         labelmap *out, diag *d) {
+  int rc;
+  if (r->stale && (rc = reader_renew(r, d)) != 0)
+    return rc;
   *out = reader_map(r);
-  return codec_decode(r->codec, rec, len, out, d);
+  decode_args a = {r, rec, len, out, d};
+  rc = guarded(reader_decode, &a);
+  if (rc != GUARD_FAULT)
+    return rc;
+  r->stale = 1;
+  return fault_diag(r->s, 1, d);
 }
 
 /* Checks what a lookup does not need but a walk promises: every entry in
@@ -1091,24 +1331,38 @@ static int check_chunk(const store_chunk *c, const MDB_val *key, char *last,
   return 0;
 }
 
-int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d) {
-  MDB_txn *txn = NULL;
-  MDB_cursor *cur = NULL;
+/* store_foreach's state, outside the guarded walk so that a SIGBUS does not
+ * lose the transaction and cursor it has to release. */
+typedef struct walk_args {
+  store *s;
+  store_visit_fn fn;
+  void *ctx;
+  diag *d;
+  MDB_txn *txn;
+  MDB_cursor *cur;
+} walk_args;
+
+static int walk_chunks(void *p) {
+  walk_args *a = p;
+  store *s = a->s;
+  diag *d = a->d;
   MDB_val key, val;
   char id[STORE_MAX_ID_LEN], last[STORE_MAX_ID_LEN], t[300], pre[340];
   size_t id_len = 0, last_len = 0, rec_len = 0;
   const uint8_t *rec;
   uint64_t chunks = 0;
   int rc = 0;
-  int e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-  if (e != 0)
+  int e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &a->txn);
+  if (e != 0) {
+    a->txn = NULL;
     return lmdb_fail(d, LMAP_EIO, "cannot begin a read transaction", e);
-  if ((e = mdb_cursor_open(txn, s->maps, &cur)) != 0) {
-    rc = lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
-    goto done;
   }
-  for (e = mdb_cursor_get(cur, &key, &val, MDB_FIRST); e == 0;
-       e = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+  if ((e = mdb_cursor_open(a->txn, s->maps, &a->cur)) != 0) {
+    a->cur = NULL;
+    return lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
+  }
+  for (e = mdb_cursor_get(a->cur, &key, &val, MDB_FIRST); e == 0;
+       e = mdb_cursor_get(a->cur, &key, &val, MDB_NEXT)) {
     store_chunk c;
     /* The whole chunk is checked before any of its records is visited. */
     if ((rc = store_chunk_parse(val.mv_data, val.mv_size, &c, d)) != 0 ||
@@ -1116,31 +1370,39 @@ int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d) {
       snprintf(pre, sizeof pre, "chunk '%s'",
                id_text(t, key.mv_data, key.mv_size));
       diag_prefix(d, pre);
-      goto done;
+      return rc;
     }
     chunks++;
     for (uint32_t i = 0; i < c.n; i++) {
       /* Checked above: cannot fail. */
       if ((rc = store_chunk_entry(&c, i, id, &id_len, &rec, &rec_len, d)) !=
               0 ||
-          (rc = fn(ctx, id, id_len, rec, rec_len)) != 0)
-        goto done;
+          (rc = a->fn(a->ctx, id, id_len, rec, rec_len)) != 0)
+        return rc;
     }
   }
-  if (e != MDB_NOTFOUND) {
-    rc = lmdb_read_fail(d, "cannot walk the chunks", e);
-    goto done;
-  }
+  if (e != MDB_NOTFOUND)
+    return lmdb_read_fail(d, "cannot walk the chunks", e);
   if (chunks != s->meta.chunk_count)
-    rc = diag_set(d, LMAP_ECORRUPT,
-                  "walked %llu chunks but the store holds %llu (corrupt "
-                  "tree)",
-                  (unsigned long long)chunks,
-                  (unsigned long long)s->meta.chunk_count);
-done:
-  if (cur != NULL)
-    mdb_cursor_close(cur);
-  mdb_txn_abort(txn);
+    return diag_set(d, LMAP_ECORRUPT,
+                    "walked %llu chunks but the store holds %llu (corrupt "
+                    "tree)",
+                    (unsigned long long)chunks,
+                    (unsigned long long)s->meta.chunk_count);
+  return 0;
+}
+
+int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d) {
+  walk_args a = {s, fn, ctx, d, NULL, NULL};
+  if (file_shrank(s))
+    return fault_diag(s, 1, d);
+  int rc = guarded(walk_chunks, &a);
+  if (rc == GUARD_FAULT)
+    rc = fault_diag(s, 1, d);
+  if (a.cur != NULL)
+    mdb_cursor_close(a.cur);
+  if (a.txn != NULL)
+    mdb_txn_abort(a.txn);
   return rc;
 }
 

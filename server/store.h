@@ -19,6 +19,15 @@
  * Chunks are checked when read: every directory field is bounds-checked and
  * the directory carries a checksum, so a damaged chunk is LMAP_ECORRUPT,
  * never a read outside the value.
+ *
+ * A file cut while open (truncated, or overwritten in place by `cp`) raises
+ * SIGBUS where a read touches a page past its new end. store_open installs
+ * a process-wide SIGBUS handler (once); every read of the mapping here
+ * (store_open's metadata, store_reader_get, store_reader_decode,
+ * store_foreach and its visitor) runs under a per-thread recovery point,
+ * so such a read fails with LMAP_EBADSTORE ("the store file was truncated
+ * while being read") instead of killing the process. A SIGBUS anywhere else
+ * goes to the action installed before (by default: the process dies).
  */
 #ifndef LMAP_STORE_H
 #define LMAP_STORE_H
@@ -95,7 +104,11 @@ void store_reader_free(store_reader *r); /* accepts NULL */
 /* Looks up `id` and decodes it. `*out` points into reader-owned arrays,
  * valid until the next call on this reader or its free.
  * Returns 0, LMAP_ENOTFOUND, LMAP_EBADID (empty, too long, or holding a
- * NUL), LMAP_ECORRUPT (the record or its chunk is damaged) or LMAP_EIO. */
+ * NUL), LMAP_ECORRUPT (the record or its chunk is damaged), LMAP_EBADSTORE
+ * (the file was truncated under the reader: the message names the file and
+ * both sizes) or LMAP_EIO. After any failure the reader stays usable: a
+ * later call first rebuilds its transaction, cursor and codec context, and
+ * serves again once the file is whole. */
 int store_reader_get(store_reader *r, const char *id, size_t id_len,
                      labelmap *out, diag *d);
 
@@ -104,14 +117,17 @@ int store_reader_get(store_reader *r, const char *id, size_t id_len,
  * valid and strictly increasing across the whole store, first id equal to
  * the chunk's key). `id` and `rec` are borrowed for the duration of the
  * call. A non-zero return from `fn` stops the walk and is returned; a
- * damaged chunk stops it with LMAP_ECORRUPT naming the chunk. Records are
- * not decoded (see store_reader_decode). */
+ * damaged chunk stops it with LMAP_ECORRUPT naming the chunk, a file
+ * truncated during the walk with LMAP_EBADSTORE (`fn` is then abandoned
+ * where it touched the cut region: it must hold no lock or allocation it
+ * cannot lose). Records are not decoded (see store_reader_decode). */
 typedef int (*store_visit_fn)(void *ctx, const char *id, size_t id_len,
                               const uint8_t *rec, size_t rec_len);
 int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d);
 
 /* Decodes one record with the store's shape and dictionary using the
- * reader's codec context (for verify). */
+ * reader's codec context (for verify). `rec` may point into the store's
+ * mapping (store_foreach): a SIGBUS while reading it is LMAP_EBADSTORE. */
 int store_reader_decode(store_reader *r, const uint8_t *rec, size_t len,
                         labelmap *out, diag *d);
 
