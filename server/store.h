@@ -41,6 +41,9 @@
 
 #define STORE_FORMAT_VERSION 2
 #define STORE_MAX_ID_LEN 255
+/* Pages per checksummed block in the trailers this lmap writes (readers
+ * take the number from the trailer). */
+#define STORE_PAGES_PER_BLOCK 16u
 /* The largest record store_writer_put accepts (the largest codec record,
  * 2^22 entries of f32, is about 40 MB). */
 #define STORE_MAX_RECORD_LEN (1u << 30)
@@ -53,22 +56,57 @@ typedef struct store_meta {
   uint64_t record_count;
   int has_class_names;
   uint64_t chunk_count; /* values in the "maps" database */
+  int page_check;       /* STORE_PAGES_*: what store_open checked */
 } store_meta;
+
+/* store_meta.page_check */
+#define STORE_PAGES_CHECKED 0      /* every page against its checksum */
+#define STORE_PAGES_TRAILER_ONLY 1 /* STORE_OPEN_NO_PAGE_CHECK: the trailer */
+#define STORE_PAGES_NONE 2 /* no trailer (an older store), opened unchecked */
 
 typedef struct store store;
 
-/* Opens the store at `path` read-only. On failure *out is NULL and `d` names
- * the file and the reason (missing, not an LMDB file, truncated, no lmap
- * metadata, unsupported version, inconsistent counts). Reads no chunk: the
- * cost does not grow with the number of records.
- * Returns 0, LMAP_EIO, LMAP_EBADSTORE, LMAP_EVERSION or LMAP_ENOMEM. */
+/* Opens the store at `path` read-only. Before LMDB maps anything, checks
+ * with pread() the checksum trailer and every page against it
+ * (docs/STORE_FORMAT.md §7.1): reads the whole file once (about 0.5 s per
+ * GB in the page cache, at disk speed otherwise), so that no damaged page
+ * ever reaches LMDB. On failure *out is NULL and `d` names the file and the
+ * reason (missing, not an LMDB file, truncated, page damage naming the
+ * block, its pages and byte offsets, damaged trailer, no page checksums,
+ * no lmap metadata, unsupported version, inconsistent counts). Reads no
+ * chunk through LMDB. Returns 0, LMAP_EIO, LMAP_EBADSTORE, LMAP_EVERSION or
+ * LMAP_ENOMEM. */
 int store_open(const char *path, store **out, diag *d);
 
 /* Flags of store_open_flags. */
-#define STORE_OPEN_NO_PAGE_CHECK 1u /* skip the check of every page at open */
+/* Skips the check of every page against its checksum (the trailer's own
+ * checksum and its agreement with LMDB's header are still checked), and
+ * accepts a store without a trailer (written before page checksums). LMDB
+ * then trusts the pages: a damaged branch or leaf page can crash the
+ * process. For stores too large to read at every open, checked otherwise
+ * (store_check_file, `lmap verify`). */
+#define STORE_OPEN_NO_PAGE_CHECK 1u
 
 /* store_open with flags (store_open is store_open_flags(path, 0, ...)). */
 int store_open_flags(const char *path, unsigned flags, store **out, diag *d);
+
+/* Called by store_check_file for each damaged block: its number, its first
+ * page and page count, its byte offset and length in the file. */
+typedef void (*store_bad_block_fn)(void *ctx, uint64_t block,
+                                   uint64_t first_page, uint64_t pages,
+                                   uint64_t offset, uint64_t len);
+
+/* Checks the store file at `path` without opening it with LMDB (for `lmap
+ * verify`, and for a download before it is renamed into place): the
+ * trailer, every block of pages (all of them: `bad`, when not NULL, hears
+ * of each damaged one), LMDB's header and that the trailer covers exactly
+ * its pages. Returns 0, LMAP_EBADSTORE (`d` names the file, the first
+ * damaged block with its pages and byte offsets, and the number of damaged
+ * blocks; or no/damaged/truncated trailer, or a store without page
+ * checksums), LMAP_EIO or LMAP_ENOMEM. Never maps the file: a file cut
+ * meanwhile is an error, not SIGBUS. Thread-safe. */
+int store_check_file(const char *path, store_bad_block_fn bad, void *ctx,
+                     diag *d);
 
 /* Accepts NULL. Every reader of the store must have been freed. */
 void store_close(store *s);
