@@ -1357,12 +1357,17 @@ int store_chunk_entry(const store_chunk *c, uint32_t i, char *id,
 
 /* ---- readers ---- */
 
+/* store_reader.stale: after an LMDB error the transaction and cursor are
+ * rebuilt; after a SIGBUS the codec context too (abandoned mid-frame). */
+#define STALE_TXN 1
+#define STALE_ALL 2
+
 struct store_reader {
   store *s;
   MDB_txn *txn;    /* one read transaction for the reader's life */
   MDB_cursor *cur; /* on txn, repositioned by every lookup */
   codec_ctx *codec;
-  int stale; /* txn, cur and codec must be rebuilt before the next use */
+  int stale; /* STALE_*: what must be rebuilt before the next use */
   float *scores;
   uint32_t *classes;
 };
@@ -1447,14 +1452,17 @@ static int reader_begin(void *p) {
  * this succeeds the reader stays stale and every call retries it.
  */
 static int reader_renew(store_reader *r, diag *d) {
+  int rc;
   reader_drop_txn(r);
-  codec_ctx *c = NULL;
-  int rc = codec_ctx_new(&r->s->meta.shape, r->s->dict, r->s->dict_len,
-                         CODEC_LEVEL_DEFAULT, &c, d);
-  if (rc != 0)
-    return rc;
-  codec_ctx_free(r->codec);
-  r->codec = c;
+  if (r->stale == STALE_ALL) {
+    codec_ctx *c = NULL;
+    if ((rc = codec_ctx_new(&r->s->meta.shape, r->s->dict, r->s->dict_len,
+                            CODEC_LEVEL_DEFAULT, &c, d)) != 0)
+      return rc;
+    codec_ctx_free(r->codec);
+    r->codec = c;
+    r->stale = STALE_TXN;
+  }
   if (file_shrank(r->s))
     return fault_diag(r->s, 1, d);
   begin_args a = {r, d};
@@ -1487,6 +1495,7 @@ int store_reader_new(store *s, store_reader **out, diag *d) {
   /* With MDB_NOLOCK a read transaction takes no reader slot and the file
    * never changes, so holding one (and its cursor) for the reader's life
    * costs nothing and saves a begin and a cursor open per lookup. */
+  r->stale = STALE_ALL; /* nothing built yet */
   if ((rc = reader_renew(r, d)) != 0)
     goto fail;
   *out = r;
@@ -1546,8 +1555,15 @@ static int reader_get(void *p) {
   if (e == MDB_NOTFOUND)
     return diag_set(d, LMAP_ENOTFOUND, "no map for id '%s'",
                     id_text(t, id, id_len));
-  if (e != 0)
-    return lmdb_read_fail(d, "cannot read a chunk", e);
+  if (e != 0) {
+    /* LMDB has flagged the transaction in error: every later call on it
+     * would answer MDB_BAD_TXN. Begin a new one before the next lookup. */
+    r->stale = STALE_TXN;
+    rc = lmdb_read_fail(d, "cannot read a chunk", e);
+    snprintf(pre, sizeof pre, "record '%s'", id_text(t, id, id_len));
+    diag_prefix(d, pre);
+    return rc;
+  }
   store_chunk c;
   const uint8_t *rec = NULL;
   size_t rec_len = 0;
@@ -1589,7 +1605,7 @@ int store_reader_get(store_reader *r, const char *id, size_t id_len,
   rc = guarded(reader_get, &a);
   if (rc != GUARD_FAULT)
     return rc;
-  r->stale = 1;
+  r->stale = STALE_ALL;
   rc = fault_diag(r->s, 1, d);
 fail:
   snprintf(pre, sizeof pre, "record '%s'", id_text(t, id, id_len));
@@ -1620,7 +1636,7 @@ int store_reader_decode(store_reader *r, const uint8_t *rec, size_t len,
   rc = guarded(reader_decode, &a);
   if (rc != GUARD_FAULT)
     return rc;
-  r->stale = 1;
+  r->stale = STALE_ALL;
   return fault_diag(r->s, 1, d);
 }
 

@@ -509,6 +509,73 @@ static void test_no_trailer(const char *tiny, const idlist *l) {
   free(img);
 }
 
+/* ---- a reader recovers after an LMDB error ---- */
+
+/* A branch node's child page number raised past the last page: LMDB
+ * answers MDB_PAGE_NOTFOUND for the ids under that child, and flags its
+ * transaction in error, after which every call on it (healthy ids too)
+ * answered MDB_BAD_TXN until the reader was rebuilt. Each failed lookup
+ * must leave the reader able to serve the next healthy id. Two ways to
+ * get there: a store opened with the page checks off, and damage written
+ * into the file after it was opened and checked (the mapping is shared). */
+static void test_reader_recovers(const char *tiny, const idlist *l) {
+  char p[700];
+  size_t len;
+  uint8_t *img = read_all(tiny, &len);
+  layout lo = find_pages(img, len);
+  uint8_t *br = img + lo.branch * PS;
+  size_t node = lo.branch * PS + u16at(br + 16 + 2 * 1);
+  path_of(p, sizeof p, "branch.lmap");
+  for (int after_open = 0; after_open < 2; after_open++) {
+    uint8_t was = img[node + 1];
+    if (!after_open)
+      img[node + 1] ^= 0x7F;
+    write_all(p, img, len);
+    img[node + 1] = was;
+    store *s = NULL;
+    store_reader *r = NULL;
+    diag d = {0};
+    ASSERT_EQ(store_open_flags(p, after_open ? 0 : STORE_OPEN_NO_PAGE_CHECK,
+                               &s, &d),
+              0);
+    ASSERT_EQ(store_reader_new(s, &r, &d), 0);
+    if (after_open) {
+      int fd = open(p, O_WRONLY);
+      uint8_t bad = was ^ 0x7F;
+      ASSERT(fd >= 0);
+      ASSERT_EQ(pwrite(fd, &bad, 1, (off_t)node + 1), 1);
+      close(fd);
+    }
+    /* Every id either served or LMAP_ECORRUPT (never LMAP_EIO from a
+     * poisoned transaction), interleaved: a damaged one, then the first
+     * id of the store, which lies under a healthy child. */
+    size_t ok = 0, bad = 0;
+    labelmap m;
+    for (size_t i = 0; i < l->n; i++) {
+      int rc = store_reader_get(r, l->id[i], strlen(l->id[i]), &m, &d);
+      if (rc != 0 && rc != LMAP_ECORRUPT)
+        fprintf(stderr, "get(%s) after %zu damaged: %d %s\n", l->id[i], bad,
+                rc, d.msg);
+      ASSERT(rc == 0 || rc == LMAP_ECORRUPT);
+      if (rc == 0) {
+        ok++;
+        continue;
+      }
+      if (bad++ == 0)
+        printf("branch damage (%s): %s\n",
+               after_open ? "written after open" : "page checks off", d.msg);
+      ASSERT_CONTAINS(d.msg, l->id[i]);
+      ASSERT_EQ(store_reader_get(r, l->id[0], strlen(l->id[0]), &m, &d), 0);
+    }
+    printf("  %zu ids served, %zu under the damaged pointer refused\n", ok,
+           bad);
+    ASSERT(bad > 0 && ok > 0);
+    store_reader_free(r);
+    store_close(s);
+  }
+  free(img);
+}
+
 int main(void) {
   make_dirs();
   char good[700];
@@ -535,6 +602,7 @@ int main(void) {
   }
   l = ids_of(tiny);
   ASSERT_EQ(l.n, 50000);
+  test_reader_recovers(tiny, &l);
   test_page_damage(tiny, &l);
   test_trailer_damage(tiny);
   test_no_trailer(tiny, &l);
