@@ -50,7 +50,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -1846,17 +1848,38 @@ void store_writer_abort(store_writer *w) {
     writer_discard(w);
 }
 
+/* This host's name as it appears in temporary file names: at most 32
+ * bytes of [A-Za-z0-9_-], other bytes as '_' ("localhost" if unknown). */
+static void tmp_host(char out[33]) {
+  char h[256];
+  if (gethostname(h, sizeof h) != 0 || h[0] == '\0')
+    snprintf(h, sizeof h, "localhost");
+  h[sizeof h - 1] = '\0';
+  size_t i = 0;
+  for (; h[i] != '\0' && i < 32; i++) {
+    unsigned char c = (unsigned char)h[i];
+    out[i] = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                     (c >= '0' && c <= '9') || c == '-'
+                 ? (char)c
+                 : '_';
+  }
+  out[i] = '\0';
+}
+
 /* Creates a temporary file beside `path`, exclusively, as
- * "<path>.tmp.<pid>.<n>"; *tmp is its name (owned). With `fd` non-NULL the
- * file stays open for reading and writing in *fd. */
+ * "<path>.tmp.<host>.<pid>.<n>"; *tmp is its name (owned). With `fd`
+ * non-NULL the file stays open for reading and writing in *fd. The host
+ * and pid say who owns it, for remove_stale_tmp. */
 static int make_tmp(const char *path, char **tmp, int *fd, diag *d) {
-  size_t len = strlen(path) + 48;
+  char host[33];
+  tmp_host(host);
+  size_t len = strlen(path) + 80;
   char *t = malloc(len);
   *tmp = NULL;
   if (t == NULL)
     return diag_set(d, LMAP_ENOMEM, "out of memory");
   for (unsigned n = 0; n < 1000; n++) {
-    snprintf(t, len, "%s.tmp.%ld.%u", path, (long)getpid(), n);
+    snprintf(t, len, "%s.tmp.%s.%ld.%u", path, host, (long)getpid(), n);
     int f = open(t, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (f >= 0) {
       if (fd != NULL)
@@ -1877,6 +1900,72 @@ static int make_tmp(const char *path, char **tmp, int *fd, diag *d) {
   }
   free(t);
   return diag_set(d, LMAP_EIO, "cannot find a free temporary file name");
+}
+
+/* Parses "<pid>.<n>" (decimal, nothing else); returns the pid or 0. */
+static long tmp_owner(const char *s) {
+  char *end;
+  if (*s < '0' || *s > '9')
+    return 0;
+  errno = 0;
+  long pid = strtol(s, &end, 10);
+  if (errno != 0 || pid <= 0 || *end != '.' || end[1] < '0' || end[1] > '9')
+    return 0;
+  for (end++; *end >= '0' && *end <= '9'; end++)
+    ;
+  return *end == '\0' ? pid : 0;
+}
+
+/*
+ * Removes the temporary files that writers of the same target left behind
+ * when they were killed (SIGKILL during commit leaves the LMDB file being
+ * written, as large as the store; a signal the CLI catches, or any failure,
+ * removes it already). Only a file that is named exactly
+ * "<target>.tmp.<this host>.<pid>.<n>", is a regular file owned by this
+ * user, and whose pid is not a live process on this host (kill(pid, 0)
+ * fails with ESRCH) is removed: a writer alive here, a file of another
+ * host sharing the directory (a network file system), or of another user
+ * is never touched. A pid reused by an unrelated process keeps its file
+ * until a later import. Best effort: errors are ignored. Returns the number
+ * of files removed.
+ */
+static int remove_stale_tmp(const char *path) {
+  char host[33], *dir = strdup(path);
+  if (dir == NULL)
+    return 0;
+  tmp_host(host);
+  char *slash = strrchr(dir, '/');
+  const char *base = path, *dname = ".";
+  if (slash != NULL) {
+    *slash = '\0';
+    dname = slash == dir ? "/" : dir;
+    base = path + (slash - dir) + 1;
+  }
+  size_t plen = strlen(base) + strlen(host) + 6;
+  char *prefix = malloc(plen + 1);
+  DIR *dh = prefix != NULL ? opendir(dname) : NULL;
+  int removed = 0;
+  if (dh != NULL) {
+    snprintf(prefix, plen + 1, "%s.tmp.%s.", base, host);
+    struct dirent *e;
+    struct stat st;
+    while ((e = readdir(dh)) != NULL) {
+      if (strncmp(e->d_name, prefix, plen) != 0)
+        continue;
+      long pid = tmp_owner(e->d_name + plen);
+      if (pid == 0 || pid == (long)getpid() || pid > INT_MAX ||
+          kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+        continue;
+      if (fstatat(dirfd(dh), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+          S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+          unlinkat(dirfd(dh), e->d_name, 0) == 0)
+        removed++;
+    }
+    closedir(dh);
+  }
+  free(prefix);
+  free(dir);
+  return removed;
 }
 
 /* Opens a write environment on `file`. The map is 1 TiB of address space
@@ -1932,6 +2021,7 @@ int store_writer_open(const char *path, int overwrite, store_writer **out,
     rc = diag_set(d, LMAP_ENOMEM, "out of memory");
     goto fail;
   }
+  remove_stale_tmp(path);
   if ((rc = make_tmp(path, &w->spill, &w->fd, d)) != 0)
     goto fail;
   /* The spill file is only ever used through w->fd: unlinking it now means
@@ -2226,6 +2316,42 @@ static uint32_t chunk_length(const store_writer *w, size_t s, size_t psize) {
   return (uint32_t)(best ? best : fit);
 }
 
+/*
+ * The real reason of a failed LMDB write. LMDB turns a short write (what a
+ * full file system gives first) into EIO, so a full disk read "Input/output
+ * error". On EIO, one page of zeros written past the end of the file (about
+ * to be removed anyway) asks the file system again: its errno (ENOSPC,
+ * EDQUOT, EFBIG) is the cause; a short probe, or a file system with no
+ * blocks left for this user, is ENOSPC. Otherwise EIO stands.
+ */
+static int write_errno(store_writer *w, int e) {
+  mdb_filehandle_t fd;
+  struct stat st;
+  struct statvfs vs;
+  static const uint8_t zeros[4096];
+  if (e != EIO || w->env == NULL || mdb_env_get_fd(w->env, &fd) != 0 ||
+      fstat(fd, &st) != 0)
+    return e;
+  ssize_t k = pwrite(fd, zeros, sizeof zeros, st.st_size);
+  int err = errno;
+  if (k >= 0)
+    (void)ftruncate(fd, st.st_size);
+  if (k < 0 && err != EIO && err != EINTR)
+    return err;
+  if ((k >= 0 && (size_t)k < sizeof zeros) ||
+      (fstatvfs(fd, &vs) == 0 && vs.f_bavail == 0))
+    return ENOSPC;
+  return e;
+}
+
+/* An LMDB error while writing the store, with its real cause, naming the
+ * temporary file. */
+static int lmdb_write_fail(store_writer *w, diag *d, const char *what, int e) {
+  e = write_errno(w, e);
+  return diag_set(d, LMAP_EIO, "%s (writing %s): %s", what, w->tmp,
+                  mdb_strerror(e));
+}
+
 /* Packs sorted records s..s+n-1 into one chunk, written straight into the
  * space LMDB reserves for it (appended: keys arrive in increasing order),
  * the records read from the spill file into place. *size is the value's
@@ -2244,7 +2370,7 @@ static int put_chunk(store_writer *w, MDB_dbi maps, size_t s, uint32_t n,
   if (e == MDB_MAP_FULL)
     return diag_set(d, LMAP_EIO, "%s: the store outgrew its LMDB map", w->path);
   if (e != 0)
-    return lmdb_fail(d, LMAP_EIO, "cannot write a chunk", e);
+    return lmdb_write_fail(w, d, "cannot write a chunk", e);
   uint8_t *v = val.mv_data, *rec_end = v + CHUNK_HEADER,
           *id_end = rec_end + (size_t)4 * n, *suffix = v + dir;
   v[4] = CHUNK_VERSION;
@@ -2280,12 +2406,12 @@ static int write_store(store_writer *w, diag *d) {
   int rc, e;
   if ((e = mdb_txn_begin(w->env, NULL, 0, &w->txn)) != 0) {
     w->txn = NULL;
-    return lmdb_fail(d, LMAP_EIO, "cannot begin a write transaction", e);
+    return lmdb_write_fail(w, d, "cannot begin a write transaction", e);
   }
   if ((e = mdb_dbi_open(w->txn, DB_META, MDB_CREATE, &meta)) != 0 ||
       (e = mdb_dbi_open(w->txn, DB_MAPS, MDB_CREATE, &maps)) != 0 ||
       (e = mdb_env_stat(w->env, &ms)) != 0)
-    return lmdb_fail(d, LMAP_EIO, "cannot create the databases", e);
+    return lmdb_write_fail(w, d, "cannot create the databases", e);
   for (size_t s = 0; s < w->count; chunks++) {
     uint32_t n = chunk_length(w, s, ms.ms_psize);
     if ((rc = put_chunk(w, maps, s, n, &size, d)) != 0)
@@ -2300,7 +2426,7 @@ static int write_store(store_writer *w, diag *d) {
         e = mdb_txn_begin(w->env, NULL, 0, &w->txn);
       if (e != 0) {
         w->txn = NULL;
-        return lmdb_fail(d, LMAP_EIO, "cannot commit a batch of chunks", e);
+        return lmdb_write_fail(w, d, "cannot commit a batch of chunks", e);
       }
     }
   }
@@ -2310,7 +2436,7 @@ static int write_store(store_writer *w, diag *d) {
     MDB_val k = {strlen(meta_keys[i].key), (void *)meta_keys[i].key},
             v = {w->meta_len[i], w->meta[i]};
     if ((e = mdb_put(w->txn, meta, &k, &v, 0)) != 0)
-      return lmdb_fail(d, LMAP_EIO, "cannot write the metadata", e);
+      return lmdb_write_fail(w, d, "cannot write the metadata", e);
   }
   MDB_val k = {strlen(LAYOUT_KEY), (void *)LAYOUT_KEY}, v;
   v.mv_size = (size_t)snprintf(layout, sizeof layout,
@@ -2320,11 +2446,11 @@ static int write_store(store_writer *w, diag *d) {
                                (unsigned long long)w->count);
   v.mv_data = layout;
   if ((e = mdb_put(w->txn, meta, &k, &v, 0)) != 0)
-    return lmdb_fail(d, LMAP_EIO, "cannot write the chunk layout", e);
+    return lmdb_write_fail(w, d, "cannot write the chunk layout", e);
   e = mdb_txn_commit(w->txn);
   w->txn = NULL;
   if (e != 0)
-    return lmdb_fail(d, LMAP_EIO, "cannot commit", e);
+    return lmdb_write_fail(w, d, "cannot commit", e);
   return 0;
 }
 
@@ -2494,7 +2620,8 @@ int store_writer_commit(store_writer *w, diag *d) {
   if ((e = mdb_env_sync(w->env, 1)) != 0 ||
       (e = mdb_env_info(w->env, &info)) != 0 ||
       (e = mdb_env_stat(w->env, &ms)) != 0) {
-    rc = diag_set(d, LMAP_EIO, "%s: cannot sync: %s", w->path, mdb_strerror(e));
+    rc = lmdb_write_fail(w, d, "cannot sync", e);
+    diag_prefix(d, w->path);
     goto fail;
   }
   needed = ((uint64_t)info.me_last_pgno + 1) * ms.ms_psize;

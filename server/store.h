@@ -215,8 +215,12 @@ uint32_t store_chunk_checksum(const uint8_t *p, size_t len);
 typedef struct store_writer store_writer;
 
 /* Starts a new store that will appear at `path` only on commit. Records go
- * to an append-only spill file beside it, `<path>.tmp.<pid>.<n>`, created
- * here (so an unwritable directory fails now). Fails with LMAP_EEXIST if
+ * to an append-only spill file beside it, `<path>.tmp.<host>.<pid>.<n>`
+ * (unlinked at once, used through its descriptor), created here (so an
+ * unwritable directory fails now). First removes the temporary files of
+ * `path` that writers on this host left when they were killed: only files
+ * named exactly `<path>.tmp.<this host>.<pid>.<n>`, regular, owned by this
+ * user, whose pid is no live process here. Fails with LMAP_EEXIST if
  * `path` exists and `overwrite` is 0. Not thread-safe: one thread uses a
  * writer. */
 int store_writer_open(const char *path, int overwrite, store_writer **out,
@@ -247,12 +251,14 @@ uint64_t store_writer_count(const store_writer *w);
 
 /* Sorts the records by id, packs them into chunks in a fresh LMDB file
  * beside the target (appended in key order, so every page is full), writes
- * the metadata and the layout entry, syncs, and renames the file into
- * place; removes the spill file and frees `w`. Budget disk space for the
- * spill file plus the store (about twice the store's size) until it
- * returns. Returns LMAP_EEXIST if the path appeared meanwhile and
- * `overwrite` was 0. On failure every temporary file is removed and `w`
- * freed too. */
+ * the metadata and the layout entry, appends the page checksums, syncs,
+ * and renames the file into place; removes the spill file and frees `w`.
+ * Budget disk space for the spill file plus the store (about twice the
+ * store's size) until it returns. Returns LMAP_EEXIST if the path appeared
+ * meanwhile and `overwrite` was 0, LMAP_EIO naming the file and the cause
+ * (a full disk is "No space left on device", though LMDB reports its short
+ * write as EIO). On failure every temporary file is removed and `w` freed
+ * too. */
 int store_writer_commit(store_writer *w, diag *d);
 
 /* Removes the temporary files and frees `w`. Accepts NULL. */
