@@ -401,6 +401,7 @@ static int precheck_lmdb(int fd, uint64_t size, uint32_t *psize_out,
 #define TRAILER_FIXED 64u /* head + trailer checksum + length + end magic */
 #define TRAILER_MAX (64u << 20)
 #define CHECK_BUF (1u << 20)
+#define BLOCK_MAX (64u << 20) /* the largest block a reader checks */
 
 typedef struct trailer {
   uint32_t psize, ppb;
@@ -502,7 +503,8 @@ static int trailer_load(int fd, uint64_t size, trailer *t, int *found,
     goto done;
   }
   if (hash != TRAILER_HASH_XXH3 || psize < 256 || psize > 65536 ||
-      (psize & (psize - 1)) != 0 || ppb == 0 || nblocks != nb ||
+      (psize & (psize - 1)) != 0 || ppb == 0 ||
+      (uint64_t)ppb * psize > BLOCK_MAX || nblocks != nb ||
       npages < 2 || npages > start / psize ||
       nblocks != (npages + ppb - 1) / ppb || npages * psize != start) {
     rc = diag_set(d, LMAP_EBADSTORE,
