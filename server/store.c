@@ -40,6 +40,7 @@
  */
 #include "store.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -50,7 +51,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -504,9 +504,9 @@ static int trailer_load(int fd, uint64_t size, trailer *t, int *found,
   }
   if (hash != TRAILER_HASH_XXH3 || psize < 256 || psize > 65536 ||
       (psize & (psize - 1)) != 0 || ppb == 0 ||
-      (uint64_t)ppb * psize > BLOCK_MAX || nblocks != nb ||
-      npages < 2 || npages > start / psize ||
-      nblocks != (npages + ppb - 1) / ppb || npages * psize != start) {
+      (uint64_t)ppb * psize > BLOCK_MAX || nblocks != nb || npages < 2 ||
+      npages > start / psize || nblocks != (npages + ppb - 1) / ppb ||
+      npages * psize != start) {
     rc = diag_set(d, LMAP_EBADSTORE,
                   "its checksum trailer is inconsistent (%llu pages of %u "
                   "bytes in blocks of %u, %llu checksums, trailer at byte "
@@ -594,7 +594,6 @@ done:
   free(buf);
   return rc;
 }
-
 
 /*
  * Everything store_open proves with pread() before LMDB maps the file of
@@ -1084,8 +1083,7 @@ int store_open(const char *path, store **out, diag *d) {
   return store_open_flags(path, 0, out, d);
 }
 
-int store_open_flags(const char *path, unsigned flags, store **out,
-                     diag *d) {
+int store_open_flags(const char *path, unsigned flags, store **out, diag *d) {
   *out = NULL;
   pthread_once(&guard_once, guard_install);
   int rc, e, fd = -1;
@@ -2461,9 +2459,10 @@ static int write_store(store_writer *w, diag *d) {
  * cache: the file was just written) and checksums each block. */
 static int append_trailer(store_writer *w, int fd, uint64_t pages_end,
                           uint32_t psize, diag *d) {
-  uint64_t npages = pages_end / psize, bsize = (uint64_t)STORE_PAGES_PER_BLOCK *
-                                                psize;
-  uint64_t nblocks = (npages + STORE_PAGES_PER_BLOCK - 1) / STORE_PAGES_PER_BLOCK;
+  uint64_t npages = pages_end / psize,
+           bsize = (uint64_t)STORE_PAGES_PER_BLOCK * psize;
+  uint64_t nblocks =
+      (npages + STORE_PAGES_PER_BLOCK - 1) / STORE_PAGES_PER_BLOCK;
   size_t len = TRAILER_FIXED + (size_t)nblocks * 8,
          body = TRAILER_HEAD + (size_t)nblocks * 8;
   size_t cap = bsize > CHECK_BUF ? (size_t)bsize : CHECK_BUF;

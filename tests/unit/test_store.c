@@ -1128,9 +1128,9 @@ static void test_refusals(const char *good) {
   uint64_t tlen;
   memcpy(&tlen, img + len - 16, 8);
   size_t pages_end = len - (size_t)tlen;
-  size_t cuts[] = {24,   100,     2000,       4096,          4096 + 100,
-                   8192, len / 2, len - 4096, pages_end - 1, pages_end,
-                   pages_end + 1, len - 1};
+  size_t cuts[] = {
+      24,      100,        2000,          4096,      4096 + 100,    8192,
+      len / 2, len - 4096, pages_end - 1, pages_end, pages_end + 1, len - 1};
   for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
     path_of(p, sizeof p, "truncated.lmap");
     write_all(p, img, cuts[i]);
@@ -1279,15 +1279,15 @@ static void test_refusals(const char *good) {
   refused_damaged(q, LMAP_EBADSTORE, "chunks but the maps database holds");
   patch_file(p, q, "\"record_count\": 300}", "\"record_count\": 301}");
   refused_damaged(q, LMAP_EBADSTORE,
-          "metadata says 300 records but the store's chunks hold 301");
+                  "metadata says 300 records but the store's chunks hold 301");
   patch_file(p, q, "\"record_count\": 300}", "\"record_count\": 3e2}");
   refused_damaged(q, LMAP_EBADSTORE,
-          "chunk layout field \"record_count\" is not an "
-          "integer");
+                  "chunk layout field \"record_count\" is not an "
+                  "integer");
   patch_file(p, q, "{\"chunk_count\": ", "[\"chunk_count\": ");
   refused_damaged(q, LMAP_EBADSTORE,
-          "chunk layout \"lmap.layout\" is not a JSON "
-          "object");
+                  "chunk layout \"lmap.layout\" is not a JSON "
+                  "object");
   /* The key renamed: "lmap.layouT" sorts where "lmap.layout" did. */
   patch_file(p, q, "lmap.layout", "lmap.layouT");
   refused_damaged(q, LMAP_EBADSTORE, "no chunk layout entry \"lmap.layout\"");

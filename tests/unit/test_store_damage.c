@@ -70,8 +70,8 @@ typedef struct idlist {
   size_t n, cap;
 } idlist;
 
-static int collect(void *ctx, const char *id, size_t id_len,
-                   const uint8_t *rec, size_t rec_len) {
+static int collect(void *ctx, const char *id, size_t id_len, const uint8_t *rec,
+                   size_t rec_len) {
   (void)rec;
   (void)rec_len;
   idlist *l = ctx;
@@ -276,9 +276,9 @@ static uint64_t u64at(const uint8_t *p) {
 /* Where things are in a store image: LMDB's pages end at `pages_end`. */
 typedef struct layout {
   size_t pages_end, npages;
-  size_t branch;     /* a branch page of the maps tree */
-  size_t leaf_last;  /* the maps tree's last leaf page */
-  size_t overflow;   /* the first page of a chunk's overflow run */
+  size_t branch;    /* a branch page of the maps tree */
+  size_t leaf_last; /* the maps tree's last leaf page */
+  size_t overflow;  /* the first page of a chunk's overflow run */
 } layout;
 
 static layout find_pages(const uint8_t *img, size_t len) {
@@ -331,8 +331,8 @@ static void refused_page(const char *p, size_t page, const char *what) {
   diag d = {0};
   char want[160];
   uint64_t blk = page / STORE_PAGES_PER_BLOCK, first = blk * 16;
-  snprintf(want, sizeof want,
-           "page damage: block %llu of ", (unsigned long long)blk);
+  snprintf(want, sizeof want, "page damage: block %llu of ",
+           (unsigned long long)blk);
   int rc = store_open(p, &s, &d);
   if (rc != LMAP_EBADSTORE || strstr(d.msg, want) == NULL)
     fprintf(stderr, "%s: store_open = %d (%s)\n", what, rc, d.msg);
@@ -342,8 +342,7 @@ static void refused_page(const char *p, size_t page, const char *what) {
   ASSERT_CONTAINS(d.msg, want);
   snprintf(want, sizeof want, "(pages %llu..", (unsigned long long)first);
   ASSERT_CONTAINS(d.msg, want);
-  snprintf(want, sizeof want, "bytes %llu..",
-           (unsigned long long)(first * PS));
+  snprintf(want, sizeof want, "bytes %llu..", (unsigned long long)(first * PS));
   ASSERT_CONTAINS(d.msg, want);
   ASSERT_CONTAINS(d.msg, "fails its checksum");
   bad_seen b = {0};
@@ -451,11 +450,11 @@ static void test_trailer_damage(const char *tiny) {
     size_t off; /* from the trailer's start */
     const char *why;
   } cases[] = {
-      {0, "fails its own checksum"},            /* start magic */
-      {12, "fails its own checksum"},           /* page size */
-      {40, "fails its own checksum"},           /* first block checksum */
-      {tlen - 24, "fails its own checksum"},    /* trailer checksum */
-      {tlen - 16, "checksum trailer"},          /* its length */
+      {0, "fails its own checksum"},                 /* start magic */
+      {12, "fails its own checksum"},                /* page size */
+      {40, "fails its own checksum"},                /* first block checksum */
+      {tlen - 24, "fails its own checksum"},         /* trailer checksum */
+      {tlen - 16, "checksum trailer"},               /* its length */
       {tlen - 1, "not a complete checksum trailer"}, /* end magic */
   };
   for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
@@ -466,8 +465,8 @@ static void test_trailer_damage(const char *tiny) {
       *at ^= 0x10;
       store *s = (store *)1;
       diag d = {0};
-      int rc = store_open_flags(p, flags ? STORE_OPEN_NO_PAGE_CHECK : 0, &s,
-                                &d);
+      int rc =
+          store_open_flags(p, flags ? STORE_OPEN_NO_PAGE_CHECK : 0, &s, &d);
       if (rc != LMAP_EBADSTORE || strstr(d.msg, cases[k].why) == NULL)
         fprintf(stderr, "trailer case %zu: %d %s\n", k, rc, d.msg);
       ASSERT_EQ(rc, LMAP_EBADSTORE);
@@ -535,9 +534,9 @@ static void test_reader_recovers(const char *tiny, const idlist *l) {
     store *s = NULL;
     store_reader *r = NULL;
     diag d = {0};
-    ASSERT_EQ(store_open_flags(p, after_open ? 0 : STORE_OPEN_NO_PAGE_CHECK,
-                               &s, &d),
-              0);
+    ASSERT_EQ(
+        store_open_flags(p, after_open ? 0 : STORE_OPEN_NO_PAGE_CHECK, &s, &d),
+        0);
     ASSERT_EQ(store_reader_new(s, &r, &d), 0);
     if (after_open) {
       int fd = open(p, O_WRONLY);
@@ -554,8 +553,8 @@ static void test_reader_recovers(const char *tiny, const idlist *l) {
     for (size_t i = 0; i < l->n; i++) {
       int rc = store_reader_get(r, l->id[i], strlen(l->id[i]), &m, &d);
       if (rc != 0 && rc != LMAP_ECORRUPT)
-        fprintf(stderr, "get(%s) after %zu damaged: %d %s\n", l->id[i], bad,
-                rc, d.msg);
+        fprintf(stderr, "get(%s) after %zu damaged: %d %s\n", l->id[i], bad, rc,
+                d.msg);
       ASSERT(rc == 0 || rc == LMAP_ECORRUPT);
       if (rc == 0) {
         ok++;
