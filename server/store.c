@@ -638,9 +638,9 @@ static int precheck(int fd, uint64_t size, unsigned flags, int *state,
     rc = diag_set(d, LMAP_EBADSTORE,
                   "has no checksum trailer (written by an lmap before page "
                   "checksums, or truncated?): its pages cannot be checked "
-                  "and a damaged one could crash its readers; rebuild it "
-                  "with this lmap (import or synth), or open it with page "
-                  "checks off");
+                  "and a damaged one could crash its readers; add them with "
+                  "`lmap verify STORE --add-checksums NEW`, rebuild it with "
+                  "this lmap, or open it with page checks off");
   } else {
     *state = STORE_PAGES_NONE;
   }
@@ -2457,7 +2457,7 @@ static int write_store(store_writer *w, diag *d) {
 /* Appends the checksum trailer (docs/STORE_FORMAT.md §7.1) to `fd`, whose
  * LMDB pages end at `pages_end`: reads the pages back (they are in the page
  * cache: the file was just written) and checksums each block. */
-static int append_trailer(store_writer *w, int fd, uint64_t pages_end,
+static int append_trailer(const char *tmp, int fd, uint64_t pages_end,
                           uint32_t psize, diag *d) {
   uint64_t npages = pages_end / psize,
            bsize = (uint64_t)STORE_PAGES_PER_BLOCK * psize;
@@ -2485,7 +2485,7 @@ static int append_trailer(store_writer *w, int fd, uint64_t pages_end,
     if (end > pages_end)
       end = pages_end;
     if (pread_exact(fd, buf, (size_t)(end - off), off) != 0) {
-      rc = diag_set(d, LMAP_EIO, "%s: cannot read back its pages: %s", w->tmp,
+      rc = diag_set(d, LMAP_EIO, "%s: cannot read back its pages: %s", tmp,
                     errno ? strerror(errno) : "it ends early");
       goto done;
     }
@@ -2503,7 +2503,7 @@ static int append_trailer(store_writer *w, int fd, uint64_t pages_end,
       continue;
     if (k < 0) {
       rc = diag_set(d, LMAP_EIO, "%s: cannot write the checksum trailer: %s",
-                    w->tmp, strerror(errno));
+                    tmp, strerror(errno));
       goto done;
     }
     o += (size_t)k;
@@ -2532,7 +2532,7 @@ static int finish_file(store_writer *w, uint64_t needed, uint32_t psize,
              ftruncate(fd, (off_t)needed) != 0) {
     rc = diag_set(d, LMAP_EIO, "%s: cannot extend to %llu bytes: %s", w->tmp,
                   (unsigned long long)needed, strerror(errno));
-  } else if ((rc = append_trailer(w, fd, needed, psize, d)) != 0) {
+  } else if ((rc = append_trailer(w->tmp, fd, needed, psize, d)) != 0) {
     /* named */
   } else if (fsync(fd) != 0) {
     rc = diag_set(d, LMAP_EIO, "%s: cannot sync: %s", w->tmp, strerror(errno));
@@ -2546,28 +2546,29 @@ static int finish_file(store_writer *w, uint64_t needed, uint32_t psize,
  * otherwise link() + unlink(), which fails rather than replace a file that
  * appeared meanwhile (with a stat()+rename() fallback on filesystems
  * without hard links). */
-static int place_file(store_writer *w, diag *d) {
-  if (w->overwrite) {
-    if (rename(w->tmp, w->path) != 0)
-      return diag_set(d, LMAP_EIO, "%s: cannot rename into place: %s", w->path,
+static int place_file(const char *tmp, const char *path, int overwrite,
+                      diag *d) {
+  if (overwrite) {
+    if (rename(tmp, path) != 0)
+      return diag_set(d, LMAP_EIO, "%s: cannot rename into place: %s", path,
                       strerror(errno));
     return 0;
   }
-  if (link(w->tmp, w->path) == 0) {
-    unlink(w->tmp);
+  if (link(tmp, path) == 0) {
+    unlink(tmp);
     return 0;
   }
   if (errno == EEXIST)
     return diag_set(d, LMAP_EEXIST,
                     "%s: appeared while the store was written; not replaced",
-                    w->path);
+                    path);
   struct stat st;
-  if (lstat(w->path, &st) == 0)
+  if (lstat(path, &st) == 0)
     return diag_set(d, LMAP_EEXIST,
                     "%s: appeared while the store was written; not replaced",
-                    w->path);
-  if (rename(w->tmp, w->path) != 0)
-    return diag_set(d, LMAP_EIO, "%s: cannot rename into place: %s", w->path,
+                    path);
+  if (rename(tmp, path) != 0)
+    return diag_set(d, LMAP_EIO, "%s: cannot rename into place: %s", path,
                     strerror(errno));
   return 0;
 }
@@ -2629,7 +2630,7 @@ int store_writer_commit(store_writer *w, diag *d) {
   mdb_env_close(w->env);
   w->env = NULL;
   if ((rc = finish_file(w, needed, ms.ms_psize, d)) != 0 ||
-      (rc = place_file(w, d)) != 0)
+      (rc = place_file(w->tmp, w->path, w->overwrite, d)) != 0)
     goto fail;
   sync_dir(w->path);
   tmp_forget(w->tmp);
@@ -2639,5 +2640,92 @@ int store_writer_commit(store_writer *w, diag *d) {
   return 0;
 fail:
   writer_discard(w);
+  return rc;
+}
+
+/* ---- adding page checksums to an older store ---- */
+
+int store_add_checksums(const char *src, const char *dst, int overwrite,
+                        diag *d) {
+  struct stat st;
+  char *tmp = NULL;
+  uint8_t *buf = NULL;
+  uint32_t psize;
+  uint64_t npages;
+  int rc, state, out = -1, in = open(src, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (in < 0 || fstat(in, &st) != 0) {
+    rc = diag_set(d, LMAP_EIO, "%s: cannot open: %s", src, strerror(errno));
+    goto done;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    rc = diag_set(d, LMAP_EBADSTORE, "%s: not a regular file", src);
+    goto done;
+  }
+  /* Only a store without a trailer (one with a damaged or cut trailer is
+   * not blessed here: it is refused as it is at open). */
+  rc = precheck(in, (uint64_t)st.st_size, STORE_OPEN_NO_PAGE_CHECK, &state, d);
+  if (rc == 0 && state != STORE_PAGES_NONE)
+    rc = diag_set(d, LMAP_EINVAL, "already has page checksums");
+  if (rc == 0)
+    rc = precheck_lmdb(in, (uint64_t)st.st_size, &psize, &npages, d);
+  if (rc != 0) {
+    diag_prefix(d, src);
+    goto done;
+  }
+  if (!overwrite && lstat(dst, &st) == 0) {
+    rc = diag_set(d, LMAP_EEXIST, "%s: already exists (use --force)", dst);
+    goto done;
+  }
+  if ((buf = malloc(CHECK_BUF)) == NULL) {
+    rc = diag_set(d, LMAP_ENOMEM, "out of memory to copy the store");
+    goto done;
+  }
+  if ((rc = make_tmp(dst, &tmp, &out, d)) != 0) {
+    diag_prefix(d, dst);
+    goto done;
+  }
+  for (uint64_t off = 0, end = npages * psize; off < end;) {
+    size_t n = end - off < CHECK_BUF ? (size_t)(end - off) : CHECK_BUF;
+    if (pread_exact(in, buf, n, off) != 0) {
+      rc = read_fail(d, "the pages");
+      diag_prefix(d, src);
+      goto done;
+    }
+    for (size_t o = 0; o < n;) {
+      ssize_t k = pwrite(out, buf + o, n - o, (off_t)(off + o));
+      if (k < 0 && errno == EINTR)
+        continue;
+      if (k < 0) {
+        rc =
+            diag_set(d, LMAP_EIO, "%s: cannot write: %s", tmp, strerror(errno));
+        goto done;
+      }
+      o += (size_t)k;
+    }
+    off += n;
+  }
+  if ((rc = append_trailer(tmp, out, npages * psize, psize, d)) != 0)
+    goto done;
+  if (fsync(out) != 0) {
+    rc = diag_set(d, LMAP_EIO, "%s: cannot sync: %s", tmp, strerror(errno));
+    goto done;
+  }
+  if ((rc = place_file(tmp, dst, overwrite, d)) != 0)
+    goto done;
+  sync_dir(dst);
+  tmp_forget(tmp);
+  free(tmp);
+  tmp = NULL;
+done:
+  if (tmp != NULL) {
+    unlink(tmp);
+    tmp_forget(tmp);
+    free(tmp);
+  }
+  if (out >= 0)
+    close(out);
+  if (in >= 0)
+    close(in);
+  free(buf);
   return rc;
 }

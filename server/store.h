@@ -210,6 +210,20 @@ int store_chunk_entry(const store_chunk *c, uint32_t i, char *id,
 /* The directory checksum of `len` bytes (docs/STORE_FORMAT.md §4.2). */
 uint32_t store_chunk_checksum(const uint8_t *p, size_t len);
 
+/* Writes a copy of the store `src`, which has no checksum trailer (written
+ * by an lmap before page checksums), to `dst` with one: LMDB's pages byte
+ * for byte, then the trailer (docs/STORE_FORMAT.md §7.1). It checksums the
+ * pages as they are: check the store first (open it with
+ * STORE_OPEN_NO_PAGE_CHECK and walk and decode it, as `lmap verify
+ * --add-checksums` does). `dst` appears only when complete (a temporary
+ * file beside it, renamed or linked into place); with `overwrite` it may
+ * be `src` itself, and readers of `src` keep the old file. Returns 0,
+ * LMAP_EINVAL (`src` already has a trailer), LMAP_EBADSTORE (not an LMDB
+ * file, cut, or a damaged trailer), LMAP_EEXIST (`dst` exists and not
+ * `overwrite`), LMAP_EIO (naming the file and the cause) or LMAP_ENOMEM. */
+int store_add_checksums(const char *src, const char *dst, int overwrite,
+                        diag *d);
+
 /* ---- writing ---- */
 
 typedef struct store_writer store_writer;

@@ -11,7 +11,10 @@ and the store is cut to LMDB's pages alone (what an lmap before page
 checksums wrote). `lmap verify`, `info`, `ids` and `get` must each exit 1,
 never by a signal, with "lmap <cmd>: <path>: <reason>"; for page damage the
 reason names the block, its pages and byte offsets, and `lmap verify` lists
-every damaged block. Exits 1 on any failure.
+every damaged block. `lmap verify --add-checksums` turns the store without
+a trailer back into the original bytes, and refuses a store that has one,
+an existing output without --force, and a damaged store (writing nothing).
+Exits 1 on any failure.
 """
 
 import os
@@ -129,6 +132,39 @@ def main():
         rc, _, err = env.run(args)
         ck.check(rc == 1 and "has no checksum trailer" in err and p in err,
                  "store without trailer: lmap %s: exit %d, stderr %r" % (args[0], rc, err[-300:]))
+
+    # ... which `lmap verify --add-checksums` checks and copies with a
+    # trailer: the very bytes this lmap writes.
+    new = env.path("old_with_sums.lmap")
+    rc, out, err = env.run(["verify", p, "--add-checksums", new])
+    ck.check(rc == 0 and os.path.exists(new), "verify --add-checksums: exit %d %r" % (rc, err[-300:]))
+    if os.path.exists(new):
+        ck.check(open(new, "rb").read() == bytes(data),
+                 "verify --add-checksums did not rebuild the original bytes")
+    rc, _, err = env.run(["verify", p, "--add-checksums", new])
+    ck.check(rc == 1 and "already exists" in err, "--add-checksums over an existing file: exit %d %r"
+             % (rc, err[-300:]))
+    again = env.path("again.lmap")
+    rc, _, err = env.run(["verify", good, "--add-checksums", again])
+    ck.check(rc == 1 and "already has page checksums" in err and not os.path.exists(again),
+             "--add-checksums of a store that has them: exit %d %r" % (rc, err[-300:]))
+    rc, _, err = env.run(["verify", p, "--add-checksums", p, "--force"])
+    ck.check(rc == 0, "--add-checksums in place: exit %d %r" % (rc, err[-300:]))
+    rc, _, err = env.run(["info", p])
+    ck.check(rc == 0, "info after --add-checksums in place: exit %d %r" % (rc, err[-300:]))
+    # A damaged chunk in an old store: verify fails and writes nothing.
+    x = bytearray(data[:end])
+    x[o] ^= 1
+    p = env.path("old_damaged.lmap")
+    with open(p, "wb") as f:
+        f.write(x)
+    nothing = env.path("nothing.lmap")
+    rc, _, err = env.run(["verify", p, "--add-checksums", nothing])
+    ck.check(rc == 1 and not os.path.exists(nothing),
+             "--add-checksums of a damaged old store: exit %d, wrote %s; %r"
+             % (rc, os.path.exists(nothing), err[-300:]))
+    left = [f for f in os.listdir(env.tmp) if ".tmp." in f]
+    ck.check(not left, "temporary files left: %s" % left)
     ck.finish(env)
 
 
