@@ -34,24 +34,78 @@ static int check_record(void *p, const char *id, size_t id_len,
   return 0;
 }
 
+/* Prints each damaged block of pages (the first 20). */
+static void bad_block(void *ctx, uint64_t block, uint64_t first_page,
+                      uint64_t pages, uint64_t offset, uint64_t len) {
+  uint64_t *n = ctx;
+  if (++*n <= 20)
+    fprintf(stderr,
+            "lmap verify: block %llu: pages %llu..%llu (bytes %llu..%llu) "
+            "fail their checksum\n",
+            (unsigned long long)block, (unsigned long long)first_page,
+            (unsigned long long)(first_page + pages - 1),
+            (unsigned long long)offset, (unsigned long long)(offset + len - 1));
+}
+
 int cmd_verify(int argc, char **argv) {
-  if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-    fputs("usage: lmap verify STORE\n\n"
-          "Decodes every record and checks its checksum, size, values (finite\n"
-          "scores, class indices below C, no class twice in a cell) and id, and\n"
-          "that the count matches the metadata. Exit 1 on any problem.\n",
-          stdout);
-    return EXIT_OK;
+  const char *path = NULL, *add_to = NULL;
+  int force = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      fputs("usage: lmap verify STORE [--add-checksums NEW [--force]]\n\n"
+            "Checks every page of the file against its checksum (naming each\n"
+            "damaged block, its pages and byte offsets) before LMDB reads it,\n"
+            "then decodes every record and checks its checksum, size, values\n"
+            "(finite scores, class indices below C, no class twice in a cell)\n"
+            "and id, and that the count matches the metadata. A store without\n"
+            "page checksums (written by an older lmap) fails. Exit 1 on any\n"
+            "problem.\n\n"
+            "options:\n"
+            "      --add-checksums NEW  for a store without page checksums:\n"
+            "                           check it as above (its pages\n"
+            "                           trusted: LMDB may crash on a damaged\n"
+            "                           one), then write a copy with page\n"
+            "                           checksums to NEW (may be STORE\n"
+            "                           itself, with --force)\n"
+            "  -f, --force              replace NEW if it exists\n",
+            stdout);
+      return EXIT_OK;
+    }
+    if (strcmp(argv[i], "--add-checksums") == 0) {
+      if (++i == argc)
+        return cli_usage("verify", "--add-checksums needs a file name");
+      add_to = argv[i];
+    } else if (strcmp(argv[i], "--force") == 0 || strcmp(argv[i], "-f") == 0) {
+      force = 1;
+    } else if (argv[i][0] == '-' || path != NULL) {
+      return cli_usage("verify", "unexpected argument '%s'", argv[i]);
+    } else {
+      path = argv[i];
+    }
   }
-  if (argc != 2 || argv[1][0] == '-')
+  if (path == NULL)
     return cli_usage("verify", "expected exactly one STORE");
-  const char *path = argv[1];
+  if (force && add_to == NULL)
+    return cli_usage("verify", "--force goes with --add-checksums");
   diag d;
   diag_clear(&d);
   store *s;
-  if (store_open(path, &s, &d))
+  uint64_t bad_blocks = 0;
+  if (add_to == NULL) {
+    /* Every page first, without LMDB: a damaged page must not reach it. */
+    if (store_check_file(path, bad_block, &bad_blocks, &d))
+      return cli_fail("verify", &d);
+  }
+  /* Pages just checked, and read once: no need to read them again (or,
+   * for --add-checksums, none to check). */
+  if (store_open_flags(path, STORE_OPEN_NO_PAGE_CHECK, &s, &d))
     return cli_fail("verify", &d);
   const store_meta *meta = store_get_meta(s);
+  if (add_to != NULL && meta->page_check != STORE_PAGES_NONE) {
+    store_close(s);
+    diag_set(&d, LMAP_EINVAL, "%s: already has page checksums", path);
+    return cli_fail("verify", &d);
+  }
   verify_ctx v = {.num_classes = meta->shape.num_classes};
   int rc = store_reader_new(s, &v.r, &d);
   if (rc == 0)
@@ -72,5 +126,10 @@ int cmd_verify(int argc, char **argv) {
          v.records ? (double)v.bytes / (double)v.records : 0.0,
          (unsigned long long)store_file_size(s));
   store_close(s);
-  return ok ? EXIT_OK : EXIT_FAIL;
+  if (!ok || add_to == NULL)
+    return ok ? EXIT_OK : EXIT_FAIL;
+  if (store_add_checksums(path, add_to, force, &d))
+    return cli_fail("verify", &d);
+  printf("%s: written with page checksums\n", add_to);
+  return EXIT_OK;
 }

@@ -25,7 +25,7 @@ static const char usage[] =
     "  ids STORE             list the image ids of a store\n"
     "  get STORE ID --box .. pool one box and print the JSON item the server returns\n"
     "  export STORE ID -o F  write one stored map as a float32 [2,K,H,W] .npy\n"
-    "  verify STORE          decode and check every record\n"
+    "  verify STORE          check every page, decode and check every record\n"
     "  query URLS ID --box . ask lmapd servers for soft labels (as `get` prints them)\n"
     "\n"
     "Run 'lmap <command> --help' for a command's options.\n"
