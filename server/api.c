@@ -274,9 +274,9 @@ static int has_fault(api *a, fault_kind kind, char *reason, size_t cap) {
  * metric, the fault. The worker's reader is dropped, so that its next
  * request starts a fresh read transaction: LMDB fails every later
  * operation of a transaction that met an error (MDB_BAD_TXN), which used
- * to take the worker down with it. */
-static void store_trouble(api_worker *w, const char *id, int rc,
-                          const diag *d) {
+ * to take the worker down with it. Returns the error to answer: `rc`, or
+ * LMAP_EUNAVAILABLE when the store can no longer be read. */
+static int store_trouble(api_worker *w, const char *id, int rc, diag *d) {
   metrics_store_error kind;
   if (rc == LMAP_ECORRUPT)
     kind = STORE_ERR_CORRUPT;
@@ -285,7 +285,13 @@ static void store_trouble(api_worker *w, const char *id, int rc,
   else if (rc == LMAP_EBADSTORE) /* the store's guard: a page past the end */
     kind = STORE_ERR_TRUNCATED;
   else
-    return;
+    return rc;
+  /* Every store error names the record it met (LMDB's own do not). */
+  if (strstr(diag_text(d), id) == NULL) {
+    char pre[300];
+    snprintf(pre, sizeof pre, "record '%s'", id);
+    diag_prefix(d, pre);
+  }
   api *a = w->a;
   unsigned long long n = metrics_store_error_add(a->metrics, kind);
   static const char *const kinds[] = {"corrupt", "io", "file_changed",
@@ -307,6 +313,14 @@ static void store_trouble(api_worker *w, const char *id, int rc,
              reason);
   store_reader_free(w->reader);
   w->reader = NULL;
+  if (kind != STORE_ERR_TRUNCATED)
+    return rc;
+  /* The file shrank under the map: this request is answered like every
+   * later one, 503 naming the cause. */
+  return diag_set(d, LMAP_EUNAVAILABLE,
+                  "the store is not served: %s (install a good store by "
+                  "rename and send SIGHUP)",
+                  reason);
 }
 
 /* Takes replaced stores away from idle workers (see api_watch). Stores
@@ -562,7 +576,7 @@ static int lookup(api_worker *w, const char *id, labelmap *m, diag *d) {
   if (rc == LMAP_ENOTFOUND)
     diag_field(d, rc, "id", "no label map for id '%s'", id);
   else if (rc != 0)
-    store_trouble(w, id, rc, d);
+    rc = store_trouble(w, id, rc, d);
   return rc;
 }
 
@@ -841,7 +855,7 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
     if (got) {
       /* The whole batch fails, naming the query and the record: see
        * "Batches" in docs/API.md for why there is no per-item status. */
-      store_trouble(w, id, got, &d);
+      got = store_trouble(w, id, got, &d);
       char where[32];
       snprintf(where, sizeof where, "queries[%zu]", i);
       diag_prefix(&d, where);
