@@ -3,6 +3,7 @@ FROM debian:12-slim AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       cmake gcc make pkg-config libc6-dev \
       liblmdb-dev libzstd-dev libjansson-dev libarchive-dev libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev \
+      libxxhash-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt CMakePresets.json ./
@@ -17,7 +18,7 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release -DLMAP_BUILD_TESTS=OFF \
 
 FROM debian:12-slim
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      liblmdb0 libzstd1 libjansson4 libarchive13 libmicrohttpd12 libuv1 libcurl4 \
+      liblmdb0 libzstd1 libjansson4 libarchive13 libmicrohttpd12 libuv1 libcurl4 libxxhash0 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --no-create-home --shell /usr/sbin/nologin lmap
 COPY --from=build /opt/lmap/bin/ /usr/local/bin/

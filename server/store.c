@@ -41,9 +41,11 @@
 #include "store.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +55,7 @@
 
 #include <jansson.h>
 #include <lmdb.h>
+#include <xxhash.h>
 
 #define META_KEY "lmap.meta"
 #define DICT_KEY "lmap.dict"
@@ -183,6 +186,92 @@ static void put_le32(uint8_t *p, uint32_t v) {
   p[3] = (uint8_t)(v >> 24);
 }
 
+/* ---- the SIGBUS guard ----
+ *
+ * A store is read through LMDB's shared read-only mapping of the file. If
+ * the file shrinks while mapped (a truncation, a `cp` over the served
+ * path), touching a page past its new end raises SIGBUS, whose default
+ * action kills the whole process, every worker with it. So every access
+ * to the mapping runs inside a guarded region: `guarded()` sets a
+ * per-thread recovery point, and a process-wide SIGBUS handler, installed
+ * once by store_open, jumps back to it. The read then fails with
+ * LMAP_EBADSTORE and the caller's state is rebuilt (see reader_renew).
+ *
+ * Why this is safe here. SIGBUS from a memory access is delivered to the
+ * faulting thread, and the recovery point is thread-local (initial-exec
+ * TLS: reading it is a plain load, async-signal-safe). Inside a guarded
+ * region the only code that touches the mapping is LMDB's read path
+ * (mdb_txn_begin reading the meta pages, mdb_cursor_get walking pages),
+ * the chunk parser and codec_decode; none of them allocates or takes a
+ * lock there (MDB_NOLOCK read-only transactions hold no lock and no
+ * reader slot; zstd decompresses a whole frame into a caller buffer), so
+ * the jump abandons no lock and no heap state, only the transaction's,
+ * the cursor's and the decoder's own progress, which the caller throws
+ * away: the reader's transaction and cursor are begun anew and its codec
+ * context is rebuilt. The handler runs with SA_NODEFER, so SIGBUS is not
+ * left blocked after the jump, and sigsetjmp need not save the signal
+ * mask (no system call per lookup). A SIGBUS outside any guarded region
+ * is not ours: the previous action is put back and the signal delivered
+ * to it (the fault repeats on return; a SIGBUS sent by kill() is raised
+ * again), so a real bug still dumps core where it happened.
+ */
+
+#define GUARD_FAULT INT_MIN /* guarded()'s result when a SIGBUS hit */
+
+static _Thread_local sigjmp_buf *volatile guard_point;
+static struct sigaction guard_prev;
+static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc) {
+  sigjmp_buf *j = guard_point;
+  if (j != NULL) {
+    guard_point = NULL;
+    siglongjmp(*j, 1);
+  }
+  if ((guard_prev.sa_flags & SA_SIGINFO) && guard_prev.sa_sigaction != NULL) {
+    guard_prev.sa_sigaction(sig, si, uc);
+    return;
+  }
+  if (guard_prev.sa_handler != SIG_DFL && guard_prev.sa_handler != SIG_IGN) {
+    guard_prev.sa_handler(sig);
+    return;
+  }
+  /* Default action: a SIGBUS from the hardware repeats when the faulting
+   * instruction runs again; one sent by a process would not. */
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGBUS, &dfl, NULL);
+  if (si == NULL || si->si_code <= 0)
+    raise(SIGBUS);
+}
+
+static void guard_install(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_sigbus;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGBUS, &sa, &guard_prev);
+}
+
+/* Runs fn(arg) with a recovery point for SIGBUS. Returns fn's result, or
+ * GUARD_FAULT if fn was abandoned because the mapping faulted. Regions
+ * nest (store_foreach's visitor may decode): the innermost catches. */
+static int guarded(int (*fn)(void *), void *arg) {
+  sigjmp_buf jb;
+  sigjmp_buf *prev = guard_point;
+  if (sigsetjmp(jb, 0) != 0) {
+    guard_point = prev;
+    return GUARD_FAULT;
+  }
+  guard_point = &jb;
+  int rc = fn(arg);
+  guard_point = prev;
+  return rc;
+}
+
 /* ---- the LMDB header, read before LMDB maps the file ---- */
 
 /*
@@ -243,7 +332,8 @@ static int check_size(uint64_t size, uint64_t last_pg, uint64_t psize,
 
 /* Checks, with pread() only, that the open file `fd` of `size` bytes is an
  * LMDB file whose newest meta page fits in it. */
-static int precheck_lmdb(int fd, uint64_t size, diag *d) {
+static int precheck_lmdb(int fd, uint64_t size, uint32_t *psize_out,
+                         uint64_t *npages_out, diag *d) {
   lmdb_meta_page m0, m1;
   if (size == 0)
     return diag_set(d, LMAP_EBADSTORE, "file is empty, not an LMDB file");
@@ -281,7 +371,315 @@ static int precheck_lmdb(int fd, uint64_t size, diag *d) {
    * first one alone: it is still too short for it. Both meta pages are
    * always needed. */
   uint64_t last = m->last_pg < 1 ? 1 : (uint64_t)m->last_pg;
+  *psize_out = psize;
+  *npages_out = last + 1;
   return check_size(size, last, psize, d);
+}
+
+/* ---- page checksums: the trailer ----
+ *
+ * LMDB trusts its file: a damaged branch or leaf page makes it follow a
+ * garbage pointer (SIGSEGV), and it keeps no checksums. So the writer
+ * appends, past LMDB's last page, a trailer holding an XXH3-64 checksum of
+ * every block of STORE_PAGES_PER_BLOCK pages and a checksum of the trailer
+ * itself (docs/STORE_FORMAT.md §7.1), and store_open checks every block
+ * with pread() before LMDB maps a byte: page damage anywhere (meta, branch,
+ * leaf, overflow pages) is refused, named by block, pages and byte offsets,
+ * before it can crash anything. LMDB never reads past its last page, and a
+ * read-only environment neither writes nor truncates the file, so the
+ * trailer is invisible to it. pread() of a file cut meanwhile returns
+ * short, never SIGBUS.
+ */
+
+#define TRAILER_MAGIC "LMAPSUMS"
+#define TRAILER_END_MAGIC "LMAPEND1"
+#define TRAILER_VERSION 1u
+#define TRAILER_HASH_XXH3 1u
+#define TRAILER_HEAD 40u  /* fields before the block checksums */
+#define TRAILER_FIXED 64u /* head + trailer checksum + length + end magic */
+#define TRAILER_MAX (64u << 20)
+#define CHECK_BUF (1u << 20)
+
+typedef struct trailer {
+  uint32_t psize, ppb;
+  uint64_t npages, nblocks;
+  uint64_t start; /* file offset of the trailer: npages * psize */
+  uint8_t *sums;  /* nblocks little-endian u64, owned */
+} trailer;
+
+static uint64_t le64(const uint8_t *p) {
+  return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+static void put_le64(uint8_t *p, uint64_t v) {
+  put_le32(p, (uint32_t)v);
+  put_le32(p + 4, (uint32_t)(v >> 32));
+}
+
+/* Reads exactly `n` bytes at `off` of `fd`; 0, or -1 with errno set (0 when
+ * the file ends first). */
+static int pread_exact(int fd, void *buf, size_t n, uint64_t off) {
+  uint8_t *p = buf;
+  while (n > 0) {
+    ssize_t k = pread(fd, p, n, (off_t)off);
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k <= 0) {
+      if (k == 0)
+        errno = 0;
+      return -1;
+    }
+    p += k;
+    n -= (size_t)k;
+    off += (uint64_t)k;
+  }
+  return 0;
+}
+
+static int read_fail(diag *d, const char *what) {
+  if (errno == 0)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "the file ended while reading %s (truncated meanwhile?)",
+                    what);
+  return diag_set(d, LMAP_EIO, "cannot read %s: %s", what, strerror(errno));
+}
+
+/*
+ * Finds and checks the trailer of the open file `fd` of `size` bytes: the
+ * end magic in the last 8 bytes, the length before it, then the whole
+ * trailer against its own checksum and every field against the others and
+ * the file's size. Sets *found to 0 (and returns 0) when the file does not
+ * end with the end magic: a store written before page checksums, or one
+ * cut in its trailer, which the caller tells apart by the LMDB header.
+ * On success `t` owns its checksums (trailer_free).
+ */
+static int trailer_load(int fd, uint64_t size, trailer *t, int *found,
+                        diag *d) {
+  uint8_t foot[16];
+  memset(t, 0, sizeof *t);
+  *found = 0;
+  if (size < TRAILER_FIXED)
+    return 0;
+  if (pread_exact(fd, foot, sizeof foot, size - sizeof foot) != 0)
+    return read_fail(d, "the checksum trailer");
+  if (memcmp(foot + 8, TRAILER_END_MAGIC, 8) != 0)
+    return 0;
+  *found = 1;
+  uint64_t len = le64(foot);
+  if (len < TRAILER_FIXED || len > size || len > TRAILER_MAX ||
+      (len - TRAILER_FIXED) % 8 != 0)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "its checksum trailer claims %llu bytes (corrupt)",
+                    (unsigned long long)len);
+  uint8_t *b = malloc((size_t)len);
+  if (b == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory for the checksum trailer");
+  int rc = 0;
+  uint64_t start = size - len, nb = (len - TRAILER_FIXED) / 8;
+  size_t body = TRAILER_HEAD + (size_t)nb * 8;
+  if (pread_exact(fd, b, (size_t)len, start) != 0) {
+    rc = read_fail(d, "the checksum trailer");
+    goto done;
+  }
+  if (memcmp(b, TRAILER_MAGIC, 8) != 0 ||
+      XXH3_64bits(b, body) != le64(b + body)) {
+    rc = diag_set(d, LMAP_EBADSTORE,
+                  "its checksum trailer (bytes %llu..%llu) fails its own "
+                  "checksum (damaged trailer)",
+                  (unsigned long long)start, (unsigned long long)size - 1);
+    goto done;
+  }
+  uint32_t version = le32(b + 8), psize = le32(b + 12), ppb = le32(b + 24),
+           hash = le32(b + 28);
+  uint64_t npages = le64(b + 16), nblocks = le64(b + 32);
+  if (version != TRAILER_VERSION) {
+    rc = diag_set(d, LMAP_EBADSTORE,
+                  "checksum trailer version %u is not supported (this lmap "
+                  "reads %u)",
+                  version, TRAILER_VERSION);
+    goto done;
+  }
+  if (hash != TRAILER_HASH_XXH3 || psize < 256 || psize > 65536 ||
+      (psize & (psize - 1)) != 0 || ppb == 0 || nblocks != nb ||
+      npages < 2 || npages > start / psize ||
+      nblocks != (npages + ppb - 1) / ppb || npages * psize != start) {
+    rc = diag_set(d, LMAP_EBADSTORE,
+                  "its checksum trailer is inconsistent (%llu pages of %u "
+                  "bytes in blocks of %u, %llu checksums, trailer at byte "
+                  "%llu): corrupt",
+                  (unsigned long long)npages, psize, ppb,
+                  (unsigned long long)nblocks, (unsigned long long)start);
+    goto done;
+  }
+  t->psize = psize;
+  t->ppb = ppb;
+  t->npages = npages;
+  t->nblocks = nblocks;
+  t->start = start;
+  t->sums = malloc(nblocks ? (size_t)nblocks * 8 : 1);
+  if (t->sums == NULL) {
+    rc = diag_set(d, LMAP_ENOMEM, "out of memory for the checksum trailer");
+    goto done;
+  }
+  memcpy(t->sums, b + TRAILER_HEAD, (size_t)nblocks * 8);
+done:
+  free(b);
+  return rc;
+}
+
+static void trailer_free(trailer *t) {
+  free(t->sums);
+  t->sums = NULL;
+}
+
+/* Checks every block of pages of `fd` against `t`. Calls `bad` (when not
+ * NULL) for each damaged block; stops at the first unless `all`. Returns 0,
+ * LMAP_EBADSTORE naming the first damaged block and how many there are, or
+ * LMAP_EIO / LMAP_ENOMEM. */
+static int check_blocks(int fd, const trailer *t, int all,
+                        store_bad_block_fn bad, void *ctx, diag *d) {
+  uint64_t bsize = (uint64_t)t->ppb * t->psize, nbad = 0, first = 0;
+  size_t cap = bsize > CHECK_BUF ? (size_t)bsize : CHECK_BUF;
+  uint8_t *buf = malloc(cap);
+  if (buf == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory to check the pages");
+  /* The whole file is read once, in order: tell the kernel to read ahead. */
+  (void)posix_fadvise(fd, 0, (off_t)t->start, POSIX_FADV_SEQUENTIAL);
+  uint64_t per = cap / bsize, blk = 0;
+  int rc = 0;
+  while (blk < t->nblocks) {
+    uint64_t n = t->nblocks - blk < per ? t->nblocks - blk : per;
+    uint64_t off = blk * bsize, end = off + n * bsize;
+    if (end > t->start)
+      end = t->start; /* the last block may hold fewer pages */
+    if (pread_exact(fd, buf, (size_t)(end - off), off) != 0) {
+      rc = read_fail(d, "the pages");
+      goto done;
+    }
+    for (uint64_t i = 0; i < n; i++, blk++) {
+      uint64_t bo = blk * bsize, bl = bo + bsize > end ? end - bo : bsize;
+      if (XXH3_64bits(buf + (bo - off), (size_t)bl) == le64(t->sums + 8 * blk))
+        continue;
+      if (nbad++ == 0)
+        first = blk;
+      if (bad != NULL)
+        bad(ctx, blk, blk * t->ppb, bl / t->psize, bo, bl);
+      if (!all)
+        break;
+    }
+    if (nbad > 0 && !all)
+      break;
+  }
+  if (nbad > 0) {
+    uint64_t bo = first * bsize,
+             bl = bo + bsize > t->start ? t->start - bo : bsize;
+    char more[64] = "";
+    if (nbad > 1)
+      snprintf(more, sizeof more, " (%llu damaged blocks in all)",
+               (unsigned long long)nbad);
+    rc = diag_set(d, LMAP_EBADSTORE,
+                  "page damage: block %llu of %llu (pages %llu..%llu, bytes "
+                  "%llu..%llu) fails its checksum%s",
+                  (unsigned long long)first, (unsigned long long)t->nblocks,
+                  (unsigned long long)(first * t->ppb),
+                  (unsigned long long)(first * t->ppb + bl / t->psize - 1),
+                  (unsigned long long)bo, (unsigned long long)(bo + bl - 1),
+                  more);
+  }
+done:
+  free(buf);
+  return rc;
+}
+
+
+/*
+ * Everything store_open proves with pread() before LMDB maps the file of
+ * `size` bytes: the trailer and its own checksum, every block of pages
+ * (unless STORE_OPEN_NO_PAGE_CHECK), LMDB's meta pages and the file's
+ * length, and that the trailer covers exactly LMDB's pages. A file with
+ * no trailer is a store written before page checksums if it ends where
+ * LMDB's pages end (opened only with STORE_OPEN_NO_PAGE_CHECK), and a
+ * store cut in its trailer otherwise. Sets *state (STORE_PAGES_*).
+ */
+static int precheck(int fd, uint64_t size, unsigned flags, int *state,
+                    diag *d) {
+  trailer t;
+  int found;
+  uint32_t psize = 0;
+  uint64_t npages = 0;
+  int rc = trailer_load(fd, size, &t, &found, d);
+  if (rc != 0)
+    return rc;
+  if (found && !(flags & STORE_OPEN_NO_PAGE_CHECK) &&
+      (rc = check_blocks(fd, &t, 0, NULL, NULL, d)) != 0)
+    goto done;
+  if ((rc = precheck_lmdb(fd, size, &psize, &npages, d)) != 0)
+    goto done;
+  if (found) {
+    if (psize != t.psize || npages != t.npages)
+      rc = diag_set(d, LMAP_EBADSTORE,
+                    "its LMDB header says %llu pages of %u bytes but its "
+                    "checksum trailer covers %llu pages of %u (corrupt)",
+                    (unsigned long long)npages, psize,
+                    (unsigned long long)t.npages, t.psize);
+    *state = flags & STORE_OPEN_NO_PAGE_CHECK ? STORE_PAGES_TRAILER_ONLY
+                                              : STORE_PAGES_CHECKED;
+  } else if (size != npages * psize) {
+    rc = diag_set(d, LMAP_EBADSTORE,
+                  "file is %llu bytes: its LMDB pages end at byte %llu and "
+                  "what follows is not a complete checksum trailer "
+                  "(truncated? damaged?)",
+                  (unsigned long long)size,
+                  (unsigned long long)(npages * psize));
+  } else if (!(flags & STORE_OPEN_NO_PAGE_CHECK)) {
+    rc = diag_set(d, LMAP_EBADSTORE,
+                  "has no checksum trailer (written by an lmap before page "
+                  "checksums, or truncated?): its pages cannot be checked "
+                  "and a damaged one could crash its readers; rebuild it "
+                  "with this lmap (import or synth), or open it with page "
+                  "checks off");
+  } else {
+    *state = STORE_PAGES_NONE;
+  }
+done:
+  trailer_free(&t);
+  return rc;
+}
+
+int store_check_file(const char *path, store_bad_block_fn bad, void *ctx,
+                     diag *d) {
+  struct stat st;
+  trailer t;
+  int found = 0, state, rc;
+  memset(&t, 0, sizeof t);
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    rc = diag_set(d, LMAP_EIO, "cannot open: %s", strerror(errno));
+    goto done;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    rc = diag_set(d, LMAP_EBADSTORE, "not a regular file");
+    goto done;
+  }
+  uint64_t size = (uint64_t)st.st_size;
+  if ((rc = trailer_load(fd, size, &t, &found, d)) != 0)
+    goto done;
+  if (!found) {
+    /* precheck says why there is none: not an LMDB file, a store cut in
+     * its trailer, or one written before page checksums. */
+    rc = precheck(fd, size, 0, &state, d);
+    goto done;
+  }
+  if ((rc = check_blocks(fd, &t, 1, bad, ctx, d)) != 0)
+    goto done;
+  rc = precheck(fd, size, STORE_OPEN_NO_PAGE_CHECK, &state, d);
+done:
+  if (fd >= 0)
+    close(fd);
+  trailer_free(&t);
+  if (rc != 0)
+    diag_prefix(d, path);
+  return rc;
 }
 
 /* ---- metadata ---- */
@@ -610,7 +1008,8 @@ void store_close(store *s) {
 
 /* Opens the environment read-only and repeats the size check against the
  * meta page LMDB itself picked, on LMDB's own descriptor. */
-static int open_env(store *s, uint64_t size, diag *d) {
+static int open_env(store *s, const struct stat *checked, diag *d) {
+  uint64_t size = (uint64_t)checked->st_size;
   int e = mdb_env_create(&s->env);
   if (e != 0)
     return lmdb_fail(d, LMAP_ENOMEM, "cannot create an LMDB environment", e);
@@ -645,13 +1044,46 @@ static int open_env(store *s, uint64_t size, diag *d) {
     return diag_set(d, LMAP_EIO, "cannot stat: %s", strerror(errno));
   if (!S_ISREG(st.st_mode))
     return diag_set(d, LMAP_EBADSTORE, "not a regular file");
+  /* LMDB opened the path again: it must be the file whose pages were
+   * checked, unchanged since. */
+  if (st.st_dev != checked->st_dev || st.st_ino != checked->st_ino ||
+      st.st_size != checked->st_size)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "the file was replaced or changed while it was being "
+                    "opened");
   s->file_size = (uint64_t)st.st_size;
   s->mtime = st.st_mtim;
   return check_size(s->file_size, (uint64_t)info.me_last_pgno, ms.ms_psize, d);
 }
 
+typedef struct meta_args {
+  store *s;
+  MDB_txn *txn;
+  diag *d;
+} meta_args;
+
+/* load_meta reads the mapping, and the file may shrink after the size
+ * check: guarded like every other read. */
+static int load_meta_guarded(void *p) {
+  meta_args *a = p;
+  int e = mdb_txn_begin(a->s->env, NULL, MDB_RDONLY, &a->txn);
+  if (e != 0) {
+    a->txn = NULL;
+    return lmdb_fail(a->d, LMAP_EIO, "cannot begin a read transaction", e);
+  }
+  return load_meta(a->s, a->txn, a->d);
+}
+
+static int fault_diag(const store *s, int name_path, diag *d);
+
 int store_open(const char *path, store **out, diag *d) {
+  return store_open_flags(path, 0, out, d);
+}
+
+int store_open_flags(const char *path, unsigned flags, store **out,
+                     diag *d) {
   *out = NULL;
+  pthread_once(&guard_once, guard_install);
   int rc, e, fd = -1;
   MDB_txn *txn = NULL;
   store *s = calloc(1, sizeof *s);
@@ -673,19 +1105,21 @@ int store_open(const char *path, store **out, diag *d) {
     rc = diag_set(d, LMAP_EBADSTORE, "not a regular file");
     goto fail;
   }
-  if ((rc = precheck_lmdb(fd, (uint64_t)st.st_size, d)) != 0)
+  if ((rc = precheck(fd, (uint64_t)st.st_size, flags, &s->meta.page_check,
+                     d)) != 0)
+    goto fail;
+  if ((rc = open_env(s, &st, d)) != 0)
     goto fail;
   close(fd);
   fd = -1;
-  if ((rc = open_env(s, (uint64_t)st.st_size, d)) != 0)
-    goto fail;
-  e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-  if (e != 0) {
-    rc = lmdb_fail(d, LMAP_EIO, "cannot begin a read transaction", e);
+  meta_args ma = {s, NULL, d};
+  rc = guarded(load_meta_guarded, &ma);
+  txn = ma.txn;
+  if (rc != 0) {
+    if (rc == GUARD_FAULT)
+      rc = fault_diag(s, 0, d);
     goto fail;
   }
-  if ((rc = load_meta(s, txn, d)) != 0)
-    goto fail;
   /* Committing, not aborting, keeps the database handles opened in this
    * transaction valid for the readers' transactions. */
   e = mdb_txn_commit(txn);
@@ -704,12 +1138,6 @@ fail:
   store_close(s);
   diag_prefix(d, path);
   return rc;
-}
-
-int store_open_flags(const char *path, unsigned flags, store **out,
-                     diag *d) {
-  (void)flags;
-  return store_open(path, out, d);
 }
 
 const store_meta *store_get_meta(const store *s) {
@@ -929,31 +1357,129 @@ int store_chunk_entry(const store_chunk *c, uint32_t i, char *id,
 
 /* ---- readers ---- */
 
+/* store_reader.stale: after an LMDB error the transaction and cursor are
+ * rebuilt; after a SIGBUS the codec context too (abandoned mid-frame). */
+#define STALE_TXN 1
+#define STALE_ALL 2
+
 struct store_reader {
   store *s;
   MDB_txn *txn;    /* one read transaction for the reader's life */
   MDB_cursor *cur; /* on txn, repositioned by every lookup */
   codec_ctx *codec;
+  int stale; /* STALE_*: what must be rebuilt before the next use */
   float *scores;
   uint32_t *classes;
 };
 
-void store_reader_free(store_reader *r) {
-  if (r == NULL)
-    return;
+/* Fills `d` for a SIGBUS caught while reading the mapping: the file was
+ * cut under it (one fstat() tells by how much, when it can). The message
+ * names the file unless the caller prefixes it anyway. */
+static int fault_diag(const store *s, int name_path, diag *d) {
+  mdb_filehandle_t fd;
+  struct stat st;
+  const char *p = name_path ? s->path : "", *sep = name_path ? ": " : "";
+  if (mdb_env_get_fd(s->env, &fd) == 0 && fstat(fd, &st) == 0 &&
+      (uint64_t)st.st_size < s->file_size)
+    return diag_set(d, LMAP_EBADSTORE,
+                    "%s%sthe store file was truncated while being read "
+                    "(%llu bytes at open, %llu now)",
+                    p, sep, (unsigned long long)s->file_size,
+                    (unsigned long long)st.st_size);
+  return diag_set(d, LMAP_EBADSTORE,
+                  "%s%sthe store file was truncated while being read "
+                  "(SIGBUS touching its mapping)",
+                  p, sep);
+}
+
+/* 1 if the open file is now shorter than at open. Beginning a transaction
+ * on such a file would fault inside mdb_txn_begin, after it allocated the
+ * transaction (which the jump would leak), so renewals ask first. */
+static int file_shrank(const store *s) {
+  mdb_filehandle_t fd;
+  struct stat st;
+  return mdb_env_get_fd(s->env, &fd) == 0 && fstat(fd, &st) == 0 &&
+         (uint64_t)st.st_size < s->file_size;
+}
+
+static void reader_drop_txn(store_reader *r) {
   if (r->cur != NULL)
     mdb_cursor_close(r->cur);
   if (r->txn != NULL)
     mdb_txn_abort(r->txn);
+  r->cur = NULL;
+  r->txn = NULL;
+}
+
+void store_reader_free(store_reader *r) {
+  if (r == NULL)
+    return;
+  reader_drop_txn(r);
   codec_ctx_free(r->codec);
   free(r->scores);
   free(r->classes);
   free(r);
 }
 
+typedef struct begin_args {
+  store_reader *r;
+  diag *d;
+} begin_args;
+
+/* Begins the reader's transaction and cursor (mdb_txn_begin reads the meta
+ * pages from the mapping: guarded by the caller). */
+static int reader_begin(void *p) {
+  begin_args *a = p;
+  store_reader *r = a->r;
+  int e = mdb_txn_begin(r->s->env, NULL, MDB_RDONLY, &r->txn);
+  if (e != 0) {
+    r->txn = NULL;
+    return lmdb_fail(a->d, LMAP_EIO, "cannot begin a read transaction", e);
+  }
+  if ((e = mdb_cursor_open(r->txn, r->s->maps, &r->cur)) != 0) {
+    r->cur = NULL;
+    return lmdb_fail(a->d, LMAP_EIO, "cannot open a cursor", e);
+  }
+  return 0;
+}
+
+/*
+ * Rebuilds what a failed lookup may have left unusable. After an LMDB error
+ * the transaction is flagged in error (every later call would answer
+ * MDB_BAD_TXN); after a SIGBUS, the cursor and the decoder were abandoned
+ * halfway. A read-only MDB_NOLOCK transaction holds nothing, so it is
+ * simply aborted and begun anew, and the codec context is replaced. Until
+ * this succeeds the reader stays stale and every call retries it.
+ */
+static int reader_renew(store_reader *r, diag *d) {
+  int rc;
+  reader_drop_txn(r);
+  if (r->stale == STALE_ALL) {
+    codec_ctx *c = NULL;
+    if ((rc = codec_ctx_new(&r->s->meta.shape, r->s->dict, r->s->dict_len,
+                            CODEC_LEVEL_DEFAULT, &c, d)) != 0)
+      return rc;
+    codec_ctx_free(r->codec);
+    r->codec = c;
+    r->stale = STALE_TXN;
+  }
+  if (file_shrank(r->s))
+    return fault_diag(r->s, 1, d);
+  begin_args a = {r, d};
+  rc = guarded(reader_begin, &a);
+  if (rc == GUARD_FAULT)
+    rc = fault_diag(r->s, 1, d);
+  if (rc != 0) {
+    reader_drop_txn(r);
+    return rc;
+  }
+  r->stale = 0;
+  return 0;
+}
+
 int store_reader_new(store *s, store_reader **out, diag *d) {
   *out = NULL;
-  int rc, e;
+  int rc;
   store_reader *r = calloc(1, sizeof *r);
   if (r == NULL)
     return diag_set(d, LMAP_ENOMEM, "out of memory for a store reader");
@@ -966,23 +1492,12 @@ int store_reader_new(store *s, store_reader **out, diag *d) {
     rc = diag_set(d, LMAP_ENOMEM, "out of memory for a store reader");
     goto fail;
   }
-  if ((rc = codec_ctx_new(sh, s->dict, s->dict_len, CODEC_LEVEL_DEFAULT,
-                          &r->codec, d)) != 0)
-    goto fail;
   /* With MDB_NOLOCK a read transaction takes no reader slot and the file
    * never changes, so holding one (and its cursor) for the reader's life
    * costs nothing and saves a begin and a cursor open per lookup. */
-  e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &r->txn);
-  if (e != 0) {
-    r->txn = NULL;
-    rc = lmdb_fail(d, LMAP_EIO, "cannot begin a read transaction", e);
+  r->stale = STALE_ALL; /* nothing built yet */
+  if ((rc = reader_renew(r, d)) != 0)
     goto fail;
-  }
-  if ((e = mdb_cursor_open(r->txn, s->maps, &r->cur)) != 0) {
-    r->cur = NULL;
-    rc = lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
-    goto fail;
-  }
   *out = r;
   return 0;
 fail:
@@ -1017,20 +1532,38 @@ static int seek_chunk(MDB_cursor *cur, const char *id, size_t id_len,
   return mdb_cursor_get(cur, key, val, MDB_PREV);
 }
 
-int store_reader_get(store_reader *r, const char *id, size_t id_len,
-                     labelmap *out, diag *d) {
+typedef struct get_args {
+  store_reader *r;
+  const char *id;
+  size_t id_len;
+  labelmap *out;
+  diag *d;
+} get_args;
+
+/* The lookup proper; every read of the mapping happens in here (guarded by
+ * store_reader_get). */
+static int reader_get(void *p) {
+  get_args *a = p;
+  store_reader *r = a->r;
+  const char *id = a->id;
+  size_t id_len = a->id_len;
+  diag *d = a->d;
   char t[300], t2[300], pre[700];
-  int rc = check_id(id, id_len, d);
-  if (rc != 0)
-    return rc;
   MDB_val key, val;
-  int exact;
+  int exact, rc;
   int e = seek_chunk(r->cur, id, id_len, &key, &val, &exact);
   if (e == MDB_NOTFOUND)
     return diag_set(d, LMAP_ENOTFOUND, "no map for id '%s'",
                     id_text(t, id, id_len));
-  if (e != 0)
-    return lmdb_read_fail(d, "cannot read a chunk", e);
+  if (e != 0) {
+    /* LMDB has flagged the transaction in error: every later call on it
+     * would answer MDB_BAD_TXN. Begin a new one before the next lookup. */
+    r->stale = STALE_TXN;
+    rc = lmdb_read_fail(d, "cannot read a chunk", e);
+    snprintf(pre, sizeof pre, "record '%s'", id_text(t, id, id_len));
+    diag_prefix(d, pre);
+    return rc;
+  }
   store_chunk c;
   const uint8_t *rec = NULL;
   size_t rec_len = 0;
@@ -1051,8 +1584,8 @@ int store_reader_get(store_reader *r, const char *id, size_t id_len,
     diag_prefix(d, pre);
     return rc;
   }
-  *out = reader_map(r);
-  rc = codec_decode(r->codec, rec, rec_len, out, d);
+  *a->out = reader_map(r);
+  rc = codec_decode(r->codec, rec, rec_len, a->out, d);
   if (rc != 0) {
     snprintf(pre, sizeof pre, "record '%s'", id_text(t, id, id_len));
     diag_prefix(d, pre);
@@ -1060,10 +1593,51 @@ int store_reader_get(store_reader *r, const char *id, size_t id_len,
   return rc;
 }
 
+int store_reader_get(store_reader *r, const char *id, size_t id_len,
+                     labelmap *out, diag *d) {
+  char t[300], pre[340];
+  int rc = check_id(id, id_len, d);
+  if (rc != 0)
+    return rc;
+  if (r->stale && (rc = reader_renew(r, d)) != 0)
+    goto fail;
+  get_args a = {r, id, id_len, out, d};
+  rc = guarded(reader_get, &a);
+  if (rc != GUARD_FAULT)
+    return rc;
+  r->stale = STALE_ALL;
+  rc = fault_diag(r->s, 1, d);
+fail:
+  snprintf(pre, sizeof pre, "record '%s'", id_text(t, id, id_len));
+  diag_prefix(d, pre);
+  return rc;
+}
+
+typedef struct decode_args {
+  store_reader *r;
+  const uint8_t *rec;
+  size_t len;
+  labelmap *out;
+  diag *d;
+} decode_args;
+
+static int reader_decode(void *p) {
+  decode_args *a = p;
+  return codec_decode(a->r->codec, a->rec, a->len, a->out, a->d);
+}
+
 int store_reader_decode(store_reader *r, const uint8_t *rec, size_t len,
                         labelmap *out, diag *d) {
+  int rc;
+  if (r->stale && (rc = reader_renew(r, d)) != 0)
+    return rc;
   *out = reader_map(r);
-  return codec_decode(r->codec, rec, len, out, d);
+  decode_args a = {r, rec, len, out, d};
+  rc = guarded(reader_decode, &a);
+  if (rc != GUARD_FAULT)
+    return rc;
+  r->stale = STALE_ALL;
+  return fault_diag(r->s, 1, d);
 }
 
 /* Checks what a lookup does not need but a walk promises: every entry in
@@ -1091,24 +1665,38 @@ static int check_chunk(const store_chunk *c, const MDB_val *key, char *last,
   return 0;
 }
 
-int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d) {
-  MDB_txn *txn = NULL;
-  MDB_cursor *cur = NULL;
+/* store_foreach's state, outside the guarded walk so that a SIGBUS does not
+ * lose the transaction and cursor it has to release. */
+typedef struct walk_args {
+  store *s;
+  store_visit_fn fn;
+  void *ctx;
+  diag *d;
+  MDB_txn *txn;
+  MDB_cursor *cur;
+} walk_args;
+
+static int walk_chunks(void *p) {
+  walk_args *a = p;
+  store *s = a->s;
+  diag *d = a->d;
   MDB_val key, val;
   char id[STORE_MAX_ID_LEN], last[STORE_MAX_ID_LEN], t[300], pre[340];
   size_t id_len = 0, last_len = 0, rec_len = 0;
   const uint8_t *rec;
   uint64_t chunks = 0;
   int rc = 0;
-  int e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-  if (e != 0)
+  int e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &a->txn);
+  if (e != 0) {
+    a->txn = NULL;
     return lmdb_fail(d, LMAP_EIO, "cannot begin a read transaction", e);
-  if ((e = mdb_cursor_open(txn, s->maps, &cur)) != 0) {
-    rc = lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
-    goto done;
   }
-  for (e = mdb_cursor_get(cur, &key, &val, MDB_FIRST); e == 0;
-       e = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) {
+  if ((e = mdb_cursor_open(a->txn, s->maps, &a->cur)) != 0) {
+    a->cur = NULL;
+    return lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
+  }
+  for (e = mdb_cursor_get(a->cur, &key, &val, MDB_FIRST); e == 0;
+       e = mdb_cursor_get(a->cur, &key, &val, MDB_NEXT)) {
     store_chunk c;
     /* The whole chunk is checked before any of its records is visited. */
     if ((rc = store_chunk_parse(val.mv_data, val.mv_size, &c, d)) != 0 ||
@@ -1116,31 +1704,39 @@ int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d) {
       snprintf(pre, sizeof pre, "chunk '%s'",
                id_text(t, key.mv_data, key.mv_size));
       diag_prefix(d, pre);
-      goto done;
+      return rc;
     }
     chunks++;
     for (uint32_t i = 0; i < c.n; i++) {
       /* Checked above: cannot fail. */
       if ((rc = store_chunk_entry(&c, i, id, &id_len, &rec, &rec_len, d)) !=
               0 ||
-          (rc = fn(ctx, id, id_len, rec, rec_len)) != 0)
-        goto done;
+          (rc = a->fn(a->ctx, id, id_len, rec, rec_len)) != 0)
+        return rc;
     }
   }
-  if (e != MDB_NOTFOUND) {
-    rc = lmdb_read_fail(d, "cannot walk the chunks", e);
-    goto done;
-  }
+  if (e != MDB_NOTFOUND)
+    return lmdb_read_fail(d, "cannot walk the chunks", e);
   if (chunks != s->meta.chunk_count)
-    rc = diag_set(d, LMAP_ECORRUPT,
-                  "walked %llu chunks but the store holds %llu (corrupt "
-                  "tree)",
-                  (unsigned long long)chunks,
-                  (unsigned long long)s->meta.chunk_count);
-done:
-  if (cur != NULL)
-    mdb_cursor_close(cur);
-  mdb_txn_abort(txn);
+    return diag_set(d, LMAP_ECORRUPT,
+                    "walked %llu chunks but the store holds %llu (corrupt "
+                    "tree)",
+                    (unsigned long long)chunks,
+                    (unsigned long long)s->meta.chunk_count);
+  return 0;
+}
+
+int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d) {
+  walk_args a = {s, fn, ctx, d, NULL, NULL};
+  if (file_shrank(s))
+    return fault_diag(s, 1, d);
+  int rc = guarded(walk_chunks, &a);
+  if (rc == GUARD_FAULT)
+    rc = fault_diag(s, 1, d);
+  if (a.cur != NULL)
+    mdb_cursor_close(a.cur);
+  if (a.txn != NULL)
+    mdb_txn_abort(a.txn);
   return rc;
 }
 
@@ -1732,22 +2328,85 @@ static int write_store(store_writer *w, diag *d) {
   return 0;
 }
 
-/* Flushes the temporary file to disk and pads it to the length its LMDB
- * header claims. LMDB does not write pages that were allocated and freed
- * within one transaction, so its file can end before its last page number;
- * readers refuse such a file (they cannot tell it from a truncated one),
- * and zeros in unreferenced free pages are harmless. */
-static int finish_file(store_writer *w, uint64_t needed, diag *d) {
+/* Appends the checksum trailer (docs/STORE_FORMAT.md §7.1) to `fd`, whose
+ * LMDB pages end at `pages_end`: reads the pages back (they are in the page
+ * cache: the file was just written) and checksums each block. */
+static int append_trailer(store_writer *w, int fd, uint64_t pages_end,
+                          uint32_t psize, diag *d) {
+  uint64_t npages = pages_end / psize, bsize = (uint64_t)STORE_PAGES_PER_BLOCK *
+                                                psize;
+  uint64_t nblocks = (npages + STORE_PAGES_PER_BLOCK - 1) / STORE_PAGES_PER_BLOCK;
+  size_t len = TRAILER_FIXED + (size_t)nblocks * 8,
+         body = TRAILER_HEAD + (size_t)nblocks * 8;
+  size_t cap = bsize > CHECK_BUF ? (size_t)bsize : CHECK_BUF;
+  uint8_t *t = calloc(1, len), *buf = malloc(cap);
+  int rc = 0;
+  if (t == NULL || buf == NULL || len > TRAILER_MAX) {
+    rc = diag_set(d, LMAP_ENOMEM, "out of memory for the checksum trailer");
+    goto done;
+  }
+  memcpy(t, TRAILER_MAGIC, 8);
+  put_le32(t + 8, TRAILER_VERSION);
+  put_le32(t + 12, psize);
+  put_le64(t + 16, npages);
+  put_le32(t + 24, STORE_PAGES_PER_BLOCK);
+  put_le32(t + 28, TRAILER_HASH_XXH3);
+  put_le64(t + 32, nblocks);
+  uint64_t per = cap / bsize;
+  for (uint64_t blk = 0; blk < nblocks;) {
+    uint64_t off = blk * bsize, end = off + per * bsize;
+    if (end > pages_end)
+      end = pages_end;
+    if (pread_exact(fd, buf, (size_t)(end - off), off) != 0) {
+      rc = diag_set(d, LMAP_EIO, "%s: cannot read back its pages: %s", w->tmp,
+                    errno ? strerror(errno) : "it ends early");
+      goto done;
+    }
+    for (uint64_t o = off; o < end; o += bsize, blk++) {
+      uint64_t bl = end - o < bsize ? end - o : bsize;
+      put_le64(t + TRAILER_HEAD + 8 * blk, XXH3_64bits(buf + (o - off), bl));
+    }
+  }
+  put_le64(t + body, XXH3_64bits(t, body));
+  put_le64(t + body + 8, len);
+  memcpy(t + body + 16, TRAILER_END_MAGIC, 8);
+  for (size_t o = 0; o < len;) {
+    ssize_t k = pwrite(fd, t + o, len - o, (off_t)(pages_end + o));
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k < 0) {
+      rc = diag_set(d, LMAP_EIO, "%s: cannot write the checksum trailer: %s",
+                    w->tmp, strerror(errno));
+      goto done;
+    }
+    o += (size_t)k;
+  }
+done:
+  free(t);
+  free(buf);
+  return rc;
+}
+
+/* Pads the temporary file to the length its LMDB header claims, appends
+ * the checksum trailer and flushes it to disk. LMDB does not write pages
+ * that were allocated and freed within one transaction, so its file can
+ * end before its last page number; readers refuse such a file (they
+ * cannot tell it from a truncated one), and zeros in unreferenced free
+ * pages are harmless. */
+static int finish_file(store_writer *w, uint64_t needed, uint32_t psize,
+                       diag *d) {
   int fd = open(w->tmp, O_RDWR | O_CLOEXEC);
   struct stat st;
   int rc = 0;
   if (fd < 0 || fstat(fd, &st) != 0) {
     rc =
         diag_set(d, LMAP_EIO, "%s: cannot reopen: %s", w->tmp, strerror(errno));
-  } else if ((uint64_t)st.st_size < needed &&
+  } else if ((uint64_t)st.st_size != needed &&
              ftruncate(fd, (off_t)needed) != 0) {
     rc = diag_set(d, LMAP_EIO, "%s: cannot extend to %llu bytes: %s", w->tmp,
                   (unsigned long long)needed, strerror(errno));
+  } else if ((rc = append_trailer(w, fd, needed, psize, d)) != 0) {
+    /* named */
   } else if (fsync(fd) != 0) {
     rc = diag_set(d, LMAP_EIO, "%s: cannot sync: %s", w->tmp, strerror(errno));
   }
@@ -1841,7 +2500,8 @@ int store_writer_commit(store_writer *w, diag *d) {
   needed = ((uint64_t)info.me_last_pgno + 1) * ms.ms_psize;
   mdb_env_close(w->env);
   w->env = NULL;
-  if ((rc = finish_file(w, needed, d)) != 0 || (rc = place_file(w, d)) != 0)
+  if ((rc = finish_file(w, needed, ms.ms_psize, d)) != 0 ||
+      (rc = place_file(w, d)) != 0)
     goto fail;
   sync_dir(w->path);
   tmp_forget(w->tmp);

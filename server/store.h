@@ -19,6 +19,15 @@
  * Chunks are checked when read: every directory field is bounds-checked and
  * the directory carries a checksum, so a damaged chunk is LMAP_ECORRUPT,
  * never a read outside the value.
+ *
+ * A file cut while open (truncated, or overwritten in place by `cp`) raises
+ * SIGBUS where a read touches a page past its new end. store_open installs
+ * a process-wide SIGBUS handler (once); every read of the mapping here
+ * (store_open's metadata, store_reader_get, store_reader_decode,
+ * store_foreach and its visitor) runs under a per-thread recovery point,
+ * so such a read fails with LMAP_EBADSTORE ("the store file was truncated
+ * while being read") instead of killing the process. A SIGBUS anywhere else
+ * goes to the action installed before (by default: the process dies).
  */
 #ifndef LMAP_STORE_H
 #define LMAP_STORE_H
@@ -32,6 +41,9 @@
 
 #define STORE_FORMAT_VERSION 2
 #define STORE_MAX_ID_LEN 255
+/* Pages per checksummed block in the trailers this lmap writes (readers
+ * take the number from the trailer). */
+#define STORE_PAGES_PER_BLOCK 16u
 /* The largest record store_writer_put accepts (the largest codec record,
  * 2^22 entries of f32, is about 40 MB). */
 #define STORE_MAX_RECORD_LEN (1u << 30)
@@ -44,22 +56,57 @@ typedef struct store_meta {
   uint64_t record_count;
   int has_class_names;
   uint64_t chunk_count; /* values in the "maps" database */
+  int page_check;       /* STORE_PAGES_*: what store_open checked */
 } store_meta;
+
+/* store_meta.page_check */
+#define STORE_PAGES_CHECKED 0      /* every page against its checksum */
+#define STORE_PAGES_TRAILER_ONLY 1 /* STORE_OPEN_NO_PAGE_CHECK: the trailer */
+#define STORE_PAGES_NONE 2 /* no trailer (an older store), opened unchecked */
 
 typedef struct store store;
 
-/* Opens the store at `path` read-only. On failure *out is NULL and `d` names
- * the file and the reason (missing, not an LMDB file, truncated, no lmap
- * metadata, unsupported version, inconsistent counts). Reads no chunk: the
- * cost does not grow with the number of records.
- * Returns 0, LMAP_EIO, LMAP_EBADSTORE, LMAP_EVERSION or LMAP_ENOMEM. */
+/* Opens the store at `path` read-only. Before LMDB maps anything, checks
+ * with pread() the checksum trailer and every page against it
+ * (docs/STORE_FORMAT.md §7.1): reads the whole file once (about 0.5 s per
+ * GB in the page cache, at disk speed otherwise), so that no damaged page
+ * ever reaches LMDB. On failure *out is NULL and `d` names the file and the
+ * reason (missing, not an LMDB file, truncated, page damage naming the
+ * block, its pages and byte offsets, damaged trailer, no page checksums,
+ * no lmap metadata, unsupported version, inconsistent counts). Reads no
+ * chunk through LMDB. Returns 0, LMAP_EIO, LMAP_EBADSTORE, LMAP_EVERSION or
+ * LMAP_ENOMEM. */
 int store_open(const char *path, store **out, diag *d);
 
 /* Flags of store_open_flags. */
-#define STORE_OPEN_NO_PAGE_CHECK 1u /* skip the check of every page at open */
+/* Skips the check of every page against its checksum (the trailer's own
+ * checksum and its agreement with LMDB's header are still checked), and
+ * accepts a store without a trailer (written before page checksums). LMDB
+ * then trusts the pages: a damaged branch or leaf page can crash the
+ * process. For stores too large to read at every open, checked otherwise
+ * (store_check_file, `lmap verify`). */
+#define STORE_OPEN_NO_PAGE_CHECK 1u
 
 /* store_open with flags (store_open is store_open_flags(path, 0, ...)). */
 int store_open_flags(const char *path, unsigned flags, store **out, diag *d);
+
+/* Called by store_check_file for each damaged block: its number, its first
+ * page and page count, its byte offset and length in the file. */
+typedef void (*store_bad_block_fn)(void *ctx, uint64_t block,
+                                   uint64_t first_page, uint64_t pages,
+                                   uint64_t offset, uint64_t len);
+
+/* Checks the store file at `path` without opening it with LMDB (for `lmap
+ * verify`, and for a download before it is renamed into place): the
+ * trailer, every block of pages (all of them: `bad`, when not NULL, hears
+ * of each damaged one), LMDB's header and that the trailer covers exactly
+ * its pages. Returns 0, LMAP_EBADSTORE (`d` names the file, the first
+ * damaged block with its pages and byte offsets, and the number of damaged
+ * blocks; or no/damaged/truncated trailer, or a store without page
+ * checksums), LMAP_EIO or LMAP_ENOMEM. Never maps the file: a file cut
+ * meanwhile is an error, not SIGBUS. Thread-safe. */
+int store_check_file(const char *path, store_bad_block_fn bad, void *ctx,
+                     diag *d);
 
 /* Accepts NULL. Every reader of the store must have been freed. */
 void store_close(store *s);
@@ -95,7 +142,11 @@ void store_reader_free(store_reader *r); /* accepts NULL */
 /* Looks up `id` and decodes it. `*out` points into reader-owned arrays,
  * valid until the next call on this reader or its free.
  * Returns 0, LMAP_ENOTFOUND, LMAP_EBADID (empty, too long, or holding a
- * NUL), LMAP_ECORRUPT (the record or its chunk is damaged) or LMAP_EIO. */
+ * NUL), LMAP_ECORRUPT (the record or its chunk is damaged), LMAP_EBADSTORE
+ * (the file was truncated under the reader: the message names the file and
+ * both sizes) or LMAP_EIO. After any failure the reader stays usable: a
+ * later call first rebuilds its transaction, cursor and codec context, and
+ * serves again once the file is whole. */
 int store_reader_get(store_reader *r, const char *id, size_t id_len,
                      labelmap *out, diag *d);
 
@@ -104,14 +155,17 @@ int store_reader_get(store_reader *r, const char *id, size_t id_len,
  * valid and strictly increasing across the whole store, first id equal to
  * the chunk's key). `id` and `rec` are borrowed for the duration of the
  * call. A non-zero return from `fn` stops the walk and is returned; a
- * damaged chunk stops it with LMAP_ECORRUPT naming the chunk. Records are
- * not decoded (see store_reader_decode). */
+ * damaged chunk stops it with LMAP_ECORRUPT naming the chunk, a file
+ * truncated during the walk with LMAP_EBADSTORE (`fn` is then abandoned
+ * where it touched the cut region: it must hold no lock or allocation it
+ * cannot lose). Records are not decoded (see store_reader_decode). */
 typedef int (*store_visit_fn)(void *ctx, const char *id, size_t id_len,
                               const uint8_t *rec, size_t rec_len);
 int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d);
 
 /* Decodes one record with the store's shape and dictionary using the
- * reader's codec context (for verify). */
+ * reader's codec context (for verify). `rec` may point into the store's
+ * mapping (store_foreach): a SIGBUS while reading it is LMAP_EBADSTORE. */
 int store_reader_decode(store_reader *r, const uint8_t *rec, size_t len,
                         labelmap *out, diag *d);
 

@@ -292,12 +292,13 @@ static void build(const char *path, uint64_t count, const build_opts *o) {
   codec_ctx_free(c);
 }
 
-/* Asserts that store_open refuses `path` with `code` and a message that
- * names the path and contains `why`. */
-static void refused(const char *path, int code, const char *why) {
+/* Asserts that store_open_flags refuses `path` with `code` and a message
+ * that names the path and contains `why`. */
+static void refused_flags(const char *path, unsigned flags, int code,
+                          const char *why) {
   store *s = (store *)1;
   diag d = {0};
-  int rc = store_open(path, &s, &d);
+  int rc = store_open_flags(path, flags, &s, &d);
   if (rc != code || strstr(d.msg, why) == NULL)
     fprintf(stderr, "store_open(%s) = %d (%s), want %d\n", path, rc, d.msg,
             code);
@@ -305,6 +306,29 @@ static void refused(const char *path, int code, const char *why) {
   ASSERT(s == NULL);
   ASSERT_CONTAINS(d.msg, path);
   ASSERT_CONTAINS(d.msg, why);
+}
+
+static void refused(const char *path, int code, const char *why) {
+  refused_flags(path, 0, code, why);
+}
+
+/* A store whose bytes this file patched in place: refused for its page
+ * checksums, and, with them off, for the reason the patch is about. */
+static void refused_damaged(const char *path, int code, const char *why) {
+  refused(path, LMAP_EBADSTORE, "fails its checksum");
+  refused_flags(path, STORE_OPEN_NO_PAGE_CHECK, code, why);
+}
+
+/* Opens a store whose bytes this file damaged in place: store_open refuses
+ * it for its page checksums, so the defences behind them (chunk and record
+ * checks) are reached with STORE_OPEN_NO_PAGE_CHECK, as a store opened
+ * that way, or damaged after it was opened, would reach them. */
+static void open_damaged(const char *path, store **s) {
+  diag d = {0};
+  ASSERT_EQ(store_open(path, s, &d), LMAP_EBADSTORE);
+  ASSERT_CONTAINS(d.msg, "fails its checksum");
+  ASSERT_EQ(store_open_flags(path, STORE_OPEN_NO_PAGE_CHECK, s, &d), 0);
+  ASSERT_EQ(store_get_meta(*s)->page_check, STORE_PAGES_TRAILER_ONLY);
 }
 
 /* ---- the chunk format, from the specification ---- */
@@ -965,7 +989,7 @@ static void test_damaged_chunk(const char *good) {
     path_of(p, sizeof p, "damaged-chunk.lmap");
     write_all(p, img, len);
     img[at + cases[k].off] ^= cases[k].x;
-    ASSERT_EQ(store_open(p, &s, &d), 0); /* open reads no chunk */
+    open_damaged(p, &s); /* open reads no chunk */
     store_reader *rd = NULL;
     labelmap got;
     ASSERT_EQ(store_reader_new(s, &rd, &d), 0);
@@ -1010,7 +1034,7 @@ static void test_damaged_chunk(const char *good) {
   {
     store_reader *rd = NULL;
     labelmap got;
-    ASSERT_EQ(store_open(p, &s, &d), 0);
+    open_damaged(p, &s);
     ASSERT_EQ(store_reader_new(s, &rd, &d), 0);
     ASSERT_EQ(store_reader_get(rd, damaged, kl, &got, &d), LMAP_ECORRUPT);
     ASSERT_CONTAINS(d.msg, "key is not among its ids");
@@ -1051,7 +1075,7 @@ static void test_damaged_chunk(const char *good) {
     set32(copy + at, spec_checksum(copy + at + 4, r - 4));
     write_all(p, copy, len);
     free(copy);
-    ASSERT_EQ(store_open(p, &s, &d), 0);
+    open_damaged(p, &s);
     walk wk = {0};
     ASSERT_EQ(store_foreach(s, visit, &wk, &d), LMAP_ECORRUPT);
     ASSERT_CONTAINS(d.msg, "is not above the id before it");
@@ -1099,13 +1123,23 @@ static void test_refusals(const char *good) {
   size_t len;
   uint8_t *img = read_all(good, &len);
   ASSERT(len > 3 * 4096);
-  size_t cuts[] = {24,   100,     2000,       4096,   4096 + 100,
-                   8192, len / 2, len - 4096, len - 1};
+  /* The checksum trailer's length, in the 8 bytes before its end magic:
+   * LMDB's pages end where it starts. */
+  uint64_t tlen;
+  memcpy(&tlen, img + len - 16, 8);
+  size_t pages_end = len - (size_t)tlen;
+  size_t cuts[] = {24,   100,     2000,       4096,          4096 + 100,
+                   8192, len / 2, len - 4096, pages_end - 1, pages_end,
+                   pages_end + 1, len - 1};
   for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
     path_of(p, sizeof p, "truncated.lmap");
     write_all(p, img, cuts[i]);
     refused(p, LMAP_EBADSTORE, "truncated?");
-    if (cuts[i] >= 4096 + 100) {
+    if (cuts[i] > pages_end) {
+      refused(p, LMAP_EBADSTORE, "not a complete checksum trailer");
+    } else if (cuts[i] == pages_end) {
+      /* Exactly LMDB's pages: what an older lmap wrote, but cut. */
+    } else if (cuts[i] >= 4096 + 100) {
       char want[64];
       snprintf(want, sizeof want, "file is %zu bytes but its LMDB header needs",
                cuts[i]);
@@ -1121,7 +1155,7 @@ static void test_refusals(const char *good) {
   img[16] ^= 0xFF;
   write_all(p, img, len);
   img[16] ^= 0xFF;
-  refused(p, LMAP_EBADSTORE, "not an LMDB file");
+  refused_damaged(p, LMAP_EBADSTORE, "not an LMDB file");
   /* Both meta pages claiming absurd or merely too many pages (64-bit
    * layout: last_pg at offset 136 of each 4 KiB meta page). */
   if (sizeof(size_t) == 8 && len >= 8192) {
@@ -1130,11 +1164,11 @@ static void test_refusals(const char *good) {
     memcpy(img + 136, &huge, 8);
     memcpy(img + 4096 + 136, &huge, 8);
     write_all(p, img, len);
-    refused(p, LMAP_EBADSTORE, "(corrupt)");
+    refused_damaged(p, LMAP_EBADSTORE, "(corrupt)");
     memcpy(img + 136, &many, 8);
     memcpy(img + 4096 + 136, &many, 8);
     write_all(p, img, len);
-    refused(p, LMAP_EBADSTORE, "needs 4096004096 (truncated?)");
+    refused_damaged(p, LMAP_EBADSTORE, "needs 4096004096 (truncated?)");
   }
   free(img);
 
@@ -1238,25 +1272,25 @@ static void test_refusals(const char *good) {
            "chunk layout says %llu chunks but the maps "
            "database holds %llu",
            (unsigned long long)chunks + 1, (unsigned long long)chunks);
-  refused(q, LMAP_EBADSTORE, to);
+  refused_damaged(q, LMAP_EBADSTORE, to);
   snprintf(to, sizeof to, "{\"chunk_count\": %llu,",
            (unsigned long long)chunks - 1);
   patch_file(p, q, from, to);
-  refused(q, LMAP_EBADSTORE, "chunks but the maps database holds");
+  refused_damaged(q, LMAP_EBADSTORE, "chunks but the maps database holds");
   patch_file(p, q, "\"record_count\": 300}", "\"record_count\": 301}");
-  refused(q, LMAP_EBADSTORE,
+  refused_damaged(q, LMAP_EBADSTORE,
           "metadata says 300 records but the store's chunks hold 301");
   patch_file(p, q, "\"record_count\": 300}", "\"record_count\": 3e2}");
-  refused(q, LMAP_EBADSTORE,
+  refused_damaged(q, LMAP_EBADSTORE,
           "chunk layout field \"record_count\" is not an "
           "integer");
   patch_file(p, q, "{\"chunk_count\": ", "[\"chunk_count\": ");
-  refused(q, LMAP_EBADSTORE,
+  refused_damaged(q, LMAP_EBADSTORE,
           "chunk layout \"lmap.layout\" is not a JSON "
           "object");
   /* The key renamed: "lmap.layouT" sorts where "lmap.layout" did. */
   patch_file(p, q, "lmap.layout", "lmap.layouT");
-  refused(q, LMAP_EBADSTORE, "no chunk layout entry \"lmap.layout\"");
+  refused_damaged(q, LMAP_EBADSTORE, "no chunk layout entry \"lmap.layout\"");
 
   path_of(p, sizeof p, "baddict.lmap");
   memset(&o, 0, sizeof o);
@@ -1695,7 +1729,7 @@ static void test_damaged_record(const char *good) {
   write_all(p, img, len);
   store *s = NULL;
   store_reader *r = NULL;
-  ASSERT_EQ(store_open(p, &s, &d), 0);
+  open_damaged(p, &s);
   ASSERT_EQ(store_reader_new(s, &r, &d), 0);
   labelmap got;
   ASSERT_EQ(store_reader_get(r, id, strlen(id), &got, &d), LMAP_ECORRUPT);
