@@ -269,6 +269,14 @@ static int has_fault(api *a, fault_kind kind, char *reason, size_t cap) {
   return 1;
 }
 
+/* The answer of every store route while the store is unavailable. */
+static int unavailable(diag *d, const char *reason) {
+  return diag_set(d, LMAP_EUNAVAILABLE,
+                  "the store is not served: %s (install a good store by "
+                  "rename and send SIGHUP)",
+                  reason);
+}
+
 /* Reports an error a read of record `id` met in the worker's store, if it
  * is the store's (not the request's): a log line naming the record, the
  * metric, the fault. The worker's reader is dropped, so that its next
@@ -313,14 +321,9 @@ static int store_trouble(api_worker *w, const char *id, int rc, diag *d) {
              reason);
   store_reader_free(w->reader);
   w->reader = NULL;
-  if (kind != STORE_ERR_TRUNCATED)
-    return rc;
   /* The file shrank under the map: this request is answered like every
    * later one, 503 naming the cause. */
-  return diag_set(d, LMAP_EUNAVAILABLE,
-                  "the store is not served: %s (install a good store by "
-                  "rename and send SIGHUP)",
-                  reason);
+  return kind == STORE_ERR_TRUNCATED ? unavailable(d, reason) : rc;
 }
 
 /* Takes replaced stores away from idle workers (see api_watch). Stores
@@ -385,11 +388,22 @@ static int use_current(api_worker *w, diag *d) {
   uint32_t C = g->meta->shape.num_classes;
   if (ws == NULL || w->ws_classes != C)
     ws = pool_ws_new(C);
-  if (ws == NULL || store_reader_new(g->s, &reader, d) != 0) {
+  int rc = ws == NULL ? diag_set(d, LMAP_ENOMEM, "out of memory")
+                      : store_reader_new(g->s, &reader, d);
+  if (rc == LMAP_EBADSTORE) {
+    /* The store refuses to begin a read on a file that shrank: the same
+     * fault as a read that meets the cut. */
+    metrics_store_error_add(a->metrics, STORE_ERR_TRUNCATED);
+    char reason[600];
+    snprintf(reason, sizeof reason, "%s", diag_text(d));
+    mark_fault(a, g->number, FAULT_UNAVAILABLE, reason);
+    rc = unavailable(d, reason);
+  }
+  if (rc != 0) {
     if (ws != w->ws)
       pool_ws_free(ws);
     generation_release(g);
-    return d && d->code ? d->code : diag_set(d, LMAP_ENOMEM, "out of memory");
+    return rc;
   }
   store_reader_free(w->reader);
   if (ws != w->ws)
@@ -1163,11 +1177,7 @@ api_response *api_handle(api_worker *w, const api_request *req) {
              has_fault(w->a, FAULT_UNAVAILABLE, reason, sizeof reason)) {
     /* Nothing of that file is read any more: a page past a truncation
      * would raise SIGBUS, a rewritten one hold anything. */
-    diag_set(&d, LMAP_EUNAVAILABLE,
-             "the store is not served: %s (install a good store by rename "
-             "and send SIGHUP)",
-             reason);
-    r = fail(w, LMAP_EUNAVAILABLE, &d);
+    r = fail(w, unavailable(&d, reason), &d);
   } else if (reads_store(route) && use_current(w, &d) != 0) {
     r = fail(w, d.code ? d.code : LMAP_EINTERNAL, &d);
   } else {
