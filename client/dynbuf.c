@@ -27,7 +27,17 @@ void lmap_dynbuf_reset(dynbuf *b) {
     b->data[0] = '\0';
 }
 
+void lmap_dynbuf_drop(dynbuf *b, size_t keep) {
+  if (b->cap > keep) {
+    free(b->data);
+    b->data = NULL;
+    b->cap = 0;
+  }
+}
+
 int lmap_dynbuf_reserve(dynbuf *b, size_t extra) {
+  if (b->data == NULL)
+    b->len = 0; /* dropped: nothing to keep */
   if (extra > b->max || b->len > b->max - extra)
     return LMAP_ETOOBIG;
   size_t need = b->len + extra + 1; /* room for the NUL */

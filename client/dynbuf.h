@@ -21,6 +21,12 @@ typedef struct dynbuf {
 void lmap_dynbuf_init(dynbuf *b, size_t max);
 void lmap_dynbuf_free(dynbuf *b); /* back to the empty state; keeps max */
 void lmap_dynbuf_reset(dynbuf *b); /* len = 0, keeps the memory */
+/* Gives the memory back when more than `keep` bytes are allocated, so that
+ * one large answer does not pin its size in a buffer that is reused.
+ * `len` keeps its value (a caller may still report how long the contents
+ * were) but the contents are gone: reset the buffer before using it again
+ * (an append to a dropped buffer starts from empty). */
+void lmap_dynbuf_drop(dynbuf *b, size_t keep);
 int lmap_dynbuf_reserve(dynbuf *b, size_t extra);
 int lmap_dynbuf_add(dynbuf *b, const void *p, size_t n);
 /* Appends `n` bytes for the caller to write at *at (uninitialised), so

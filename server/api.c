@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <malloc.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -23,8 +24,16 @@
 #include "pool.h"
 #include "queryopt.h"
 
-#define RESPONSE_MAX ((size_t)256 << 20)
+#include "log.h"
+
 #define MISSING_NAMED 8 /* unknown ids named in a 404 */
+/* A worker keeps at most this much answer buffer (and pooling scratch)
+ * between requests; more is freed once the answer is handed over. */
+#define KEEP_BYTES ((size_t)1 << 20)
+/* Store errors logged one by one per kind; after that only at powers of
+ * two (the metric counts them all), so a client looping on a damaged
+ * record cannot flood the log. */
+#define LOG_EVERY_ERROR 16
 
 static const char JSON_TYPE[] = "application/json";
 static const char NPY_TYPE[] = "application/x-npy";
@@ -40,12 +49,19 @@ typedef struct generation {
   uint64_t number; /* 1 for the first store, +1 per reload */
 } generation;
 
+/* Trouble with the served store. Each fault names the generation it was
+ * found in, so a swap (a new generation) clears it without anyone resetting
+ * it, and a fault found by a worker still on a replaced store does not
+ * touch the new one. */
+typedef enum fault_kind { FAULT_DAMAGED, FAULT_UNAVAILABLE, FAULT_KINDS } fault_kind;
+
 struct api {
   /* Workers compare it without a lock on every request; taking a new
    * reference happens under `mu`, the only place besides api_swap that
    * touches `refs` of the current generation while it is current, so a
    * worker can never take a reference to a generation already released. */
   _Atomic(generation *) current;
+  _Atomic uint64_t current_number; /* current->number, readable lock-free */
   pthread_mutex_t mu;
   uint32_t max_batch;
   size_t max_answer;
@@ -53,16 +69,25 @@ struct api {
   char *token; /* required bearer token, or NULL */
   size_t token_len;
   metrics *metrics;
+  _Atomic uint64_t fault_gen[FAULT_KINDS]; /* generation number, 0: none */
+  char fault_reason[FAULT_KINDS][512];     /* under mu */
+  api_worker *workers;                     /* every worker, under mu */
 };
 
 struct api_worker {
   api *a;
+  /* Held while a request runs, and by api_watch while it takes a replaced
+   * store away (trylock: the watch never waits for a request). Guards g
+   * and reader; the rest is the owner thread's alone. */
+  pthread_mutex_t mu;
   generation *g;          /* the store this worker reads, referenced */
   store_reader *reader;
   pool_ws *ws;
+  uint32_t ws_classes; /* the class count ws was made for */
   float *dense; /* G*G*C floats, grown on demand */
   size_t dense_cap;
   api_response res;
+  api_worker *prev, *next; /* in api.workers, under api.mu */
 };
 
 static generation *generation_new(store *s, uint64_t number) {
@@ -83,6 +108,15 @@ static void generation_release(generation *g) {
   }
 }
 
+/* A reference to the current generation (release it). */
+static generation *acquire_current(api *a) {
+  pthread_mutex_lock(&a->mu);
+  generation *g = atomic_load(&a->current);
+  atomic_fetch_add(&g->refs, 1);
+  pthread_mutex_unlock(&a->mu);
+  return g;
+}
+
 int api_new(store *s, uint32_t max_batch, api **out, diag *d) {
   api *a = calloc(1, sizeof *a);
   generation *g = a ? generation_new(s, 1) : NULL;
@@ -93,10 +127,20 @@ int api_new(store *s, uint32_t max_batch, api **out, diag *d) {
     return diag_set(d, LMAP_ENOMEM, "out of memory");
   }
   atomic_init(&a->current, g);
+  atomic_init(&a->current_number, 1);
   pthread_mutex_init(&a->mu, NULL);
   a->max_batch = max_batch ? max_batch : API_DEFAULT_MAX_BATCH;
-  a->max_answer = RESPONSE_MAX;
+  a->max_answer = API_DEFAULT_MAX_ANSWER;
   a->metrics = m;
+  /* Answers, request bodies and the HTTP library's copies of answers come
+   * and go in sizes up to hundreds of MiB. glibc serves a block above its
+   * mmap threshold by mmap and unmaps it on free, but raises the threshold
+   * to the size of every such block freed (up to 32 MiB), after which
+   * blocks that size come from the heap and stay in the process once
+   * freed: 4 threads of mixed large answers left 133 MB resident when idle
+   * (tests/e2e/test_e2e_memory.py). A fixed threshold keeps every block
+   * above KEEP_BYTES out of the heap. */
+  mallopt(M_MMAP_THRESHOLD, (int)KEEP_BYTES);
   *out = a;
   return 0;
 }
@@ -110,6 +154,7 @@ uint64_t api_swap(api *a, store *s) {
     return 0;
   }
   atomic_store(&a->current, g);
+  atomic_store(&a->current_number, g->number);
   pthread_mutex_unlock(&a->mu);
   generation_release(old);
   return g->number;
@@ -128,6 +173,17 @@ void api_free(api *a) {
 void api_observe(api *a, const api_response *res, double ms) {
   metrics_observe(a->metrics, res->route, res->status, ms, res->batch,
                   res->labels);
+  /* The body has been copied out: a large buffer goes back to the system
+   * now, not at this worker's next request (which may never come). */
+  api_worker *w = res->worker;
+  if (w != NULL) {
+    lmap_dynbuf_drop(&w->res.body, KEEP_BYTES);
+    if (w->dense_cap > KEEP_BYTES / sizeof(float)) {
+      free(w->dense);
+      w->dense = NULL;
+      w->dense_cap = 0;
+    }
+  }
 }
 
 int api_set_token(api *a, const char *token, size_t len) {
@@ -158,31 +214,196 @@ static int token_matches(const api *a, const char *header) {
 }
 
 void api_set_max_answer(api *a, size_t bytes) {
-  a->max_answer = bytes ? bytes : RESPONSE_MAX;
+  if (bytes == 0)
+    bytes = API_DEFAULT_MAX_ANSWER;
+  a->max_answer = bytes < API_MIN_MAX_ANSWER ? API_MIN_MAX_ANSWER : bytes;
 }
 
 void api_set_draining(api *a) { atomic_store(&a->draining, 1); }
 
-/* Makes the worker read the current store: on the first request and
- * after a reload. The comparison is lock-free; switching is rare. */
+/* ---- store trouble ---- */
+
+/* A string as a JSON string literal for a log line (malloc'd, or NULL). */
+static char *json_quote(const char *text) {
+  json_t *j = json_string(text);
+  char *q = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+  json_decref(j);
+  return q;
+}
+
+static const char *const fault_names[FAULT_KINDS] = {"damaged",
+                                                     "unavailable"};
+
+/* Marks generation `number` with fault `kind` and `reason`, logging the
+ * change once. Does nothing if `number` is no longer current (a reload
+ * already replaced that store) or already has the fault. */
+static void mark_fault(api *a, uint64_t number, fault_kind kind,
+                       const char *reason) {
+  pthread_mutex_lock(&a->mu);
+  int fresh = number == atomic_load(&a->current_number) &&
+              atomic_load(&a->fault_gen[kind]) != number;
+  if (fresh) {
+    snprintf(a->fault_reason[kind], sizeof a->fault_reason[kind], "%s",
+             reason);
+    atomic_store(&a->fault_gen[kind], number);
+  }
+  pthread_mutex_unlock(&a->mu);
+  if (fresh) {
+    char *q = json_quote(reason);
+    log_event(kind == FAULT_DAMAGED ? "store_damaged" : "store_unavailable",
+              "\"generation\":%llu,\"reason\":%s", (unsigned long long)number,
+              q ? q : "\"?\"");
+    free(q);
+  }
+}
+
+/* Whether the current store has fault `kind`; if so its reason goes to
+ * `reason` (`cap` bytes). */
+static int has_fault(api *a, fault_kind kind, char *reason, size_t cap) {
+  uint64_t n = atomic_load(&a->fault_gen[kind]);
+  if (n == 0 || n != atomic_load(&a->current_number))
+    return 0;
+  pthread_mutex_lock(&a->mu);
+  snprintf(reason, cap, "%s", a->fault_reason[kind]);
+  pthread_mutex_unlock(&a->mu);
+  return 1;
+}
+
+/* The answer of every store route while the store is unavailable. */
+static int unavailable(diag *d, const char *reason) {
+  return diag_set(d, LMAP_EUNAVAILABLE,
+                  "the store is not served: %s (install a good store by "
+                  "rename and send SIGHUP)",
+                  reason);
+}
+
+/* Reports an error a read of record `id` met in the worker's store, if it
+ * is the store's (not the request's): a log line naming the record, the
+ * metric, the fault. The worker's reader is dropped, so that its next
+ * request starts a fresh read transaction: LMDB fails every later
+ * operation of a transaction that met an error (MDB_BAD_TXN), which used
+ * to take the worker down with it. Returns the error to answer: `rc`, or
+ * LMAP_EUNAVAILABLE when the store can no longer be read. */
+static int store_trouble(api_worker *w, const char *id, int rc, diag *d) {
+  metrics_store_error kind;
+  if (rc == LMAP_ECORRUPT)
+    kind = STORE_ERR_CORRUPT;
+  else if (rc == LMAP_EIO)
+    kind = STORE_ERR_IO;
+  else if (rc == LMAP_EBADSTORE) /* the store's guard: a page past the end */
+    kind = STORE_ERR_TRUNCATED;
+  else
+    return rc;
+  /* Every store error names the record it met (LMDB's own do not). */
+  if (strstr(diag_text(d), id) == NULL) {
+    char pre[300];
+    snprintf(pre, sizeof pre, "record '%s'", id);
+    diag_prefix(d, pre);
+  }
+  api *a = w->a;
+  unsigned long long n = metrics_store_error_add(a->metrics, kind);
+  static const char *const kinds[] = {"corrupt", "io", "file_changed",
+                                      "truncated_read"};
+  if (n <= LOG_EVERY_ERROR || (n & (n - 1)) == 0) {
+    char *rec = json_quote(id), *msg = json_quote(diag_text(d));
+    log_event("store_error",
+              "\"kind\":\"%s\",\"record\":%s,\"generation\":%llu,"
+              "\"count\":%llu,\"message\":%s",
+              kinds[kind], rec ? rec : "\"?\"",
+              (unsigned long long)w->g->number, n, msg ? msg : "\"?\"");
+    free(rec);
+    free(msg);
+  }
+  char reason[600];
+  snprintf(reason, sizeof reason, "%s", diag_text(d));
+  mark_fault(a, w->g->number,
+             kind == STORE_ERR_TRUNCATED ? FAULT_UNAVAILABLE : FAULT_DAMAGED,
+             reason);
+  store_reader_free(w->reader);
+  w->reader = NULL;
+  /* The file shrank under the map: this request is answered like every
+   * later one, 503 naming the cause. */
+  return kind == STORE_ERR_TRUNCATED ? unavailable(d, reason) : rc;
+}
+
+/* Takes replaced stores away from idle workers (see api_watch). Stores
+ * whose last reference goes are closed after the api's lock is let go. */
+static void release_idle(api *a) {
+  enum { BATCH = 32 };
+  for (int more = 1; more;) {
+    generation *drop[BATCH];
+    int n = 0;
+    more = 0;
+    pthread_mutex_lock(&a->mu);
+    generation *cur = atomic_load(&a->current);
+    for (api_worker *w = a->workers; w != NULL; w = w->next) {
+      if (pthread_mutex_trylock(&w->mu) != 0)
+        continue; /* serving: it moves to the current store itself */
+      if (w->g != NULL && w->g != cur) {
+        if (n == BATCH) {
+          more = 1;
+        } else {
+          /* With MDB_NOLOCK a read transaction has no reader slot and no
+           * thread-local state, so another thread may end it (LMDB binds
+           * a read transaction to its thread only through the slot). */
+          store_reader_free(w->reader);
+          w->reader = NULL;
+          drop[n++] = w->g;
+          w->g = NULL;
+        }
+      }
+      pthread_mutex_unlock(&w->mu);
+    }
+    pthread_mutex_unlock(&a->mu);
+    for (int i = 0; i < n; i++)
+      generation_release(drop[i]);
+  }
+}
+
+void api_watch(api *a) {
+  if (atomic_load(&a->fault_gen[FAULT_UNAVAILABLE]) !=
+      atomic_load(&a->current_number)) {
+    generation *g = acquire_current(a);
+    diag d;
+    diag_clear(&d);
+    if (store_file_check(g->s, &d) != 0) {
+      metrics_store_error_add(a->metrics, STORE_ERR_CHANGED);
+      mark_fault(a, g->number, FAULT_UNAVAILABLE, diag_text(&d));
+    }
+    generation_release(g);
+  }
+  release_idle(a);
+}
+
+/* Makes the worker read the current store: on the first request, after a
+ * reload, and after a store error dropped its reader. The comparison is
+ * lock-free; switching is rare. */
 static int use_current(api_worker *w, diag *d) {
   api *a = w->a;
   if (atomic_load(&a->current) == w->g && w->reader != NULL)
     return 0;
-  pthread_mutex_lock(&a->mu);
-  generation *g = atomic_load(&a->current);
-  atomic_fetch_add(&g->refs, 1);
-  pthread_mutex_unlock(&a->mu);
+  generation *g = acquire_current(a);
   store_reader *reader = NULL;
   pool_ws *ws = w->ws;
   uint32_t C = g->meta->shape.num_classes;
-  if (w->g == NULL || w->g->meta->shape.num_classes != C)
+  if (ws == NULL || w->ws_classes != C)
     ws = pool_ws_new(C);
-  if (ws == NULL || store_reader_new(g->s, &reader, d) != 0) {
+  int rc = ws == NULL ? diag_set(d, LMAP_ENOMEM, "out of memory")
+                      : store_reader_new(g->s, &reader, d);
+  if (rc == LMAP_EBADSTORE) {
+    /* The store refuses to begin a read on a file that shrank: the same
+     * fault as a read that meets the cut. */
+    metrics_store_error_add(a->metrics, STORE_ERR_TRUNCATED);
+    char reason[600];
+    snprintf(reason, sizeof reason, "%s", diag_text(d));
+    mark_fault(a, g->number, FAULT_UNAVAILABLE, reason);
+    rc = unavailable(d, reason);
+  }
+  if (rc != 0) {
     if (ws != w->ws)
       pool_ws_free(ws);
     generation_release(g);
-    return d && d->code ? d->code : diag_set(d, LMAP_ENOMEM, "out of memory");
+    return rc;
   }
   store_reader_free(w->reader);
   if (ws != w->ws)
@@ -191,6 +412,7 @@ static int use_current(api_worker *w, diag *d) {
   w->g = g;
   w->reader = reader;
   w->ws = ws;
+  w->ws_classes = C;
   return 0;
 }
 
@@ -199,18 +421,36 @@ api_worker *api_worker_new(api *a) {
   if (w == NULL)
     return NULL;
   w->a = a;
-  lmap_dynbuf_init(&w->res.body, RESPONSE_MAX);
+  pthread_mutex_init(&w->mu, NULL);
+  lmap_dynbuf_init(&w->res.body, a->max_answer);
+  w->res.worker = w;
+  pthread_mutex_lock(&a->mu);
+  w->next = a->workers;
+  if (a->workers)
+    a->workers->prev = w;
+  a->workers = w;
+  pthread_mutex_unlock(&a->mu);
   return w;
 }
 
 void api_worker_free(api_worker *w) {
   if (w == NULL)
     return;
+  api *a = w->a;
+  pthread_mutex_lock(&a->mu);
+  if (w->prev)
+    w->prev->next = w->next;
+  else
+    a->workers = w->next;
+  if (w->next)
+    w->next->prev = w->prev;
+  pthread_mutex_unlock(&a->mu);
   store_reader_free(w->reader);
   generation_release(w->g);
   pool_ws_free(w->ws);
   free(w->dense);
   lmap_dynbuf_free(&w->res.body);
+  pthread_mutex_destroy(&w->mu);
   free(w);
 }
 
@@ -349,7 +589,27 @@ static int lookup(api_worker *w, const char *id, labelmap *m, diag *d) {
     rc = store_reader_get(w->reader, id, strlen(id), m, d);
   if (rc == LMAP_ENOTFOUND)
     diag_field(d, rc, "id", "no label map for id '%s'", id);
+  else if (rc != 0)
+    rc = store_trouble(w, id, rc, d);
   return rc;
+}
+
+/* Refuses an answer that would exceed the cap, before building it. */
+static int too_big(api_worker *w, size_t bytes, const char *field,
+                   const char *what, diag *d) {
+  return diag_field(d, LMAP_ETOOBIG, field,
+                    "the answer (%s) would take up to %zu bytes, more than "
+                    "the %zu that lmapd --max-answer allows: ask for fewer "
+                    "queries, a smaller output_size, format=sparse or "
+                    "application/x-npy",
+                    what, bytes, w->a->max_answer);
+}
+
+/* a * b + c, saturating at SIZE_MAX. */
+static size_t size_mul_add(size_t a, size_t b, size_t c) {
+  if (b && a > (SIZE_MAX - c) / b)
+    return SIZE_MAX;
+  return a * b + c;
 }
 
 /* Appends query results as .npy rows: [C] per item for G = 1, pooled in
@@ -396,6 +656,14 @@ static api_response *get_label(api_worker *w, const api_request *req,
   diag_clear(&d);
   labelmap m;
   int rc = options_from_args(req, &o, &d);
+  const store_meta *meta = w->g->meta;
+  if (rc == 0) {
+    size_t bound = itemjson_max_len(strlen(id), meta->shape.num_classes,
+                                    meta->shape.k, meta->shape.h,
+                                    meta->shape.w, &o.q, o.format);
+    if (bound > w->a->max_answer)
+      rc = too_big(w, bound, "output_size", "one item", &d);
+  }
   if (rc == 0)
     rc = ensure_dense(w, o.q.output_size, &d);
   if (rc == 0)
@@ -533,6 +801,33 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
                     json_array_size(queries), w->a->max_batch);
   if (rc == 0)
     rc = batch_options(root, &o, &d);
+  size_t n = json_array_size(queries);
+  const codec_shape *sh = &w->g->meta->shape;
+  uint32_t C = sh->num_classes, G = o.q.output_size;
+  int npy = wants_npy(req);
+  size_t shape4[4] = {n, C, G, G};
+  if (rc == 0) {
+    /* The .npy size is exact; the JSON one a bound with every id of the
+     * longest length (a comma between items, 14 bytes around them). */
+    size_t bound =
+        npy ? size_mul_add(n, (size_t)C * G * G * sizeof(float),
+                           npy_header_len(shape4, G == 1 ? 2 : 4))
+            : size_mul_add(n,
+                           itemjson_max_len(LABELMAP_MAX_ID_LEN, C, sh->k,
+                                            sh->h, sh->w, &o.q, o.format) +
+                               1,
+                           14);
+    if (bound > w->a->max_answer) {
+      char what[96];
+      snprintf(what, sizeof what, "%zu %s items of output_size %u", n,
+               npy ? "npy" : o.format == ITEM_SPARSE ? "sparse" : "dense",
+               G);
+      rc = too_big(w, bound, "queries", what, &d);
+    } else if (npy) {
+      /* Known exactly: one allocation, no copies as it grows. */
+      rc = lmap_dynbuf_reserve(&w->res.body, bound);
+    }
+  }
   if (rc == 0)
     rc = ensure_dense(w, o.q.output_size, &d);
   if (rc) {
@@ -540,13 +835,8 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
     return fail(w, rc, &d);
   }
 
-  size_t n = json_array_size(queries);
-  uint32_t C = w->g->meta->shape.num_classes, G = o.q.output_size;
-  int npy = wants_npy(req);
-  reset(&w->res);
   dynbuf *out = &w->res.body;
   if (npy) {
-    size_t shape4[4] = {n, C, G, G};
     rc = npy_header_f32(out, shape4, G == 1 ? 2 : 4);
     w->res.content_type = NPY_TYPE;
   } else {
@@ -577,6 +867,14 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
       continue;
     }
     if (got) {
+      /* The whole batch fails, naming the query and the record: see
+       * "Batches" in docs/API.md for why there is no per-item status. */
+      got = store_trouble(w, id, got, &d);
+      char where[32];
+      snprintf(where, sizeof where, "queries[%zu]", i);
+      diag_prefix(&d, where);
+      if (d.field[0] == '\0')
+        snprintf(d.field, sizeof d.field, "%s", where);
       rc = got;
       break;
     }
@@ -615,15 +913,28 @@ static api_response *get_map(api_worker *w, const api_request *req,
   diag d;
   diag_clear(&d);
   labelmap m;
-  int rc = lookup(w, id, &m, &d);
+  const codec_shape *sh = &w->g->meta->shape;
+  size_t entries = (size_t)sh->k * sh->h * sh->w;
+  size_t shape[4] = {2, sh->k, sh->h, sh->w};
+  int npy = wants_npy(req);
+  /* JSON: a class index of at most 8 digits and a score of at most
+   * ITEMJSON_NUMBER_MAX, each with a comma, and under 128 bytes around. */
+  size_t bound = npy ? size_mul_add(2 * entries, sizeof(float),
+                                    npy_header_len(shape, 4))
+                     : size_mul_add(entries, 9 + ITEMJSON_NUMBER_MAX + 1,
+                                    128 + strlen(id));
+  int rc = bound > w->a->max_answer
+               ? too_big(w, bound, "id", "a whole map", &d)
+               : lookup(w, id, &m, &d);
+  if (rc == 0 && npy)
+    rc = lmap_dynbuf_reserve(&w->res.body, bound);
   if (rc)
     return fail(w, rc, &d);
   reset(&w->res);
   dynbuf *out = &w->res.body;
   size_t cells = (size_t)m.h * m.w;
-  if (wants_npy(req)) {
+  if (npy) {
     /* The official layout: [2, K, H, W], class indices as floats. */
-    size_t shape[4] = {2, m.k, m.h, m.w};
     w->res.content_type = NPY_TYPE;
     rc = npy_header_f32(out, shape, 4);
     for (int plane = 0; rc == 0 && plane < 2; plane++)
@@ -713,10 +1024,13 @@ static const char *after(const char *path, const char *prefix) {
   return strncmp(path, prefix, n) == 0 && path[n] ? path + n : NULL;
 }
 
+static const char *ready_status(api *a, char *reason, size_t cap);
+
 static api_response *get_metrics(api_worker *w) {
   reset(&w->res);
   w->res.content_type = "text/plain; version=0.0.4";
-  const store_meta *m = w->g->meta;
+  generation *g = acquire_current(w->a);
+  const store_meta *m = g->meta;
   int rc = metrics_render(w->a->metrics, &w->res.body);
   if (rc == 0)
     rc = lmap_dynbuf_printf(
@@ -734,7 +1048,17 @@ static api_response *get_metrics(api_worker *w) {
         m->format_version, m->shape.encoding == CODEC_F32 ? "f32" : "f16",
         m->shape.h, m->shape.w, m->shape.k, m->shape.num_classes,
         (unsigned long long)m->record_count,
-        (unsigned long long)store_file_size(w->g->s));
+        (unsigned long long)store_file_size(g->s));
+  if (rc == 0)
+    rc = lmap_dynbuf_printf(
+        &w->res.body,
+        "# HELP lmap_store_generation The served store: 1 at start, +1 per "
+        "reload.\n# TYPE lmap_store_generation gauge\n"
+        "lmap_store_generation %llu\n"
+        "# HELP lmap_ready 1 when /readyz answers 200.\n"
+        "# TYPE lmap_ready gauge\nlmap_ready %d\n",
+        (unsigned long long)g->number, ready_status(w->a, NULL, 0) == NULL);
+  generation_release(g);
   if (rc)
     api_error_message(&w->res, LMAP_EINTERNAL, "cannot render the metrics");
   return &w->res;
@@ -759,6 +1083,37 @@ static metrics_route route_of(const char *path, const char **id) {
   return ROUTE_OTHER;
 }
 
+/* Why the replica is not ready ("draining", "unavailable", "damaged"),
+ * with the reason in `reason`, or NULL when it is. */
+static const char *ready_status(api *a, char *reason, size_t cap) {
+  char scratch[8];
+  if (reason == NULL) {
+    reason = scratch;
+    cap = sizeof scratch;
+  }
+  if (atomic_load(&a->draining)) {
+    snprintf(reason, cap, "%s", "SIGTERM or SIGINT: draining");
+    return "draining";
+  }
+  for (int k = FAULT_KINDS - 1; k >= 0; k--)
+    if (has_fault(a, (fault_kind)k, reason, cap))
+      return fault_names[k];
+  return NULL;
+}
+
+static api_response *get_readyz(api_worker *w) {
+  char reason[512];
+  const char *status = ready_status(w->a, reason, sizeof reason);
+  if (status == NULL)
+    return json_text(w, 200, "{\"status\":\"ready\"}");
+  json_t *j = json_pack("{s:s, s:s}", "status", status, "reason", reason);
+  char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  json_decref(j);
+  api_response *r = json_text(w, 503, text ? text : "{\"status\":\"unready\"}");
+  free(text);
+  return r;
+}
+
 static api_response *dispatch(api_worker *w, const api_request *req,
                               metrics_route route, const char *id) {
   const char *m = req->method;
@@ -778,9 +1133,7 @@ static api_response *dispatch(api_worker *w, const api_request *req,
   case ROUTE_METRICS:
     return get_metrics(w);
   case ROUTE_READYZ:
-    return atomic_load(&w->a->draining)
-               ? json_text(w, 503, "{\"status\":\"draining\"}")
-               : json_text(w, 200, "{\"status\":\"ready\"}");
+    return get_readyz(w);
   case ROUTE_INFO:
     return get_info(w);
   case ROUTE_CLASSES:
@@ -795,12 +1148,23 @@ static api_response *dispatch(api_worker *w, const api_request *req,
   }
 }
 
+/* Routes that read the store (and so answer 503 while it is unavailable). */
+static int reads_store(metrics_route route) {
+  return route == ROUTE_INFO || route == ROUTE_CLASSES ||
+         route == ROUTE_LABELS_GET || route == ROUTE_LABELS_POST ||
+         route == ROUTE_MAPS;
+}
+
 api_response *api_handle(api_worker *w, const api_request *req) {
   const char *id = NULL;
   metrics_route route = route_of(req->path, &id);
   diag d;
   diag_clear(&d);
   api_response *r;
+  char reason[512];
+  pthread_mutex_lock(&w->mu);
+  w->res.body.max = w->a->max_answer;
+  reset(&w->res);
   if (strncmp(req->path, "/v1/", 4) == 0 && w->a->token &&
       !token_matches(w->a, req->authorization)) {
     api_error_message(&w->res, LMAP_EUNAUTHORIZED,
@@ -809,11 +1173,17 @@ api_response *api_handle(api_worker *w, const api_request *req) {
                                           "required");
     w->res.auth_challenge = 1;
     r = &w->res;
-  } else if (use_current(w, &d) != 0) {
+  } else if (reads_store(route) &&
+             has_fault(w->a, FAULT_UNAVAILABLE, reason, sizeof reason)) {
+    /* Nothing of that file is read any more: a page past a truncation
+     * would raise SIGBUS, a rewritten one hold anything. */
+    r = fail(w, unavailable(&d, reason), &d);
+  } else if (reads_store(route) && use_current(w, &d) != 0) {
     r = fail(w, d.code ? d.code : LMAP_EINTERNAL, &d);
   } else {
     r = dispatch(w, req, route, id);
   }
   r->route = route;
+  pthread_mutex_unlock(&w->mu);
   return r;
 }

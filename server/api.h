@@ -11,7 +11,17 @@
  * Threading: one api (the current store and its metadata) is shared by
  * every HTTP worker thread; each thread owns one api_worker (a reference to
  * the store it reads, a reader with its read transaction, the pooling
- * workspace and the output buffer), so the request path takes no lock.
+ * workspace and the output buffer). The request path takes one lock, the
+ * worker's own, uncontended except for the moment the control loop
+ * (api_watch) takes a replaced store away from an idle worker.
+ *
+ * Store trouble: a read that fails on a damaged store is logged (naming
+ * the record), counted (lmap_store_errors_total) and marks the store
+ * damaged: /readyz answers 503 until a reload swaps a store in. A served
+ * file that changes under lmapd (truncated, rewritten in place), found by
+ * api_watch or by a read that meets a page past its end, makes the store
+ * unavailable: every store route answers 503 naming the cause, /readyz too,
+ * until a reload. A reload that opens a good store clears both.
  */
 #ifndef LMAP_API_H
 #define LMAP_API_H
@@ -47,6 +57,9 @@ typedef struct api_response {
   metrics_route route;      /* for the metrics */
   uint32_t batch, labels;   /* queries asked and labels answered */
   dynbuf body;              /* owned by the api_worker, reused */
+  /* The worker whose buffer `body` is, or NULL for an answer http.c makes
+   * itself: api_observe gives a large buffer's memory back. */
+  struct api_worker *worker;
 } api_response;
 
 typedef struct api api;
@@ -69,13 +82,28 @@ uint64_t api_swap(api *a, store *s);
  * on (the token is copied). Returns 0 or LMAP_EINVAL (empty token). */
 int api_set_token(api *a, const char *token, size_t len);
 
+/* The default cap on one answer body. */
+#define API_DEFAULT_MAX_ANSWER ((size_t)256 << 20)
+/* The smallest cap: room for every error answer. */
+#define API_MIN_MAX_ANSWER ((size_t)4096)
+
 /* Caps the size of one answer body at `bytes` (lmapd --max-answer): a
  * request whose answer would be larger is refused with 413 before any
- * pooling. 0 keeps the default. */
+ * pooling, from an upper bound of the answer's size (exact for .npy; for
+ * JSON see itemjson_max_len). 0 keeps the default; values below
+ * API_MIN_MAX_ANSWER are raised to it. Call before serving. */
 void api_set_max_answer(api *a, size_t bytes);
 
 /* Marks the service as draining: /readyz answers 503 from now on. */
 void api_set_draining(api *a);
+
+/* The control loop's periodic work, and right after a reload: checks that
+ * the served file is still the file that was opened (store_file_check; a
+ * change makes the store unavailable, logged once), and takes replaced
+ * stores away from idle workers, so that a replaced store is closed (and
+ * its disk space freed) without waiting for a request on every worker.
+ * Never blocks on a busy worker. Call from one thread. */
+void api_watch(api *a);
 
 /* A worker for the calling thread. NULL when out of memory. */
 api_worker *api_worker_new(api *a);
@@ -85,7 +113,10 @@ void api_worker_free(api_worker *w); /* accepts NULL */
  * its next request. Never fails: every problem becomes an error response. */
 api_response *api_handle(api_worker *w, const api_request *req);
 
-/* Records an answered request in the metrics (any thread). */
+/* Records an answered request in the metrics. Called on the thread that
+ * answered, once the body has been handed to the HTTP library: a worker's
+ * buffer above a small size is freed here (its `body.len` stays readable,
+ * its contents do not). */
 void api_observe(api *a, const api_response *res, double ms);
 
 /* Fills `res` with the JSON error envelope for `code` (a LMAP_E* value),

@@ -2,6 +2,7 @@
 #include "itemjson.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -170,4 +171,50 @@ int itemjson_write(dynbuf *b, const char *id, const labelmap *m,
   rc = format == ITEM_SPARSE ? write_sparse(b, m, num_classes, q, ws)
                              : write_dense(b, m, num_classes, q, ws, dense);
   return rc ? rc : lmap_dynbuf_add(b, "}", 1);
+}
+
+/* a * b + c, saturating at UINT64_MAX. */
+static uint64_t mul_add(uint64_t a, uint64_t b, uint64_t c) {
+  if (b && a > (UINT64_MAX - c) / b)
+    return UINT64_MAX;
+  return a * b + c;
+}
+
+static uint32_t digits(uint32_t v) {
+  uint32_t n = 1;
+  while (v >= 10) {
+    v /= 10;
+    n++;
+  }
+  return n;
+}
+
+/* Rows (or columns) of a side-`size` axis that one bin of G touches (see
+ * itemjson.h). */
+static uint64_t axis_span(uint32_t size, uint32_t longest, uint32_t G) {
+  uint64_t span = ((uint64_t)longest + G - 1) / G + 4;
+  return span < size ? span : size;
+}
+
+size_t itemjson_max_len(size_t id_len, uint32_t num_classes, uint32_t k,
+                        uint32_t h, uint32_t w, const pool_query *q,
+                        itemjson_format format) {
+  const uint64_t num = ITEMJSON_NUMBER_MAX + 1; /* a number and its comma */
+  uint64_t G = q->output_size ? q->output_size : 1, cells = G * G;
+  uint64_t per_cell;
+  if (format == ITEM_SPARSE) {
+    uint32_t longest = h > w ? h : w;
+    uint64_t touched = (uint64_t)k * axis_span(h, longest, (uint32_t)G) *
+                       axis_span(w, longest, (uint32_t)G);
+    uint64_t n = touched < num_classes ? touched : num_classes;
+    uint32_t top = num_classes ? num_classes - 1 : 0;
+    /* Per cell: its classes, its values and its rest, each array with its
+     * brackets and a comma before it. */
+    per_cell = mul_add(n, digits(top) + 1 + num, 3 + 3 + num);
+  } else {
+    per_cell = mul_add(num_classes, num, 3);
+  }
+  /* {"id":"ID", up to three keys with their punctuation (under 64), }. */
+  uint64_t total = mul_add(cells, per_cell, 64 + (uint64_t)id_len);
+  return total > SIZE_MAX ? SIZE_MAX : (size_t)total;
 }

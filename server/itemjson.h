@@ -28,6 +28,28 @@ int itemjson_write(dynbuf *b, const char *id, const labelmap *m,
                    uint32_t num_classes, const pool_query *q,
                    itemjson_format format, pool_ws *ws, float *dense);
 
+/* The longest text of one number: "%.9g" of a float32 is at most
+ * "-1.23456789e-38" or "-0.000123456789" (15 bytes); "null" is 4. */
+#define ITEMJSON_NUMBER_MAX 15u
+
+/* An upper bound on the bytes itemjson_write appends for an id of `id_len`
+ * bytes over a map of k entries per cell on an h x w grid with
+ * `num_classes` classes, for any box of query `q` (its output_size is
+ * used) in `format`. Computed before any pooling, so that lmapd can refuse
+ * an answer over its cap without building it:
+ *   - every number takes at most ITEMJSON_NUMBER_MAX bytes and a comma;
+ *   - a dense cell lists num_classes numbers;
+ *   - a sparse cell lists the classes its bin touches: at most k per map
+ *     cell it samples. A bin of an output grid of G samples a span of at
+ *     most L / G of the region's length L <= max(h, w) on each axis, and a
+ *     sample at y touches rows floor(y) and floor(y) + 1: at most
+ *     ceil(L / G) + 2 rows (and columns); two more cover float32
+ *     rounding. Class indices take as many digits as num_classes - 1.
+ * Saturates at SIZE_MAX. Pure. */
+size_t itemjson_max_len(size_t id_len, uint32_t num_classes, uint32_t k,
+                        uint32_t h, uint32_t w, const pool_query *q,
+                        itemjson_format format);
+
 /* Appends one float in the item's number format. */
 int itemjson_number(dynbuf *b, float v);
 

@@ -22,6 +22,9 @@ static const double latency_ms[] = {0.05, 0.1, 0.25, 0.5, 1,   2.5,
 static const unsigned batch_sizes[] = {1, 4, 16, 64, 256, 1024, 4096, 16384};
 #define NBATCH (sizeof batch_sizes / sizeof batch_sizes[0])
 
+static const char *const store_error_names[STORE_ERR_COUNT] = {
+    "corrupt", "io", "file_changed", "truncated_read"};
+
 struct metrics {
   atomic_ullong requests[ROUTE_COUNT][NSTATUS];
   atomic_ullong latency[NLAT + 1]; /* last: +Inf */
@@ -29,6 +32,7 @@ struct metrics {
   atomic_ullong batch[NBATCH + 1];
   atomic_ullong batch_sum;
   atomic_ullong labels;
+  atomic_ullong store_errors[STORE_ERR_COUNT];
 };
 
 metrics *metrics_new(void) { return calloc(1, sizeof(metrics)); }
@@ -65,6 +69,14 @@ void metrics_observe(metrics *m, metrics_route route, int status, double ms,
     add(&m->batch_sum, batch);
   }
   add(&m->labels, labels);
+}
+
+unsigned long long metrics_store_error_add(metrics *m,
+                                          metrics_store_error kind) {
+  if ((unsigned)kind >= STORE_ERR_COUNT)
+    kind = STORE_ERR_IO;
+  return atomic_fetch_add_explicit(&m->store_errors[kind], 1,
+                                   memory_order_relaxed) + 1;
 }
 
 int metrics_render(const metrics *m, dynbuf *b) {
@@ -129,5 +141,14 @@ int metrics_render(const metrics *m, dynbuf *b) {
                        "# TYPE lmap_labels_served_total counter\n"
                        "lmap_labels_served_total %llu\n",
                        get(&m->labels));
+  /* Every kind is listed, zeros included, so that an alert on a rate has
+   * a series to start from. */
+  if (rc == 0)
+    rc = lmap_dynbuf_addstr(b, "# HELP lmap_store_errors_total Store "
+                               "trouble met while serving, by kind.\n"
+                               "# TYPE lmap_store_errors_total counter\n");
+  for (size_t k = 0; rc == 0 && k < STORE_ERR_COUNT; k++)
+    rc = lmap_dynbuf_printf(b, "lmap_store_errors_total{kind=\"%s\"} %llu\n",
+                            store_error_names[k], get(&m->store_errors[k]));
   return rc;
 }

@@ -26,6 +26,15 @@ typedef enum metrics_route {
   ROUTE_COUNT
 } metrics_route;
 
+/* Kinds of store trouble met while serving (lmap_store_errors_total). */
+typedef enum metrics_store_error {
+  STORE_ERR_CORRUPT,   /* a damaged record, chunk or page (LMAP_ECORRUPT) */
+  STORE_ERR_IO,        /* LMDB or the disk failed a read (LMAP_EIO) */
+  STORE_ERR_CHANGED,   /* the served file changed size or was rewritten */
+  STORE_ERR_TRUNCATED, /* a read met a page past the file's end (SIGBUS) */
+  STORE_ERR_COUNT
+} metrics_store_error;
+
 typedef struct metrics metrics;
 
 metrics *metrics_new(void); /* NULL when out of memory */
@@ -35,6 +44,10 @@ void metrics_free(metrics *m);
  * for label routes the batch size (queries) and labels served. */
 void metrics_observe(metrics *m, metrics_route route, int status, double ms,
                      uint32_t batch, uint32_t labels);
+
+/* Counts one store error of `kind`; returns the count of that kind so far
+ * (including this one). */
+unsigned long long metrics_store_error_add(metrics *m, metrics_store_error kind);
 
 /* Appends the Prometheus text exposition (format 0.0.4) to `b`. */
 int metrics_render(const metrics *m, dynbuf *b);

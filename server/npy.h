@@ -16,4 +16,8 @@
  * data starts 64-byte aligned. Returns 0, LMAP_EINVAL or a dynbuf error. */
 int npy_header_f32(dynbuf *b, const size_t *shape, int ndim);
 
+/* The length of the header npy_header_f32 appends for `shape` (a multiple
+ * of 64), or 0 when ndim is out of range. */
+size_t npy_header_len(const size_t *shape, int ndim);
+
 #endif /* LMAP_NPY_H */

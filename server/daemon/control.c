@@ -23,13 +23,24 @@ typedef struct control {
   unsigned open_flags; /* store_open_flags() flags for reloads */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t poll;
+  uv_timer_t watch;
 } control;
+
+/* How often the served file is checked and replaced stores are taken from
+ * idle workers. A timer, not a file watcher: one fstat() is about a
+ * microsecond, it works on every file system (inotify misses changes made
+ * through NFS and other hosts' writes), and it cannot miss a change that a
+ * coalesced event would hide. A read that meets a truncated page in the
+ * meantime is caught by the store's SIGBUS guard and reported at once. */
+#define WATCH_MS 250
 
 static void stop_all(control *c) {
   uv_signal_stop(&c->sigterm);
   uv_signal_stop(&c->sigint);
   uv_signal_stop(&c->sighup);
   uv_timer_stop(&c->poll);
+  uv_timer_stop(&c->watch);
+  uv_close((uv_handle_t *)&c->watch, NULL);
   uv_close((uv_handle_t *)&c->sighup, NULL);
   uv_close((uv_handle_t *)&c->sigterm, NULL);
   uv_close((uv_handle_t *)&c->sigint, NULL);
@@ -56,6 +67,11 @@ static void on_poll(uv_timer_t *t) {
               open, busy, (unsigned long long)waited);
     stop_all(c);
   }
+}
+
+static void on_watch(uv_timer_t *t) {
+  control *c = t->data;
+  api_watch(c->a);
 }
 
 static void on_signal(uv_signal_t *s, int signum) {
@@ -98,6 +114,9 @@ static void on_reload(uv_signal_t *s, int signum) {
   }
   log_event("reloaded", "\"generation\":%llu,\"records\":%llu",
             (unsigned long long)gen, records);
+  /* Idle workers let go of the replaced store now, not at their next
+   * request: it is closed as soon as no request reads it. */
+  api_watch(c->a);
 }
 
 static void signal_set(sigset_t *set) {
@@ -122,7 +141,10 @@ int control_run(api *a, http_server *h, unsigned grace_ms,
   uv_signal_init(loop, &c.sigint);
   uv_signal_init(loop, &c.sighup);
   uv_timer_init(loop, &c.poll);
+  uv_timer_init(loop, &c.watch);
   c.sigterm.data = c.sigint.data = c.sighup.data = c.poll.data = &c;
+  c.watch.data = &c;
+  uv_timer_start(&c.watch, on_watch, WATCH_MS, WATCH_MS);
   uv_signal_start(&c.sigterm, on_signal, SIGTERM);
   uv_signal_start(&c.sigint, on_signal, SIGINT);
   uv_signal_start(&c.sighup, on_reload, SIGHUP);

@@ -4,6 +4,8 @@
  * listener closes, open connections finish, then the loop ends, or the
  * grace period runs out first); SIGHUP reopens the store path and swaps
  * the new store in (api_swap), keeping the old one if the new one fails.
+ * A timer calls api_watch every 250 ms: the served file is checked for
+ * changes, and idle workers let go of replaced stores.
  */
 #ifndef LMAPD_CONTROL_H
 #define LMAPD_CONTROL_H
