@@ -181,7 +181,6 @@ typedef struct head_walk {
   unsigned nuls;       /* NULs before p since the last string */
   const char *last;    /* the header whose line is being ended, or NULL */
   int bad;             /* a malformed line other than Authorization */
-  int bad_line;        /* the malformed line is the request line */
   int auth;            /* the Authorization line is malformed */
 } head_walk;
 
@@ -193,14 +192,14 @@ static void skip_nuls(head_walk *w) {
   }
 }
 
-/* Line `key` (or the request line, when NULL) is malformed. */
+/* Header line `key` is malformed (NULL: a line that MHD moved, i.e. a
+ * folded one, since the request line was checked before). */
 static int blame(head_walk *w, const char *key) {
   if (key && strcasecmp(key, MHD_HTTP_HEADER_AUTHORIZATION) == 0) {
     w->auth = 1; /* the credential is invalid; the walk goes on */
     return 0;
   }
   w->bad = 1;
-  w->bad_line = key == NULL;
   return 1;
 }
 
@@ -252,10 +251,8 @@ static const char *head_problem(struct MHD_Connection *c, const char *method,
   if (!w.bad && !(w.p == w.end && w.nuls >= 2 && w.nuls <= 4))
     blame(&w, w.last);
   *bad_auth = w.auth;
-  if (!w.bad)
-    return NULL;
-  return w.bad_line ? "the request line contains a NUL byte"
-                    : "a header line contains a NUL or CR byte, or is folded";
+  return w.bad ? "a header line contains a NUL or CR byte, or is folded"
+               : NULL;
 }
 
 /* ---- framing checks on the first call ---- */
