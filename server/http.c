@@ -88,6 +88,20 @@ typedef struct request {
   int bad_auth; /* the Authorization line held a NUL: an invalid credential */
 } request;
 
+/* Per connection (MHD's socket context): the request made by uri_logged
+ * and not yet freed by `completed`. MHD 0.9.75 skips the completion
+ * callback when it loses its own 431 (see uri_logged) and the connection
+ * then times out; the request is freed when the connection closes. */
+typedef struct conn_state {
+  request *pending;
+} conn_state;
+
+static conn_state *conn_of(struct MHD_Connection *c) {
+  const union MHD_ConnectionInfo *info =
+      MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return info ? info->socket_context : NULL;
+}
+
 /* ---- the request line, before MHD parses the query ---- */
 
 /* "HTTP/1.d" and the NUL MHD wrote over the line's end. MHD refuses every
@@ -112,8 +126,12 @@ static int is_version(const char *p) {
  * itself writes NULs into it at the next step. */
 static void *uri_logged(void *cls, const char *uri, struct MHD_Connection *c) {
   (void)cls;
-  (void)c;
   request *rq = calloc(1, sizeof *rq);
+  conn_state *cs = conn_of(c);
+  if (cs) {
+    free(cs->pending); /* never started, so it holds nothing else */
+    cs->pending = rq;
+  }
   if (rq == NULL || uri == NULL)
     return rq;
   size_t n = strlen(uri);
@@ -465,7 +483,6 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
                       enum MHD_RequestTerminationCode toe) {
-  (void)c;
   (void)toe;
   http_server *s = cls;
   request *rq = *con_cls;
@@ -476,6 +493,9 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     atomic_store(&s->last_activity_ms, monotonic_ms());
   }
   lmap_dynbuf_free(&rq->body);
+  conn_state *cs = conn_of(c);
+  if (cs && cs->pending == rq)
+    cs->pending = NULL;
   free(rq);
   *con_cls = NULL;
 }
@@ -487,10 +507,19 @@ static void free_worker(void *w) { api_worker_free(w); }
 static void connection_event(void *cls, struct MHD_Connection *c,
                              void **socket_context,
                              enum MHD_ConnectionNotificationCode code) {
-  (void)socket_context;
   http_server *s = cls;
-  if (code == MHD_CONNECTION_NOTIFY_STARTED &&
-      s->header_timeout != s->idle_timeout)
+  if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+    conn_state *cs = *socket_context;
+    if (cs && cs->pending) {
+      lmap_dynbuf_free(&cs->pending->body);
+      free(cs->pending);
+    }
+    free(cs);
+    *socket_context = NULL;
+    return;
+  }
+  *socket_context = calloc(1, sizeof(conn_state)); /* NULL: not tracked */
+  if (s->header_timeout != s->idle_timeout)
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
                               s->header_timeout);
 }
