@@ -4,10 +4,17 @@
  * framing and set up the request state, and answer nothing yet unless the
  * request is refused), then with body chunks, then once with no data (we
  * dispatch to the api and queue its response).
+ *
+ * Before that, MHD's URI log callback sees the raw request target: the
+ * per-request state is made there (its return value becomes the request's
+ * con_cls), the URL is checked, and a query MHD could not parse safely is
+ * cut off (see uri_logged). A new connection starts with the short header
+ * timeout; the first handler call gives it the idle timeout.
  */
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -18,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,6 +42,15 @@ struct http_server {
   struct MHD_Daemon *mhd;
   api *a;
   size_t max_body;
+  unsigned idle_timeout, header_timeout;
+  void (*on_message)(const char *);
+  /* libmicrohttpd logs one line per refused connection: a flood would
+   * become a flood of log lines, so at most MESSAGES_PER_SECOND pass. */
+  pthread_mutex_t log_mu;
+  int log_mu_made;
+  time_t log_second;
+  unsigned log_count;
+  unsigned long long log_suppressed;
   void (*on_access)(const http_access *);
   int log_all;
   unsigned id_prefix;   /* per process, so ids differ across restarts */
@@ -53,21 +70,215 @@ static unsigned long long monotonic_ms(void) {
   return (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
 }
 
-/* Per-request state, from the first handler call to the completion
+/* Per-request state, from the URI log callback to the completion
  * callback. */
 typedef struct request {
+  int started;     /* the handler has been called (counted in in_flight) */
   int refused;     /* a response was queued on the first call */
   dynbuf body;
   char id[72];     /* X-Request-Id */
   struct timespec start;
   const char *method, *path; /* MHD's, valid for the request's life */
+  /* The raw request target as MHD's buffer held it when the URI log
+   * callback ran, and where its C string ended then: the request line is
+   * checked against these on the first handler call. */
+  const char *raw_uri, *raw_end;
+  const char *problem; /* a refusal decided from the URL, or NULL */
+  char problem_text[96];
+  int bad_auth; /* the Authorization line held a NUL: an invalid credential */
 } request;
+
+/* Per connection (MHD's socket context): the request made by uri_logged
+ * and not yet freed by `completed`. MHD 0.9.75 skips the completion
+ * callback when it loses its own 431 (see uri_logged) and the connection
+ * then times out; the request is freed when the connection closes. */
+typedef struct conn_state {
+  request *pending;
+} conn_state;
+
+static conn_state *conn_of(struct MHD_Connection *c) {
+  const union MHD_ConnectionInfo *info =
+      MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return info ? info->socket_context : NULL;
+}
+
+/* ---- the request line, before MHD parses the query ---- */
+
+/* "HTTP/1.d" and the NUL MHD wrote over the line's end. MHD refuses every
+ * other version before the URI log callback runs. */
+static int is_version(const char *p) {
+  return memcmp(p, "HTTP/1.", 7) == 0 && p[7] >= '0' && p[7] <= '9' &&
+         p[8] == '\0';
+}
+
+/* MHD's URI log callback: `uri` is the raw request target, in MHD's read
+ * buffer, before the query is split and percent-decoded; what this returns
+ * becomes the request's con_cls.
+ *
+ * Why the query is cut here: MHD stores each query parameter in the
+ * connection's memory pool, and when the pool is full (about 150
+ * parameters in our 16 KiB) MHD 0.9.75 queues a 431, then overwrites the
+ * state that would send it and waits for more input: the client gets
+ * nothing until the connection times out. A query over our limits is
+ * refused by us anyway, so its first byte is overwritten with NUL: MHD
+ * then parses no parameter at all and calls the handler, which answers
+ * 400. The buffer is MHD's, handed out as const; it is writable, and MHD
+ * itself writes NULs into it at the next step. */
+static void *uri_logged(void *cls, const char *uri, struct MHD_Connection *c) {
+  (void)cls;
+  request *rq = calloc(1, sizeof *rq);
+  conn_state *cs = conn_of(c);
+  if (cs) {
+    free(cs->pending); /* never started, so it holds nothing else */
+    cs->pending = rq;
+  }
+  if (rq == NULL || uri == NULL)
+    return rq;
+  size_t n = strlen(uri);
+  rq->raw_uri = uri;
+  rq->raw_end = uri + n;
+  char *query = memchr(uri, '?', n);
+  if (!is_version(uri + n + 1)) {
+    /* The C string ends before the version: a NUL byte in the target,
+     * refused on the first handler call. MHD looks for the query across
+     * such NULs, up to the version, so the first '?' there is cut too. */
+    const char *p = uri + n + 1;
+    while (!(p[0] == '\0' && is_version(p + 1))) {
+      if (query == NULL && *p == '?')
+        query = (char *)p;
+      p++;
+    }
+    if (query)
+      query[1] = '\0';
+    return rq;
+  }
+  unsigned args = 0;
+  for (const char *p = query; p && *p; p++)
+    args += *p == '&' || *p == '?';
+  for (size_t i = 0; i < n && rq->problem == NULL; i++) {
+    unsigned char b = (unsigned char)uri[i];
+    if (b <= ' ' || b == 0x7f)
+      rq->problem = "the URL contains a space or a control byte";
+    else if (b == '%' && uri[i + 1] == '0' && uri[i + 2] == '0')
+      rq->problem = "the URL contains an encoded NUL byte (%00)";
+  }
+  if (n > HTTP_MAX_URL) {
+    snprintf(rq->problem_text, sizeof rq->problem_text,
+             "the URL is %zu bytes long, more than the %u allowed", n,
+             HTTP_MAX_URL);
+    rq->problem = rq->problem_text;
+  } else if (args > HTTP_MAX_ARGS) {
+    snprintf(rq->problem_text, sizeof rq->problem_text,
+             "the query has %u parameters, more than the %u allowed", args,
+             HTTP_MAX_ARGS);
+    rq->problem = rq->problem_text;
+  }
+  if (rq->problem && query)
+    query[1] = '\0';
+  return rq;
+}
+
+/* ---- the request head: no NUL hidden in it ---- */
+
+/* MHD (0.9.75) parses the head in place: the request line and every header
+ * line stay where they arrived in its read buffer, with each CR LF (or LF)
+ * and the separators it splits on (the space after the method and before
+ * the version, each header's colon) overwritten with NUL, and hands out C
+ * strings into it. A NUL byte sent inside a line therefore cuts the string
+ * MHD hands out, and the bytes after it are silently dropped. So the head
+ * is walked here, from the method to its end (MHD reports the head's
+ * size), and every string MHD handed out must be followed by exactly the
+ * separators MHD wrote: anything else is a NUL the client sent (or a
+ * folded header line, which RFC 9112 lets a server refuse).
+ *
+ * The walk relies on that in-place layout: should a future MHD copy
+ * strings elsewhere, every request fails this check (400), which every
+ * e2e test would notice at once; none would pass silently. */
+typedef struct head_walk {
+  const char *p, *end; /* next byte expected; end of the head */
+  unsigned nuls;       /* NULs before p since the last string */
+  const char *last;    /* the header whose line is being ended, or NULL */
+  int bad;             /* a malformed line other than Authorization */
+  int auth;            /* the Authorization line is malformed */
+} head_walk;
+
+static void skip_nuls(head_walk *w) {
+  w->nuls = 0;
+  while (w->p < w->end && *w->p == '\0') {
+    w->p++;
+    w->nuls++;
+  }
+}
+
+/* Header line `key` is malformed (NULL: a line that MHD moved, i.e. a
+ * folded one, since the request line was checked before). */
+static int blame(head_walk *w, const char *key) {
+  if (key && strcasecmp(key, MHD_HTTP_HEADER_AUTHORIZATION) == 0) {
+    w->auth = 1; /* the credential is invalid; the walk goes on */
+    return 0;
+  }
+  w->bad = 1;
+  return 1;
+}
+
+static enum MHD_Result walk_header(void *cls, enum MHD_ValueKind kind,
+                                   const char *key, const char *value) {
+  (void)kind;
+  head_walk *w = cls;
+  /* The previous line ended with CR LF or LF, both turned into NULs. */
+  if ((w->nuls < 1 || w->nuls > 2 || w->p != key) && blame(w, w->last))
+    return MHD_NO;
+  const char *q = key + strlen(key) + 1; /* past the colon's NUL */
+  while (*q == ' ' || *q == '\t')
+    q++;
+  if (value == NULL) {
+    blame(w, key);
+    return MHD_NO;
+  }
+  if (q != value && blame(w, key))
+    return MHD_NO;
+  for (q = value; *q; q++)
+    if ((unsigned char)*q < ' ' && *q != '\t' && blame(w, key))
+      return MHD_NO; /* a CR alone inside the value */
+  w->last = key;
+  w->p = q;
+  skip_nuls(w);
+  return MHD_YES;
+}
+
+/* NULL when the head is as MHD parsed it, else why not. *bad_auth is set
+ * when only the Authorization line is malformed. */
+static const char *head_problem(struct MHD_Connection *c, const char *method,
+                                const char *version, const request *rq,
+                                int *bad_auth) {
+  const union MHD_ConnectionInfo *info =
+      MHD_get_connection_info(c, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+  if (info == NULL || rq->raw_uri == NULL)
+    return "the request head cannot be checked";
+  head_walk w = {.end = method + info->header_size};
+  /* method NUL [spaces] target NUL version */
+  const char *p = method + strlen(method) + 1;
+  while (*p == ' ')
+    p++;
+  if (p != rq->raw_uri || rq->raw_end + 1 != version)
+    return "the request line contains a NUL byte";
+  w.p = version + strlen(version);
+  skip_nuls(&w);
+  MHD_get_connection_values(c, MHD_HEADER_KIND, walk_header, &w);
+  /* The last line, then the empty line: two to four NULs to the end. */
+  if (!w.bad && !(w.p == w.end && w.nuls >= 2 && w.nuls <= 4))
+    blame(&w, w.last);
+  *bad_auth = w.auth;
+  return w.bad ? "a header line contains a NUL or CR byte, or is folded"
+               : NULL;
+}
 
 /* ---- framing checks on the first call ---- */
 
 typedef struct framing {
   int content_length;    /* headers seen */
   int transfer_encoding;
+  int authorization;
   int te_chunked;        /* the only Transfer-Encoding value accepted */
   int bad_name;
   unsigned long long length;
@@ -88,6 +299,8 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind,
   } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
     f->transfer_encoding++;
     f->te_chunked = value && strcasecmp(value, "chunked") == 0;
+  } else if (strcasecmp(key, MHD_HTTP_HEADER_AUTHORIZATION) == 0) {
+    f->authorization++;
   }
   return MHD_YES;
 }
@@ -160,9 +373,15 @@ static enum MHD_Result refuse(http_server *s, struct MHD_Connection *c,
 }
 
 static enum MHD_Result first_call(http_server *s, struct MHD_Connection *c,
-                                  const char *method, request *rq) {
+                                  const char *method, const char *version,
+                                  request *rq) {
   framing f = {0};
   char msg[160];
+  if (rq->problem)
+    return refuse(s, c, rq, LMAP_EREQUEST, rq->problem);
+  const char *head = head_problem(c, method, version, rq, &rq->bad_auth);
+  if (head)
+    return refuse(s, c, rq, LMAP_EREQUEST, head);
   MHD_get_connection_values(c, MHD_HEADER_KIND, scan_header, &f);
   if (f.bad_name)
     return refuse(s, c, rq, LMAP_EREQUEST,
@@ -170,6 +389,9 @@ static enum MHD_Result first_call(http_server *s, struct MHD_Connection *c,
   if (f.content_length > 1)
     return refuse(s, c, rq, LMAP_EREQUEST,
                   "more than one Content-Length header");
+  if (f.authorization > 1)
+    return refuse(s, c, rq, LMAP_EREQUEST,
+                  "more than one Authorization header");
   if (f.transfer_encoding && f.content_length)
     return refuse(s, c, rq, LMAP_EREQUEST,
                   "Content-Length together with Transfer-Encoding");
@@ -212,21 +434,24 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
                               const char *url, const char *method,
                               const char *version, const char *upload_data,
                               size_t *upload_size, void **con_cls) {
-  (void)version;
   http_server *s = cls;
-  request *rq = *con_cls;
-  if (rq == NULL) {
-    rq = calloc(1, sizeof *rq);
-    if (rq == NULL)
-      return MHD_NO;
-    *con_cls = rq;
+  request *rq = *con_cls; /* made by uri_logged */
+  if (rq == NULL)
+    return MHD_NO; /* out of memory there: close the connection */
+  if (!rq->started) {
+    rq->started = 1;
     atomic_fetch_add(&s->in_flight, 1);
     atomic_store(&s->last_activity_ms, monotonic_ms());
     clock_gettime(CLOCK_MONOTONIC, &rq->start);
     rq->method = method;
     rq->path = url;
+    /* The head is complete: from now on the connection may idle as long
+     * as any kept-alive one. */
+    if (s->header_timeout != s->idle_timeout)
+      MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
+                                s->idle_timeout);
     request_id(s, c, rq);
-    return first_call(s, c, method, rq);
+    return first_call(s, c, method, version, rq);
   }
   if (rq->refused) {
     *upload_size = 0; /* the answer is queued; drop what still arrives */
@@ -248,7 +473,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
       .arg_ctx = c,
       .accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                             MHD_HTTP_HEADER_ACCEPT),
-      .authorization = MHD_lookup_connection_value(
+      .authorization = rq->bad_auth ? "" : MHD_lookup_connection_value(
           c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
       .body = (const uint8_t *)rq->body.data,
       .body_len = rq->body.len,
@@ -258,30 +483,114 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
                       enum MHD_RequestTerminationCode toe) {
-  (void)c;
   (void)toe;
   http_server *s = cls;
   request *rq = *con_cls;
   if (rq == NULL)
     return;
-  atomic_fetch_sub(&s->in_flight, 1);
-  atomic_store(&s->last_activity_ms, monotonic_ms());
+  if (rq->started) {
+    atomic_fetch_sub(&s->in_flight, 1);
+    atomic_store(&s->last_activity_ms, monotonic_ms());
+  }
   lmap_dynbuf_free(&rq->body);
+  conn_state *cs = conn_of(c);
+  if (cs && cs->pending == rq)
+    cs->pending = NULL;
   free(rq);
   *con_cls = NULL;
 }
 
 static void free_worker(void *w) { api_worker_free(w); }
 
+/* A new connection (accepted by MHD, or handed over by http_quiesce) has
+ * the header timeout until its first request head is complete. */
+static void connection_event(void *cls, struct MHD_Connection *c,
+                             void **socket_context,
+                             enum MHD_ConnectionNotificationCode code) {
+  http_server *s = cls;
+  if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+    conn_state *cs = *socket_context;
+    if (cs && cs->pending) {
+      lmap_dynbuf_free(&cs->pending->body);
+      free(cs->pending);
+    }
+    free(cs);
+    *socket_context = NULL;
+    return;
+  }
+  *socket_context = calloc(1, sizeof(conn_state)); /* NULL: not tracked */
+  if (s->header_timeout != s->idle_timeout)
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
+                              s->header_timeout);
+}
+
+#define MESSAGES_PER_SECOND 10
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
-  void (*on_message)(const char *) = (void (*)(const char *))cls;
+  http_server *s = cls;
+  if (s->on_message == NULL)
+    return;
   char msg[512];
   vsnprintf(msg, sizeof msg, fmt, ap);
   size_t n = strlen(msg);
   while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
     msg[--n] = '\0';
-  if (on_message)
-    on_message(msg);
+  time_t now = time(NULL);
+  unsigned long long dropped = 0;
+  int pass = 1;
+  pthread_mutex_lock(&s->log_mu);
+  if (now != s->log_second) {
+    dropped = s->log_suppressed;
+    s->log_suppressed = 0;
+    s->log_second = now;
+    s->log_count = 0;
+  }
+  if (++s->log_count > MESSAGES_PER_SECOND) {
+    s->log_suppressed++;
+    pass = 0;
+  }
+  pthread_mutex_unlock(&s->log_mu);
+  if (dropped) {
+    char note[96];
+    snprintf(note, sizeof note,
+             "%llu more messages were suppressed (at most %d a second)",
+             dropped, MESSAGES_PER_SECOND);
+    s->on_message(note);
+  }
+  if (pass)
+    s->on_message(msg);
+}
+
+/* Descriptors lmapd needs besides its connections: stdio, the listener,
+ * each pool thread's epoll and wake-up descriptors, the store (file and
+ * lock, twice during a reload), the control loop's. Generous on purpose. */
+static unsigned long files_needed(const http_config *c) {
+  return (unsigned long)c->max_connections + 64ul + 4ul * c->threads;
+}
+
+int http_reserve_files(const http_config *c, unsigned long *before,
+                       unsigned long *after, diag *d) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return diag_set(d, LMAP_EIO, "cannot read the open-file limit: %s",
+                    strerror(errno));
+  unsigned long need = files_needed(c);
+  *before = *after = (unsigned long)rl.rlim_cur;
+  if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+    return 0;
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+    return diag_field(d, LMAP_EINVAL, "max-connections",
+                      "--max-connections %u needs %lu open files, but this "
+                      "process may open at most %lu (its hard RLIMIT_NOFILE, "
+                      "ulimit -Hn): lower --max-connections or raise the "
+                      "limit",
+                      c->max_connections, need, (unsigned long)rl.rlim_max);
+  rl.rlim_cur = need;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return diag_set(d, LMAP_EIO, "cannot raise the open-file limit to %lu: %s",
+                    need, strerror(errno));
+  *after = need;
+  return 0;
 }
 
 int http_start(const http_config *c, api *a, http_server **out,
@@ -297,12 +606,26 @@ int http_start(const http_config *c, api *a, http_server **out,
     return diag_set(d, LMAP_ENOMEM, "out of memory");
   s->a = a;
   s->max_body = c->max_body;
+  s->idle_timeout = c->idle_timeout;
+  /* A connection that has not sent a request never gets more time than
+   * an idle kept-alive one. */
+  s->header_timeout = c->header_timeout;
+  if (s->header_timeout == 0 ||
+      (c->idle_timeout && c->idle_timeout < s->header_timeout))
+    s->header_timeout = c->idle_timeout;
+  s->on_message = c->on_message;
   s->on_access = c->on_access;
   s->log_all = c->log_all;
   struct timespec seed;
   clock_gettime(CLOCK_REALTIME, &seed);
   s->id_prefix = (unsigned)(seed.tv_nsec ^ (seed.tv_sec << 20) ^ getpid());
+  if (pthread_mutex_init(&s->log_mu, NULL) != 0) {
+    free(s);
+    return diag_set(d, LMAP_ENOMEM, "cannot create a mutex");
+  }
+  s->log_mu_made = 1;
   if (pthread_key_create(&s->worker_key, free_worker) != 0) {
+    pthread_mutex_destroy(&s->log_mu);
     free(s);
     return diag_set(d, LMAP_ENOMEM, "cannot create a thread key");
   }
@@ -318,16 +641,19 @@ int http_start(const http_config *c, api *a, http_server **out,
       MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
           MHD_USE_ERROR_LOG,
       c->port, NULL, NULL, handle, s,
-      MHD_OPTION_EXTERNAL_LOGGER, mhd_log, (void *)c->on_message,
+      MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
       MHD_OPTION_SOCK_ADDR, &addr,
       MHD_OPTION_ARRAY, pool,
       MHD_OPTION_CONNECTION_TIMEOUT, c->idle_timeout,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
       MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
       MHD_OPTION_PER_IP_CONNECTION_LIMIT, c->max_per_ip,
-      MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, completed, s,
+      MHD_OPTION_NOTIFY_CONNECTION, connection_event, s,
+      MHD_OPTION_URI_LOG_CALLBACK, uri_logged, s, MHD_OPTION_END);
   if (s->mhd == NULL) {
     pthread_key_delete(s->worker_key);
+    pthread_mutex_destroy(&s->log_mu);
     free(s);
     return diag_field(d, LMAP_EIO, "listen", "cannot listen on %s:%u",
                       c->host, (unsigned)c->port);
@@ -384,5 +710,7 @@ void http_stop(http_server *s) {
   MHD_stop_daemon(s->mhd);
   if (s->key_made)
     pthread_key_delete(s->worker_key);
+  if (s->log_mu_made)
+    pthread_mutex_destroy(&s->log_mu);
   free(s);
 }

@@ -11,6 +11,15 @@
  * later call so that keep-alive is preserved (see shared/FACTS.md).
  * Every answer carries an X-Request-Id: the client's own when it is a
  * short token, otherwise one made here.
+ *
+ * The request head is checked here too, so that api.c only ever sees
+ * plain C strings that mean what the client sent: a NUL byte anywhere in
+ * the request line or a header (raw, or %00 in the URL) is refused with
+ * 400 (a NUL in Authorization makes the credential invalid: 401 where a
+ * token is required), as are a space or control byte in the URL, a URL
+ * over HTTP_MAX_URL bytes and a query of more than HTTP_MAX_ARGS
+ * parameters. A new connection has `header_timeout` seconds of silence
+ * to complete its request head; after that `idle_timeout` applies.
  */
 #ifndef LMAP_HTTP_H
 #define LMAP_HTTP_H
@@ -32,12 +41,19 @@ typedef struct http_access {
   double ms; /* from the headers' arrival to the answer being queued */
 } http_access;
 
+/* Limits of the request line checked at the edge (docs/API.md). */
+#define HTTP_MAX_URL 4096u /* bytes of the raw URL, query included */
+#define HTTP_MAX_ARGS 64u  /* query parameters */
+
 typedef struct http_config {
   const char *host;        /* numeric IPv4 address to bind */
   uint16_t port;           /* 0 = an ephemeral port */
   unsigned threads;        /* MHD pool threads */
   size_t max_body;         /* bytes */
   unsigned idle_timeout;   /* seconds, 0 = never */
+  /* Seconds of silence allowed on a connection before its first request
+   * head is complete; 0 = idle_timeout applies from the start. */
+  unsigned header_timeout;
   unsigned max_connections;
   unsigned max_per_ip;     /* 0 = unlimited */
   /* Called from the worker threads for every answered request with
@@ -49,6 +65,15 @@ typedef struct http_config {
 } http_config;
 
 typedef struct http_server http_server;
+
+/* Makes sure the process may open the descriptors that `c` needs
+ * (max_connections plus the listener, the pool threads' own and a
+ * reserve for the store and logs), raising the soft RLIMIT_NOFILE up to
+ * the hard one if needed. On success *before and *after are the soft
+ * limit found and the one now in force. Returns 0, or LMAP_EINVAL when the
+ * hard limit is too low for max_connections (the message names both). */
+int http_reserve_files(const http_config *c, unsigned long *before,
+                       unsigned long *after, diag *d);
 
 /* Starts serving `a` (borrowed). On success *port_out is the bound port.
  * Returns 0, LMAP_EINVAL (bad address) or LMAP_EIO (cannot bind). */

@@ -5,6 +5,7 @@
  * (signals and drain). Every flag has an environment variable; a flag wins
  * over the environment, which wins over the default.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <signal.h>
@@ -31,14 +32,25 @@ static const char usage[] =
     "  --threads N              LMAPD_THREADS      HTTP worker threads (default 2)\n"
     "  --max-body BYTES         LMAPD_MAX_BODY     request body cap (default 8388608)\n"
     "  --max-batch N            LMAPD_MAX_BATCH    queries per request (default 4096)\n"
-    "  --max-connections N      LMAPD_MAX_CONNECTIONS  (default 1024)\n"
-    "  --max-per-ip N           LMAPD_MAX_PER_IP   connections per client IP (default 0: no limit)\n"
-    "  --idle-timeout SECONDS   LMAPD_IDLE_TIMEOUT idle connection timeout (default 60)\n"
+    "  --max-answer BYTES       LMAPD_MAX_ANSWER   answer body cap (default 268435456)\n"
+    "  --max-connections N      LMAPD_MAX_CONNECTIONS  open connections (default 1024;\n"
+    "                                              the open-file limit is raised to fit)\n"
+    "  --max-per-ip N           LMAPD_MAX_PER_IP   connections per client address\n"
+    "                                              (default 256; 0: no limit)\n"
+    "  --header-timeout SECONDS LMAPD_HEADER_TIMEOUT  a new connection's time to send\n"
+    "                                              its request head (default 10; 0: the\n"
+    "                                              idle timeout)\n"
+    "  --idle-timeout SECONDS   LMAPD_IDLE_TIMEOUT idle connection timeout (default 60;\n"
+    "                                              0: never)\n"
     "  --grace SECONDS          LMAPD_GRACE        drain time on SIGTERM (default 30)\n"
+    "  --no-page-check          LMAPD_PAGE_CHECK=0 skip the check of every page of the\n"
+    "                                              store when it is opened\n"
     "  --access-log             LMAPD_ACCESS_LOG=1 log every request (default: errors only)\n"
     "  --log-format json|text   LMAPD_LOG_FORMAT   log lines (default json)\n"
     "  --token-file PATH        LMAPD_TOKEN_FILE   require 'Authorization: Bearer <token>'\n"
-    "                                              on /v1/ (the file's first line)\n"
+    "                                              on /v1/ (the file's first line,\n"
+    "                                              at most 4095 bytes)\n"
+    "  --help, --version\n"
     "\n"
     "Signals: SIGTERM/SIGINT drain (readyz 503, stop accepting, finish open\n"
     "requests, exit 0; exit 1 if the grace period ran out). SIGHUP reopens\n"
@@ -47,14 +59,18 @@ static const char usage[] =
     "kept.\n"
     "exit status: 0 clean stop, 1 failure (logged), 2 usage error.\n";
 
+/* The longest token: what an Authorization header of MHD's default-sized
+ * head can carry, with room to spare. */
+#define TOKEN_MAX 4095u
+
 typedef struct config {
   const char *store;
   const char *listen;
   const char *token_file;
-  int access_log;
+  unsigned long access_log, page_check;
   const char *log_format;
-  unsigned long threads, max_body, max_batch, max_connections, max_per_ip,
-      idle_timeout, grace;
+  unsigned long threads, max_body, max_batch, max_answer, max_connections,
+      max_per_ip, header_timeout, idle_timeout, grace;
 } config;
 
 typedef struct setting {
@@ -63,32 +79,61 @@ typedef struct setting {
   unsigned long min, max;
 } setting;
 
+/* Switches: a flag without argument sets `value` to `flag_sets`; the
+ * environment variable says 0 or 1. */
+typedef struct toggle {
+  const char *flag, *env;
+  unsigned long *value;
+  unsigned long flag_sets;
+} toggle;
+
 static int parse_ulong(const char *s, unsigned long min, unsigned long max,
                        unsigned long *out) {
   char *end;
   if (s == NULL || *s < '0' || *s > '9')
     return -1;
+  errno = 0;
   unsigned long long v = strtoull(s, &end, 10);
-  if (*end || v < min || v > max)
+  if (*end || errno == ERANGE || v < min || v > max)
     return -1;
   *out = (unsigned long)v;
   return 0;
 }
 
-/* The token is the file's first line, without trailing white space. */
-static int read_token(const char *path, char *buf, size_t cap, size_t *len,
-                      diag *d) {
-  FILE *f = fopen(path, "r");
+/* The token is the file's first line, without trailing white space, at
+ * most TOKEN_MAX bytes: a longer one is refused, not cut (a cut token
+ * would be accepted in place of the real one), and so is a NUL byte. */
+static int read_token(const char *path, char *buf, size_t *len, diag *d) {
+  FILE *f = fopen(path, "rb");
   if (f == NULL)
-    return diag_set(d, LMAP_EIO, "%s: cannot open the token file", path);
-  size_t n = fgets(buf, (int)cap, f) ? strlen(buf) : 0;
+    return diag_set(d, LMAP_EIO, "%s: cannot open the token file: %s", path,
+                    strerror(errno));
+  size_t n = 0, kept = 0; /* bytes of the line; up to its last non-space */
+  int ch, nul = 0;
+  while ((ch = getc(f)) != EOF && ch != '\n' && kept <= TOKEN_MAX) {
+    if (n < TOKEN_MAX)
+      buf[n] = (char)ch;
+    n++;
+    nul |= ch == '\0';
+    if (ch != ' ' && ch != '\t' && ch != '\r')
+      kept = n;
+  }
+  int failed = ferror(f);
   fclose(f);
-  while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' ||
-               buf[n - 1] == ' ' || buf[n - 1] == '\t'))
-    n--;
-  if (n == 0)
+  if (failed)
+    return diag_set(d, LMAP_EIO, "%s: cannot read the token file", path);
+  if (kept > TOKEN_MAX)
+    return diag_set(d, LMAP_ETOOBIG,
+                    "%s: the token (the file's first line) is longer than "
+                    "%u bytes",
+                    path, TOKEN_MAX);
+  if (nul)
+    return diag_set(d, LMAP_EINVAL, "%s: the token contains a NUL byte",
+                    path);
+  if (kept == 0)
     return diag_set(d, LMAP_EINVAL, "%s: the token file is empty", path);
-  *len = n;
+  buf[kept] = '\0';
+  *len = kept;
   return 0;
 }
 
@@ -132,21 +177,35 @@ static int split_listen(const char *s, char *host, size_t cap,
   return parse_ulong(colon + 1, 0, 65535, port);
 }
 
+/* Long options get codes above every character, so that none can be
+ * mistaken for a short option (--max-per-ip once came out as 'h'). */
+enum { OPT_STORE = 256, OPT_LISTEN, OPT_TOKEN, OPT_LOG_FORMAT, OPT_VERSION,
+       OPT_TOGGLE = 300, OPT_SETTING = 400 };
+
 int main(int argc, char **argv) {
   config c = {.listen = "127.0.0.1:8080", .threads = 2, .max_body = 8u << 20,
-              .max_batch = 4096, .max_connections = 1024, .max_per_ip = 0,
-              .idle_timeout = 60, .grace = 30};
+              .max_batch = 4096, .max_answer = 256ul << 20,
+              .max_connections = 1024, .max_per_ip = 256,
+              .header_timeout = 10, .idle_timeout = 60, .grace = 30,
+              .page_check = 1};
   setting settings[] = {
       {"threads", "LMAPD_THREADS", &c.threads, 1, 256},
       {"max-body", "LMAPD_MAX_BODY", &c.max_body, 1024, 1ul << 30},
       {"max-batch", "LMAPD_MAX_BATCH", &c.max_batch, 1, 1u << 20},
+      {"max-answer", "LMAPD_MAX_ANSWER", &c.max_answer, 1024, 1ul << 32},
       {"max-connections", "LMAPD_MAX_CONNECTIONS", &c.max_connections, 1,
        1u << 20},
       {"max-per-ip", "LMAPD_MAX_PER_IP", &c.max_per_ip, 0, 1u << 20},
+      {"header-timeout", "LMAPD_HEADER_TIMEOUT", &c.header_timeout, 0, 86400},
       {"idle-timeout", "LMAPD_IDLE_TIMEOUT", &c.idle_timeout, 0, 86400},
       {"grace", "LMAPD_GRACE", &c.grace, 0, 86400},
   };
-  size_t nsettings = sizeof settings / sizeof settings[0];
+  toggle toggles[] = {
+      {"access-log", "LMAPD_ACCESS_LOG", &c.access_log, 1},
+      {"no-page-check", "LMAPD_PAGE_CHECK", &c.page_check, 0},
+  };
+  enum { NSETTINGS = sizeof settings / sizeof settings[0],
+         NTOGGLES = sizeof toggles / sizeof toggles[0] };
 
   /* Environment first, then flags over it. */
   if (getenv("LMAPD_STORE"))
@@ -155,50 +214,56 @@ int main(int argc, char **argv) {
     c.listen = getenv("LMAPD_LISTEN");
   if (getenv("LMAPD_LOG_FORMAT"))
     c.log_format = getenv("LMAPD_LOG_FORMAT");
-  if (getenv("LMAPD_ACCESS_LOG"))
-    c.access_log = strcmp(getenv("LMAPD_ACCESS_LOG"), "0") != 0;
   if (getenv("LMAPD_TOKEN_FILE"))
     c.token_file = getenv("LMAPD_TOKEN_FILE");
-  for (size_t i = 0; i < nsettings; i++) {
+  for (size_t i = 0; i < NSETTINGS; i++) {
     const char *v = getenv(settings[i].env);
     if (v && parse_ulong(v, settings[i].min, settings[i].max,
                          settings[i].value))
       return bad(settings[i].env, v);
   }
-  struct option longopts[16] = {
-      {"store", required_argument, 0, 's'},
-      {"listen", required_argument, 0, 'l'},
+  for (size_t i = 0; i < NTOGGLES; i++) {
+    const char *v = getenv(toggles[i].env);
+    if (v && parse_ulong(v, 0, 1, toggles[i].value))
+      return bad(toggles[i].env, v);
+  }
+  struct option longopts[8 + NSETTINGS + NTOGGLES] = {
+      {"store", required_argument, 0, OPT_STORE},
+      {"listen", required_argument, 0, OPT_LISTEN},
       {"help", no_argument, 0, 'h'},
-      {"version", no_argument, 0, 'V'},
-      {"token-file", required_argument, 0, 't'},
-      {"access-log", no_argument, 0, 'a'},
-      {"log-format", required_argument, 0, 'L'},
+      {"version", no_argument, 0, OPT_VERSION},
+      {"token-file", required_argument, 0, OPT_TOKEN},
+      {"log-format", required_argument, 0, OPT_LOG_FORMAT},
   };
-  for (size_t i = 0; i < nsettings; i++)
-    longopts[7 + i] = (struct option){settings[i].flag, required_argument, 0,
-                                      (int)(100 + i)};
+  size_t nopts = 6;
+  for (size_t i = 0; i < NSETTINGS; i++)
+    longopts[nopts++] = (struct option){settings[i].flag, required_argument,
+                                        0, OPT_SETTING + (int)i};
+  for (size_t i = 0; i < NTOGGLES; i++)
+    longopts[nopts++] = (struct option){toggles[i].flag, no_argument, 0,
+                                        OPT_TOGGLE + (int)i};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-    if (opt == 's')
+    if (opt == OPT_STORE)
       c.store = optarg;
-    else if (opt == 'l')
+    else if (opt == OPT_LISTEN)
       c.listen = optarg;
-    else if (opt == 't')
+    else if (opt == OPT_TOKEN)
       c.token_file = optarg;
-    else if (opt == 'a')
-      c.access_log = 1;
-    else if (opt == 'L')
+    else if (opt == OPT_LOG_FORMAT)
       c.log_format = optarg;
     else if (opt == 'h') {
       fputs(usage, stdout);
       return 0;
-    } else if (opt == 'V') {
+    } else if (opt == OPT_VERSION) {
       printf("lmapd %s\n", LMAP_VERSION_STRING);
       return 0;
-    } else if (opt >= 100 && opt < 100 + (int)nsettings) {
-      setting *st = &settings[opt - 100];
+    } else if (opt >= OPT_SETTING && opt < OPT_SETTING + (int)NSETTINGS) {
+      setting *st = &settings[opt - OPT_SETTING];
       if (parse_ulong(optarg, st->min, st->max, st->value))
         return bad(st->flag, optarg);
+    } else if (opt >= OPT_TOGGLE && opt < OPT_TOGGLE + (int)NTOGGLES) {
+      *toggles[opt - OPT_TOGGLE].value = toggles[opt - OPT_TOGGLE].flag_sets;
     } else {
       fputs("Try 'lmapd --help'.\n", stderr);
       return 2;
@@ -207,7 +272,8 @@ int main(int argc, char **argv) {
   if (optind != argc)
     return bad("argument", argv[optind]);
   if (c.store == NULL) {
-    fputs("lmapd: --store PATH (or LMAPD_STORE) is required\n", stderr);
+    fputs("lmapd: --store PATH (or LMAPD_STORE) is required\n"
+          "Try 'lmapd --help'.\n", stderr);
     return 2;
   }
   if (c.log_format && strcmp(c.log_format, "json") &&
@@ -226,13 +292,18 @@ int main(int argc, char **argv) {
   control_block_signals();
 
   json_t *cfg = json_pack(
-      "{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}", "store",
-      c.store, "token", c.token_file ? "<redacted, from file>" : "none",
-      "listen", c.listen, "threads", (json_int_t)c.threads, "max_body",
-      (json_int_t)c.max_body, "max_batch", (json_int_t)c.max_batch,
-      "max_connections", (json_int_t)c.max_connections, "max_per_ip",
-      (json_int_t)c.max_per_ip, "idle_timeout", (json_int_t)c.idle_timeout,
-      "grace", (json_int_t)c.grace, "version", LMAP_VERSION_STRING);
+      "{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+      " s:b, s:b, s:s, s:s}",
+      "store", c.store, "token",
+      c.token_file ? "<redacted, from file>" : "none", "listen", c.listen,
+      "threads", (json_int_t)c.threads, "max_body", (json_int_t)c.max_body,
+      "max_batch", (json_int_t)c.max_batch, "max_answer",
+      (json_int_t)c.max_answer, "max_connections",
+      (json_int_t)c.max_connections, "max_per_ip", (json_int_t)c.max_per_ip,
+      "header_timeout", (json_int_t)c.header_timeout, "idle_timeout",
+      (json_int_t)c.idle_timeout, "grace", (json_int_t)c.grace, "page_check",
+      (int)c.page_check, "access_log", (int)c.access_log, "log_format",
+      c.log_format ? c.log_format : "json", "version", LMAP_VERSION_STRING);
   char *cfg_text = cfg ? json_dumps(cfg, JSON_COMPACT) : NULL;
   log_event("config", "\"config\":%s", cfg_text ? cfg_text : "null");
   free(cfg_text);
@@ -243,43 +314,50 @@ int main(int argc, char **argv) {
   store *s = NULL;
   api *a = NULL;
   http_server *h = NULL;
-  int rc = 1;
-  char token[4096];
+  unsigned open_flags = c.page_check ? 0 : STORE_OPEN_NO_PAGE_CHECK;
+  char token[TOKEN_MAX + 1];
   size_t token_len = 0;
-  if (c.token_file && read_token(c.token_file, token, sizeof token,
-                                 &token_len, &d))
-    goto fail;
-  if (store_open(c.store, &s, &d) || api_new(s, (uint32_t)c.max_batch, &a, &d))
-    goto fail;
-  unsigned long long records = store_get_meta(s)->record_count;
-  s = NULL; /* the api owns the store now */
-  if (token_len && api_set_token(a, token, token_len)) {
-    diag_set(&d, LMAP_ENOMEM, "cannot keep the token");
-    goto fail;
-  }
-  memset(token, 0, sizeof token);
   http_config hc = {host,
                     (uint16_t)port,
                     (unsigned)c.threads,
                     (size_t)c.max_body,
                     (unsigned)c.idle_timeout,
+                    (unsigned)c.header_timeout,
                     (unsigned)c.max_connections,
                     (unsigned)c.max_per_ip,
                     log_access,
-                    c.access_log,
+                    (int)c.access_log,
                     log_mhd};
+  unsigned long files_before, files_after;
+  if (http_reserve_files(&hc, &files_before, &files_after, &d))
+    goto fail;
+  if (c.token_file && read_token(c.token_file, token, &token_len, &d))
+    goto fail;
+  if (store_open_flags(c.store, open_flags, &s, &d) ||
+      api_new(s, (uint32_t)c.max_batch, &a, &d))
+    goto fail;
+  unsigned long long records = store_get_meta(s)->record_count;
+  s = NULL; /* the api owns the store now */
+  api_set_max_answer(a, (size_t)c.max_answer);
+  if (token_len && api_set_token(a, token, token_len)) {
+    diag_set(&d, LMAP_ENOMEM, "cannot keep the token");
+    goto fail;
+  }
+  memset(token, 0, sizeof token);
   uint16_t bound;
   if (http_start(&hc, a, &h, &bound, &d))
     goto fail;
-  log_event("listening", "\"host\":\"%s\",\"port\":%u,\"records\":%llu", host,
-            (unsigned)bound,
-            records);
-  rc = control_run(a, h, (unsigned)c.grace * 1000u, c.store, 0);
+  log_event("listening",
+            "\"host\":\"%s\",\"port\":%u,\"records\":%llu,"
+            "\"open_files_limit\":%lu,\"open_files_limit_was\":%lu",
+            host, (unsigned)bound, records, files_after, files_before);
+  int rc = control_run(a, h, (unsigned)c.grace * 1000u, c.store, open_flags);
   http_stop(h);
   api_free(a);
   log_event("stopped", "\"exit\":%d", rc);
   return rc;
 fail:;
+  memset(token, 0, sizeof token);
   json_t *msg = json_string(diag_text(&d));
   char *m = msg ? json_dumps(msg, JSON_ENCODE_ANY) : NULL;
   log_event("error", "\"message\":%s", m ? m : "\"?\"");

@@ -14,7 +14,155 @@ import urllib.request
 import numpy as np
 import torch
 
-from e2e_common import LMAP, TMP, check, start_daemon, stop_daemon, summary
+from e2e_common import (LMAP, LMAPD, TMP, check, launch, log_events, raw_exchange, start_daemon,
+                        stop_daemon, summary)
+
+GOOD = b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def connect_from(source, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((source, 0))
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def closed_by_server(s, wait):
+    """True when the server closes `s` within `wait` seconds."""
+    s.settimeout(wait)
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def flood_and_probe(synth):
+    """Issue 10 item 5: with the default flags, 1,024 idle connections from
+    127.0.0.1 (the default --max-connections) must not stop 127.0.0.2 from
+    being served: one address holds at most --max-per-ip (256), and
+    connections that never send a request go after --header-timeout."""
+    p, port, log = start_daemon(synth)
+    held = []
+    try:
+        cfg = log_events(log, "config")[0]["config"]
+        check(cfg["max_per_ip"] == 256 and cfg["header_timeout"] == 10 and cfg["max_connections"] == 1024,
+              "defaults: 256 per address, 10 s header timeout, 1024 connections (%s)" % cfg)
+        t0 = time.monotonic()
+        for _ in range(1024):
+            try:
+                held.append(connect_from("127.0.0.1", port))
+            except OSError:
+                break
+        time.sleep(0.5)
+        open_ = [s for s in held if not closed_by_server(s, 0.01)]
+        print("flood: %d connections from 127.0.0.1 opened, %d kept by lmapd" % (len(held), len(open_)))
+        check(len(held) == 1024 and len(open_) == 256,
+              "127.0.0.1 holds its 256 and no more (%d of %d)" % (len(open_), len(held)))
+        waits = []
+        for k in range(6):
+            r = raw_exchange(port, GOOD, wait=5, source="127.0.0.2")
+            waits.append(r["seconds"])
+            check(r["status"] == 200, "probe %d from 127.0.0.2 served during the flood" % k)
+        print("probes from 127.0.0.2 during the flood: %s s" % ", ".join("%.3f" % w for w in waits))
+        # The flood never sent a request: the header timeout closes it.
+        gone = [closed_by_server(s, max(0.01, 25 - (time.monotonic() - t0))) for s in open_]
+        print("flood connections closed by the header timeout %.1f s after they opened"
+              % (time.monotonic() - t0))
+        check(all(gone), "idle flood closed by the 10 s header timeout (%d of %d)" % (sum(gone), len(gone)))
+        # libmicrohttpd's line per refused connection is rate-limited (the
+        # count of dropped lines comes with the next line that passes).
+        lib = log_events(log, "http_library")
+        check(len(lib) < 100, "768 refusals logged in %d lines, not 768" % len(lib))
+    finally:
+        for s in held:
+            s.close()
+        check(stop_daemon(p) == 0, "exit 0 (flood daemon)")
+
+
+def header_timeout(synth):
+    """A connection that sends nothing is closed after --header-timeout; one
+    that sent a request stays for --idle-timeout and is served again; and a
+    per-address limit leaves another address served."""
+    p, port, _ = start_daemon(synth, "--header-timeout", "1", "--idle-timeout", "30",
+                              "--max-per-ip", "3", "--threads", "1")
+    try:
+        silent = connect_from("127.0.0.1", port)
+        kept = connect_from("127.0.0.1", port)
+        kept.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        check(b"200 OK" in kept.recv(4096), "kept-alive connection answered")
+        t0 = time.monotonic()
+        check(closed_by_server(silent, 10), "silent connection closed")
+        waited = time.monotonic() - t0
+        print("silent connection closed after %.2f s (--header-timeout 1)" % waited)
+        check(waited < 5, "closed by the 1 s header timeout, not the 30 s idle timeout (%.1f s)" % waited)
+        time.sleep(1.5)  # past the header timeout: the kept one has the idle timeout
+        kept.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        check(b"200 OK" in kept.recv(4096), "kept-alive connection still served after the header timeout")
+        more = [connect_from("127.0.0.1", port) for _ in range(3)]
+        time.sleep(0.2)
+        refused = [s for s in more if closed_by_server(s, 0.3)]
+        check(len(refused) == 1, "--max-per-ip 3: the fourth connection from 127.0.0.1 refused (%d)" % len(refused))
+        r = raw_exchange(port, GOOD, source="127.0.0.2")
+        check(r["status"] == 200, "127.0.0.2 served while 127.0.0.1 is at its limit")
+        for s in more + [kept]:
+            s.close()
+    finally:
+        check(stop_daemon(p) == 0, "exit 0 (header timeout daemon)")
+
+
+def open_files(synth):
+    """The open-file limit is raised to what --max-connections needs, and a
+    limit the process cannot have is refused at start."""
+    import resource
+
+    def limit(soft, hard):
+        return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    argv = [LMAPD, "--store", synth, "--listen", "127.0.0.1:0", "--max-connections", "1024"]
+    p, port, log = launch(argv, preexec_fn=limit(256, 4096))
+    try:
+        ev = log_events(log, "listening")[0]
+        soft = int([l.split()[3] for l in open("/proc/%d/limits" % p.pid) if l.startswith("Max open files")][0])
+        check(ev["open_files_limit_was"] == 256 and ev["open_files_limit"] >= 1024 and soft == ev["open_files_limit"],
+              "soft limit 256 raised to %s for 1024 connections" % soft)
+    finally:
+        check(stop_daemon(p) == 0, "exit 0 (raised limit daemon)")
+    r = subprocess.run(argv, preexec_fn=limit(256, 512), capture_output=True, text=True, timeout=30)
+    errors = [json.loads(l) for l in r.stderr.splitlines() if '"error"' in l]
+    check(r.returncode == 1 and errors and "--max-connections 1024" in errors[0]["message"]
+          and "512" in errors[0]["message"],
+          "hard limit 512 < 1024 connections: exit 1 naming both (%d %r)" % (r.returncode, r.stderr[-300:]))
+
+
+def token_files(synth):
+    """Issue 10 item 10: a token longer than 4,095 bytes is refused at start,
+    naming the file; one of exactly 4,095 bytes works."""
+    import urllib.error
+    big = os.path.join(TMP, "token-5000")
+    open(big, "w").write("t" * 5000 + "\n")
+    r = subprocess.run([LMAPD, "--store", synth, "--listen", "127.0.0.1:0", "--token-file", big],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 1 and big in r.stderr and "longer than 4095 bytes" in r.stderr,
+          "5,000-byte token file: exit 1 naming it (%d %r)" % (r.returncode, r.stderr[-300:]))
+    nul = os.path.join(TMP, "token-nul")
+    open(nul, "wb").write(b"abc\x00def\n")
+    r = subprocess.run([LMAPD, "--store", synth, "--listen", "127.0.0.1:0", "--token-file", nul],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 1 and nul in r.stderr and "NUL" in r.stderr, "token with a NUL byte refused")
+    token = "k" * 4094 + "Z"
+    exact = os.path.join(TMP, "token-4095")
+    open(exact, "w").write(token + "  \nsecond line ignored\n")
+    p, port, _ = start_daemon(synth, "--token-file", exact)
+    try:
+        st, _ = get(port, "/v1/info", {"Authorization": "Bearer " + token})
+        check(st == 200, "4,095-byte token accepted (%s)" % st)
+        st, _ = get(port, "/v1/info", {"Authorization": "Bearer " + token[:-1]})
+        check(st == 401, "the token cut by one byte refused (%s)" % st)
+    finally:
+        check(stop_daemon(p) == 0, "exit 0 (4095-byte token daemon)")
 
 
 def get(port, path, headers=None):
@@ -31,6 +179,11 @@ def main():
     synth = os.path.join(TMP, "limits.lmap")
     subprocess.run([LMAP, "synth", "-o", synth, "--images", "50", "--force", "--no-progress"],
                    check=True, capture_output=True)
+
+    flood_and_probe(synth)
+    header_timeout(synth)
+    open_files(synth)
+    token_files(synth)
 
     # Slow client: a request that stops half-way is closed after the idle
     # timeout, and the daemon serves others meanwhile.
