@@ -6,8 +6,10 @@
  *
  * The bytes go to a file, since importer_run reads a path, as `lmap
  * import` does. An import either fails with a code and a message, or
- * leaves a store that opens and holds as many records as it reported.
+ * leaves a store that opens and holds as many records as it reported; a
+ * failed one leaves no file behind (no store, no temporary file).
  */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,19 @@
 #include "store.h"
 
 static char in[600], out[600];
+
+/* Whether the scratch directory holds anything besides the input: a
+ * store, or a temporary file of one. */
+static int leftovers(void) {
+  DIR *dh = opendir(fuzz_tmpdir());
+  struct dirent *e;
+  int found = 0;
+  while (dh && (e = readdir(dh)) != NULL)
+    found |= e->d_name[0] != '.' && strcmp(e->d_name, "in.tar") != 0;
+  if (dh)
+    closedir(dh);
+  return found;
+}
 
 static int count(void *ctx, const char *id, size_t id_len, const uint8_t *rec,
                  size_t rec_len) {
@@ -47,8 +62,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (d.msg[0] == '\0' || rc == LMAP_EINTERNAL)
       abort();
     /* Nothing is left behind by a failed import. */
-    if (access(out, F_OK) == 0)
+    if (leftovers()) {
+      fprintf(stderr, "fuzz_tar: a failed import left files in %s\n",
+              fuzz_tmpdir());
       abort();
+    }
     return 0;
   }
   store *s;
@@ -60,5 +78,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   store_close(s);
   unlink(out);
+  if (leftovers())
+    abort();
   return 0;
 }

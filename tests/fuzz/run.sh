@@ -11,6 +11,10 @@
 #
 #   LMAP_FUZZ_BUILD=DIR   build directory (default build-fuzz)
 #   LMAP_FUZZ_RSS_MB=N    memory bound per target (default 2048)
+#   LMAP_FUZZ_KEEP_GOING=1  go on after a crash (libFuzzer's fork mode with
+#                         -ignore_crashes): every crashing input is kept, and
+#                         the target still fails; for long runs that must not
+#                         stop at a known bug
 #
 # New inputs that reach new code are kept in build-fuzz/fuzz-work/corpus
 # (not committed), so a later run starts where the last one stopped.
@@ -58,32 +62,41 @@ for t in "${targets[@]}"; do
   bin=$build/tests/fuzz/fuzz_$t
   [ -x "$bin" ] || { echo "no fuzz target '$t' (one of: ${all[*]})" >&2; exit 2; }
   mkdir -p "$work/corpus/$t" "$work/crashes/$t"
-  seeds=(tests/fuzz/corpus/"$t")
+  seeds=()
+  for d in tests/fuzz/corpus/"$t" tests/fuzz/regress/"$t"; do
+    [ -d "$d" ] && seeds+=("$d")
+  done
   [ "$t" = ptfile ] && seeds+=(tests/vectors/pt)
-  [ -d tests/fuzz/regress/"$t" ] && seeds+=(tests/fuzz/regress/"$t")
   dict=()
   case $t in
     api | wire_json) dict=(-dict=tests/fuzz/json.dict) ;;
     wire_npy) dict=(-dict=tests/fuzz/npy.dict) ;;
   esac
+  keep=()
+  [ -n "${LMAP_FUZZ_KEEP_GOING:-}" ] &&
+    keep=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
   log=$work/$t.log
+  before=$(ls "$work/crashes/$t" | wc -l)
   rc=0
   TMPDIR=$scratch "$bin" -max_total_time="$seconds" -rss_limit_mb="$rss" \
     -malloc_limit_mb="$rss" -timeout=10 -max_len="$(max_len "$t")" \
-    -print_final_stats=1 -artifact_prefix="$work/crashes/$t/" "${dict[@]}" \
+    -print_final_stats=1 -artifact_prefix="$work/crashes/$t/" "${dict[@]}" "${keep[@]}" \
     "$work/corpus/$t" "${seeds[@]}" >"$log" 2>&1 || rc=$?
-  # The last status line ("#N DONE cov: X ft: Y ..." or the last pulse)
-  # and the final stats.
-  last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
+  # The last status line ("#N DONE cov: X ft: Y ..." or the last pulse;
+  # "#N: cov: X ft: Y ... exec/s: E" in fork mode) and the final stats.
+  last=$(grep -E '^#[0-9]+.* cov: ' "$log" | tail -1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   eps=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  [ -n "$eps" ] || eps=$(sed -n 's/.* exec\/s:\? \([0-9]*\).*/\1/p' <<<"$last")
+  after=$(ls "$work/crashes/$t" | wc -l)
+  [ "$after" -gt "$before" ] && rc=${rc/#0/1}
   if [ $rc -eq 0 ]; then
     result=ok
   else
     failed=1
     crash=$(ls -t "$work/crashes/$t/" 2>/dev/null | head -1)
-    result="CRASH (exit $rc): $work/crashes/$t/$crash, log $log"
+    result="CRASH (exit $rc, $((after - before)) new): $work/crashes/$t/$crash, log $log"
   fi
   printf '%-11s %9s %10s %7s %7s %s\n' "$t" "$seconds" "${eps:-?}" "${cov:-?}" \
     "${ft:-?}" "$result"
