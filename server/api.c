@@ -465,6 +465,14 @@ static void reset(api_response *res) {
   lmap_dynbuf_reset(&res->body);
 }
 
+/* The error body when the message cannot be encoded (not UTF-8, or no
+ * memory): the same code, and the code's own text as the message. */
+static void error_fallback(api_response *res, int err) {
+  lmap_dynbuf_reset(&res->body);
+  lmap_dynbuf_printf(&res->body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}",
+                     lmap_err_code(err), lmap_strerror(err));
+}
+
 void api_error_message(api_response *res, int err, const char *message) {
   reset(res);
   res->status = lmap_err_http_status(err);
@@ -472,11 +480,8 @@ void api_error_message(api_response *res, int err, const char *message) {
                         "message", message);
   char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
   json_decref(e);
-  if (text == NULL || lmap_dynbuf_addstr(&res->body, text) != 0) {
-    lmap_dynbuf_reset(&res->body);
-    lmap_dynbuf_addstr(&res->body, "{\"error\":{\"code\":\"internal\","
-                              "\"message\":\"cannot format the error\"}}");
-  }
+  if (text == NULL || lmap_dynbuf_addstr(&res->body, text) != 0)
+    error_fallback(res, err);
   free(text);
 }
 
@@ -491,11 +496,8 @@ void api_error(api_response *res, int code, const diag *d) {
   json_t *e = err ? json_pack("{s:o}", "error", err) : NULL;
   char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
   json_decref(e);
-  if (text == NULL || lmap_dynbuf_addstr(&res->body, text) != 0) {
-    free(text);
-    api_error_message(res, LMAP_EINTERNAL, "cannot format the error");
-    return;
-  }
+  if (text == NULL || lmap_dynbuf_addstr(&res->body, text) != 0)
+    error_fallback(res, code);
   free(text);
 }
 
@@ -1008,11 +1010,26 @@ static api_response *get_classes(api_worker *w) {
 
 /* ---- routing ---- */
 
+/* Up to 16 bytes of a client's token (a method) as printable ASCII, other
+ * bytes as \xHH: the message becomes a JSON string, which must be UTF-8. */
+static void printable_token(char out[65], const char *token) {
+  size_t n = 0;
+  for (size_t i = 0; token[i] && i < 16; i++) {
+    unsigned char c = (unsigned char)token[i];
+    if (c >= 0x20 && c < 0x7f)
+      out[n++] = (char)c;
+    else
+      n += (size_t)snprintf(out + n, 5, "\\x%02x", c);
+  }
+  out[n] = '\0';
+}
+
 static api_response *method_not_allowed(api_worker *w, const char *method,
                                         const char *allow) {
-  char msg[128];
-  snprintf(msg, sizeof msg, "method %.16s is not allowed here (allowed: %s)",
-           method, allow);
+  char msg[160], shown[65];
+  printable_token(shown, method);
+  snprintf(msg, sizeof msg, "method %s is not allowed here (allowed: %s)",
+           shown, allow);
   api_error_message(&w->res, LMAP_EMETHOD, msg);
   w->res.allow = allow;
   return &w->res;

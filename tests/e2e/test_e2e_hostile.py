@@ -102,6 +102,9 @@ def main():
             ("raw NUL in the path", get(b"/v1/maps/" + i + b"\x00x"), ("json", 400, "bad_request")),
             ("raw NUL in the method", b"GE\x00T /livez HTTP/1.1\r\nHost: x\r\n\r\n",
              ("json", 400, "bad_request")),
+            # A method that is not UTF-8 is named with escapes, under its own code.
+            ("non-UTF-8 method", b"\xa5 /livez HTTP/1.1\r\nHost: x\r\n\r\n",
+             ("json_open", 405, "method_not_allowed")),
             ("box=...%00junk", get(b"/v1/labels/" + i + b"?box=0,0,1,1%00junk"),
              ("json", 400, "bad_request")),
             ("raw NUL in the query", get(b"/v1/labels/" + i + b"?box=0,0,1,1\x00junk"),
