@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the build and the tests need
 # (Debian packages, only those missing), builds, and runs every ctest suite
-# (unit, oracle, e2e, client, python, bench), then the unit, e2e and client
-# tests again under AddressSanitizer + UBSan.
+# (unit, oracle, e2e, client, python, bench), a short soak of the real lmapd,
+# the unit, e2e and client tests again under AddressSanitizer + UBSan, the
+# e2e tests under ThreadSanitizer, and each libFuzzer target for 20 s.
 #
 #   tests/run.sh            everything
-#   LMAP_SKIP_SANITIZE=1    skip the sanitizer pass
+#   LMAP_SKIP_SANITIZE=1    skip the ASan/UBSan pass
+#   LMAP_SKIP_TSAN=1        skip the ThreadSanitizer pass
+#   LMAP_SKIP_FUZZ=1        skip the fuzzing (the targets still run their
+#                           corpora and regression inputs as unit tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +31,14 @@ if [ -z "${LMAP_SKIP_SANITIZE:-}" ]; then
   cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DLMAP_SANITIZE=ON -DLMAP_WERROR=ON
   cmake --build build-sanitize -j"$jobs"
   ctest --test-dir build-sanitize --output-on-failure -j"$jobs" -L 'unit|e2e|client'
+fi
+
+tests/soak/run.sh 20 build/lmapd build/lmap
+
+if [ -z "${LMAP_SKIP_TSAN:-}" ]; then
+  tests/tsan.sh e2e
+fi
+
+if [ -z "${LMAP_SKIP_FUZZ:-}" ]; then
+  tests/fuzz/run.sh 20
 fi
