@@ -138,6 +138,29 @@ static void test_npy_refusals(void) {
   ASSERT_EQ(feed_all(file, len, out, 6, any, 2, err), LMAP_EPROTOCOL);
 }
 
+/* Feeds `file` in two pieces split at `cut` to a sink checking values in
+ * `mode`; `want` is NULL for an answer that must pass, else a fragment of
+ * the message it must be refused with (LMAP_EPROTOCOL). */
+static void check_values(const char *file, size_t len, size_t cut, float *out,
+                         size_t n, const size_t *dims, size_t ndims,
+                         lmap_npy_values mode, size_t classes,
+                         const char *want, const char *label, size_t k) {
+  lmap_npy_sink s;
+  lmap_npy_sink_init(&s, out, n, dims, ndims);
+  lmap_npy_sink_values(&s, mode, classes);
+  int rc = lmap_npy_feed(&s, file, cut);
+  if (rc == 0)
+    rc = lmap_npy_feed(&s, file + cut, len - cut);
+  if (rc == 0)
+    rc = lmap_npy_finish(&s);
+  ASSERT_EQ(rc, want ? LMAP_EPROTOCOL : 0);
+  if (want && strstr(s.err, want) == NULL) {
+    fprintf(stderr, "%s %zu: '%s' lacks '%s'\n", label, k, s.err, want);
+    ASSERT(0);
+  }
+  lmap_npy_sink_free(&s);
+}
+
 /* Values checked as they arrive, whatever the split: NaN and infinities
  * always refused, probabilities outside [0, 1] (beyond the slack) with
  * LMAP_NPY_PROB, class indices that are not whole numbers below C with
@@ -166,22 +189,9 @@ static void test_npy_values(void) {
   for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
     v[4] = cases[k].value;
     size_t len = make_npy(file, sizeof file, "(2, 3)", v, 6, 1);
-    for (size_t cut = 0; cut <= len; cut += 3) {
-      lmap_npy_sink s;
-      lmap_npy_sink_init(&s, out, 6, e2, 2);
-      lmap_npy_sink_values(&s, cases[k].mode, 0);
-      int rc = lmap_npy_feed(&s, file, cut);
-      if (rc == 0)
-        rc = lmap_npy_feed(&s, file + cut, len - cut);
-      if (rc == 0)
-        rc = lmap_npy_finish(&s);
-      ASSERT_EQ(rc, cases[k].ok ? 0 : LMAP_EPROTOCOL);
-      if (!cases[k].ok && strstr(s.err, cases[k].want) == NULL) {
-        fprintf(stderr, "case %zu: '%s' lacks '%s'\n", k, s.err, cases[k].want);
-        ASSERT(0);
-      }
-      lmap_npy_sink_free(&s);
-    }
+    for (size_t cut = 0; cut <= len; cut += 3)
+      check_values(file, len, cut, out, 6, e2, 2, cases[k].mode, 0,
+                   cases[k].ok ? NULL : cases[k].want, "case", k);
   }
   /* Maps: plane 0 scores, plane 1 class indices below `classes`. */
   float m[8] = {1.5f, -2e30f, 0.25f, 4, 0, 9, 3, 2};
@@ -205,19 +215,9 @@ static void test_npy_values(void) {
     memcpy(w, m, sizeof w);
     w[mc[k].at] = mc[k].value;
     size_t len = make_npy(file, sizeof file, "(2, 1, 2, 2)", w, 8, 1);
-    lmap_npy_sink s;
     float o8[8];
-    lmap_npy_sink_init(&s, o8, 8, e4, 4);
-    lmap_npy_sink_values(&s, LMAP_NPY_MAP, 10);
-    int rc = lmap_npy_feed(&s, file, len);
-    if (rc == 0)
-      rc = lmap_npy_finish(&s);
-    ASSERT_EQ(rc, mc[k].ok ? 0 : LMAP_EPROTOCOL);
-    if (!mc[k].ok && strstr(s.err, mc[k].want) == NULL) {
-      fprintf(stderr, "map case %zu: '%s' lacks '%s'\n", k, s.err, mc[k].want);
-      ASSERT(0);
-    }
-    lmap_npy_sink_free(&s);
+    check_values(file, len, len, o8, 8, e4, 4, LMAP_NPY_MAP, 10,
+                 mc[k].ok ? NULL : mc[k].want, "map case", k);
   }
 }
 
