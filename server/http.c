@@ -62,6 +62,11 @@ struct http_server {
   atomic_uint in_flight;
   atomic_ullong last_activity_ms;
   atomic_int draining;
+  /* The listening socket MHD_quiesce_daemon handed back: shut down at
+   * once, closed only after MHD_stop_daemon, since a pool thread may still
+   * hold it until then (MHD's documentation; ThreadSanitizer saw the close
+   * race with a pool thread's poll). */
+  MHD_socket quiesced_fd;
 };
 
 static unsigned long long monotonic_ms(void) {
@@ -562,7 +567,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
 }
 
 /* Descriptors lmapd needs besides its connections: stdio, the listener,
- * each pool thread's epoll and wake-up descriptors, the store (file and
+ * each pool thread's wake-up descriptors, the store (file and
  * lock, twice during a reload), the control loop's. Generous on purpose. */
 static unsigned long files_needed(const http_config *c) {
   return (unsigned long)c->max_connections + 64ul + 4ul * c->threads;
@@ -605,6 +610,7 @@ int http_start(const http_config *c, api *a, http_server **out,
   if (s == NULL)
     return diag_set(d, LMAP_ENOMEM, "out of memory");
   s->a = a;
+  s->quiesced_fd = MHD_INVALID_SOCKET;
   s->max_body = c->max_body;
   s->idle_timeout = c->idle_timeout;
   /* A connection that has not sent a request never gets more time than
@@ -632,13 +638,17 @@ int http_start(const http_config *c, api *a, http_server **out,
   s->key_made = 1;
   /* MHD's messages go through our log, so that every stderr line stays a
    * log line (the logger must be the first option, or MHD says so on
-   * stderr); one thread is MHD's plain internal thread, more a pool. */
+   * stderr); one thread is MHD's plain internal thread, more a pool.
+   * poll, not epoll: MHD 0.9.75's edge-triggered epoll loses the end of a
+   * stream that arrives with the last bytes of a partial request (the
+   * socket stays in CLOSE_WAIT until a timeout, and a drain waits for it);
+   * see test_e2e_limits.py's abandoned_requests. */
   struct MHD_OptionItem pool[] = {
       {c->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
        (intptr_t)c->threads, NULL},
       {MHD_OPTION_END, 0, NULL}};
   s->mhd = MHD_start_daemon(
-      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC |
           MHD_USE_ERROR_LOG,
       c->port, NULL, NULL, handle, s,
       MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
@@ -687,7 +697,10 @@ void http_quiesce(http_server *s) {
     /* MHD owns the socket from here, and closes it even on failure. */
     MHD_add_connection(s->mhd, c, (struct sockaddr *)&addr, len);
   }
-  close(fd);
+  /* Connections arriving from now on are refused; the descriptor itself
+   * is closed by http_stop. */
+  shutdown(fd, SHUT_RDWR);
+  s->quiesced_fd = fd;
 }
 
 unsigned http_connections(http_server *s) {
@@ -708,6 +721,8 @@ void http_stop(http_server *s) {
   /* Joining the pool threads runs their key destructors, which free the
    * workers (and their store readers) before the caller closes the store. */
   MHD_stop_daemon(s->mhd);
+  if (s->quiesced_fd != MHD_INVALID_SOCKET)
+    close(s->quiesced_fd);
   if (s->key_made)
     pthread_key_delete(s->worker_key);
   if (s->log_mu_made)

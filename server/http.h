@@ -2,7 +2,7 @@
  * http: lmapd's HTTP front end on libmicrohttpd. The only module that
  * includes microhttpd.h.
  *
- * It runs MHD's internal thread pool with epoll, gives each pool thread its
+ * It runs MHD's internal thread pool with poll, gives each pool thread its
  * own api_worker (created lazily on the thread's first request), checks
  * the framing of every request on MHD's first handler call (duplicate or
  * conflicting Content-Length / Transfer-Encoding, header names with
