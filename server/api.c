@@ -461,6 +461,7 @@ static void reset(api_response *res) {
   res->content_type = JSON_TYPE;
   res->allow = NULL;
   res->auth_challenge = 0;
+  res->retry_after = 0;
   res->batch = res->labels = 0;
   lmap_dynbuf_reset(&res->body);
 }

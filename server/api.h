@@ -54,6 +54,7 @@ typedef struct api_response {
   const char *content_type; /* static string */
   const char *allow;        /* the Allow header for 405, else NULL */
   int auth_challenge;       /* 401: send WWW-Authenticate: Bearer */
+  unsigned retry_after;     /* seconds for a Retry-After header, or 0 */
   metrics_route route;      /* for the metrics */
   uint32_t batch, labels;   /* queries asked and labels answered */
   dynbuf body;              /* owned by the api_worker, reused */

@@ -67,6 +67,9 @@ struct http_server {
    * hold it until then (MHD's documentation; ThreadSanitizer saw the close
    * race with a pool thread's poll). */
   MHD_socket quiesced_fd;
+  /* Large answers handed to MHD and not yet freed by it. */
+  size_t max_answer_memory;
+  atomic_size_t answer_bytes;
 };
 
 static unsigned long long monotonic_ms(void) {
@@ -310,11 +313,89 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind,
   return MHD_YES;
 }
 
+/* A large answer's buffer while MHD holds it: freed, and its bytes taken
+ * off the budget, when MHD is done with it (sent, or the client gone). */
+typedef struct handed_answer {
+  http_server *s;
+  char *data;
+  size_t len;
+} handed_answer;
+
+static void free_handed_answer(void *cls) {
+  handed_answer *h = cls;
+  atomic_fetch_sub(&h->s->answer_bytes, h->len);
+  free(h->data);
+  free(h);
+}
+
+/* Takes a large answer's buffer from its worker (no copy) into a response,
+ * counted against the budget until MHD frees it. NULL with *over_budget
+ * set when the budget has no room for it, NULL alone when out of memory. */
+static struct MHD_Response *hand_over(http_server *s, api_response *r,
+                                      int *over_budget) {
+  size_t len = r->body.len;
+  size_t held = atomic_fetch_add(&s->answer_bytes, len);
+  *over_budget = held + len > s->max_answer_memory;
+  handed_answer *h = NULL;
+  struct MHD_Response *resp = NULL;
+  if (!*over_budget && (h = malloc(sizeof *h)) != NULL) {
+    *h = (handed_answer){s, r->body.data, len};
+    resp = MHD_create_response_from_buffer_with_free_callback_cls(
+        len, h->data, free_handed_answer, h);
+  }
+  if (resp == NULL) {
+    free(h);
+    atomic_fetch_sub(&s->answer_bytes, len);
+    return NULL;
+  }
+  /* The worker starts its next answer in a new buffer; `len` stays, for
+   * the metrics and the access log. */
+  r->body.data = NULL;
+  r->body.cap = 0;
+  return resp;
+}
+
+static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
+                               request *rq, api_response *r);
+
+/* An answer that does not fit in the budget becomes a 503: its work is
+ * lost, but clients that do not read cannot take the memory of the
+ * others. Its buffer goes back to the system (api_observe, through the
+ * worker named here). */
+static enum MHD_Result respond_over_budget(http_server *s,
+                                           struct MHD_Connection *c,
+                                           request *rq, api_response *r) {
+  char msg[320];
+  snprintf(msg, sizeof msg,
+           "the answer of %zu bytes does not fit: answers waiting for their "
+           "clients to read them hold %zu bytes of the %zu that lmapd "
+           "--max-answer-memory allows; retry later",
+           r->body.len, atomic_load(&s->answer_bytes), s->max_answer_memory);
+  api_response busy = {0};
+  lmap_dynbuf_init(&busy.body, 4096);
+  api_error_message(&busy, LMAP_EUNAVAILABLE, msg);
+  busy.route = r->route;
+  busy.batch = r->batch;
+  busy.worker = r->worker;
+  busy.retry_after = 1;
+  enum MHD_Result ok = respond(s, c, rq, &busy);
+  lmap_dynbuf_free(&busy.body);
+  return ok;
+}
+
 static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
                                request *rq, api_response *r) {
-  struct MHD_Response *resp = MHD_create_response_from_buffer(
-      r->body.len, r->body.data ? r->body.data : (void *)"",
-      MHD_RESPMEM_MUST_COPY);
+  struct MHD_Response *resp = NULL;
+  if (r->worker != NULL && r->body.len > HTTP_HANDOVER_BYTES) {
+    int over_budget;
+    resp = hand_over(s, r, &over_budget);
+    if (over_budget)
+      return respond_over_budget(s, c, rq, r);
+  }
+  if (resp == NULL)
+    resp = MHD_create_response_from_buffer(
+        r->body.len, r->body.data ? r->body.data : (void *)"",
+        MHD_RESPMEM_MUST_COPY);
   if (resp == NULL)
     return MHD_NO;
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
@@ -324,6 +405,11 @@ static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
   if (r->auth_challenge)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+  if (r->retry_after) {
+    char seconds[16];
+    snprintf(seconds, sizeof seconds, "%u", r->retry_after);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, seconds);
+  }
   /* While draining, kept-alive clients are told to go: their next request
    * opens a new connection, which another server takes. */
   if (atomic_load(&s->draining))
@@ -611,6 +697,7 @@ int http_start(const http_config *c, api *a, http_server **out,
     return diag_set(d, LMAP_ENOMEM, "out of memory");
   s->a = a;
   s->quiesced_fd = MHD_INVALID_SOCKET;
+  s->max_answer_memory = c->max_answer_memory;
   s->max_body = c->max_body;
   s->idle_timeout = c->idle_timeout;
   /* A connection that has not sent a request never gets more time than
@@ -707,6 +794,10 @@ unsigned http_connections(http_server *s) {
   const union MHD_DaemonInfo *info =
       MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
   return info ? info->num_connections : 0;
+}
+
+size_t http_answer_bytes(http_server *s) {
+  return atomic_load(&s->answer_bytes);
 }
 
 unsigned http_in_flight(http_server *s, unsigned long long *quiet_ms) {

@@ -45,6 +45,10 @@ typedef struct http_access {
 #define HTTP_MAX_URL 4096u /* bytes of the raw URL, query included */
 #define HTTP_MAX_ARGS 64u  /* query parameters */
 
+/* Answers above this size are handed to MHD without a copy and counted
+ * against http_config.max_answer_memory until MHD frees them. */
+#define HTTP_HANDOVER_BYTES ((size_t)1 << 20)
+
 typedef struct http_config {
   const char *host;        /* numeric IPv4 address to bind */
   uint16_t port;           /* 0 = an ephemeral port */
@@ -56,6 +60,10 @@ typedef struct http_config {
   unsigned header_timeout;
   unsigned max_connections;
   unsigned max_per_ip;     /* 0 = unlimited */
+  /* Bytes of large answers (over HTTP_HANDOVER_BYTES) that may wait in
+   * MHD for their clients to read them, all connections together; an
+   * answer that would pass it is replaced by 503 with Retry-After. */
+  size_t max_answer_memory;
   /* Called from the worker threads for every answered request with
    * status >= 400, and for all when log_all is set. May be NULL. */
   void (*on_access)(const http_access *);
@@ -80,13 +88,16 @@ int http_reserve_files(const http_config *c, unsigned long *before,
 int http_start(const http_config *c, api *a, http_server **out,
                uint16_t *port_out, diag *d);
 
-/* Stops accepting new connections (the listening socket is closed);
+/* Stops accepting new connections (the listening socket is shut down);
  * connections already open are served, and every answer from now on says
  * "Connection: close" so that kept-alive clients move elsewhere. */
 void http_quiesce(http_server *s);
 
 /* Connections currently open. */
 unsigned http_connections(http_server *s);
+
+/* Bytes of large answers waiting in MHD now (see max_answer_memory). */
+size_t http_answer_bytes(http_server *s);
 
 /* Requests being served now; *quiet_ms is the time since one last started
  * or ended. */

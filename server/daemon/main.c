@@ -33,6 +33,10 @@ static const char usage[] =
     "  --max-body BYTES         LMAPD_MAX_BODY     request body cap (default 8388608)\n"
     "  --max-batch N            LMAPD_MAX_BATCH    queries per request (default 4096)\n"
     "  --max-answer BYTES       LMAPD_MAX_ANSWER   answer body cap (default 268435456)\n"
+    "  --max-answer-memory BYTES  LMAPD_MAX_ANSWER_MEMORY  answers over 1 MiB waiting\n"
+    "                                              to be read, all clients together;\n"
+    "                                              past it 503 (default 1073741824;\n"
+    "                                              at least --max-answer)\n"
     "  --max-connections N      LMAPD_MAX_CONNECTIONS  open connections (default 1024;\n"
     "                                              the open-file limit is raised to fit)\n"
     "  --max-per-ip N           LMAPD_MAX_PER_IP   connections per client address\n"
@@ -69,8 +73,8 @@ typedef struct config {
   const char *token_file;
   unsigned long access_log, page_check;
   const char *log_format;
-  unsigned long threads, max_body, max_batch, max_answer, max_connections,
-      max_per_ip, header_timeout, idle_timeout, grace;
+  unsigned long threads, max_body, max_batch, max_answer, max_answer_memory,
+      max_connections, max_per_ip, header_timeout, idle_timeout, grace;
 } config;
 
 typedef struct setting {
@@ -185,6 +189,7 @@ enum { OPT_STORE = 256, OPT_LISTEN, OPT_TOKEN, OPT_LOG_FORMAT, OPT_VERSION,
 int main(int argc, char **argv) {
   config c = {.listen = "127.0.0.1:8080", .threads = 2, .max_body = 8u << 20,
               .max_batch = 4096, .max_answer = 256ul << 20,
+              .max_answer_memory = 1ul << 30,
               .max_connections = 1024, .max_per_ip = 256,
               .header_timeout = 10, .idle_timeout = 60, .grace = 30,
               .page_check = 1};
@@ -193,6 +198,8 @@ int main(int argc, char **argv) {
       {"max-body", "LMAPD_MAX_BODY", &c.max_body, 1024, 1ul << 30},
       {"max-batch", "LMAPD_MAX_BATCH", &c.max_batch, 1, 1u << 20},
       {"max-answer", "LMAPD_MAX_ANSWER", &c.max_answer, 1024, 1ul << 32},
+      {"max-answer-memory", "LMAPD_MAX_ANSWER_MEMORY", &c.max_answer_memory,
+       1024, 1ul << 40},
       {"max-connections", "LMAPD_MAX_CONNECTIONS", &c.max_connections, 1,
        1u << 20},
       {"max-per-ip", "LMAPD_MAX_PER_IP", &c.max_per_ip, 0, 1u << 20},
@@ -276,6 +283,14 @@ int main(int argc, char **argv) {
           "Try 'lmapd --help'.\n", stderr);
     return 2;
   }
+  if (c.max_answer_memory < c.max_answer) {
+    fprintf(stderr,
+            "lmapd: --max-answer-memory %lu is less than --max-answer %lu: "
+            "an answer of the largest size allowed could never be sent\n"
+            "Try 'lmapd --help'.\n",
+            c.max_answer_memory, c.max_answer);
+    return 2;
+  }
   if (c.log_format && strcmp(c.log_format, "json") &&
       strcmp(c.log_format, "text"))
     return bad("log-format", c.log_format);
@@ -292,13 +307,14 @@ int main(int argc, char **argv) {
   control_block_signals();
 
   json_t *cfg = json_pack(
-      "{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+      "{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
       " s:b, s:b, s:s, s:s}",
       "store", c.store, "token",
       c.token_file ? "<redacted, from file>" : "none", "listen", c.listen,
       "threads", (json_int_t)c.threads, "max_body", (json_int_t)c.max_body,
       "max_batch", (json_int_t)c.max_batch, "max_answer",
-      (json_int_t)c.max_answer, "max_connections",
+      (json_int_t)c.max_answer, "max_answer_memory",
+      (json_int_t)c.max_answer_memory, "max_connections",
       (json_int_t)c.max_connections, "max_per_ip", (json_int_t)c.max_per_ip,
       "header_timeout", (json_int_t)c.header_timeout, "idle_timeout",
       (json_int_t)c.idle_timeout, "grace", (json_int_t)c.grace, "page_check",
@@ -325,6 +341,7 @@ int main(int argc, char **argv) {
                     (unsigned)c.header_timeout,
                     (unsigned)c.max_connections,
                     (unsigned)c.max_per_ip,
+                    (size_t)c.max_answer_memory,
                     log_access,
                     (int)c.access_log,
                     log_mhd};

@@ -287,7 +287,7 @@ note "store $(basename "$main_store") ($(stat -c %s "$main_store") bytes) read i
 LPID="" LPORT=""
 start_lmapd() { # STORE THREADS TAG
   local log=$run/lmapd-$3.log i
-  setsid "$LMAPD" --store "$1" --listen 127.0.0.1:0 --threads "$2" --grace 5 2> "$log" &
+  setsid "$LMAPD" --store "$1" --listen 127.0.0.1:0 --threads "$2" --grace 5 --max-per-ip 0 2> "$log" &
   LPID=$!
   pids+=("$LPID")
   for ((i = 0; i < 200; i++)); do

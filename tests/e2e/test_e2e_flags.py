@@ -18,6 +18,7 @@ NUMERIC = {
     "--max-body": ("max_body", "65536"),
     "--max-batch": ("max_batch", "77"),
     "--max-answer": ("max_answer", "1048576"),
+    "--max-answer-memory": ("max_answer_memory", "2097152"),
     "--max-connections": ("max_connections", "99"),
     "--max-per-ip": ("max_per_ip", "7"),
     "--header-timeout": ("header_timeout", "4"),
@@ -130,6 +131,15 @@ def main():
         usage_error(["--store", store], env={env_name: "abc"}, what="bad variable")
     usage_error(["--store", store, "--threads", "0"], what="below the minimum")
     usage_error(["--store", store, "--max-body", "10"], what="below the minimum")
+    # A budget for waiting answers smaller than one answer could never send
+    # the largest: refused, naming both flags.
+    r = subprocess.run([LMAPD, "--store", store, "--max-answer", "4194304",
+                        "--max-answer-memory", "2097152"], capture_output=True, text=True, timeout=30)
+    check(r.returncode == 2 and "--max-answer-memory 2097152" in r.stderr
+          and "--max-answer 4194304" in r.stderr,
+          "--max-answer-memory below --max-answer: exit 2 naming both (%d %r)" % (r.returncode, r.stderr))
+    usage_error(["--store", store], env={"LMAPD_MAX_ANSWER_MEMORY": "1048576"},
+                what="LMAPD_MAX_ANSWER_MEMORY below the default --max-answer")
     for name in ("LMAPD_ACCESS_LOG", "LMAPD_PAGE_CHECK"):
         usage_error(["--store", store], env={name: "yes"}, what="bad switch")
     return summary()

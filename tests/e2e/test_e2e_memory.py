@@ -12,10 +12,15 @@ The real lmapd on a loopback port; its resident memory read from
   are done the process returns to its baseline (a generous margin, no
   timing: it is polled for a bounded time);
 - a single GET whose answer cannot fit (5,000 classes, output_size 64,
-  dense: up to 327 MB) is refused, its sparse form is served.
+  dense: up to 327 MB) is refused, its sparse form is served;
+- clients that ask for large answers and never read them hold at most
+  --max-answer-memory: past it their requests get 503 `unavailable` with
+  Retry-After, naming the flag, while small answers go on; once they close,
+  large answers are served again and the memory comes back.
 Every process is stopped by its PID."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -61,6 +66,78 @@ def settle(pid, limit, rounds=100):
         time.sleep(0.1)
         now = rss(pid)
     return now
+
+
+def status_line(s):
+    """The status code and headers at the head of what `s` has received."""
+    s.settimeout(10)
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 65536:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    lines = head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, _, v in
+                   (l.partition(":") for l in lines[1:]))
+    return int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else None, headers
+
+
+def non_readers(store, ids):
+    """Eight clients ask for 61 MB answers and read nothing. With a budget
+    of 150 MB two answers wait in lmapd, the other six are refused with
+    503; the process stays within the budget plus the answers being built;
+    small answers go on; after the clients close, all comes back."""
+    budget = 150000000
+    p, port, _ = start_daemon(store, "--threads", "2", "--max-answer", str(64 * MiB),
+                              "--max-answer-memory", str(budget))
+    held = []
+    try:
+        for i in ids[:20]:
+            call(port, "/v1/labels/%s?box=0,0,1,1&format=sparse" % i)
+        base = rss(p.pid)
+        peak = base
+        for k in range(8):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /v1/labels/%s?box=0,0,1,1&output_size=64 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      % ids[k].encode())
+            held.append(s)
+            time.sleep(0.3)  # each answer is built before the next request
+            peak = max(peak, rss(p.pid))
+        answers = [status_line(s) for s in held]
+        codes = sorted(st for st, _ in answers)
+        check(codes == [200] * 2 + [503] * 6,
+              "8 clients that do not read, budget %d: two 61 MB answers wait, six 503 (%s)"
+              % (budget, codes))
+        refused = [h for st, h in answers if st == 503]
+        check(all(h.get("retry-after") == "1" for h in refused), "the 503s carry Retry-After: 1")
+        st, body = call(port, "/v1/labels/%s?box=0,0,1,1&output_size=64" % ids[9])
+        err = json.loads(body).get("error", {}) if st == 503 else {}
+        msg = err.get("message", "")
+        check(st == 503 and err.get("code") == "unavailable" and "--max-answer-memory" in msg
+              and str(budget) in msg,
+              "a large answer while the budget is full: 503 naming the flag (%s %s)" % (st, body[:300]))
+        st, body = call(port, "/v1/labels/%s?box=0,0,1,1&format=sparse" % ids[9])
+        check(st == 200, "small answers are served meanwhile (%s)" % st)
+        print("8 non-reading clients of 61 MB answers, budget %.0f MB: peak RSS %.1f MB over a "
+              "baseline of %.1f MB" % (budget / 1e6, (peak - base) / 1e6, base / 1e6))
+        # Held: the budget; being built or refused: one 61 MB buffer per
+        # thread at most; plus the margin of the other checks.
+        check(peak - base <= budget + 2 * 64 * MiB + 48 * MiB,
+              "RSS bounded by the budget: grew %.1f MB" % ((peak - base) / 1e6))
+        for s in held:
+            s.close()
+        held = []
+        after = settle(p.pid, base + 48 * MiB)
+        check(after <= base + 48 * MiB, "memory returns once they close: %.1f MB over the baseline"
+              % ((after - base) / 1e6))
+        st, body = call(port, "/v1/labels/%s?box=0,0,1,1&output_size=64" % ids[9])
+        check(st == 200 and len(body) > 60e6, "then large answers are served again (%s)" % st)
+    finally:
+        for s in held:
+            s.close()
+        check(stop_daemon(p) == 0, "clean stop (non-readers daemon)")
 
 
 def main():
@@ -163,6 +240,8 @@ def main():
         st, body = call(port, "/v1/maps/%s" % wide_ids[0])
         check(st == 200, "a whole map is served")
         check(stop_daemon(p) == 0, "clean stop")
+
+        non_readers(store, ids)
 
         # --max-answer sets the cap (wired in lmapd's main; checked when
         # this build's lmapd has the flag).
