@@ -65,6 +65,8 @@ struct api {
   pthread_mutex_t mu;
   uint32_t max_batch;
   size_t max_answer;
+  api_edge_metrics edge_metrics;
+  void *edge_ctx;
   atomic_int draining;
   char *token; /* required bearer token, or NULL */
   size_t token_len;
@@ -211,6 +213,11 @@ static int token_matches(const api *a, const char *header) {
   for (size_t i = 0; i < a->token_len; i++)
     diff |= (unsigned char)(a->token[i] ^ (i < n ? got[i] : 0));
   return diff == 0;
+}
+
+void api_set_edge_metrics(api *a, api_edge_metrics render, void *ctx) {
+  a->edge_metrics = render;
+  a->edge_ctx = ctx;
 }
 
 void api_set_max_answer(api *a, size_t bytes) {
@@ -1077,6 +1084,8 @@ static api_response *get_metrics(api_worker *w) {
         "# TYPE lmap_ready gauge\nlmap_ready %d\n",
         (unsigned long long)g->number, ready_status(w->a, NULL, 0) == NULL);
   generation_release(g);
+  if (rc == 0 && w->a->edge_metrics)
+    rc = w->a->edge_metrics(w->a->edge_ctx, &w->res.body);
   if (rc)
     api_error_message(&w->res, LMAP_EINTERNAL, "cannot render the metrics");
   return &w->res;

@@ -95,6 +95,13 @@ int api_set_token(api *a, const char *token, size_t len);
  * API_MIN_MAX_ANSWER are raised to it. Call before serving. */
 void api_set_max_answer(api *a, size_t bytes);
 
+/* Lines that /metrics adds from the HTTP edge, which the api cannot see
+ * (open connections, answers waiting to be read): `render` appends them to
+ * `b` and returns 0 or a dynbuf error. Set before serving starts and
+ * cleared after it stops (NULL): it is read without a lock. */
+typedef int (*api_edge_metrics)(void *ctx, dynbuf *b);
+void api_set_edge_metrics(api *a, api_edge_metrics render, void *ctx);
+
 /* Marks the service as draining: /readyz answers 503 from now on. */
 void api_set_draining(api *a);
 

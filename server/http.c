@@ -67,9 +67,12 @@ struct http_server {
    * hold it until then (MHD's documentation; ThreadSanitizer saw the close
    * race with a pool thread's poll). */
   MHD_socket quiesced_fd;
-  /* Large answers handed to MHD and not yet freed by it. */
+  /* Large answers handed to MHD and not yet freed by it, and those
+   * refused for want of room. */
   size_t max_answer_memory;
   atomic_size_t answer_bytes;
+  atomic_ullong answers_over_budget;
+  atomic_uint connections; /* open now (MHD's notifications) */
 };
 
 static unsigned long long monotonic_ms(void) {
@@ -371,6 +374,7 @@ static enum MHD_Result respond_over_budget(http_server *s,
            "clients to read them hold %zu bytes of the %zu that lmapd "
            "--max-answer-memory allows; retry later",
            r->body.len, atomic_load(&s->answer_bytes), s->max_answer_memory);
+  atomic_fetch_add(&s->answers_over_budget, 1);
   api_response busy = {0};
   lmap_dynbuf_init(&busy.body, 4096);
   api_error_message(&busy, LMAP_EUNAVAILABLE, msg);
@@ -600,6 +604,7 @@ static void connection_event(void *cls, struct MHD_Connection *c,
                              enum MHD_ConnectionNotificationCode code) {
   http_server *s = cls;
   if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+    atomic_fetch_sub(&s->connections, 1);
     conn_state *cs = *socket_context;
     if (cs && cs->pending) {
       lmap_dynbuf_free(&cs->pending->body);
@@ -609,10 +614,33 @@ static void connection_event(void *cls, struct MHD_Connection *c,
     *socket_context = NULL;
     return;
   }
+  atomic_fetch_add(&s->connections, 1);
   *socket_context = calloc(1, sizeof(conn_state)); /* NULL: not tracked */
   if (s->header_timeout != s->idle_timeout)
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
                               s->header_timeout);
+}
+
+/* The edge's lines of /metrics (api_set_edge_metrics). */
+static int render_metrics(void *ctx, dynbuf *b) {
+  http_server *s = ctx;
+  return lmap_dynbuf_printf(
+      b,
+      "# HELP lmap_connections Open client connections.\n"
+      "# TYPE lmap_connections gauge\nlmap_connections %u\n"
+      "# HELP lmap_answer_bytes_waiting Bytes of answers over 1 MiB "
+      "waiting for their clients to read them.\n"
+      "# TYPE lmap_answer_bytes_waiting gauge\n"
+      "lmap_answer_bytes_waiting %zu\n"
+      "# HELP lmap_answer_memory_limit_bytes --max-answer-memory.\n"
+      "# TYPE lmap_answer_memory_limit_bytes gauge\n"
+      "lmap_answer_memory_limit_bytes %zu\n"
+      "# HELP lmap_answers_over_budget_total Answers refused with 503 "
+      "because --max-answer-memory was full.\n"
+      "# TYPE lmap_answers_over_budget_total counter\n"
+      "lmap_answers_over_budget_total %llu\n",
+      atomic_load(&s->connections), atomic_load(&s->answer_bytes),
+      s->max_answer_memory, atomic_load(&s->answers_over_budget));
 }
 
 #define MESSAGES_PER_SECOND 10
@@ -723,6 +751,8 @@ int http_start(const http_config *c, api *a, http_server **out,
     return diag_set(d, LMAP_ENOMEM, "cannot create a thread key");
   }
   s->key_made = 1;
+  /* Before MHD's threads start (which orders it before their reads). */
+  api_set_edge_metrics(a, render_metrics, s);
   /* MHD's messages go through our log, so that every stderr line stays a
    * log line (the logger must be the first option, or MHD says so on
    * stderr); one thread is MHD's plain internal thread, more a pool.
@@ -749,6 +779,7 @@ int http_start(const http_config *c, api *a, http_server **out,
       MHD_OPTION_NOTIFY_CONNECTION, connection_event, s,
       MHD_OPTION_URI_LOG_CALLBACK, uri_logged, s, MHD_OPTION_END);
   if (s->mhd == NULL) {
+    api_set_edge_metrics(a, NULL, NULL);
     pthread_key_delete(s->worker_key);
     pthread_mutex_destroy(&s->log_mu);
     free(s);
@@ -796,10 +827,6 @@ unsigned http_connections(http_server *s) {
   return info ? info->num_connections : 0;
 }
 
-size_t http_answer_bytes(http_server *s) {
-  return atomic_load(&s->answer_bytes);
-}
-
 unsigned http_in_flight(http_server *s, unsigned long long *quiet_ms) {
   unsigned long long last = atomic_load(&s->last_activity_ms), now = monotonic_ms();
   *quiet_ms = now > last ? now - last : 0;
@@ -812,6 +839,7 @@ void http_stop(http_server *s) {
   /* Joining the pool threads runs their key destructors, which free the
    * workers (and their store readers) before the caller closes the store. */
   MHD_stop_daemon(s->mhd);
+  api_set_edge_metrics(s->a, NULL, NULL);
   if (s->quiesced_fd != MHD_INVALID_SOCKET)
     close(s->quiesced_fd);
   if (s->key_made)

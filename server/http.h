@@ -96,9 +96,6 @@ void http_quiesce(http_server *s);
 /* Connections currently open. */
 unsigned http_connections(http_server *s);
 
-/* Bytes of large answers waiting in MHD now (see max_answer_memory). */
-size_t http_answer_bytes(http_server *s);
-
 /* Requests being served now; *quiet_ms is the time since one last started
  * or ended. */
 unsigned http_in_flight(http_server *s, unsigned long long *quiet_ms);

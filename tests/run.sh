@@ -33,6 +33,12 @@ if [ -z "${LMAP_SKIP_SANITIZE:-}" ]; then
   ctest --test-dir build-sanitize --output-on-failure -j"$jobs" -L 'unit|e2e|client'
 fi
 
+tests/soak/run.sh 20 build/lmapd build/lmap
+
+if [ -z "${LMAP_SKIP_TSAN:-}" ]; then
+  tests/tsan.sh e2e
+fi
+
 if [ -z "${LMAP_SKIP_FUZZ:-}" ]; then
   tests/fuzz/run.sh 20
 fi
