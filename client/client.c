@@ -105,7 +105,8 @@ static void add_message(lmap_client *c, const char *fmt, ...) {
 
 /* Sets the call's error: `code`, the table's code string, `field`, and a
  * message replacing any before it. Returns `code`. */
-static int fail(lmap_client *c, int code, const char *field, const char *fmt, ...) {
+static int fail(lmap_client *c, int code, const char *field, const char *fmt,
+                ...) {
   char text[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -135,15 +136,17 @@ static int error_of_status(long status) {
 /* ---- handle ------------------------------------------------------------- */
 
 void lmap_client_options_init(lmap_client_options *opts) {
-  *opts = (lmap_client_options){.connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS,
-                                .timeout_ms = DEFAULT_TIMEOUT_MS,
-                                .retries = DEFAULT_RETRIES,
-                                .retry_backoff_ms = DEFAULT_BACKOFF_MS,
-                                .down_ms = DEFAULT_DOWN_MS};
+  *opts =
+      (lmap_client_options){.connect_timeout_ms = DEFAULT_CONNECT_TIMEOUT_MS,
+                            .timeout_ms = DEFAULT_TIMEOUT_MS,
+                            .retries = DEFAULT_RETRIES,
+                            .retry_backoff_ms = DEFAULT_BACKOFF_MS,
+                            .down_ms = DEFAULT_DOWN_MS};
 }
 
 void lmap_label_options_init(lmap_label_options *opts) {
-  *opts = (lmap_label_options){.output_size = 1, .box_format = LMAP_BOX_XYXY, .softmax = 1};
+  *opts = (lmap_label_options){
+      .output_size = 1, .box_format = LMAP_BOX_XYXY, .softmax = 1};
 }
 
 static int new_fail(char *errbuf, int code, const char *text) {
@@ -162,8 +165,8 @@ int lmap_client_new_array(const char *const *urls, size_t n_urls,
   if (urls == NULL || n_urls == 0)
     return new_fail(errbuf, LMAP_EINVAL, "no server URL given");
   if (n_urls > LMAP_MAX_ENDPOINTS) {
-    snprintf(err, sizeof err, "%zu server URLs given, at most %d are allowed", n_urls,
-             LMAP_MAX_ENDPOINTS);
+    snprintf(err, sizeof err, "%zu server URLs given, at most %d are allowed",
+             n_urls, LMAP_MAX_ENDPOINTS);
     return new_fail(errbuf, LMAP_EINVAL, err);
   }
   lmap_client_options o;
@@ -182,16 +185,19 @@ int lmap_client_new_array(const char *const *urls, size_t n_urls,
     o.token = opts->token;
   }
   if (o.retries > MAX_RETRIES) {
-    snprintf(err, sizeof err, "retries %d is over the limit of %d", o.retries, MAX_RETRIES);
+    snprintf(err, sizeof err, "retries %d is over the limit of %d", o.retries,
+             MAX_RETRIES);
     return new_fail(errbuf, LMAP_EINVAL, err);
   }
   if (o.token && (o.token[0] == '\0' || strpbrk(o.token, "\r\n") != NULL))
-    return new_fail(errbuf, LMAP_EINVAL, "the token is empty or holds a line break");
+    return new_fail(errbuf, LMAP_EINVAL,
+                    "the token is empty or holds a line break");
   for (size_t i = 0; i < n_urls; i++) {
     if (urls[i] == NULL)
       return new_fail(errbuf, LMAP_EINVAL, "a server URL is NULL");
     if (strlen(urls[i]) > MAX_URL_LEN)
-      return new_fail(errbuf, LMAP_EINVAL, "a server URL is longer than 2048 bytes");
+      return new_fail(errbuf, LMAP_EINVAL,
+                      "a server URL is longer than 2048 bytes");
     int rc = lmap_http_check_url(urls[i], err);
     if (rc)
       return new_fail(errbuf, rc, err);
@@ -228,8 +234,8 @@ int lmap_client_new_array(const char *const *urls, size_t n_urls,
   return 0;
 }
 
-int lmap_client_new(const char *urls, const lmap_client_options *opts, lmap_client **out,
-                    char *errbuf) {
+int lmap_client_new(const char *urls, const lmap_client_options *opts,
+                    lmap_client **out, char *errbuf) {
   if (out)
     *out = NULL;
   if (urls == NULL)
@@ -240,7 +246,8 @@ int lmap_client_new(const char *urls, const lmap_client_options *opts, lmap_clie
   const char *list[LMAP_MAX_ENDPOINTS];
   size_t n = 0; /* URLs seen; only the first LMAP_MAX_ENDPOINTS are kept */
   char *save = NULL;
-  for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+  for (char *tok = strtok_r(copy, ",", &save); tok;
+       tok = strtok_r(NULL, ",", &save)) {
     while (*tok == ' ' || *tok == '\t')
       tok++;
     char *end = tok + strlen(tok);
@@ -255,8 +262,8 @@ int lmap_client_new(const char *urls, const lmap_client_options *opts, lmap_clie
   int rc;
   if (n > LMAP_MAX_ENDPOINTS) {
     char err[128];
-    snprintf(err, sizeof err, "%zu server URLs given, at most %d are allowed", n,
-             LMAP_MAX_ENDPOINTS);
+    snprintf(err, sizeof err, "%zu server URLs given, at most %d are allowed",
+             n, LMAP_MAX_ENDPOINTS);
     rc = new_fail(errbuf, LMAP_EINVAL, err);
   } else {
     rc = lmap_client_new_array(list, n, opts, out, errbuf);
@@ -285,7 +292,7 @@ void lmap_client_free(lmap_client *c) {
 typedef struct call {
   const char *path;
   const dynbuf *post;
-  size_t max_ok; /* cap of a JSON 200 answer */
+  size_t max_ok;    /* cap of a JSON 200 answer */
   const char *what; /* why that cap, for the message when it is passed */
   float *dest;
   size_t dest_len;
@@ -324,15 +331,23 @@ static int answer_error(lmap_client *c, long status) {
     return err;
   }
   err = error_of_status(status);
-  return fail(c, err, NULL, "HTTP %ld from %s without an lmap error body", status, c->tried);
+  return fail(c, err, NULL, "HTTP %ld from %s without an lmap error body",
+              status, c->tried);
 }
 
 /* How an endpoint failed, for the call's final code. */
-typedef enum failure { FAIL_NONE, FAIL_TRANSPORT, FAIL_TIMEOUT, FAIL_HTTP, FAIL_ANSWER } failure;
+typedef enum failure {
+  FAIL_NONE,
+  FAIL_TRANSPORT,
+  FAIL_TIMEOUT,
+  FAIL_HTTP,
+  FAIL_ANSWER
+} failure;
 
 /* The success of an attempt: the endpoint goes first from now on and the
  * failures of earlier attempts are forgotten. */
-static int succeeded(lmap_client *c, size_t i, const call *k, const size_t shape[4]) {
+static int succeeded(lmap_client *c, size_t i, const call *k,
+                     const size_t shape[4]) {
   if (k->dest)
     memcpy(c->npy_shape, shape, sizeof c->npy_shape);
   c->endpoints[i].down_until_ms = 0;
@@ -347,12 +362,15 @@ static int succeeded(lmap_client *c, size_t i, const call *k, const size_t shape
 /* One attempt on endpoint `i`. Returns 0 on success, 1 when the endpoint
  * failed (*how says how; the reason is appended to `reasons`), or a final
  * error. */
-static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons, failure *how) {
+static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons,
+                   failure *how) {
   endpoint *ep = &c->endpoints[i];
   c->tried = ep->base;
   lmap_dynbuf_reset(&c->url);
-  if (lmap_dynbuf_addstr(&c->url, ep->base) || lmap_dynbuf_addstr(&c->url, k->path))
-    return fail(c, LMAP_EINVAL, NULL, "the request URL is longer than %zu bytes", c->url.max);
+  if (lmap_dynbuf_addstr(&c->url, ep->base) ||
+      lmap_dynbuf_addstr(&c->url, k->path))
+    return fail(c, LMAP_EINVAL, NULL,
+                "the request URL is longer than %zu bytes", c->url.max);
   c->npy_differs = 0;
   lmap_npy_sink sink;
   if (k->dest) {
@@ -377,11 +395,13 @@ static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons, fai
     *how = FAIL_ANSWER;
   } else if (rc == 0 && !o.transport_failed && o.status == 200 && k->dest) {
     if (!npy) {
-      snprintf(reason, sizeof reason, "the answer is not .npy (Content-Type: %.60s)",
+      snprintf(reason, sizeof reason,
+               "the answer is not .npy (Content-Type: %.60s)",
                o.content_type[0] ? o.content_type : "none");
       *how = FAIL_ANSWER;
     } else if ((rc = lmap_npy_finish(&sink)) == LMAP_ERANGE) {
-      fail(c, rc, NULL, "%s", sink.err); /* the caller's buffer, not the answer */
+      fail(c, rc, NULL, "%s",
+           sink.err); /* the caller's buffer, not the answer */
     } else if (rc) {
       snprintf(reason, sizeof reason, "%s", sink.err);
       *how = FAIL_ANSWER;
@@ -408,8 +428,8 @@ static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons, fai
     /* 5xx (or a status lmapd never sends): keep the server's words. */
     *how = FAIL_HTTP;
     answer_error(c, o.status);
-    snprintf(reason, sizeof reason, "HTTP %ld %s: %.400s", o.status, c->server_code,
-             c->message.data ? c->message.data : "");
+    snprintf(reason, sizeof reason, "HTTP %ld %s: %.400s", o.status,
+             c->server_code, c->message.data ? c->message.data : "");
   }
   ep->down_until_ms = now_ms() + c->down_ms;
   if (reasons->len)
@@ -458,7 +478,8 @@ static int perform(lmap_client *c, const call *k) {
     if (attempts == 1)
       add_message(c, "%s", reasons.data);
     else
-      add_message(c, "every endpoint failed (%d attempts): %s", attempts, reasons.data);
+      add_message(c, "every endpoint failed (%d attempts): %s", attempts,
+                  reasons.data);
   }
   lmap_dynbuf_free(&reasons);
   return rc;
@@ -468,7 +489,8 @@ static int perform(lmap_client *c, const call *k) {
 
 /* GET /v1/info into c->body; on success c->info is the store's. */
 static int fetch_info(lmap_client *c) {
-  call k = {.path = "/v1/info", .max_ok = LMAP_WIRE_INFO_MAX,
+  call k = {.path = "/v1/info",
+            .max_ok = LMAP_WIRE_INFO_MAX,
             .what = "the cap on /v1/info documents"};
   int rc = perform(c, &k);
   if (rc)
@@ -492,7 +514,8 @@ static int store_info(lmap_client *c, int refresh) {
 
 /* The shape a labels call (`n` queries, G = `G`) or, with n == 0, a map
  * call expects of the store `info`. Returns the number of dims. */
-static int expected_shape(const lmap_info *info, size_t n, size_t G, size_t shape[4]) {
+static int expected_shape(const lmap_info *info, size_t n, size_t G,
+                          size_t shape[4]) {
   if (n == 0) {
     size_t map[4] = {2, info->top_k, info->height, info->width};
     memcpy(shape, map, sizeof map);
@@ -508,7 +531,8 @@ static int expected_shape(const lmap_info *info, size_t n, size_t G, size_t shap
  * store was replaced since the handle last asked and the caller's buffer
  * is for the old one, which is the caller's LMAP_ERANGE. Otherwise the
  * refusal stands. */
-static int shape_refused(lmap_client *c, int rc, const call *k, size_t n, size_t G) {
+static int shape_refused(lmap_client *c, int rc, const call *k, size_t n,
+                         size_t G) {
   if (rc != LMAP_EPROTOCOL || !c->npy_differs)
     return rc;
   size_t got[4], want[4] = {0};
@@ -522,9 +546,11 @@ static int shape_refused(lmap_client *c, int rc, const call *k, size_t n, size_t
     same = want[i] == got[i];
   if (same)
     rc = fail(c, LMAP_ERANGE, NULL,
-              "the store was replaced: it now has %" PRIu32 " classes, K = %" PRIu32
-              ", H = %" PRIu32 ", W = %" PRIu32 ", and out_len %zu is for the one before",
-              c->info.num_classes, c->info.top_k, c->info.height, c->info.width, k->dest_len);
+              "the store was replaced: it now has %" PRIu32
+              " classes, K = %" PRIu32 ", H = %" PRIu32 ", W = %" PRIu32
+              ", and out_len %zu is for the one before",
+              c->info.num_classes, c->info.top_k, c->info.height, c->info.width,
+              k->dest_len);
   else
     fail(c, rc, NULL, "%s", saved.data ? saved.data : "");
   lmap_dynbuf_free(&saved);
@@ -543,8 +569,8 @@ static int label_call(lmap_client *c, const lmap_query *queries, size_t n,
   if (queries == NULL || n == 0)
     return fail(c, LMAP_EINVAL, "queries", "no queries given");
   if (o->output_size < 1 || o->output_size > 1024)
-    return fail(c, LMAP_EINVAL, "output_size", "output_size %d is not in 1..1024",
-                o->output_size);
+    return fail(c, LMAP_EINVAL, "output_size",
+                "output_size %d is not in 1..1024", o->output_size);
   return 0;
 }
 
@@ -552,16 +578,19 @@ static int build_body(lmap_client *c, const lmap_query *queries, size_t n,
                       const lmap_label_options *opts, int sparse) {
   char field[64] = "", err[LMAP_WIRE_ERRLEN] = "";
   lmap_dynbuf_reset(&c->request);
-  int rc = lmap_wire_labels_body(&c->request, queries, n, opts, sparse, field, err);
+  int rc =
+      lmap_wire_labels_body(&c->request, queries, n, opts, sparse, field, err);
   if (rc == LMAP_ETOOBIG)
-    return fail(c, rc, "queries", "the request is over %zu bytes", c->request.max);
+    return fail(c, rc, "queries", "the request is over %zu bytes",
+                c->request.max);
   if (rc == LMAP_ENOMEM)
     return fail(c, rc, NULL, "out of memory");
   return rc ? fail(c, rc, field, "%s", err) : 0;
 }
 
 int lmap_client_labels(lmap_client *c, const lmap_query *queries, size_t n,
-                       const lmap_label_options *opts, float *out, size_t out_len) {
+                       const lmap_label_options *opts, float *out,
+                       size_t out_len) {
   if (c == NULL)
     return LMAP_EINVAL;
   clear_error(c);
@@ -573,9 +602,10 @@ int lmap_client_labels(lmap_client *c, const lmap_query *queries, size_t n,
   if (out == NULL)
     return fail(c, LMAP_EINVAL, NULL, "the output buffer is NULL");
   if (n > SIZE_MAX / cells || out_len == 0 || out_len % (n * cells) != 0)
-    return fail(c, LMAP_ERANGE, NULL,
-                "out_len %zu is not n * num_classes * G * G for n = %zu, G = %zu", out_len, n,
-                G);
+    return fail(
+        c, LMAP_ERANGE, NULL,
+        "out_len %zu is not n * num_classes * G * G for n = %zu, G = %zu",
+        out_len, n, G);
   /* The caller's buffer says how many classes it expects: the store must
    * agree (asked again once when it does not: it may have been replaced). */
   size_t classes = out_len / (n * cells);
@@ -583,16 +613,22 @@ int lmap_client_labels(lmap_client *c, const lmap_query *queries, size_t n,
       (classes != c->info.num_classes && (rc = store_info(c, 1)) != 0))
     return rc;
   if (classes != c->info.num_classes)
-    return fail(c, LMAP_ERANGE, NULL,
-                "out_len %zu is n * %zu * G * G (n = %zu, G = %zu), but the store has %" PRIu32
-                " classes: out_len must be %zu",
-                out_len, classes, n, G, c->info.num_classes,
-                n * cells * (size_t)c->info.num_classes);
+    return fail(
+        c, LMAP_ERANGE, NULL,
+        "out_len %zu is n * %zu * G * G (n = %zu, G = %zu), but the store has %" PRIu32
+        " classes: out_len must be %zu",
+        out_len, classes, n, G, c->info.num_classes,
+        n * cells * (size_t)c->info.num_classes);
   if ((rc = build_body(c, queries, n, &o, 0)) != 0)
     return rc;
   /* Exactly the shape asked for: any other is the server's error. */
-  call k = {.path = "/v1/labels", .post = &c->request, .max_ok = LMAP_WIRE_ERROR_MAX, .dest = out,
-            .dest_len = out_len, .expect = {n, classes, G, G}, .ndim = G == 1 ? 2 : 4,
+  call k = {.path = "/v1/labels",
+            .post = &c->request,
+            .max_ok = LMAP_WIRE_ERROR_MAX,
+            .dest = out,
+            .dest_len = out_len,
+            .expect = {n, classes, G, G},
+            .ndim = G == 1 ? 2 : 4,
             .values = o.softmax ? LMAP_NPY_PROB : LMAP_NPY_FINITE};
   return shape_refused(c, perform(c, &k), &k, n, G);
 }
@@ -623,17 +659,22 @@ int lmap_client_sparse(lmap_client *c, const lmap_query *queries, size_t n,
   for (int round = 0;; round++) {
     lmap_info info = c->info;
     char what[200];
-    size_t max = lmap_wire_sparse_max(n, id_bytes, cells, info.num_classes,
-                                      (uint64_t)info.top_k * info.height * info.width);
-    snprintf(what, sizeof what,
-             "the most a sparse answer to %zu queries of %zu cell(s) of %" PRIu32
-             " classes can take",
-             n, cells, info.num_classes);
-    call k = {.path = "/v1/labels", .post = &c->request, .max_ok = max, .what = what};
+    size_t max =
+        lmap_wire_sparse_max(n, id_bytes, cells, info.num_classes,
+                             (uint64_t)info.top_k * info.height * info.width);
+    snprintf(
+        what, sizeof what,
+        "the most a sparse answer to %zu queries of %zu cell(s) of %" PRIu32
+        " classes can take",
+        n, cells, info.num_classes);
+    call k = {
+        .path = "/v1/labels", .post = &c->request, .max_ok = max, .what = what};
     rc = perform(c, &k);
     if (rc == 0) {
       char err[LMAP_WIRE_ERRLEN];
-      lmap_sparse_expect x = {.n = n, .cells = cells, .classes = info.num_classes,
+      lmap_sparse_expect x = {.n = n,
+                              .cells = cells,
+                              .classes = info.num_classes,
                               .softmax = o.softmax ? 1 : 0};
       rc = lmap_wire_sparse_check(c->body.data, c->body.len, &x, out, err);
       if (rc)
@@ -645,10 +686,11 @@ int lmap_client_sparse(lmap_client *c, const lmap_query *queries, size_t n,
     dynbuf saved;
     lmap_dynbuf_init(&saved, MESSAGE_MAX);
     lmap_dynbuf_addstr(&saved, c->message.data ? c->message.data : "");
-    int changed = store_info(c, 1) == 0 && (c->info.num_classes != info.num_classes ||
-                                            c->info.top_k != info.top_k ||
-                                            c->info.height != info.height ||
-                                            c->info.width != info.width);
+    int changed =
+        store_info(c, 1) == 0 &&
+        (c->info.num_classes != info.num_classes ||
+         c->info.top_k != info.top_k || c->info.height != info.height ||
+         c->info.width != info.width);
     if (!changed)
       fail(c, LMAP_EPROTOCOL, NULL, "%s", saved.data ? saved.data : "");
     lmap_dynbuf_free(&saved);
@@ -684,10 +726,11 @@ int lmap_client_map(lmap_client *c, const char *id, float *out, size_t out_len,
   if (rc)
     return rc;
   if (want != out_len)
-    return fail(c, LMAP_ERANGE, NULL,
-                "out_len %zu is not 2 * K * H * W = %zu for the store's K = %" PRIu32
-                ", H = %" PRIu32 ", W = %" PRIu32,
-                out_len, want, c->info.top_k, c->info.height, c->info.width);
+    return fail(
+        c, LMAP_ERANGE, NULL,
+        "out_len %zu is not 2 * K * H * W = %zu for the store's K = %" PRIu32
+        ", H = %" PRIu32 ", W = %" PRIu32,
+        out_len, want, c->info.top_k, c->info.height, c->info.width);
   dynbuf path;
   lmap_dynbuf_init(&path, MAX_URL_LEN);
   rc = lmap_dynbuf_addstr(&path, "/v1/maps/");
@@ -695,11 +738,17 @@ int lmap_client_map(lmap_client *c, const char *id, float *out, size_t out_len,
     rc = lmap_wire_path_escape(&path, id);
   if (rc) {
     lmap_dynbuf_free(&path);
-    return fail(c, rc == LMAP_ENOMEM ? rc : LMAP_EBADID, "id", "the id is too long");
+    return fail(c, rc == LMAP_ENOMEM ? rc : LMAP_EBADID, "id",
+                "the id is too long");
   }
-  call k = {.path = path.data, .max_ok = LMAP_WIRE_ERROR_MAX, .dest = out, .dest_len = out_len,
-            .expect = {2, c->info.top_k, c->info.height, c->info.width}, .ndim = 4,
-            .values = LMAP_NPY_MAP, .classes = c->info.num_classes};
+  call k = {.path = path.data,
+            .max_ok = LMAP_WIRE_ERROR_MAX,
+            .dest = out,
+            .dest_len = out_len,
+            .expect = {2, c->info.top_k, c->info.height, c->info.width},
+            .ndim = 4,
+            .values = LMAP_NPY_MAP,
+            .classes = c->info.num_classes};
   rc = shape_refused(c, perform(c, &k), &k, 0, 0);
   lmap_dynbuf_free(&path);
   if (rc == 0 && shape)
@@ -728,8 +777,8 @@ int lmap_client_info(lmap_client *c, lmap_info *info, char **json) {
 
 void lmap_client_last_error(const lmap_client *c, lmap_error_detail *d) {
   if (c == NULL) {
-    *d = (lmap_error_detail){LMAP_EINVAL, 0, "invalid_argument", "the handle is NULL", "",
-                             "", ""};
+    *d = (lmap_error_detail){
+        LMAP_EINVAL, 0, "invalid_argument", "the handle is NULL", "", "", ""};
     return;
   }
   *d = (lmap_error_detail){

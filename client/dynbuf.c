@@ -74,7 +74,9 @@ int lmap_dynbuf_add(dynbuf *b, const void *p, size_t n) {
   return 0;
 }
 
-int lmap_dynbuf_addstr(dynbuf *b, const char *s) { return lmap_dynbuf_add(b, s, strlen(s)); }
+int lmap_dynbuf_addstr(dynbuf *b, const char *s) {
+  return lmap_dynbuf_add(b, s, strlen(s));
+}
 
 int lmap_dynbuf_printf(dynbuf *b, const char *fmt, ...) {
   va_list ap;

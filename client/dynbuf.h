@@ -19,7 +19,7 @@ typedef struct dynbuf {
 } dynbuf;
 
 void lmap_dynbuf_init(dynbuf *b, size_t max);
-void lmap_dynbuf_free(dynbuf *b); /* back to the empty state; keeps max */
+void lmap_dynbuf_free(dynbuf *b);  /* back to the empty state; keeps max */
 void lmap_dynbuf_reset(dynbuf *b); /* len = 0, keeps the memory */
 /* Gives the memory back when more than `keep` bytes are allocated, so that
  * one large answer does not pin its size in a buffer that is reused.

@@ -5,11 +5,9 @@
 
 const char *lmap_strerror(int err) {
   switch (err) {
-  case 0:
-    return "success";
+  case 0: return "success";
 #define XX(name, value, msg, status, code)                                     \
-  case value:                                                                  \
-    return msg;
+  case value: return msg;
     LMAP_ERRNO_MAP(XX)
 #undef XX
   }
@@ -18,11 +16,9 @@ const char *lmap_strerror(int err) {
 
 const char *lmap_err_code(int err) {
   switch (err) {
-  case 0:
-    return "ok";
+  case 0: return "ok";
 #define XX(name, value, msg, status, code)                                     \
-  case value:                                                                  \
-    return code;
+  case value: return code;
     LMAP_ERRNO_MAP(XX)
 #undef XX
   }
@@ -31,11 +27,9 @@ const char *lmap_err_code(int err) {
 
 int lmap_err_http_status(int err) {
   switch (err) {
-  case 0:
-    return 200;
+  case 0: return 200;
 #define XX(name, value, msg, status, code)                                     \
-  case value:                                                                  \
-    return status;
+  case value: return status;
     LMAP_ERRNO_MAP(XX)
 #undef XX
   }

@@ -39,7 +39,8 @@ static void global_init(void) {
 }
 
 static struct curl_slist *header_list(const char *accept, const char *auth) {
-  const char *fixed[] = {accept, "Content-Type: application/json", "Expect:", auth};
+  const char *fixed[] = {accept, "Content-Type: application/json",
+                         "Expect:", auth};
   struct curl_slist *list = NULL;
   for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
     if (fixed[i] == NULL)
@@ -55,8 +56,8 @@ static struct curl_slist *header_list(const char *accept, const char *auth) {
 }
 
 /* Copies header `name`'s value from a header line into `dst`. */
-static void header_value(const char *line, size_t len, const char *name, char *dst,
-                         size_t cap) {
+static void header_value(const char *line, size_t len, const char *name,
+                         char *dst, size_t cap) {
   size_t nlen = strlen(name);
   if (len <= nlen || strncasecmp(line, name, nlen) != 0)
     return;
@@ -97,7 +98,8 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg) {
   lmap_http *h = arg;
   lmap_http_outcome *out = h->out;
   size_t len = size * n;
-  if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) { /* a new answer (after a 1xx) */
+  if (len >= 5 &&
+      strncmp(p, "HTTP/", 5) == 0) { /* a new answer (after a 1xx) */
     out->request_id[0] = '\0';
     out->content_type[0] = '\0';
     out->declared = -1;
@@ -106,13 +108,16 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg) {
     h->streaming = -1;
     return len;
   }
-  if ((len == 2 && p[0] == '\r') || (len == 1 && p[0] == '\n')) { /* end of the headers */
+  if ((len == 2 && p[0] == '\r') ||
+      (len == 1 && p[0] == '\n')) { /* end of the headers */
     if (h->status >= 200 && h->streaming < 0 && decide(h) != 0)
       return 0; /* curl abandons the transfer */
     return len;
   }
-  header_value(p, len, "x-request-id:", out->request_id, sizeof out->request_id);
-  header_value(p, len, "content-type:", out->content_type, sizeof out->content_type);
+  header_value(p, len, "x-request-id:", out->request_id,
+               sizeof out->request_id);
+  header_value(p, len, "content-type:", out->content_type,
+               sizeof out->content_type);
   char cl[32] = "";
   header_value(p, len, "content-length:", cl, sizeof cl);
   if (cl[0]) {
@@ -133,7 +138,8 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg) {
       return 0;
   }
   h->out->received += len;
-  int rc = h->streaming ? lmap_npy_feed(h->npy, p, len) : lmap_dynbuf_add(h->body, p, len);
+  int rc = h->streaming ? lmap_npy_feed(h->npy, p, len)
+                        : lmap_dynbuf_add(h->body, p, len);
   if (rc == LMAP_ETOOBIG) {
     h->out->too_large = 1;
     return 0;
@@ -155,16 +161,21 @@ int lmap_http_check_url(const char *url, char err[256]) {
   int rc = LMAP_EINVAL;
   CURLUcode uc = curl_url_set(u, CURLUPART_URL, url, 0);
   if (uc != CURLUE_OK) {
-    snprintf(err, 256, "bad server URL '%.120s': %s (expected http://HOST:PORT)", url,
+    snprintf(err, 256,
+             "bad server URL '%.120s': %s (expected http://HOST:PORT)", url,
              curl_url_strerror(uc));
   } else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
              (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)) {
-    snprintf(err, 256, "bad server URL '%.120s': the scheme must be http or https", url);
-  } else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0') {
+    snprintf(err, 256,
+             "bad server URL '%.120s': the scheme must be http or https", url);
+  } else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+             host[0] == '\0') {
     snprintf(err, 256, "bad server URL '%.120s': no host", url);
   } else if (curl_url_get(u, CURLUPART_QUERY, &query, 0) == CURLUE_OK ||
              curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK) {
-    snprintf(err, 256, "bad server URL '%.120s': a base URL has no query or fragment", url);
+    snprintf(err, 256,
+             "bad server URL '%.120s': a base URL has no query or fragment",
+             url);
   } else {
     rc = 0;
   }
@@ -180,7 +191,8 @@ int lmap_http_new(const lmap_http_config *cfg, lmap_http **out, char err[256]) {
   *out = NULL;
   pthread_once(&global_once, global_init);
   if (global_rc != CURLE_OK) {
-    snprintf(err, 256, "libcurl failed to initialise: %s", curl_easy_strerror(global_rc));
+    snprintf(err, 256, "libcurl failed to initialise: %s",
+             curl_easy_strerror(global_rc));
     return LMAP_EINTERNAL;
   }
   lmap_http *h = calloc(1, sizeof *h);
@@ -234,8 +246,9 @@ void lmap_http_free(lmap_http *h) {
   free(h);
 }
 
-int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post, size_t max_ok,
-                      dynbuf *body, lmap_npy_sink *npy, lmap_http_outcome *out) {
+int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
+                      size_t max_ok, dynbuf *body, lmap_npy_sink *npy,
+                      lmap_http_outcome *out) {
   *out = (lmap_http_outcome){.declared = -1};
   lmap_dynbuf_reset(body);
   h->body = body;
@@ -248,7 +261,8 @@ int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post, size_t 
   h->errbuf[0] = '\0';
   CURL *c = h->curl;
   curl_easy_setopt(c, CURLOPT_URL, url);
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, npy ? h->npy_headers : h->json_headers);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER,
+                   npy ? h->npy_headers : h->json_headers);
   if (post) {
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, post->data);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)post->len);
@@ -259,21 +273,25 @@ int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post, size_t 
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
   if (rc == CURLE_WRITE_ERROR && out->too_large) {
     if (out->declared >= 0 && (unsigned long long)out->declared > out->cap)
-      snprintf(out->error, sizeof out->error,
-               "the HTTP %ld answer's Content-Length is %lld bytes, over the %zu allowed for it",
-               out->status, out->declared, out->cap);
+      snprintf(
+          out->error, sizeof out->error,
+          "the HTTP %ld answer's Content-Length is %lld bytes, over the %zu allowed for it",
+          out->status, out->declared, out->cap);
     else
-      snprintf(out->error, sizeof out->error,
-               "the HTTP %ld answer is over the %zu bytes allowed for it (abandoned after %zu)",
-               out->status, out->cap, out->received);
+      snprintf(
+          out->error, sizeof out->error,
+          "the HTTP %ld answer is over the %zu bytes allowed for it (abandoned after %zu)",
+          out->status, out->cap, out->received);
     return 0;
   }
   if (rc == CURLE_WRITE_ERROR && h->sink_error)
-    return h->sink_error == LMAP_ENOMEM ? LMAP_ENOMEM : 0; /* the sink holds its error */
+    return h->sink_error == LMAP_ENOMEM ? LMAP_ENOMEM
+                                        : 0; /* the sink holds its error */
   if (rc != CURLE_OK) {
     out->transport_failed = 1;
     out->timed_out = rc == CURLE_OPERATION_TIMEDOUT;
-    snprintf(out->error, sizeof out->error, "%s", h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc));
+    snprintf(out->error, sizeof out->error, "%s",
+             h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc));
   }
   return 0;
 }

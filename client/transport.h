@@ -31,12 +31,12 @@ typedef struct lmap_http_outcome {
   long status;          /* HTTP status, 0 when none */
   char request_id[64];  /* X-Request-Id of the answer */
   char content_type[64];
-  long long declared;   /* the answer's Content-Length, -1 when none */
-  size_t received;      /* body bytes received */
-  size_t cap;           /* the cap the body was held to */
-  int too_large;        /* the body, or its Content-Length, was over `cap`:
-                           the transfer was abandoned at once */
-  char error[256];      /* what went wrong in the transport */
+  long long declared; /* the answer's Content-Length, -1 when none */
+  size_t received;    /* body bytes received */
+  size_t cap;         /* the cap the body was held to */
+  int too_large;      /* the body, or its Content-Length, was over `cap`:
+                         the transfer was abandoned at once */
+  char error[256];    /* what went wrong in the transport */
 } lmap_http_outcome;
 
 /* Checks a base URL: http or https, a host, no query or fragment. Returns 0
@@ -55,7 +55,8 @@ void lmap_http_free(lmap_http *h);
  * when its bytes pass the cap (out->too_large). Returns 0 whenever the
  * exchange could be attempted (the outcome tells how it went; a refusal of
  * the npy sink is in its err), or LMAP_ENOMEM. */
-int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post, size_t max_ok,
-                      dynbuf *body, lmap_npy_sink *npy, lmap_http_outcome *out);
+int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
+                      size_t max_ok, dynbuf *body, lmap_npy_sink *npy,
+                      lmap_http_outcome *out);
 
 #endif /* LMAP_CLIENT_TRANSPORT_H */

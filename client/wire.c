@@ -25,7 +25,8 @@
 #define NPY_MAGIC "\x93NUMPY"
 #define NPY_MAX_HEADER 4096
 
-static void shape_text(char out[96], const size_t *shape, int ndim, const char *zero);
+static void shape_text(char out[96], const size_t *shape, int ndim,
+                       const char *zero);
 static int npy_fail(struct lmap_npy_sink *s, int code, const char *msg);
 
 /* ---- request body ------------------------------------------------------ */
@@ -64,9 +65,11 @@ static int add_coordinate(dynbuf *b, double v, lmap_box_format format) {
 int lmap_wire_labels_body(dynbuf *b, const lmap_query *queries, size_t n,
                           const lmap_label_options *opts, int sparse,
                           char field[64], char err[LMAP_WIRE_ERRLEN]) {
-  if (opts->box_format != LMAP_BOX_XYXY && opts->box_format != LMAP_BOX_RELABEL) {
+  if (opts->box_format != LMAP_BOX_XYXY &&
+      opts->box_format != LMAP_BOX_RELABEL) {
     snprintf(field, 64, "box_format");
-    snprintf(err, LMAP_WIRE_ERRLEN, "box_format %d is not LMAP_BOX_XYXY or LMAP_BOX_RELABEL",
+    snprintf(err, LMAP_WIRE_ERRLEN,
+             "box_format %d is not LMAP_BOX_XYXY or LMAP_BOX_RELABEL",
              (int)opts->box_format);
     return LMAP_EINVAL;
   }
@@ -86,7 +89,8 @@ int lmap_wire_labels_body(dynbuf *b, const lmap_query *queries, size_t n,
     for (int j = 0; rc == 0 && j < 4; j++) {
       if (!isfinite(q->box[j])) {
         snprintf(field, 64, "queries[%zu].box", i);
-        snprintf(err, LMAP_WIRE_ERRLEN, "queries[%zu].box[%d] is not a finite number", i, j);
+        snprintf(err, LMAP_WIRE_ERRLEN,
+                 "queries[%zu].box[%d] is not a finite number", i, j);
         return LMAP_EBADBOX;
       }
       if (j)
@@ -95,14 +99,16 @@ int lmap_wire_labels_body(dynbuf *b, const lmap_query *queries, size_t n,
         rc = add_coordinate(b, q->box[j], opts->box_format);
     }
     if (rc == 0)
-      rc = lmap_dynbuf_addstr(b, q->flip ? "],\"flip\":true}" : "],\"flip\":false}");
+      rc = lmap_dynbuf_addstr(b, q->flip ? "],\"flip\":true}"
+                                         : "],\"flip\":false}");
   }
   char tail[160];
-  snprintf(tail, sizeof tail,
-           "],\"output_size\":%d,\"format\":\"%s\",\"box_format\":\"%s\",\"softmax\":%s}",
-           opts->output_size, sparse ? "sparse" : "dense",
-           opts->box_format == LMAP_BOX_RELABEL ? "relabel" : "xyxy",
-           opts->softmax ? "true" : "false");
+  snprintf(
+      tail, sizeof tail,
+      "],\"output_size\":%d,\"format\":\"%s\",\"box_format\":\"%s\",\"softmax\":%s}",
+      opts->output_size, sparse ? "sparse" : "dense",
+      opts->box_format == LMAP_BOX_RELABEL ? "relabel" : "xyxy",
+      opts->softmax ? "true" : "false");
   return rc ? rc : lmap_dynbuf_addstr(b, tail);
 }
 
@@ -134,7 +140,8 @@ void lmap_npy_sink_init(lmap_npy_sink *s, float *dest, size_t dest_len,
   s->declared = -1;
 }
 
-void lmap_npy_sink_values(lmap_npy_sink *s, lmap_npy_values values, uint32_t classes) {
+void lmap_npy_sink_values(lmap_npy_sink *s, lmap_npy_values values,
+                          uint32_t classes) {
   s->values = values;
   s->classes = classes ? classes : LMAP_WIRE_MAX_CLASSES;
 }
@@ -148,10 +155,11 @@ int lmap_npy_sink_declare(lmap_npy_sink *s, long long length) {
     return 0;
   char want[96], msg[300];
   shape_text(want, s->expect, s->expect_ndim, "any");
-  snprintf(msg, sizeof msg,
-           "the .npy answer's Content-Length is %lld bytes, more than the %zu a %s float32 "
-           "array of %zu values and its header can take",
-           length, most, want, s->dest_len);
+  snprintf(
+      msg, sizeof msg,
+      "the .npy answer's Content-Length is %lld bytes, more than the %zu a %s float32 "
+      "array of %zu values and its header can take",
+      length, most, want, s->dest_len);
   return npy_fail(s, LMAP_EPROTOCOL, msg);
 }
 
@@ -182,12 +190,14 @@ static const char *npy_value(const char *dict, const char *key) {
 }
 
 /* "(2, 3)" into out[96]; a 0 dim prints as `zero` when it is not NULL. */
-static void shape_text(char out[96], const size_t *shape, int ndim, const char *zero) {
+static void shape_text(char out[96], const size_t *shape, int ndim,
+                       const char *zero) {
   int len = snprintf(out, 96, "(");
   for (int i = 0; i < ndim && len < 80; i++) {
     const char *sep = i ? ", " : "";
-    len += shape[i] == 0 && zero ? snprintf(out + len, 96 - (size_t)len, "%s%s", sep, zero)
-                                 : snprintf(out + len, 96 - (size_t)len, "%s%zu", sep, shape[i]);
+    len += shape[i] == 0 && zero
+               ? snprintf(out + len, 96 - (size_t)len, "%s%s", sep, zero)
+               : snprintf(out + len, 96 - (size_t)len, "%s%zu", sep, shape[i]);
   }
   snprintf(out + len, 96 - (size_t)len, ndim == 1 ? ",)" : ")");
 }
@@ -200,8 +210,10 @@ static int npy_check_values(lmap_npy_sink *s, size_t upto) {
     /* The common case, a batch of labels: one tight pass (NaN fails both
      * comparisons, infinities the bounds); the loop below then only finds
      * and names the first bad value. */
-    float lo = s->values == LMAP_NPY_PROB ? (float)-LMAP_WIRE_PROB_SLACK : -FLT_MAX;
-    float hi = s->values == LMAP_NPY_PROB ? (float)(1 + LMAP_WIRE_PROB_SLACK) : FLT_MAX;
+    float lo =
+        s->values == LMAP_NPY_PROB ? (float)-LMAP_WIRE_PROB_SLACK : -FLT_MAX;
+    float hi = s->values == LMAP_NPY_PROB ? (float)(1 + LMAP_WIRE_PROB_SLACK)
+                                          : FLT_MAX;
     int bad = 0;
     for (size_t i = s->checked; i < upto; i++)
       bad |= !(s->dest[i] >= lo && s->dest[i] <= hi);
@@ -215,13 +227,15 @@ static int npy_check_values(lmap_npy_sink *s, size_t upto) {
     const char *why = NULL;
     if (!isfinite(v))
       why = "not a finite number";
-    else if (s->values == LMAP_NPY_PROB && (v < -LMAP_WIRE_PROB_SLACK || v > 1 + LMAP_WIRE_PROB_SLACK))
+    else if (s->values == LMAP_NPY_PROB &&
+             (v < -LMAP_WIRE_PROB_SLACK || v > 1 + LMAP_WIRE_PROB_SLACK))
       why = "not a probability in [0, 1]";
     /* The cast is reached only for 0 <= v < classes <= 2^24: exact for a
      * whole number, and no libm needed to tell. */
     else if (s->values == LMAP_NPY_MAP && i >= half &&
              (v < 0 || v >= (float)s->classes || (float)(uint32_t)v != v))
-      why = "not a class index (a whole number below the store's number of classes)";
+      why =
+          "not a class index (a whole number below the store's number of classes)";
     if (why) {
       char at[96], msg[300];
       int len = snprintf(at, sizeof at, "[");
@@ -231,9 +245,11 @@ static int npy_check_values(lmap_npy_sink *s, size_t upto) {
         rest = s->shape[d] ? rest / s->shape[d] : 0;
       }
       for (int d = 0; d < s->ndim; d++)
-        len += snprintf(at + len, sizeof at - (size_t)len, d ? ", %zu" : "%zu", idx[d]);
+        len += snprintf(at + len, sizeof at - (size_t)len, d ? ", %zu" : "%zu",
+                        idx[d]);
       snprintf(at + len, sizeof at - (size_t)len, "]");
-      snprintf(msg, sizeof msg, "the .npy answer's value at %s is %g, %s", at, (double)v, why);
+      snprintf(msg, sizeof msg, "the .npy answer's value at %s is %g, %s", at,
+               (double)v, why);
       s->checked = i;
       return npy_fail(s, LMAP_EPROTOCOL, msg);
     }
@@ -247,7 +263,8 @@ static int npy_check_values(lmap_npy_sink *s, size_t upto) {
 static int npy_parse_header(lmap_npy_sink *s, const char *dict) {
   const char *v = npy_value(dict, "'descr'");
   if (v == NULL || strncmp(v, "'<f4'", 5) != 0)
-    return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer is not little-endian float32");
+    return npy_fail(s, LMAP_EPROTOCOL,
+                    "the .npy answer is not little-endian float32");
   v = npy_value(dict, "'fortran_order'");
   if (v == NULL || strncmp(v, "False", 5) != 0)
     return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer is not in C order");
@@ -263,12 +280,14 @@ static int npy_parse_header(lmap_npy_sink *s, const char *dict) {
     if (*v == ')')
       break;
     if (!isdigit((unsigned char)*v) || s->ndim == 4)
-      return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer's shape is malformed");
+      return npy_fail(s, LMAP_EPROTOCOL,
+                      "the .npy answer's shape is malformed");
     errno = 0;
     char *end;
     unsigned long long d = strtoull(v, &end, 10);
     if (errno || d > SIZE_MAX / 4 || (d && total > SIZE_MAX / 4 / d))
-      return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer's shape is too large");
+      return npy_fail(s, LMAP_EPROTOCOL,
+                      "the .npy answer's shape is too large");
     s->shape[s->ndim++] = (size_t)d;
     total *= (size_t)d;
     v = end;
@@ -285,27 +304,31 @@ static int npy_parse_header(lmap_npy_sink *s, const char *dict) {
     shape_text(got, s->shape, s->ndim, NULL);
     shape_text(want, s->expect, s->expect_ndim, "any");
     char msg[240];
-    snprintf(msg, sizeof msg, "the .npy answer's shape is %s, not the %s asked for", got, want);
+    snprintf(msg, sizeof msg,
+             "the .npy answer's shape is %s, not the %s asked for", got, want);
     s->shape_differs = 1;
     return npy_fail(s, LMAP_EPROTOCOL, msg);
   }
   if (total != s->dest_len) {
     char msg[200];
-    snprintf(msg, sizeof msg,
-             "the answer holds %zu floats but the output buffer %zu (out_len must be "
-             "n * num_classes * G * G)",
-             total, s->dest_len);
+    snprintf(
+        msg, sizeof msg,
+        "the answer holds %zu floats but the output buffer %zu (out_len must be "
+        "n * num_classes * G * G)",
+        total, s->dest_len);
     return npy_fail(s, LMAP_ERANGE, msg);
   }
   /* The header has been read whole: header_len bytes. */
-  if (s->declared >= 0 && (unsigned long long)s->declared !=
-                              (unsigned long long)s->header_len + total * sizeof(float)) {
+  if (s->declared >= 0 &&
+      (unsigned long long)s->declared !=
+          (unsigned long long)s->header_len + total * sizeof(float)) {
     char got[96], msg[240];
     shape_text(got, s->shape, s->ndim, NULL);
-    snprintf(msg, sizeof msg,
-             "the .npy answer's Content-Length is %lld bytes, but a %s float32 array with "
-             "its %zu-byte header is %zu",
-             s->declared, got, s->header_len, s->header_len + total * sizeof(float));
+    snprintf(
+        msg, sizeof msg,
+        "the .npy answer's Content-Length is %lld bytes, but a %s float32 array with "
+        "its %zu-byte header is %zu",
+        s->declared, got, s->header_len, s->header_len + total * sizeof(float));
     return npy_fail(s, LMAP_EPROTOCOL, msg);
   }
   return 0;
@@ -324,7 +347,8 @@ static int npy_preamble(lmap_npy_sink *s) {
   } else if (h[6] == 2 || h[6] == 3) {
     if (s->head.len < 12)
       return 0;
-    len = 12 + ((size_t)h[8] | (size_t)h[9] << 8 | (size_t)h[10] << 16 | (size_t)h[11] << 24);
+    len = 12 + ((size_t)h[8] | (size_t)h[9] << 8 | (size_t)h[10] << 16 |
+                (size_t)h[11] << 24);
   } else {
     return npy_fail(s, LMAP_EPROTOCOL, "unsupported .npy format version");
   }
@@ -356,13 +380,16 @@ int lmap_npy_feed(lmap_npy_sink *s, const char *p, size_t n) {
   }
   size_t room = s->dest_len * sizeof(float) - s->data_off;
   if (n > room)
-    return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer is longer than its shape");
+    return npy_fail(s, LMAP_EPROTOCOL,
+                    "the .npy answer is longer than its shape");
   if (n)
     memcpy((char *)s->dest + s->data_off, p, n);
   s->data_off += n;
   /* Checked as they arrive (a float split across two feeds waits for its
    * last byte), while they are still in cache. */
-  return s->values == LMAP_NPY_ANY ? 0 : npy_check_values(s, s->data_off / sizeof(float));
+  return s->values == LMAP_NPY_ANY
+             ? 0
+             : npy_check_values(s, s->data_off / sizeof(float));
 }
 
 int lmap_npy_finish(lmap_npy_sink *s) {
@@ -380,8 +407,9 @@ static json_t *load(const char *body, size_t len, char err[LMAP_WIRE_ERRLEN]) {
   json_error_t je;
   json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
   if (doc == NULL)
-    snprintf(err, LMAP_WIRE_ERRLEN, "the answer is not valid JSON (%s at byte %d)",
-             je.text, je.position);
+    snprintf(err, LMAP_WIRE_ERRLEN,
+             "the answer is not valid JSON (%s at byte %d)", je.text,
+             je.position);
   return doc;
 }
 
@@ -411,17 +439,19 @@ static json_t *cell_of(json_t *v, size_t cells, size_t j) {
 }
 
 /* Names item `i` (and cell `j` when there are several) in `err`. */
-static int sparse_fail(char err[LMAP_WIRE_ERRLEN], size_t i, size_t cells, size_t j,
-                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static int sparse_fail(char err[LMAP_WIRE_ERRLEN], size_t i, size_t cells, size_t j,
-                       const char *fmt, ...) {
+static int sparse_fail(char err[LMAP_WIRE_ERRLEN], size_t i, size_t cells,
+                       size_t j, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int sparse_fail(char err[LMAP_WIRE_ERRLEN], size_t i, size_t cells,
+                       size_t j, const char *fmt, ...) {
   char what[300];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(what, sizeof what, fmt, ap);
   va_end(ap);
   if (cells > 1)
-    snprintf(err, LMAP_WIRE_ERRLEN, "sparse answer, results[%zu] cell %zu: %s", i, j, what);
+    snprintf(err, LMAP_WIRE_ERRLEN, "sparse answer, results[%zu] cell %zu: %s",
+             i, j, what);
   else
     snprintf(err, LMAP_WIRE_ERRLEN, "sparse answer, results[%zu]: %s", i, what);
   return LMAP_EPROTOCOL;
@@ -431,7 +461,8 @@ static int sparse_fail(char err[LMAP_WIRE_ERRLEN], size_t i, size_t cells, size_
 static const char *bad_value(float v, int probability, int must_be_zero) {
   if (!isfinite(v))
     return "not a finite number";
-  if (probability && (v < -LMAP_WIRE_PROB_SLACK || v > 1 + LMAP_WIRE_PROB_SLACK))
+  if (probability &&
+      (v < -LMAP_WIRE_PROB_SLACK || v > 1 + LMAP_WIRE_PROB_SLACK))
     return "not a probability in [0, 1]";
   if (must_be_zero && v != 0)
     return "not 0 (softmax is off: every class not listed has logit 0)";
@@ -440,7 +471,8 @@ static const char *bad_value(float v, int probability, int must_be_zero) {
 
 /* The item's values array: "probs" or "logits" as `softmax` asks. */
 static json_t *sparse_values(json_t *item, int softmax, const char **key) {
-  json_t *probs = json_object_get(item, "probs"), *logits = json_object_get(item, "logits");
+  json_t *probs = json_object_get(item, "probs"),
+         *logits = json_object_get(item, "logits");
   if (softmax == 1 || (softmax < 0 && probs)) {
     *key = "probs";
     return logits ? NULL : probs;
@@ -449,8 +481,9 @@ static json_t *sparse_values(json_t *item, int softmax, const char **key) {
   return probs ? NULL : logits;
 }
 
-int lmap_wire_sparse_check(const char *body, size_t len, const lmap_sparse_expect *x,
-                           lmap_sparse **out, char err[LMAP_WIRE_ERRLEN]) {
+int lmap_wire_sparse_check(const char *body, size_t len,
+                           const lmap_sparse_expect *x, lmap_sparse **out,
+                           char err[LMAP_WIRE_ERRLEN]) {
   *out = NULL;
   size_t n = x->n, cells = x->cells;
   uint32_t classes = x->classes ? x->classes : LMAP_WIRE_MAX_CLASSES;
@@ -461,7 +494,8 @@ int lmap_wire_sparse_check(const char *body, size_t len, const lmap_sparse_expec
   int rc = 0;
   char *block = NULL;
   if (json_array_size(results) != n) {
-    snprintf(err, LMAP_WIRE_ERRLEN, "the sparse answer holds %zu results for %zu queries",
+    snprintf(err, LMAP_WIRE_ERRLEN,
+             "the sparse answer holds %zu results for %zu queries",
              json_array_size(results), n);
     rc = LMAP_EPROTOCOL;
     goto done;
@@ -475,22 +509,29 @@ int lmap_wire_sparse_check(const char *body, size_t len, const lmap_sparse_expec
     json_t *values = sparse_values(item, x->softmax, &key);
     json_t *rest = json_object_get(item, "rest");
     if (!json_is_array(classes_v) || !json_is_array(values) || rest == NULL) {
-      rc = sparse_fail(err, i, 1, 0, x->softmax == 1   ? "not classes, probs and rest"
-                                      : x->softmax == 0 ? "not classes, logits and rest"
-                                                        : "missing classes, probs or rest");
+      rc = sparse_fail(err, i, 1, 0,
+                       x->softmax == 1   ? "not classes, probs and rest"
+                       : x->softmax == 0 ? "not classes, logits and rest"
+                                         : "missing classes, probs or rest");
       break;
     }
-    if (cells > 1 && (json_array_size(classes_v) != cells || json_array_size(values) != cells ||
-                      json_array_size(rest) != cells)) {
-      rc = sparse_fail(err, i, 1, 0, "the number of cells differs from output_size squared");
+    if (cells > 1 &&
+        (json_array_size(classes_v) != cells ||
+         json_array_size(values) != cells || json_array_size(rest) != cells)) {
+      rc = sparse_fail(err, i, 1, 0,
+                       "the number of cells differs from output_size squared");
       break;
     }
     for (size_t j = 0; j < cells && rc == 0; j++) {
-      json_t *cc = cell_of(classes_v, cells, j), *cv = cell_of(values, cells, j);
-      if (!json_is_array(cc) || !json_is_array(cv) || json_array_size(cc) != json_array_size(cv))
-        rc = sparse_fail(err, i, cells, j, "classes and %s differ in length", key);
+      json_t *cc = cell_of(classes_v, cells, j),
+             *cv = cell_of(values, cells, j);
+      if (!json_is_array(cc) || !json_is_array(cv) ||
+          json_array_size(cc) != json_array_size(cv))
+        rc = sparse_fail(err, i, cells, j, "classes and %s differ in length",
+                         key);
       else if (json_array_size(cc) > classes)
-        rc = sparse_fail(err, i, cells, j, "%zu classes listed, the store has %" PRIu32,
+        rc = sparse_fail(err, i, cells, j,
+                         "%zu classes listed, the store has %" PRIu32,
                          json_array_size(cc), classes);
       entries += json_array_size(cc);
     }
@@ -501,10 +542,12 @@ int lmap_wire_sparse_check(const char *body, size_t len, const lmap_sparse_expec
    * overflow: every entry is a parsed JSON number in memory already. */
   size_t slots = n * cells;
   size_t size = sizeof(lmap_sparse) + (slots + 1) * sizeof(size_t) +
-                entries * (sizeof(int32_t) + sizeof(float)) + slots * sizeof(float);
+                entries * (sizeof(int32_t) + sizeof(float)) +
+                slots * sizeof(float);
   block = malloc(size);
   if (block == NULL) {
-    snprintf(err, LMAP_WIRE_ERRLEN, "out of memory for a sparse answer of %zu entries", entries);
+    snprintf(err, LMAP_WIRE_ERRLEN,
+             "out of memory for a sparse answer of %zu entries", entries);
     rc = LMAP_ENOMEM;
     goto done;
   }
@@ -522,7 +565,8 @@ int lmap_wire_sparse_check(const char *body, size_t len, const lmap_sparse_expec
     int probability = strcmp(key, "probs") == 0;
     json_t *rests = json_object_get(item, "rest");
     for (size_t j = 0; j < cells && rc == 0; j++) {
-      json_t *cc = cell_of(classes_v, cells, j), *cv = cell_of(values, cells, j);
+      json_t *cc = cell_of(classes_v, cells, j),
+             *cv = cell_of(values, cells, j);
       json_t *r = cells == 1 ? rests : json_array_get(rests, j);
       offsets[i * cells + j] = at;
       const char *why;
@@ -531,17 +575,21 @@ int lmap_wire_sparse_check(const char *body, size_t len, const lmap_sparse_expec
         break;
       }
       rest[i * cells + j] = (float)json_number_value(r);
-      if ((why = bad_value(rest[i * cells + j], probability, !probability)) != NULL) {
-        rc = sparse_fail(err, i, cells, j, "rest is %g, %s", json_number_value(r), why);
+      if ((why = bad_value(rest[i * cells + j], probability, !probability)) !=
+          NULL) {
+        rc = sparse_fail(err, i, cells, j, "rest is %g, %s",
+                         json_number_value(r), why);
         break;
       }
       for (size_t e = 0; e < json_array_size(cc) && rc == 0; e++, at++) {
         json_t *c = json_array_get(cc, e), *v = json_array_get(cv, e);
         if (!json_is_integer(c) || json_integer_value(c) < 0 ||
             json_integer_value(c) >= (json_int_t)classes) {
-          rc = sparse_fail(err, i, cells, j,
-                           "classes[%zu] is not a class index (an integer below %" PRIu32 ")",
-                           e, classes);
+          rc = sparse_fail(
+              err, i, cells, j,
+              "classes[%zu] is not a class index (an integer below %" PRIu32
+              ")",
+              e, classes);
           break;
         }
         if (!json_is_number(v)) {
@@ -551,16 +599,20 @@ int lmap_wire_sparse_check(const char *body, size_t len, const lmap_sparse_expec
         cls[at] = (int32_t)json_integer_value(c);
         val[at] = (float)json_number_value(v);
         if ((why = bad_value(val[at], probability, 0)) != NULL)
-          rc = sparse_fail(err, i, cells, j, "%s[%zu] is %g, %s", key, e, json_number_value(v),
-                           why);
+          rc = sparse_fail(err, i, cells, j, "%s[%zu] is %g, %s", key, e,
+                           json_number_value(v), why);
       }
     }
   }
   if (rc)
     goto done;
   offsets[slots] = at;
-  *s = (lmap_sparse){.n = n, .cells = cells, .offsets = offsets, .classes = cls,
-                     .values = val, .rest = rest};
+  *s = (lmap_sparse){.n = n,
+                     .cells = cells,
+                     .offsets = offsets,
+                     .classes = cls,
+                     .values = val,
+                     .rest = rest};
   *out = s;
   block = NULL;
 done:
@@ -582,8 +634,8 @@ static size_t mul_add(size_t a, size_t b, size_t c) {
   return a * b + c;
 }
 
-size_t lmap_wire_sparse_max(size_t n, size_t id_bytes, size_t cells, uint32_t classes,
-                            uint64_t per_cell) {
+size_t lmap_wire_sparse_max(size_t n, size_t id_bytes, size_t cells,
+                            uint32_t classes, uint64_t per_cell) {
   if (classes == 0 || classes > LMAP_WIRE_MAX_CLASSES)
     classes = LMAP_WIRE_MAX_CLASSES;
   if (per_cell == 0 || per_cell > classes)
@@ -602,7 +654,8 @@ size_t lmap_wire_sparse_max(size_t n, size_t id_bytes, size_t cells, uint32_t cl
   if (items == SIZE_MAX || ids == SIZE_MAX || items > SIZE_MAX / 2 - ids)
     return SIZE_MAX;
   size_t compact = items + ids;
-  return compact > (SIZE_MAX - (64 << 10)) / 2 ? SIZE_MAX : 2 * compact + (64 << 10);
+  return compact > (SIZE_MAX - (64 << 10)) / 2 ? SIZE_MAX
+                                               : 2 * compact + (64 << 10);
 }
 
 static int get_u64(json_t *doc, const char *key, uint64_t max, uint64_t *v,
@@ -633,8 +686,11 @@ int lmap_wire_info(const char *body, size_t len, lmap_info *info,
   if (rc == 0)
     rc = get_u64(doc, "record_count", UINT64_MAX, &records, err);
   if (rc == 0 && info)
-    *info = (lmap_info){.num_classes = (uint32_t)c, .top_k = (uint32_t)k,
-                        .height = (uint32_t)h, .width = (uint32_t)w, .records = records};
+    *info = (lmap_info){.num_classes = (uint32_t)c,
+                        .top_k = (uint32_t)k,
+                        .height = (uint32_t)h,
+                        .width = (uint32_t)w,
+                        .records = records};
   json_decref(doc);
   return rc;
 }

@@ -66,19 +66,19 @@ typedef enum lmap_npy_values {
  * copied straight into `dest`. */
 typedef struct lmap_npy_sink {
   float *dest;
-  size_t dest_len;      /* floats */
-  size_t expect[4];     /* expected shape; 0 in a dim accepts any size */
+  size_t dest_len;  /* floats */
+  size_t expect[4]; /* expected shape; 0 in a dim accepts any size */
   int expect_ndim;
   lmap_npy_values values;
-  uint32_t classes;     /* LMAP_NPY_MAP: class indices are below this */
-  long long declared;   /* the answer's Content-Length, -1 when none */
-  size_t shape[4];      /* the answer's shape, once the header is read */
+  uint32_t classes;   /* LMAP_NPY_MAP: class indices are below this */
+  long long declared; /* the answer's Content-Length, -1 when none */
+  size_t shape[4];    /* the answer's shape, once the header is read */
   int ndim;
-  int shape_differs;    /* the header was read and its shape is not `expect` */
-  dynbuf head;        /* header bytes until it is complete */
-  size_t header_len;    /* 0 until known */
-  size_t data_off;      /* bytes of data written to dest */
-  size_t checked;       /* floats of dest whose values were checked */
+  int shape_differs; /* the header was read and its shape is not `expect` */
+  dynbuf head;       /* header bytes until it is complete */
+  size_t header_len; /* 0 until known */
+  size_t data_off;   /* bytes of data written to dest */
+  size_t checked;    /* floats of dest whose values were checked */
   int failed;
   char err[LMAP_WIRE_ERRLEN];
 } lmap_npy_sink;
@@ -89,7 +89,8 @@ void lmap_npy_sink_init(lmap_npy_sink *s, float *dest, size_t dest_len,
                         const size_t *expect, int expect_ndim);
 /* Sets what the values may be (`classes`: for LMAP_NPY_MAP, 0 for
  * LMAP_WIRE_MAX_CLASSES). Call before the first byte. */
-void lmap_npy_sink_values(lmap_npy_sink *s, lmap_npy_values values, uint32_t classes);
+void lmap_npy_sink_values(lmap_npy_sink *s, lmap_npy_values values,
+                          uint32_t classes);
 void lmap_npy_sink_free(lmap_npy_sink *s);
 /* Declares the answer's Content-Length (-1: none), before the first byte.
  * Returns 0, or LMAP_EPROTOCOL when it is more than any header plus the
@@ -122,8 +123,9 @@ typedef struct lmap_sparse_expect {
 /* Reads {"results": [...]} as `x` says into one allocation (*out, freed
  * by lmap_sparse_free; NULL on failure). Returns 0, LMAP_EPROTOCOL naming
  * the item, cell and entry at fault in `err`, or LMAP_ENOMEM. */
-int lmap_wire_sparse_check(const char *body, size_t len, const lmap_sparse_expect *x,
-                           lmap_sparse **out, char err[LMAP_WIRE_ERRLEN]);
+int lmap_wire_sparse_check(const char *body, size_t len,
+                           const lmap_sparse_expect *x, lmap_sparse **out,
+                           char err[LMAP_WIRE_ERRLEN]);
 
 /* The same with only the counts known (classes 0, softmax -1). */
 int lmap_wire_sparse(const char *body, size_t len, size_t n, size_t cells,
@@ -136,8 +138,8 @@ int lmap_wire_sparse(const char *body, size_t len, size_t n, size_t cells,
  * twice what lmapd's compact JSON can take with every number at its
  * longest, plus 64 KiB: room for a server that spaces its JSON. Saturates
  * at SIZE_MAX. */
-size_t lmap_wire_sparse_max(size_t n, size_t id_bytes, size_t cells, uint32_t classes,
-                            uint64_t per_cell);
+size_t lmap_wire_sparse_max(size_t n, size_t id_bytes, size_t cells,
+                            uint32_t classes, uint64_t per_cell);
 
 /* Reads the /v1/info document's shape fields. */
 int lmap_wire_info(const char *body, size_t len, lmap_info *info,

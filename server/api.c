@@ -53,7 +53,11 @@ typedef struct generation {
  * found in, so a swap (a new generation) clears it without anyone resetting
  * it, and a fault found by a worker still on a replaced store does not
  * touch the new one. */
-typedef enum fault_kind { FAULT_DAMAGED, FAULT_UNAVAILABLE, FAULT_KINDS } fault_kind;
+typedef enum fault_kind {
+  FAULT_DAMAGED,
+  FAULT_UNAVAILABLE,
+  FAULT_KINDS
+} fault_kind;
 
 struct api {
   /* Workers compare it without a lock on every request; taking a new
@@ -82,11 +86,11 @@ struct api_worker {
    * store away (trylock: the watch never waits for a request). Guards g
    * and reader; the rest is the owner thread's alone. */
   pthread_mutex_t mu;
-  generation *g;          /* the store this worker reads, referenced */
+  generation *g; /* the store this worker reads, referenced */
   store_reader *reader;
   pool_ws *ws;
   uint32_t ws_classes; /* the class count ws was made for */
-  float *dense; /* G*G*C floats, grown on demand */
+  float *dense;        /* G*G*C floats, grown on demand */
   size_t dense_cap;
   api_response res;
   api_worker *prev, *next; /* in api.workers, under api.mu */
@@ -226,7 +230,9 @@ void api_set_max_answer(api *a, size_t bytes) {
   a->max_answer = bytes < API_MIN_MAX_ANSWER ? API_MIN_MAX_ANSWER : bytes;
 }
 
-void api_set_draining(api *a) { atomic_store(&a->draining, 1); }
+void api_set_draining(api *a) {
+  atomic_store(&a->draining, 1);
+}
 
 /* ---- store trouble ---- */
 
@@ -238,8 +244,7 @@ static char *json_quote(const char *text) {
   return q;
 }
 
-static const char *const fault_names[FAULT_KINDS] = {"damaged",
-                                                     "unavailable"};
+static const char *const fault_names[FAULT_KINDS] = {"damaged", "unavailable"};
 
 /* Marks generation `number` with fault `kind` and `reason`, logging the
  * change once. Does nothing if `number` is no longer current (a reload
@@ -250,8 +255,7 @@ static void mark_fault(api *a, uint64_t number, fault_kind kind,
   int fresh = number == atomic_load(&a->current_number) &&
               atomic_load(&a->fault_gen[kind]) != number;
   if (fresh) {
-    snprintf(a->fault_reason[kind], sizeof a->fault_reason[kind], "%s",
-             reason);
+    snprintf(a->fault_reason[kind], sizeof a->fault_reason[kind], "%s", reason);
     atomic_store(&a->fault_gen[kind], number);
   }
   pthread_mutex_unlock(&a->mu);
@@ -477,7 +481,8 @@ static void reset(api_response *res) {
  * memory): the same code, and the code's own text as the message. */
 static void error_fallback(api_response *res, int err) {
   lmap_dynbuf_reset(&res->body);
-  lmap_dynbuf_printf(&res->body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}",
+  lmap_dynbuf_printf(&res->body,
+                     "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}",
                      lmap_err_code(err), lmap_strerror(err));
 }
 
@@ -497,8 +502,8 @@ void api_error(api_response *res, int code, const diag *d) {
   reset(res);
   res->status = lmap_err_http_status(code);
   const char *msg = d && d->msg[0] ? d->msg : lmap_strerror(code);
-  json_t *err = json_pack("{s:s, s:s}", "code", lmap_err_code(code),
-                          "message", msg);
+  json_t *err =
+      json_pack("{s:s, s:s}", "code", lmap_err_code(code), "message", msg);
   if (err && d && d->field[0])
     json_object_set_new(err, "field", json_string(d->field));
   json_t *e = err ? json_pack("{s:o}", "error", err) : NULL;
@@ -668,9 +673,9 @@ static api_response *get_label(api_worker *w, const api_request *req,
   int rc = options_from_args(req, &o, &d);
   const store_meta *meta = w->g->meta;
   if (rc == 0) {
-    size_t bound = itemjson_max_len(strlen(id), meta->shape.num_classes,
-                                    meta->shape.k, meta->shape.h,
-                                    meta->shape.w, &o.q, o.format);
+    size_t bound =
+        itemjson_max_len(strlen(id), meta->shape.num_classes, meta->shape.k,
+                         meta->shape.h, meta->shape.w, &o.q, o.format);
     if (bound > w->a->max_answer)
       rc = too_big(w, bound, "output_size", "one item", &d);
   }
@@ -681,8 +686,8 @@ static api_response *get_label(api_worker *w, const api_request *req,
   if (rc)
     return fail(w, rc, &d);
   reset(&w->res);
-  rc = itemjson_write(&w->res.body, id, &m, w->g->meta->shape.num_classes,
-                      &o.q, o.format, w->ws, w->dense);
+  rc = itemjson_write(&w->res.body, id, &m, w->g->meta->shape.num_classes, &o.q,
+                      o.format, w->ws, w->dense);
   if (rc) {
     diag_set(&d, rc, "cannot build the answer: %s", lmap_strerror(rc));
     return fail(w, rc, &d);
@@ -709,8 +714,8 @@ static int known_keys(json_t *o, const char *const *known, const char *where,
 
 /* The batch-wide options of POST /v1/labels. */
 static int batch_options(json_t *root, options *o, diag *d) {
-  static const char *const known[] = {"queries", "output_size", "format",
-                                      "box_format", "softmax", NULL};
+  static const char *const known[] = {"queries",    "output_size", "format",
+                                      "box_format", "softmax",     NULL};
   int rc = known_keys(root, known, "the request", d);
   json_t *v;
   if (rc == 0 && (v = json_object_get(root, "output_size")) != NULL) {
@@ -830,7 +835,9 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
     if (bound > w->a->max_answer) {
       char what[96];
       snprintf(what, sizeof what, "%zu %s items of output_size %u", n,
-               npy ? "npy" : o.format == ITEM_SPARSE ? "sparse" : "dense",
+               npy                       ? "npy"
+               : o.format == ITEM_SPARSE ? "sparse"
+                                         : "dense",
                G);
       rc = too_big(w, bound, "queries", what, &d);
     } else if (npy) {
@@ -903,10 +910,11 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
   }
   if (rc == 0 && nmissing) {
     rc = nmissing == 1
-             ? diag_field(&d, LMAP_ENOTFOUND, "queries", "unknown id %s", missing.data)
+             ? diag_field(&d, LMAP_ENOTFOUND, "queries", "unknown id %s",
+                          missing.data)
              : diag_field(&d, LMAP_ENOTFOUND, "queries",
-                          "%zu of the %zu queries name unknown ids: %s%s", nmissing, n,
-                          missing.data, unnamed ? ", ..." : "");
+                          "%zu of the %zu queries name unknown ids: %s%s",
+                          nmissing, n, missing.data, unnamed ? ", ..." : "");
   }
   lmap_dynbuf_free(&missing);
   json_decref(root);
@@ -929,13 +937,12 @@ static api_response *get_map(api_worker *w, const api_request *req,
   int npy = wants_npy(req);
   /* JSON: a class index of at most 8 digits and a score of at most
    * ITEMJSON_NUMBER_MAX, each with a comma, and under 128 bytes around. */
-  size_t bound = npy ? size_mul_add(2 * entries, sizeof(float),
-                                    npy_header_len(shape, 4))
-                     : size_mul_add(entries, 9 + ITEMJSON_NUMBER_MAX + 1,
-                                    128 + strlen(id));
-  int rc = bound > w->a->max_answer
-               ? too_big(w, bound, "id", "a whole map", &d)
-               : lookup(w, id, &m, &d);
+  size_t bound =
+      npy ? size_mul_add(2 * entries, sizeof(float), npy_header_len(shape, 4))
+          : size_mul_add(entries, 9 + ITEMJSON_NUMBER_MAX + 1,
+                         128 + strlen(id));
+  int rc = bound > w->a->max_answer ? too_big(w, bound, "id", "a whole map", &d)
+                                    : lookup(w, id, &m, &d);
   if (rc == 0 && npy)
     rc = lmap_dynbuf_reserve(&w->res.body, bound);
   if (rc)
@@ -956,12 +963,14 @@ static api_response *get_map(api_worker *w, const api_request *req,
         }
   } else {
     /* JSON: the same layout flattened, [K][H][W] row-major per plane. */
-    rc = lmap_dynbuf_printf(out, "{\"id\":\"%s\",\"k\":%u,\"h\":%u,\"w\":%u,"
-                            "\"classes\":[", id, m.k, m.h, m.w);
+    rc = lmap_dynbuf_printf(out,
+                            "{\"id\":\"%s\",\"k\":%u,\"h\":%u,\"w\":%u,"
+                            "\"classes\":[",
+                            id, m.k, m.h, m.w);
     for (uint32_t k = 0; rc == 0 && k < m.k; k++)
       for (size_t cell = 0; rc == 0 && cell < cells; cell++)
         rc = lmap_dynbuf_printf(out, k || cell ? ",%u" : "%u",
-                           m.classes[cell * m.k + k]);
+                                m.classes[cell * m.k + k]);
     if (rc == 0)
       rc = lmap_dynbuf_addstr(out, "],\"scores\":[");
     for (uint32_t k = 0; rc == 0 && k < m.k; k++)
@@ -992,8 +1001,9 @@ static api_response *json_text(api_worker *w, int status, const char *text) {
 static api_response *get_info(api_worker *w) {
   json_t *meta = json_loads(store_meta_json(w->g->s), 0, NULL);
   if (meta == NULL)
-    return json_text(w, 500, "{\"error\":{\"code\":\"internal\","
-                             "\"message\":\"metadata is not valid JSON\"}}");
+    return json_text(w, 500,
+                     "{\"error\":{\"code\":\"internal\","
+                     "\"message\":\"metadata is not valid JSON\"}}");
   json_object_set_new(meta, "file_bytes",
                       json_integer((json_int_t)store_file_size(w->g->s)));
   char *text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(9));
@@ -1097,9 +1107,10 @@ static metrics_route route_of(const char *path, const char **id) {
   static const struct {
     const char *path;
     metrics_route route;
-  } exact[] = {{"/livez", ROUTE_LIVEZ},        {"/readyz", ROUTE_READYZ},
-               {"/metrics", ROUTE_METRICS},    {"/v1/info", ROUTE_INFO},
-               {"/v1/classes", ROUTE_CLASSES}, {"/v1/labels", ROUTE_LABELS_POST}};
+  } exact[] = {
+      {"/livez", ROUTE_LIVEZ},        {"/readyz", ROUTE_READYZ},
+      {"/metrics", ROUTE_METRICS},    {"/v1/info", ROUTE_INFO},
+      {"/v1/classes", ROUTE_CLASSES}, {"/v1/labels", ROUTE_LABELS_POST}};
   for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
     if (strcmp(path, exact[i].path) == 0)
       return exact[i].route;
@@ -1155,20 +1166,13 @@ static api_response *dispatch(api_worker *w, const api_request *req,
   if (!get)
     return method_not_allowed(w, m, "GET, HEAD");
   switch (route) {
-  case ROUTE_LIVEZ:
-    return json_text(w, 200, "{\"status\":\"ok\"}");
-  case ROUTE_METRICS:
-    return get_metrics(w);
-  case ROUTE_READYZ:
-    return get_readyz(w);
-  case ROUTE_INFO:
-    return get_info(w);
-  case ROUTE_CLASSES:
-    return get_classes(w);
-  case ROUTE_LABELS_GET:
-    return get_label(w, req, id);
-  case ROUTE_MAPS:
-    return get_map(w, req, id);
+  case ROUTE_LIVEZ: return json_text(w, 200, "{\"status\":\"ok\"}");
+  case ROUTE_METRICS: return get_metrics(w);
+  case ROUTE_READYZ: return get_readyz(w);
+  case ROUTE_INFO: return get_info(w);
+  case ROUTE_CLASSES: return get_classes(w);
+  case ROUTE_LABELS_GET: return get_label(w, req, id);
+  case ROUTE_MAPS: return get_map(w, req, id);
   default:
     api_error_message(&w->res, LMAP_ENOTFOUND, "no such route");
     return &w->res;
@@ -1195,9 +1199,9 @@ api_response *api_handle(api_worker *w, const api_request *req) {
   if (strncmp(req->path, "/v1/", 4) == 0 && w->a->token &&
       !token_matches(w->a, req->authorization)) {
     api_error_message(&w->res, LMAP_EUNAUTHORIZED,
-                     req->authorization ? "the bearer token is not valid"
-                                        : "an Authorization: Bearer token is "
-                                          "required");
+                      req->authorization ? "the bearer token is not valid"
+                                         : "an Authorization: Bearer token is "
+                                           "required");
     w->res.auth_challenge = 1;
     r = &w->res;
   } else if (reads_store(route) &&

@@ -43,7 +43,7 @@ typedef struct api_request {
   /* Query argument `name`, or NULL when absent. */
   const char *(*arg)(void *ctx, const char *name);
   void *arg_ctx;
-  const char *accept; /* the Accept header, or NULL */
+  const char *accept;        /* the Accept header, or NULL */
   const char *authorization; /* the Authorization header, or NULL */
   const uint8_t *body;
   size_t body_len;

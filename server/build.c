@@ -38,7 +38,7 @@
  * grows with the store at a bounded cost per record. */
 #define ERROR_FIRST 64
 #define ERROR_ONE_IN 256
-#define ERROR_BOXES 16    /* random boxes per measured record */
+#define ERROR_BOXES 16 /* random boxes per measured record */
 #define MAX_WORKERS 64
 /* At most QUEUE_DEPTH + MAX_WORKERS batches are between producer and
  * writer, so a reorder window of this size never overflows. */
@@ -119,7 +119,7 @@ typedef struct result {
   char name[BUILD_MAX_NAME];
   int err;
   diag d;
-  int raw; /* body not yet compressed (dictionary pending) */
+  int raw;          /* body not yet compressed (dictionary pending) */
   uint32_t k, h, w; /* the map's shape; the writer checks it in order */
   uint8_t *bytes;
   size_t len;
@@ -134,20 +134,20 @@ typedef struct result {
 typedef struct build {
   const build_opts *o;
   const build_source *src;
-  int level;            /* zstd level of the records' heads */
+  int level; /* zstd level of the records' heads */
   queue work, results;
-  atomic_int failed;    /* stop everything: a fatal error was recorded */
+  atomic_int failed; /* stop everything: a fatal error was recorded */
   atomic_ullong written;
   atomic_ullong skipped;
 
-  pthread_mutex_t mu;   /* guards the fields below */
+  pthread_mutex_t mu; /* guards the fields below */
   int shape_set;
   codec_shape shape;
   char shape_from[BUILD_MAX_NAME];
   int dict_ready;
   uint8_t *dict;
   size_t dict_len;
-  diag fatal;           /* the first fatal error */
+  diag fatal; /* the first fatal error */
 } build;
 
 static void fail(build *b, const diag *d) {
@@ -193,7 +193,9 @@ static uint64_t splitmix(uint64_t *s) {
   return z ^ (z >> 31);
 }
 
-static double unit(uint64_t *s) { return (double)(splitmix(s) >> 11) * 0x1p-53; }
+static double unit(uint64_t *s) {
+  return (double)(splitmix(s) >> 11) * 0x1p-53;
+}
 
 /* Maximum absolute probability difference between pooling the exact map
  * and pooling it as the encoding stores it, over random boxes. */
@@ -210,7 +212,10 @@ static double encoding_error(worker *w, const labelmap *m, uint64_t seed) {
   for (int i = 0; i < ERROR_BOXES; i++) {
     double x0 = unit(&rng), x1 = unit(&rng), y0 = unit(&rng), y1 = unit(&rng);
     pool_query q = {{fmin(x0, x1), fmin(y0, y1), fmax(x0, x1), fmax(y0, y1)},
-                    POOL_BOX_XYXY, 1, false, true};
+                    POOL_BOX_XYXY,
+                    1,
+                    false,
+                    true};
     if (i == 0) /* the full image, the box every user tries first */
       q.box[0] = q.box[1] = 0, q.box[2] = q.box[3] = 1;
     pool_dense(m, s->num_classes, &q, w->ws, w->probs_a);
@@ -253,8 +258,7 @@ static int ensure_codec(worker *w, diag *d) {
   if (!ready)
     return 1;
   /* The shape and dictionary are immutable once ready: read unlocked. */
-  return codec_ctx_new(&b->shape, b->dict, b->dict_len, b->level, &w->codec,
-                       d);
+  return codec_ctx_new(&b->shape, b->dict, b->dict_len, b->level, &w->codec, d);
 }
 
 static int encode(worker *w, const labelmap *m, result *r) {
@@ -412,8 +416,8 @@ static int put(writer *wr, result *r) {
     r->len = len;
     r->raw = 0;
   }
-  int rc = store_writer_put(wr->sw, r->id, strlen(r->id), r->bytes, r->len,
-                            &wr->d);
+  int rc =
+      store_writer_put(wr->sw, r->id, strlen(r->id), r->bytes, r->len, &wr->d);
   if (rc == 0)
     add_stats(wr, r);
   if (rc) {
@@ -455,11 +459,9 @@ static int train_and_flush(writer *wr) {
   }
   int rc = 0;
   if (b->shape_set) {
-    rc = codec_ctx_new(&b->shape, dict, dict_len, b->level, &wr->codec,
-                       &wr->d);
+    rc = codec_ctx_new(&b->shape, dict, dict_len, b->level, &wr->codec, &wr->d);
     if (rc == 0 && dict_len)
-      rc = store_writer_put_meta(wr->sw, "lmap.dict", dict, dict_len,
-                                 &wr->d);
+      rc = store_writer_put_meta(wr->sw, "lmap.dict", dict, dict_len, &wr->d);
   }
   pthread_mutex_lock(&b->mu);
   b->dict = dict;
@@ -634,30 +636,29 @@ static json_t *meta_json(const build *b, writer *wr, uint64_t records) {
   qsort(wr->reservoir, wr->nreservoir, sizeof *wr->reservoir, cmp_float);
   const float *s = wr->reservoir;
   size_t n = wr->nreservoir;
-  json_t *stats = json_pack(
-      "{s:f, s:f, s:f, s:f, s:f, s:f, s:I}", "min", (double)wr->score_min,
-      "max", (double)wr->score_max, "mean",
-      wr->score_count ? wr->score_sum / (double)wr->score_count : 0.0, "p01",
-      percentile(s, n, 0.01), "p50", percentile(s, n, 0.5), "p99",
-      percentile(s, n, 0.99), "sampled", (json_int_t)n);
+  json_t *stats =
+      json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:I}", "min",
+                (double)wr->score_min, "max", (double)wr->score_max, "mean",
+                wr->score_count ? wr->score_sum / (double)wr->score_count : 0.0,
+                "p01", percentile(s, n, 0.01), "p50", percentile(s, n, 0.5),
+                "p99", percentile(s, n, 0.99), "sampled", (json_int_t)n);
   return json_pack(
       "{s:s, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:s, s:o, s:o, s:s, s:s, "
       "s:o, s:f, s:{s:I, s:i}, s:f, s:I, s:i, s:b}",
-      "format", "lmap-store", "format_version", STORE_FORMAT_VERSION,
-      "grid_h", (int)b->shape.h, "grid_w", (int)b->shape.w, "topk",
-      (int)b->shape.k, "num_classes", (int)b->shape.num_classes, "encoding",
+      "format", "lmap-store", "format_version", STORE_FORMAT_VERSION, "grid_h",
+      (int)b->shape.h, "grid_w", (int)b->shape.w, "topk", (int)b->shape.k,
+      "num_classes", (int)b->shape.num_classes, "encoding",
       b->shape.encoding == CODEC_F32 ? "f32" : "f16", "record_count",
-      (json_int_t)records, "extent", o->extent ? o->extent : "full",
-      "source", utf8_string(o->source_desc ? o->source_desc : ""),
-      "annotator", utf8_string(o->annotator ? o->annotator : ""), "build_tool",
+      (json_int_t)records, "extent", o->extent ? o->extent : "full", "source",
+      utf8_string(o->source_desc ? o->source_desc : ""), "annotator",
+      utf8_string(o->annotator ? o->annotator : ""), "build_tool",
       "lmap " LMAP_VERSION_STRING, "created", created, "score_stats", stats,
       "encoding_max_prob_error", wr->prob_error, "encoding_error_sample",
       "records", (json_int_t)wr->error_records, "boxes", ERROR_BOXES,
       "bytes_per_record",
       records ? (double)wr->record_bytes / (double)records : 0.0,
       "dictionary_bytes", (json_int_t)b->dict_len, "zstd_level", b->level,
-      "class_names",
-      o->classes_json != NULL);
+      "class_names", o->classes_json != NULL);
 }
 
 static int finish_meta(build *b, writer *wr, diag *d) {
@@ -721,12 +722,13 @@ static void worker_teardown(build *b, worker *w) {
 
 int build_run(const build_opts *o, const build_source *src, build_stats *st,
               diag *d) {
-  build b = {.o = o, .src = src,
-             .level = o->level ? o->level : CODEC_LEVEL_DEFAULT};
-  writer wr = {.b = &b, .score_min = INFINITY, .score_max = -INFINITY,
-               .rng = 42};
+  build b = {
+      .o = o, .src = src, .level = o->level ? o->level : CODEC_LEVEL_DEFAULT};
+  writer wr = {
+      .b = &b, .score_min = INFINITY, .score_max = -INFINITY, .rng = 42};
   worker workers[MAX_WORKERS];
-  int nworkers = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  int nworkers =
+      o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
   if (nworkers < 1)
     nworkers = 1;
   if (nworkers > MAX_WORKERS)

@@ -55,19 +55,19 @@ typedef struct build_source {
 } build_source;
 
 typedef struct build_opts {
-  const char *cmd;      /* "import" or "synth", for messages */
-  const char *input;    /* what is read, for messages ("-" = stdin) */
-  const char *out;      /* store path */
+  const char *cmd;   /* "import" or "synth", for messages */
+  const char *input; /* what is read, for messages ("-" = stdin) */
+  const char *out;   /* store path */
   int overwrite;
   uint32_t num_classes;
   codec_encoding encoding;
-  int level;            /* zstd level, codec.h; 0: CODEC_LEVEL_DEFAULT */
-  int threads;          /* workers; <= 0 means one per core */
+  int level;   /* zstd level, codec.h; 0: CODEC_LEVEL_DEFAULT */
+  int threads; /* workers; <= 0 means one per core */
   bool skip_bad;
-  bool progress;        /* progress line on stderr */
+  bool progress; /* progress line on stderr */
   const char *source_desc;
   const char *annotator;
-  const char *extent;   /* "full" or "center_crop" */
+  const char *extent;       /* "full" or "center_crop" */
   const char *classes_json; /* JSON array text of class names, or NULL */
 } build_opts;
 

@@ -13,9 +13,9 @@
 #include "lmap/error.h"
 
 typedef struct diag {
-  int code;        /* the lmap_errno of the last failure, 0 if none */
-  char field[64];  /* the offending field or path component, "" if none */
-  char msg[512];   /* a full sentence, "" if none */
+  int code;       /* the lmap_errno of the last failure, 0 if none */
+  char field[64]; /* the offending field or path component, "" if none */
+  char msg[512];  /* a full sentence, "" if none */
 } diag;
 
 /* Records `code` and a printf-style message in `d` (which may be NULL) and

@@ -53,7 +53,7 @@ struct http_server {
   unsigned long long log_suppressed;
   void (*on_access)(const http_access *);
   int log_all;
-  unsigned id_prefix;   /* per process, so ids differ across restarts */
+  unsigned id_prefix; /* per process, so ids differ across restarts */
   atomic_ullong id_next;
   pthread_key_t worker_key;
   int key_made;
@@ -78,16 +78,17 @@ struct http_server {
 static unsigned long long monotonic_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
+  return (unsigned long long)ts.tv_sec * 1000 +
+         (unsigned long long)ts.tv_nsec / 1000000;
 }
 
 /* Per-request state, from the URI log callback to the completion
  * callback. */
 typedef struct request {
-  int started;     /* the handler has been called (counted in in_flight) */
-  int refused;     /* a response was queued on the first call */
+  int started; /* the handler has been called (counted in in_flight) */
+  int refused; /* a response was queued on the first call */
   dynbuf body;
-  char id[72];     /* X-Request-Id */
+  char id[72]; /* X-Request-Id */
   struct timespec start;
   const char *method, *path; /* MHD's, valid for the request's life */
   /* The raw request target as MHD's buffer held it when the URI log
@@ -280,17 +281,16 @@ static const char *head_problem(struct MHD_Connection *c, const char *method,
   if (!w.bad && !(w.p == w.end && w.nuls >= 2 && w.nuls <= 4))
     blame(&w, w.last);
   *bad_auth = w.auth;
-  return w.bad ? "a header line contains a NUL or CR byte, or is folded"
-               : NULL;
+  return w.bad ? "a header line contains a NUL or CR byte, or is folded" : NULL;
 }
 
 /* ---- framing checks on the first call ---- */
 
 typedef struct framing {
-  int content_length;    /* headers seen */
+  int content_length; /* headers seen */
   int transfer_encoding;
   int authorization;
-  int te_chunked;        /* the only Transfer-Encoding value accepted */
+  int te_chunked; /* the only Transfer-Encoding value accepted */
   int bad_name;
   unsigned long long length;
   int length_ok;
@@ -402,8 +402,7 @@ static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
         MHD_RESPMEM_MUST_COPY);
   if (resp == NULL)
     return MHD_NO;
-  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-                          r->content_type);
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
   MHD_add_response_header(resp, "X-Request-Id", rq->id);
   if (r->allow)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
@@ -426,8 +425,7 @@ static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
               (double)(now.tv_nsec - rq->start.tv_nsec) * 1e-6;
   api_observe(s->a, r, ms);
   if (s->on_access && (s->log_all || r->status >= 400)) {
-    http_access a = {rq->id, rq->method, rq->path, r->status, r->body.len,
-                     ms};
+    http_access a = {rq->id, rq->method, rq->path, r->status, r->body.len, ms};
     s->on_access(&a);
   }
   return ok;
@@ -435,10 +433,9 @@ static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
 
 /* The client's X-Request-Id when it is a short token of safe bytes (so it
  * can go into logs as is), otherwise "<process>-<counter>". */
-static void request_id(http_server *s, struct MHD_Connection *c,
-                       request *rq) {
-  const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-                                              "X-Request-Id");
+static void request_id(http_server *s, struct MHD_Connection *c, request *rq) {
+  const char *v =
+      MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
   size_t n = v ? strlen(v) : 0;
   int ok = n > 0 && n < 64;
   for (size_t i = 0; ok && i < n; i++)
@@ -496,11 +493,12 @@ static enum MHD_Result first_call(http_server *s, struct MHD_Connection *c,
   if (f.content_length && !f.length_ok)
     return refuse(s, c, rq, LMAP_EREQUEST, "malformed Content-Length");
   if (strcmp(method, "POST") == 0 && !f.content_length)
-    return refuse(s, c, rq, LMAP_ELENGTH,
-                  "a POST body needs a Content-Length");
+    return refuse(s, c, rq, LMAP_ELENGTH, "a POST body needs a Content-Length");
   if (f.content_length && f.length > s->max_body) {
-    snprintf(msg, sizeof msg, "the body is %llu bytes, more than the %zu "
-             "allowed", f.length, s->max_body);
+    snprintf(msg, sizeof msg,
+             "the body is %llu bytes, more than the %zu "
+             "allowed",
+             f.length, s->max_body);
     return refuse(s, c, rq, LMAP_ETOOBIG, msg);
   }
   lmap_dynbuf_init(&rq->body, s->max_body);
@@ -568,8 +566,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
       .arg_ctx = c,
       .accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                             MHD_HTTP_HEADER_ACCEPT),
-      .authorization = rq->bad_auth ? "" : MHD_lookup_connection_value(
-          c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+      .authorization =
+          rq->bad_auth ? ""
+                       : MHD_lookup_connection_value(
+                             c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
       .body = (const uint8_t *)rq->body.data,
       .body_len = rq->body.len,
   };
@@ -595,7 +595,9 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
   *con_cls = NULL;
 }
 
-static void free_worker(void *w) { api_worker_free(w); }
+static void free_worker(void *w) {
+  api_worker_free(w);
+}
 
 /* A new connection (accepted by MHD, or handed over by http_quiesce) has
  * the header timeout until its first request head is complete. */
@@ -769,24 +771,22 @@ int http_start(const http_config *c, api *a, http_server **out,
   s->mhd = MHD_start_daemon(
       MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC |
           MHD_USE_ERROR_LOG,
-      c->port, NULL, NULL, handle, s,
-      MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
-      MHD_OPTION_SOCK_ADDR, &addr,
-      MHD_OPTION_ARRAY, pool,
+      c->port, NULL, NULL, handle, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
+      MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_ARRAY, pool,
       MHD_OPTION_CONNECTION_TIMEOUT, c->idle_timeout,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
       MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
       MHD_OPTION_PER_IP_CONNECTION_LIMIT, c->max_per_ip,
-      MHD_OPTION_NOTIFY_COMPLETED, completed, s,
-      MHD_OPTION_NOTIFY_CONNECTION, connection_event, s,
-      MHD_OPTION_URI_LOG_CALLBACK, uri_logged, s, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+      connection_event, s, MHD_OPTION_URI_LOG_CALLBACK, uri_logged, s,
+      MHD_OPTION_END);
   if (s->mhd == NULL) {
     api_set_edge_metrics(a, NULL, NULL);
     pthread_key_delete(s->worker_key);
     pthread_mutex_destroy(&s->log_mu);
     free(s);
-    return diag_field(d, LMAP_EIO, "listen", "cannot listen on %s:%u",
-                      c->host, (unsigned)c->port);
+    return diag_field(d, LMAP_EIO, "listen", "cannot listen on %s:%u", c->host,
+                      (unsigned)c->port);
   }
   const union MHD_DaemonInfo *info =
       MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
@@ -830,7 +830,8 @@ unsigned http_connections(http_server *s) {
 }
 
 unsigned http_in_flight(http_server *s, unsigned long long *quiet_ms) {
-  unsigned long long last = atomic_load(&s->last_activity_ms), now = monotonic_ms();
+  unsigned long long last = atomic_load(&s->last_activity_ms),
+                     now = monotonic_ms();
   *quiet_ms = now > last ? now - last : 0;
   return atomic_load(&s->in_flight);
 }

@@ -50,16 +50,16 @@ typedef struct http_access {
 #define HTTP_HANDOVER_BYTES ((size_t)1 << 20)
 
 typedef struct http_config {
-  const char *host;        /* numeric IPv4 address to bind */
-  uint16_t port;           /* 0 = an ephemeral port */
-  unsigned threads;        /* MHD pool threads */
-  size_t max_body;         /* bytes */
-  unsigned idle_timeout;   /* seconds, 0 = never */
+  const char *host;      /* numeric IPv4 address to bind */
+  uint16_t port;         /* 0 = an ephemeral port */
+  unsigned threads;      /* MHD pool threads */
+  size_t max_body;       /* bytes */
+  unsigned idle_timeout; /* seconds, 0 = never */
   /* Seconds of silence allowed on a connection before its first request
    * head is complete; 0 = idle_timeout applies from the start. */
   unsigned header_timeout;
   unsigned max_connections;
-  unsigned max_per_ip;     /* 0 = unlimited */
+  unsigned max_per_ip; /* 0 = unlimited */
   /* Bytes of large answers (over HTTP_HANDOVER_BYTES) that may wait in
    * MHD for their clients to read them, all connections together; an
    * answer that would pass it is replaced by 503 with Retry-After. */

@@ -143,8 +143,7 @@ static int read_file(const char *path, size_t cap, uint8_t **out, size_t *len,
                      diag *d) {
   FILE *f = fopen(path, "rb");
   if (f == NULL)
-    return diag_set(d, LMAP_EIO, "%s: cannot open: %s", path,
-                    strerror(errno));
+    return diag_set(d, LMAP_EIO, "%s: cannot open: %s", path, strerror(errno));
   struct stat sb;
   int regular = 0, rc = 0;
   if (fstat(fileno(f), &sb) != 0)
@@ -237,8 +236,7 @@ static int tar_next(void *ctx, build_item *it, diag *d) {
     int regular = archive_entry_filetype(e) == AE_IFREG;
     /* Directories and other non-files that are not .pt are skipped, as a
      * directory walk would; a .pt that is a link is not. */
-    if (regular || archive_entry_hardlink(e) ||
-        (name && has_pt_suffix(name)))
+    if (regular || archive_entry_hardlink(e) || (name && has_pt_suffix(name)))
       break;
   }
   const char *name = archive_entry_pathname(e);
@@ -312,13 +310,12 @@ static int tar_open(tar_source *s, const char *path, diag *d) {
 int importer_run(const char *src, const build_opts *o, build_stats *st,
                  diag *d) {
   struct stat sb;
-  int is_dir = strcmp(src, "-") != 0 && stat(src, &sb) == 0 &&
-               S_ISDIR(sb.st_mode);
+  int is_dir =
+      strcmp(src, "-") != 0 && stat(src, &sb) == 0 && S_ISDIR(sb.st_mode);
   if (strcmp(src, "-") != 0 && access(src, R_OK) != 0)
     return diag_set(d, LMAP_EIO, "%s: %s", src, strerror(errno));
-  build_source bs = {.worker_new = parser_new,
-                     .worker_free = parser_free,
-                     .load = parse_item};
+  build_source bs = {
+      .worker_new = parser_new, .worker_free = parser_free, .load = parse_item};
   int rc;
   if (is_dir) {
     dir_source ds = {0};
@@ -381,8 +378,8 @@ int importer_read_classes(const char *path, char **json_out, uint32_t *count,
       if (!json_is_string(json_array_get(arr, k))) {
         free(buf);
         json_decref(arr);
-        return diag_set(d, LMAP_EFORMAT, "%s: entry %zu is not a string",
-                        path, k);
+        return diag_set(d, LMAP_EFORMAT, "%s: entry %zu is not a string", path,
+                        k);
       }
   } else {
     arr = json_array();
@@ -401,8 +398,8 @@ int importer_read_classes(const char *path, char **json_out, uint32_t *count,
       if (s == NULL) {
         free(buf);
         json_decref(arr);
-        return diag_set(d, LMAP_EFORMAT, "%s: line %d is not valid UTF-8",
-                        path, lineno);
+        return diag_set(d, LMAP_EFORMAT, "%s: line %d is not valid UTF-8", path,
+                        lineno);
       }
       json_array_append_new(arr, s);
     }

@@ -18,7 +18,10 @@
 #include "labelmap.h"
 #include "pool.h"
 
-typedef enum itemjson_format { ITEM_DENSE = 0, ITEM_SPARSE = 1 } itemjson_format;
+typedef enum itemjson_format {
+  ITEM_DENSE = 0,
+  ITEM_SPARSE = 1
+} itemjson_format;
 
 /* Pools query `q` (already checked) over `m` and appends the item for `id`
  * to `b`. `dense` is caller scratch of G*G*num_classes floats (unused for

@@ -12,8 +12,8 @@ int labelmap_validate(const labelmap *m, uint32_t num_classes, diag *d) {
         float s = m->scores[base + e];
         uint32_t c = m->classes[base + e];
         if (!isfinite(s))
-          return diag_set(d, LMAP_ERANGE, "score at [0,%u,%u,%u] is %s", e,
-                          r, q, isnan(s) ? "NaN" : "infinite");
+          return diag_set(d, LMAP_ERANGE, "score at [0,%u,%u,%u] is %s", e, r,
+                          q, isnan(s) ? "NaN" : "infinite");
         if (s > LABELMAP_MAX_ABS_SCORE || s < -LABELMAP_MAX_ABS_SCORE)
           return diag_set(d, LMAP_ERANGE,
                           "score %g at [0,%u,%u,%u] is beyond +-1e30 (not a "
@@ -47,9 +47,8 @@ int labelmap_id_check(const char *id, size_t len, diag *d) {
   if (len == 0)
     return diag_field(d, LMAP_EBADID, "id", "id is empty");
   if (len > LABELMAP_MAX_ID_LEN)
-    return diag_field(d, LMAP_EBADID, "id",
-                      "id is %zu bytes long (at most %u)", len,
-                      LABELMAP_MAX_ID_LEN);
+    return diag_field(d, LMAP_EBADID, "id", "id is %zu bytes long (at most %u)",
+                      len, LABELMAP_MAX_ID_LEN);
   if (id[0] == '.' || id[0] == '-')
     return diag_field(d, LMAP_EBADID, "id", "id may not start with '%c'",
                       id[0]);

@@ -7,7 +7,9 @@
 
 static int text_mode;
 
-void log_set_text(int text) { text_mode = text; }
+void log_set_text(int text) {
+  text_mode = text;
+}
 
 void log_event(const char *event, const char *fields, ...) {
   char ts[40];

@@ -5,13 +5,13 @@
 #include <stdlib.h>
 
 static const char *const route_names[ROUTE_COUNT] = {
-    "/livez",      "/readyz",           "/metrics",          "/v1/info",
-    "/v1/classes", "GET /v1/labels/{id}", "POST /v1/labels", "/v1/maps/{id}",
-    "other"};
+    "/livez",          "/readyz",       "/metrics",
+    "/v1/info",        "/v1/classes",   "GET /v1/labels/{id}",
+    "POST /v1/labels", "/v1/maps/{id}", "other"};
 
 /* The statuses lmapd answers with; anything else counts as "other". */
-static const int statuses[] = {200, 400, 401, 404, 405, 411, 413, 431, 500,
-                               503};
+static const int statuses[] = {200, 400, 401, 404, 405,
+                               411, 413, 431, 500, 503};
 #define NSTATUS (sizeof statuses / sizeof statuses[0] + 1)
 
 /* Latency buckets in milliseconds: sub-millisecond resolution first. */
@@ -35,9 +35,13 @@ struct metrics {
   atomic_ullong store_errors[STORE_ERR_COUNT];
 };
 
-metrics *metrics_new(void) { return calloc(1, sizeof(metrics)); }
+metrics *metrics_new(void) {
+  return calloc(1, sizeof(metrics));
+}
 
-void metrics_free(metrics *m) { free(m); }
+void metrics_free(metrics *m) {
+  free(m);
+}
 
 static void add(atomic_ullong *a, unsigned long long v) {
   atomic_fetch_add_explicit(a, v, memory_order_relaxed);
@@ -72,11 +76,12 @@ void metrics_observe(metrics *m, metrics_route route, int status, double ms,
 }
 
 unsigned long long metrics_store_error_add(metrics *m,
-                                          metrics_store_error kind) {
+                                           metrics_store_error kind) {
   if ((unsigned)kind >= STORE_ERR_COUNT)
     kind = STORE_ERR_IO;
   return atomic_fetch_add_explicit(&m->store_errors[kind], 1,
-                                   memory_order_relaxed) + 1;
+                                   memory_order_relaxed) +
+         1;
 }
 
 int metrics_render(const metrics *m, dynbuf *b) {
@@ -89,58 +94,62 @@ int metrics_render(const metrics *m, dynbuf *b) {
       if (v == 0)
         continue;
       if (s + 1 < NSTATUS)
-        rc = lmap_dynbuf_printf(b,
-                           "lmap_requests_total{route=\"%s\",status=\"%d\"} "
-                           "%llu\n",
-                           route_names[r], statuses[s], v);
+        rc = lmap_dynbuf_printf(
+            b,
+            "lmap_requests_total{route=\"%s\",status=\"%d\"} "
+            "%llu\n",
+            route_names[r], statuses[s], v);
       else
-        rc = lmap_dynbuf_printf(b,
-                           "lmap_requests_total{route=\"%s\",status=\"other\"}"
-                           " %llu\n",
-                           route_names[r], v);
+        rc = lmap_dynbuf_printf(
+            b,
+            "lmap_requests_total{route=\"%s\",status=\"other\"}"
+            " %llu\n",
+            route_names[r], v);
     }
   if (rc == 0)
-    rc = lmap_dynbuf_addstr(b, "# HELP lmap_request_duration_seconds Time from "
-                          "the request's headers to its answer.\n"
-                          "# TYPE lmap_request_duration_seconds histogram\n");
+    rc = lmap_dynbuf_addstr(b,
+                            "# HELP lmap_request_duration_seconds Time from "
+                            "the request's headers to its answer.\n"
+                            "# TYPE lmap_request_duration_seconds histogram\n");
   unsigned long long cum = 0;
   for (size_t i = 0; rc == 0 && i <= NLAT; i++) {
     cum += get(&m->latency[i]);
     if (i < NLAT)
       rc = lmap_dynbuf_printf(b,
-                         "lmap_request_duration_seconds_bucket{le=\"%g\"} "
-                         "%llu\n",
-                         latency_ms[i] / 1000.0, cum);
+                              "lmap_request_duration_seconds_bucket{le=\"%g\"} "
+                              "%llu\n",
+                              latency_ms[i] / 1000.0, cum);
     else
-      rc = lmap_dynbuf_printf(b,
-                         "lmap_request_duration_seconds_bucket{le=\"+Inf\"} "
-                         "%llu\nlmap_request_duration_seconds_sum %.6f\n"
-                         "lmap_request_duration_seconds_count %llu\n",
-                         cum, (double)get(&m->latency_sum_us) / 1e6, cum);
+      rc = lmap_dynbuf_printf(
+          b,
+          "lmap_request_duration_seconds_bucket{le=\"+Inf\"} "
+          "%llu\nlmap_request_duration_seconds_sum %.6f\n"
+          "lmap_request_duration_seconds_count %llu\n",
+          cum, (double)get(&m->latency_sum_us) / 1e6, cum);
   }
   if (rc == 0)
     rc = lmap_dynbuf_addstr(b, "# HELP lmap_batch_size Queries per labels "
-                          "request.\n# TYPE lmap_batch_size histogram\n");
+                               "request.\n# TYPE lmap_batch_size histogram\n");
   cum = 0;
   for (size_t i = 0; rc == 0 && i <= NBATCH; i++) {
     cum += get(&m->batch[i]);
     if (i < NBATCH)
       rc = lmap_dynbuf_printf(b, "lmap_batch_size_bucket{le=\"%u\"} %llu\n",
-                         batch_sizes[i], cum);
+                              batch_sizes[i], cum);
     else
       rc = lmap_dynbuf_printf(b,
-                         "lmap_batch_size_bucket{le=\"+Inf\"} %llu\n"
-                         "lmap_batch_size_sum %llu\nlmap_batch_size_count "
-                         "%llu\n",
-                         cum, get(&m->batch_sum), cum);
+                              "lmap_batch_size_bucket{le=\"+Inf\"} %llu\n"
+                              "lmap_batch_size_sum %llu\nlmap_batch_size_count "
+                              "%llu\n",
+                              cum, get(&m->batch_sum), cum);
   }
   if (rc == 0)
     rc = lmap_dynbuf_printf(b,
-                       "# HELP lmap_labels_served_total Soft labels "
-                       "answered (one per query).\n"
-                       "# TYPE lmap_labels_served_total counter\n"
-                       "lmap_labels_served_total %llu\n",
-                       get(&m->labels));
+                            "# HELP lmap_labels_served_total Soft labels "
+                            "answered (one per query).\n"
+                            "# TYPE lmap_labels_served_total counter\n"
+                            "lmap_labels_served_total %llu\n",
+                            get(&m->labels));
   /* Every kind is listed, zeros included, so that an alert on a rate has
    * a series to start from. */
   if (rc == 0)

@@ -47,7 +47,8 @@ void metrics_observe(metrics *m, metrics_route route, int status, double ms,
 
 /* Counts one store error of `kind`; returns the count of that kind so far
  * (including this one). */
-unsigned long long metrics_store_error_add(metrics *m, metrics_store_error kind);
+unsigned long long metrics_store_error_add(metrics *m,
+                                           metrics_store_error kind);
 
 /* Appends the Prometheus text exposition (format 0.0.4) to `b`. */
 int metrics_render(const metrics *m, dynbuf *b);

@@ -41,7 +41,14 @@ int npy_header_f32(dynbuf *b, const size_t *shape, int ndim) {
   size_t total = 10 + (size_t)n + 1;
   size_t padded = padded_len(n);
   size_t hlen = padded - 10;
-  unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+  unsigned char pre[10] = {0x93,
+                           'N',
+                           'U',
+                           'M',
+                           'P',
+                           'Y',
+                           1,
+                           0,
                            (unsigned char)(hlen & 0xff),
                            (unsigned char)(hlen >> 8)};
   int rc = lmap_dynbuf_reserve(b, padded);

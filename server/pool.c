@@ -17,15 +17,15 @@
 struct pool_ws {
   uint32_t num_classes;
   uint32_t generation;
-  uint32_t *stamp;    /* [C] generation in which acc[c] was last touched */
-  double *acc;        /* [C] pooled logit of class c in the current bin */
-  uint32_t *touched;  /* [C] classes touched in the current bin */
+  uint32_t *stamp;   /* [C] generation in which acc[c] was last touched */
+  double *acc;       /* [C] pooled logit of class c in the current bin */
+  uint32_t *touched; /* [C] classes touched in the current bin */
   struct pool_entry {
     float value; /* the value returned, so ties are ties as the user sees */
     uint32_t cls;
-  } *entries;         /* [C] sparse output before sorting */
-  uint32_t *classes;  /* [C] sparse output: classes */
-  float *values;      /* [C] sparse output: values */
+  } * entries;       /* [C] sparse output before sorting */
+  uint32_t *classes; /* [C] sparse output: classes */
+  float *values;     /* [C] sparse output: values */
   double wy[LABELMAP_MAX_SIDE];
   double wx[LABELMAP_MAX_SIDE];
 };
@@ -43,7 +43,8 @@ pool_ws *pool_ws_new(uint32_t num_classes) {
   ws->entries = calloc(num_classes, sizeof *ws->entries);
   ws->classes = calloc(num_classes, sizeof *ws->classes);
   ws->values = calloc(num_classes, sizeof *ws->values);
-  if (!ws->stamp || !ws->acc || !ws->touched || !ws->entries || !ws->classes || !ws->values) {
+  if (!ws->stamp || !ws->acc || !ws->touched || !ws->entries || !ws->classes ||
+      !ws->values) {
     pool_ws_free(ws);
     return NULL;
   }
@@ -76,18 +77,19 @@ int pool_check_query(const pool_query *q, diag *d) {
                         b[0], b[1], b[2], b[3]);
     if (b[0] > b[2] || b[1] > b[3])
       return diag_field(d, LMAP_EBADBOX, "box",
-                        "box [%.9g, %.9g, %.9g, %.9g] has x0 > x1 or y0 > y1", b[0],
-                        b[1], b[2], b[3]);
+                        "box [%.9g, %.9g, %.9g, %.9g] has x0 > x1 or y0 > y1",
+                        b[0], b[1], b[2], b[3]);
   } else if (q->box_format == POOL_BOX_RELABEL) {
     /* (top, left, height, width), each a fraction of the image. A small
      * slack admits i/H + h/H rounding just above 1. */
     if (b[0] < 0 || b[1] < 0 || b[2] < 0 || b[3] < 0 ||
         b[0] + b[2] > 1 + 1e-9 || b[1] + b[3] > 1 + 1e-9)
-      return diag_field(d, LMAP_EBADBOX, "box",
-                        "relabel box (%.9g, %.9g, %.9g, %.9g) is not a crop inside "
-                        "the image (need top, left, height, width >= 0 and "
-                        "top + height <= 1, left + width <= 1)",
-                        b[0], b[1], b[2], b[3]);
+      return diag_field(
+          d, LMAP_EBADBOX, "box",
+          "relabel box (%.9g, %.9g, %.9g, %.9g) is not a crop inside "
+          "the image (need top, left, height, width >= 0 and "
+          "top + height <= 1, left + width <= 1)",
+          b[0], b[1], b[2], b[3]);
   } else {
     return diag_field(d, LMAP_EINVAL, "box_format", "unknown box format %d",
                       (int)q->box_format);
@@ -253,8 +255,7 @@ static void cell_bin(const pool_query *q, uint32_t cell, uint32_t *ph,
 int pool_cell_sparse(const labelmap *m, uint32_t num_classes,
                      const pool_query *q, uint32_t cell, pool_ws *ws,
                      pool_cell *out) {
-  if (num_classes != ws->num_classes ||
-      cell >= q->output_size * q->output_size)
+  if (num_classes != ws->num_classes || cell >= q->output_size * q->output_size)
     return LMAP_EINVAL;
   region g = box_region(m, q);
   uint32_t ph, pw;
@@ -280,8 +281,8 @@ int pool_cell_sparse(const labelmap *m, uint32_t num_classes,
     ws->classes[i] = ws->entries[i].cls;
     ws->values[i] = ws->entries[i].value;
   }
-  out->rest = q->softmax && listed < num_classes ? (float)(exp(-shift) * inv_z)
-                                                 : 0.f;
+  out->rest =
+      q->softmax && listed < num_classes ? (float)(exp(-shift) * inv_z) : 0.f;
   out->n = listed;
   out->classes = ws->classes;
   out->values = ws->values;

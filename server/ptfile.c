@@ -36,7 +36,7 @@
  * 170 bytes with 12 objects; these leave room and bound the work. */
 #define PT_MAX_PICKLE (1u << 20) /* bytes of data.pkl */
 #define PT_MAX_ZIP_ENTRIES 64
-#define PT_MAX_SMALL_ENTRY 64             /* version, byteorder */
+#define PT_MAX_SMALL_ENTRY 64 /* version, byteorder */
 /* A storage may exceed the tensor's view (a slice), but never the 64 MiB
  * the importer reads per file: only a deflated zip entry could claim more,
  * and inflating it would let a small file allocate without bound. */

@@ -29,10 +29,10 @@
  * ptfile_out_free. Zero-initialise before first use. */
 typedef struct ptfile_out {
   labelmap map;
-  size_t cap;        /* entries the arrays can hold */
-  char dtype[16];    /* "float32", "float16", "bfloat16" or "float64" */
-  int legacy;        /* 1 if the legacy (non-zip) format was read */
-  int contiguous;    /* 1 if the source strides were the contiguous ones */
+  size_t cap;     /* entries the arrays can hold */
+  char dtype[16]; /* "float32", "float16", "bfloat16" or "float64" */
+  int legacy;     /* 1 if the legacy (non-zip) format was read */
+  int contiguous; /* 1 if the source strides were the contiguous ones */
 } ptfile_out;
 
 /* Parses `len` bytes at `buf`. Validates the shape ([2, K, H, W] within the

@@ -56,7 +56,9 @@ typedef struct rng {
   uint64_t s[4];
 } rng;
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k) {
+  return (x << k) | (x >> (64 - k));
+}
 
 static uint64_t next(rng *g) {
   uint64_t *s = g->s;
@@ -151,26 +153,26 @@ void synth_class_wnid(uint64_t seed, uint32_t c, char buf[16]) {
 int synth_check(const synth_params *p, diag *d) {
   if (p->num_classes == 0 || p->num_classes > LABELMAP_MAX_CLASSES)
     return diag_field(d, LMAP_EINVAL, "num_classes",
-                      "synth: num_classes %u is outside 1..%u",
-                      p->num_classes, LABELMAP_MAX_CLASSES);
+                      "synth: num_classes %u is outside 1..%u", p->num_classes,
+                      LABELMAP_MAX_CLASSES);
   if (p->k == 0 || p->k > LABELMAP_MAX_K)
-    return diag_field(d, LMAP_EINVAL, "k", "synth: k %u is outside 1..%u",
-                      p->k, LABELMAP_MAX_K);
+    return diag_field(d, LMAP_EINVAL, "k", "synth: k %u is outside 1..%u", p->k,
+                      LABELMAP_MAX_K);
   if (p->k > p->num_classes)
     return diag_field(d, LMAP_EINVAL, "k",
                       "synth: k %u exceeds num_classes %u (the top-K classes "
                       "of a cell must be distinct)",
                       p->k, p->num_classes);
   if (p->h == 0 || p->h > LABELMAP_MAX_SIDE)
-    return diag_field(d, LMAP_EINVAL, "h", "synth: h %u is outside 1..%u",
-                      p->h, LABELMAP_MAX_SIDE);
+    return diag_field(d, LMAP_EINVAL, "h", "synth: h %u is outside 1..%u", p->h,
+                      LABELMAP_MAX_SIDE);
   if (p->w == 0 || p->w > LABELMAP_MAX_SIDE)
-    return diag_field(d, LMAP_EINVAL, "w", "synth: w %u is outside 1..%u",
-                      p->w, LABELMAP_MAX_SIDE);
+    return diag_field(d, LMAP_EINVAL, "w", "synth: w %u is outside 1..%u", p->w,
+                      LABELMAP_MAX_SIDE);
   if ((uint64_t)p->k * p->h * p->w > LABELMAP_MAX_ENTRIES)
     return diag_field(d, LMAP_EINVAL, "k",
-                      "synth: k*h*w = %u*%u*%u exceeds %u entries", p->k,
-                      p->h, p->w, LABELMAP_MAX_ENTRIES);
+                      "synth: k*h*w = %u*%u*%u exceeds %u entries", p->k, p->h,
+                      p->w, LABELMAP_MAX_ENTRIES);
   return 0;
 }
 
@@ -253,8 +255,8 @@ static void make_blob(rng *g, blob *b, int first, uint32_t h, uint32_t w) {
 /* Draws the image: its objects (with their classes) and its scene classes.
  * Returns the number of objects; *main_class is the first object's class,
  * drawn first so that the id depends only on (seed, index, C). */
-static uint32_t make_scene(rng *g, const synth_params *p, scene *s,
-                           blob *blobs, uint32_t *main_class) {
+static uint32_t make_scene(rng *g, const synth_params *p, scene *s, blob *blobs,
+                           uint32_t *main_class) {
   uint32_t C = p->num_classes;
   memset(s, 0, sizeof *s);
   *main_class = below(g, C);

@@ -66,14 +66,14 @@ typedef struct lmap_client lmap_client;
  *  what differs; a zero or negative value means the default. */
 typedef struct lmap_client_options {
   long connect_timeout_ms; /**< per TCP connect; default 2000 */
-  long timeout_ms;         /**< per HTTP request, whole transfer; default 30000 */
-  int retries;             /**< extra passes over all endpoints after the first
-                                one fails everywhere; default 1, -1 for none */
-  long retry_backoff_ms;   /**< sleep before each extra pass, doubled each
-                                time; default 50 */
-  long down_ms;            /**< how long a failed endpoint is skipped when
-                                another is available; default 1000 */
-  const char *token;       /**< bearer token (copied); NULL for none */
+  long timeout_ms;       /**< per HTTP request, whole transfer; default 30000 */
+  int retries;           /**< extra passes over all endpoints after the first
+                              one fails everywhere; default 1, -1 for none */
+  long retry_backoff_ms; /**< sleep before each extra pass, doubled each
+                              time; default 50 */
+  long down_ms;          /**< how long a failed endpoint is skipped when
+                              another is available; default 1000 */
+  const char *token;     /**< bearer token (copied); NULL for none */
 } lmap_client_options;
 
 /** Fills `opts` with the defaults. Cannot fail. */
@@ -109,14 +109,14 @@ typedef enum lmap_box_format {
 typedef struct lmap_query {
   const char *id; /**< read during the call only */
   double box[4];
-  int flip;       /**< non-zero: the crop was mirrored left-right */
+  int flip; /**< non-zero: the crop was mirrored left-right */
 } lmap_query;
 
 /** Pooling options shared by all the queries of a call. */
 typedef struct lmap_label_options {
   int output_size;            /**< G: a G x G grid of labels; default 1 */
   lmap_box_format box_format; /**< default LMAP_BOX_XYXY */
-  int softmax;                /**< 1 (default): probabilities; 0: pooled logits */
+  int softmax; /**< 1 (default): probabilities; 0: pooled logits */
 } lmap_label_options;
 
 /** Fills `opts` with the defaults. */
@@ -161,8 +161,8 @@ typedef struct lmap_sparse {
   size_t cells;          /**< G * G */
   const size_t *offsets; /**< n * cells + 1 */
   const int32_t *classes;
-  const float *values;   /**< probabilities, or logits with softmax off */
-  const float *rest;     /**< n * cells */
+  const float *values; /**< probabilities, or logits with softmax off */
+  const float *rest;   /**< n * cells */
 } lmap_sparse;
 
 /** Fetches sparse labels for `n` queries into a new *out (NULL on failure).

@@ -15,27 +15,27 @@ extern "C" {
 
 /* XX(NAME, value, message, http status, json code) */
 #define LMAP_ERRNO_MAP(XX)                                                     \
-  XX(INVAL, -1, "invalid argument", 400, "invalid_argument")                 \
-  XX(NOMEM, -2, "out of memory", 500, "out_of_memory")                       \
-  XX(NOTFOUND, -3, "not found", 404, "not_found")                            \
-  XX(IO, -4, "input/output error", 500, "io_error")                          \
-  XX(CORRUPT, -5, "corrupt record or store", 500, "corrupt")                 \
-  XX(FORMAT, -6, "malformed or unsupported input", 400, "bad_format")       \
-  XX(BADSTORE, -7, "not a valid lmap store", 500, "bad_store")               \
-  XX(VERSION, -8, "unsupported format version", 500, "unsupported_version") \
-  XX(TOOBIG, -9, "input too large", 413, "too_large")                        \
-  XX(EXIST, -10, "already exists", 409, "exists")                            \
-  XX(BADBOX, -11, "invalid box", 400, "bad_box")                             \
-  XX(BADID, -12, "invalid id", 400, "bad_id")                                \
-  XX(RANGE, -13, "value out of range", 400, "out_of_range")                  \
-  XX(INTERNAL, -14, "internal error", 500, "internal")                       \
-  XX(UNAUTHORIZED, -15, "missing or invalid bearer token", 401,             \
+  XX(INVAL, -1, "invalid argument", 400, "invalid_argument")                   \
+  XX(NOMEM, -2, "out of memory", 500, "out_of_memory")                         \
+  XX(NOTFOUND, -3, "not found", 404, "not_found")                              \
+  XX(IO, -4, "input/output error", 500, "io_error")                            \
+  XX(CORRUPT, -5, "corrupt record or store", 500, "corrupt")                   \
+  XX(FORMAT, -6, "malformed or unsupported input", 400, "bad_format")          \
+  XX(BADSTORE, -7, "not a valid lmap store", 500, "bad_store")                 \
+  XX(VERSION, -8, "unsupported format version", 500, "unsupported_version")    \
+  XX(TOOBIG, -9, "input too large", 413, "too_large")                          \
+  XX(EXIST, -10, "already exists", 409, "exists")                              \
+  XX(BADBOX, -11, "invalid box", 400, "bad_box")                               \
+  XX(BADID, -12, "invalid id", 400, "bad_id")                                  \
+  XX(RANGE, -13, "value out of range", 400, "out_of_range")                    \
+  XX(INTERNAL, -14, "internal error", 500, "internal")                         \
+  XX(UNAUTHORIZED, -15, "missing or invalid bearer token", 401,                \
      "unauthorized")                                                           \
-  XX(METHOD, -16, "method not allowed", 405, "method_not_allowed")          \
-  XX(LENGTH, -17, "length required", 411, "length_required")                \
-  XX(REQUEST, -18, "malformed HTTP request", 400, "bad_request")            \
-  XX(UNAVAILABLE, -19, "server unavailable", 503, "unavailable")            \
-  XX(TIMEOUT, -20, "timed out", 504, "timeout")                              \
+  XX(METHOD, -16, "method not allowed", 405, "method_not_allowed")             \
+  XX(LENGTH, -17, "length required", 411, "length_required")                   \
+  XX(REQUEST, -18, "malformed HTTP request", 400, "bad_request")               \
+  XX(UNAVAILABLE, -19, "server unavailable", 503, "unavailable")               \
+  XX(TIMEOUT, -20, "timed out", 504, "timeout")                                \
   XX(PROTOCOL, -21, "unexpected answer from the server", 502, "bad_answer")
 
 #ifndef LMAP_API

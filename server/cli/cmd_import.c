@@ -37,7 +37,15 @@ static const char help[] =
     "exit status: 0 success, 1 a bad file or I/O failure (named), 2 usage.\n";
 
 int cmd_import(int argc, char **argv) {
-  enum { O_CLASSES = 256, O_SKIP, O_SOURCE, O_ANNOT, O_EXTENT, O_PROG, O_NOPROG };
+  enum {
+    O_CLASSES = 256,
+    O_SKIP,
+    O_SOURCE,
+    O_ANNOT,
+    O_EXTENT,
+    O_PROG,
+    O_NOPROG
+  };
   static const struct option longopts[] = {
       {"output", required_argument, 0, 'o'},
       {"num-classes", required_argument, 0, 'C'},
@@ -54,7 +62,9 @@ int cmd_import(int argc, char **argv) {
       {"no-progress", no_argument, 0, O_NOPROG},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
-  build_opts o = {.cmd = "import", .encoding = CODEC_F16, .extent = "full",
+  build_opts o = {.cmd = "import",
+                  .encoding = CODEC_F16,
+                  .extent = "full",
                   .progress = isatty(2)};
   const char *classes_file = NULL;
   uint32_t num_classes = 0;
@@ -65,7 +75,8 @@ int cmd_import(int argc, char **argv) {
     case 'o': o.out = optarg; break;
     case 'C':
       if (cli_u32(optarg, 1, LABELMAP_MAX_CLASSES, &num_classes))
-        return cli_usage("import", "--num-classes: '%s' is not an integer in [1, %u]",
+        return cli_usage("import",
+                         "--num-classes: '%s' is not an integer in [1, %u]",
                          optarg, LABELMAP_MAX_CLASSES);
       break;
     case O_CLASSES: classes_file = optarg; break;
@@ -81,7 +92,8 @@ int cmd_import(int argc, char **argv) {
     case O_ANNOT: o.annotator = optarg; break;
     case O_EXTENT:
       if (strcmp(optarg, "full") && strcmp(optarg, "center_crop"))
-        return cli_usage("import", "--extent: '%s' is not full or center_crop", optarg);
+        return cli_usage("import", "--extent: '%s' is not full or center_crop",
+                         optarg);
       o.extent = optarg;
       break;
     case O_PROG: o.progress = true; break;
@@ -91,7 +103,8 @@ int cmd_import(int argc, char **argv) {
     }
   }
   if (optind + 1 != argc)
-    return cli_usage("import", optind == argc ? "missing SRC" : "one SRC expected");
+    return cli_usage("import",
+                     optind == argc ? "missing SRC" : "one SRC expected");
   if (o.out == NULL)
     return cli_usage("import", "missing -o STORE");
   const char *src = argv[optind];

@@ -101,7 +101,8 @@ static int print_dense(query_ctx *x) {
   const char *key = x->q.softmax ? "probs" : "logits";
   for (size_t i = 0; i < x->n; i++) {
     lmap_dynbuf_reset(&x->out);
-    int rc = lmap_dynbuf_printf(&x->out, "{\"id\":\"%s\",\"%s\":", x->ids[i], key);
+    int rc =
+        lmap_dynbuf_printf(&x->out, "{\"id\":\"%s\",\"%s\":", x->ids[i], key);
     const float *item = x->dense + i * c * cells;
     if (cells == 1) {
       rc = rc ? rc : add_cells(&x->out, item, c, 1);
@@ -111,7 +112,8 @@ static int print_dense(query_ctx *x) {
         if (j)
           rc = lmap_dynbuf_addstr(&x->out, ",");
         if (rc == 0)
-          rc = add_cells(&x->out, item + j, c, cells); /* class-major: stride G*G */
+          rc = add_cells(&x->out, item + j, c,
+                         cells); /* class-major: stride G*G */
       }
       rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "]");
     }
@@ -123,7 +125,8 @@ static int print_dense(query_ctx *x) {
   return 0;
 }
 
-static int add_sparse_cell(dynbuf *b, const lmap_sparse *s, size_t slot, int classes) {
+static int add_sparse_cell(dynbuf *b, const lmap_sparse *s, size_t slot,
+                           int classes) {
   int rc = lmap_dynbuf_addstr(b, "[");
   for (size_t e = s->offsets[slot]; rc == 0 && e < s->offsets[slot + 1]; e++) {
     if (e > s->offsets[slot])
@@ -136,8 +139,8 @@ static int add_sparse_cell(dynbuf *b, const lmap_sparse *s, size_t slot, int cla
 }
 
 /* Appends ,"key":value for every cell of item i (a list of cells for G > 1). */
-static int add_sparse_key(dynbuf *b, const lmap_sparse *s, size_t i, const char *key,
-                          int what) {
+static int add_sparse_key(dynbuf *b, const lmap_sparse *s, size_t i,
+                          const char *key, int what) {
   int rc = lmap_dynbuf_printf(b, ",\"%s\":", key);
   if (rc == 0 && s->cells > 1)
     rc = lmap_dynbuf_addstr(b, "[");
@@ -146,7 +149,8 @@ static int add_sparse_key(dynbuf *b, const lmap_sparse *s, size_t i, const char 
     if (j)
       rc = lmap_dynbuf_addstr(b, ",");
     if (rc == 0)
-      rc = what == 2 ? itemjson_number(b, s->rest[slot]) : add_sparse_cell(b, s, slot, what);
+      rc = what == 2 ? itemjson_number(b, s->rest[slot])
+                     : add_sparse_cell(b, s, slot, what);
   }
   if (rc == 0 && s->cells > 1)
     rc = lmap_dynbuf_addstr(b, "]");
@@ -158,7 +162,9 @@ static int print_sparse(query_ctx *x, const lmap_sparse *s) {
     lmap_dynbuf_reset(&x->out);
     int rc = lmap_dynbuf_printf(&x->out, "{\"id\":\"%s\"", x->ids[i]);
     rc = rc ? rc : add_sparse_key(&x->out, s, i, "classes", 1);
-    rc = rc ? rc : add_sparse_key(&x->out, s, i, x->q.softmax ? "probs" : "logits", 0);
+    rc = rc ? rc
+            : add_sparse_key(&x->out, s, i, x->q.softmax ? "probs" : "logits",
+                             0);
     rc = rc ? rc : add_sparse_key(&x->out, s, i, "rest", 2);
     rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "}\n");
     if (rc)
@@ -173,11 +179,13 @@ static int flush(query_ctx *x) {
   if (x->n == 0)
     return EXIT_OK;
   lmap_label_options o = {(int)x->q.output_size,
-                          x->q.box_format == POOL_BOX_RELABEL ? LMAP_BOX_RELABEL : LMAP_BOX_XYXY,
+                          x->q.box_format == POOL_BOX_RELABEL ? LMAP_BOX_RELABEL
+                                                              : LMAP_BOX_XYXY,
                           x->q.softmax};
   int rc, out_rc = 0;
   if (x->fmt == ITEM_DENSE) {
-    size_t len = x->n * x->num_classes * (size_t)o.output_size * (size_t)o.output_size;
+    size_t len =
+        x->n * x->num_classes * (size_t)o.output_size * (size_t)o.output_size;
     float *p = realloc(x->dense, len * sizeof *p);
     if (p == NULL) {
       fprintf(stderr, "lmap query: out of memory for %zu labels\n", x->n);
@@ -197,7 +205,8 @@ static int flush(query_ctx *x) {
   if (rc)
     return client_fail(x, rc);
   if (out_rc) {
-    fprintf(stderr, "lmap query: cannot format an item: %s\n", lmap_strerror(out_rc));
+    fprintf(stderr, "lmap query: cannot format an item: %s\n",
+            lmap_strerror(out_rc));
     return EXIT_FAIL;
   }
   for (size_t i = 0; i < x->n; i++)
@@ -220,12 +229,16 @@ static int add_query(void *ctx, const queryline *l, diag *d) {
     rc = pool_check_query(&l->q, d);
   if (rc)
     return rc;
-  if (x->n && (x->n == x->batch_size || !same_options(x, l)) && flush(x) != EXIT_OK)
-    return diag_set(d, LMAP_EUNAVAILABLE, "the batch ending before this line failed");
+  if (x->n && (x->n == x->batch_size || !same_options(x, l)) &&
+      flush(x) != EXIT_OK)
+    return diag_set(d, LMAP_EUNAVAILABLE,
+                    "the batch ending before this line failed");
   if ((x->ids[x->n] = strdup(l->id)) == NULL)
     return diag_set(d, LMAP_ENOMEM, "out of memory");
-  x->queries[x->n] = (lmap_query){x->ids[x->n], {l->q.box[0], l->q.box[1], l->q.box[2], l->q.box[3]},
-                                  l->q.flip};
+  x->queries[x->n] =
+      (lmap_query){x->ids[x->n],
+                   {l->q.box[0], l->q.box[1], l->q.box[2], l->q.box[3]},
+                   l->q.flip};
   x->lines[x->n] = l->lineno;
   x->q = l->q;
   x->fmt = l->fmt;
@@ -291,10 +304,11 @@ static int write_map(query_ctx *x, const char *id, const char *path) {
   }
   size_t dims[4] = {shape[0], shape[1], shape[2], shape[3]};
   FILE *f = NULL;
-  if (npy_header_f32(&b, dims, 4) || lmap_dynbuf_add(&b, map, len * sizeof *map)) {
+  if (npy_header_f32(&b, dims, 4) ||
+      lmap_dynbuf_add(&b, map, len * sizeof *map)) {
     fputs("lmap query: out of memory\n", stderr);
-  } else if ((f = fopen(path, "wb")) == NULL || fwrite(b.data, 1, b.len, f) != b.len ||
-             fclose(f) != 0) {
+  } else if ((f = fopen(path, "wb")) == NULL ||
+             fwrite(b.data, 1, b.len, f) != b.len || fclose(f) != 0) {
     fprintf(stderr, "lmap query: %s: %s\n", path, strerror(errno));
     f = NULL;
   } else {
@@ -307,7 +321,15 @@ done:
 }
 
 int cmd_query(int argc, char **argv) {
-  enum { O_BSIZE = QUERY_OPT_NEXT, O_INFO, O_MAP, O_TOKEN, O_TIMEOUT, O_CTIMEOUT, O_RETRIES };
+  enum {
+    O_BSIZE = QUERY_OPT_NEXT,
+    O_INFO,
+    O_MAP,
+    O_TOKEN,
+    O_TIMEOUT,
+    O_CTIMEOUT,
+    O_RETRIES
+  };
   static const struct option longopts[] = {
       QUERY_LONGOPTS,
       {"batch", required_argument, 0, 'q'},
@@ -340,7 +362,8 @@ int cmd_query(int argc, char **argv) {
     case 'q': batch = optarg; break;
     case O_BSIZE:
       if (cli_u32(optarg, 1, MAX_BATCH, &x.batch_size))
-        return cli_usage("query", "--batch-size: '%s' is not in [1, %u]", optarg, MAX_BATCH);
+        return cli_usage("query", "--batch-size: '%s' is not in [1, %u]",
+                         optarg, MAX_BATCH);
       break;
     case O_INFO: info = 1; break;
     case O_MAP: map_id = optarg; break;
@@ -348,11 +371,13 @@ int cmd_query(int argc, char **argv) {
     case O_TOKEN: token_file = optarg; break;
     case O_TIMEOUT:
       if (seconds_ms(optarg, &copts.timeout_ms))
-        return cli_usage("query", "--timeout: '%s' is not a number of seconds", optarg);
+        return cli_usage("query", "--timeout: '%s' is not a number of seconds",
+                         optarg);
       break;
     case O_CTIMEOUT:
       if (seconds_ms(optarg, &copts.connect_timeout_ms))
-        return cli_usage("query", "--connect-timeout: '%s' is not a number of seconds",
+        return cli_usage("query",
+                         "--connect-timeout: '%s' is not a number of seconds",
                          optarg);
       break;
     case O_RETRIES:
@@ -375,8 +400,9 @@ int cmd_query(int argc, char **argv) {
   if (map_id && output == NULL)
     return cli_usage("query", "--map needs -o FILE.npy");
   diag d;
-  if (modes == 0 && (pool_check_query(&x.q, &d) ||
-                     labelmap_id_check(argv[optind + 1], strlen(argv[optind + 1]), &d)))
+  if (modes == 0 &&
+      (pool_check_query(&x.q, &d) ||
+       labelmap_id_check(argv[optind + 1], strlen(argv[optind + 1]), &d)))
     return cli_usage("query", "%s", diag_text(&d));
 
   char token[TOKEN_MAX];

@@ -111,9 +111,11 @@ static int print_id(void *ctx, const char *id, size_t id_len,
 }
 
 int cmd_ids(int argc, char **argv) {
-  if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-    fputs("usage: lmap ids STORE\n\nPrints every image id, one per line, in key order.\n",
-          stdout);
+  if (argc == 2 &&
+      (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+    fputs(
+        "usage: lmap ids STORE\n\nPrints every image id, one per line, in key order.\n",
+        stdout);
     return EXIT_OK;
   }
   if (argc != 2 || argv[1][0] == '-')
@@ -285,11 +287,12 @@ int cmd_export(int argc, char **argv) {
     if (c == 'o')
       out = optarg;
     else if (c == 'h') {
-      fputs("usage: lmap export STORE ID -o FILE.npy\n\n"
-            "Writes the stored map of ID as a float32 [2, K, H, W] .npy: plane 0\n"
-            "the scores as stored (f16 stores: the rounded values), plane 1 the\n"
-            "class indices, the official tensor layout.\n",
-            stdout);
+      fputs(
+          "usage: lmap export STORE ID -o FILE.npy\n\n"
+          "Writes the stored map of ID as a float32 [2, K, H, W] .npy: plane 0\n"
+          "the scores as stored (f16 stores: the rounded values), plane 1 the\n"
+          "class indices, the official tensor layout.\n",
+          stdout);
       return EXIT_OK;
     } else
       return cli_usage("export", "bad option");

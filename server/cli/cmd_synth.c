@@ -113,18 +113,23 @@ int cmd_synth(int argc, char **argv) {
       {"no-progress", no_argument, 0, 'Q'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
-  synth_source src = {.p = {.num_classes = 1000, .h = 15, .w = 15, .k = 5,
-                            .seed = 1}};
-  build_opts o = {.cmd = "synth", .encoding = CODEC_F16, .extent = "full",
-                  .progress = isatty(2), .annotator = "lmap synth"};
+  synth_source src = {
+      .p = {.num_classes = 1000, .h = 15, .w = 15, .k = 5, .seed = 1}};
+  build_opts o = {.cmd = "synth",
+                  .encoding = CODEC_F16,
+                  .extent = "full",
+                  .progress = isatty(2),
+                  .annotator = "lmap synth"};
   int have_images = 0, c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "o:n:C:g:k:s:e:l:j:fh", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "o:n:C:g:k:s:e:l:j:fh", longopts,
+                          NULL)) != -1) {
     switch (c) {
     case 'o': o.out = optarg; break;
     case 'n':
       if (cli_u64(optarg, 1, 1ull << 32, &src.images))
-        return cli_usage("synth", "--images: '%s' is not a count in [1, 2^32]", optarg);
+        return cli_usage("synth", "--images: '%s' is not a count in [1, 2^32]",
+                         optarg);
       have_images = 1;
       break;
     case 'C':
@@ -134,15 +139,18 @@ int cmd_synth(int argc, char **argv) {
       break;
     case 'g':
       if (cli_grid(optarg, &src.p.h, &src.p.w))
-        return cli_usage("synth", "--grid: '%s' is not H or HxW (1..1024)", optarg);
+        return cli_usage("synth", "--grid: '%s' is not H or HxW (1..1024)",
+                         optarg);
       break;
     case 'k':
       if (cli_u32(optarg, 1, LABELMAP_MAX_K, &src.p.k))
-        return cli_usage("synth", "--topk: '%s' is not in [1, %u]", optarg, LABELMAP_MAX_K);
+        return cli_usage("synth", "--topk: '%s' is not in [1, %u]", optarg,
+                         LABELMAP_MAX_K);
       break;
     case 's':
       if (cli_u64(optarg, 0, UINT64_MAX, &src.p.seed))
-        return cli_usage("synth", "--seed: '%s' is not an unsigned integer", optarg);
+        return cli_usage("synth", "--seed: '%s' is not an unsigned integer",
+                         optarg);
       break;
     case 'e':
     case 'l':
@@ -171,9 +179,11 @@ int cmd_synth(int argc, char **argv) {
            (unsigned long long)src.p.seed);
   o.source_desc = desc;
 
-  build_source bs = {.ctx = &src, .next = synth_next,
+  build_source bs = {.ctx = &src,
+                     .next = synth_next,
                      .worker_new = synth_worker_new,
-                     .worker_free = synth_worker_free, .load = synth_load,
+                     .worker_free = synth_worker_free,
+                     .load = synth_load,
                      .progress = synth_progress};
   build_stats st;
   if (build_run(&o, &bs, &st, &d))

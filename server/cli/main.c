@@ -10,8 +10,8 @@
 #include <signal.h>
 
 #include "cli.h"
-#include "store.h"
 #include "lmap/version.h"
+#include "store.h"
 
 static const char usage[] =
     "usage: lmap <command> [options]\n"

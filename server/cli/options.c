@@ -81,7 +81,6 @@ int cli_build_option(const char *cmd, int c, const char *arg, build_opts *o) {
       return cli_usage(cmd, "--threads: '%s' is not in [1, 64]", arg);
     o->threads = (int)v;
     return EXIT_OK;
-  default:
-    return cli_usage(cmd, "bad option");
+  default: return cli_usage(cmd, "bad option");
   }
 }

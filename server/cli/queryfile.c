@@ -11,12 +11,13 @@
 #include "cli.h"
 #include "queryopt.h"
 
-int query_flag(const char *cmd, int c, const char *arg, pool_query *q, itemjson_format *fmt,
-               int *have_box) {
+int query_flag(const char *cmd, int c, const char *arg, pool_query *q,
+               itemjson_format *fmt, int *have_box) {
   switch (c) {
   case 'b':
     if (queryopt_box(arg, q->box))
-      return cli_usage(cmd, "--box: '%s' is not four finite numbers A,B,C,D", arg);
+      return cli_usage(cmd, "--box: '%s' is not four finite numbers A,B,C,D",
+                       arg);
     *have_box = 1;
     return 0;
   case QUERY_OPT_BOX_FORMAT:
@@ -25,18 +26,15 @@ int query_flag(const char *cmd, int c, const char *arg, pool_query *q, itemjson_
     return 0;
   case 'G':
     if (cli_u32(arg, 1, POOL_MAX_OUTPUT_SIZE, &q->output_size))
-      return cli_usage(cmd, "--output-size: '%s' is not in [1, %u]", arg, POOL_MAX_OUTPUT_SIZE);
+      return cli_usage(cmd, "--output-size: '%s' is not in [1, %u]", arg,
+                       POOL_MAX_OUTPUT_SIZE);
     return 0;
-  case QUERY_OPT_FLIP:
-    q->flip = true;
-    return 0;
+  case QUERY_OPT_FLIP: q->flip = true; return 0;
   case QUERY_OPT_FORMAT:
     if (queryopt_format(arg, fmt))
       return cli_usage(cmd, "--format: '%s' is not dense or sparse", arg);
     return 0;
-  case QUERY_OPT_NO_SOFTMAX:
-    q->softmax = false;
-    return 0;
+  case QUERY_OPT_NO_SOFTMAX: q->softmax = false; return 0;
   }
   return -1;
 }
@@ -48,9 +46,8 @@ int query_flag(const char *cmd, int c, const char *arg, pool_query *q, itemjson_
 
 /* A misspelt option must not be silently ignored. */
 static int check_keys(json_t *o, diag *d) {
-  static const char *const known[] = {"id",          "box",        "flip",
-                                      "softmax",     "output_size",
-                                      "box_format",  "format"};
+  static const char *const known[] = {
+      "id", "box", "flip", "softmax", "output_size", "box_format", "format"};
   const char *key;
   json_t *v;
   json_object_foreach(o, key, v) {
@@ -66,8 +63,8 @@ static int check_keys(json_t *o, diag *d) {
 /* Parses one line, with the command line's options as defaults, and hands
  * it to `fn`. */
 static int run_line(const char *line, size_t len, unsigned long lineno,
-                    const pool_query *defq, itemjson_format deff, queryfile_fn fn,
-                    void *ctx, diag *d) {
+                    const pool_query *defq, itemjson_format deff,
+                    queryfile_fn fn, void *ctx, diag *d) {
   json_error_t err;
   json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &err);
   if (o == NULL)
@@ -81,7 +78,8 @@ static int run_line(const char *line, size_t len, unsigned long lineno,
   else if (!json_is_string(id))
     rc = diag_field(d, LMAP_EFORMAT, "id", "\"id\" must be a string");
   else if (!json_is_array(box) || json_array_size(box) != 4)
-    rc = diag_field(d, LMAP_EBADBOX, "box", "\"box\" must be an array of 4 numbers");
+    rc = diag_field(d, LMAP_EBADBOX, "box",
+                    "\"box\" must be an array of 4 numbers");
   if (rc == 0)
     rc = check_keys(o, d);
   for (size_t i = 0; rc == 0 && i < 4; i++) {
@@ -93,29 +91,34 @@ static int run_line(const char *line, size_t len, unsigned long lineno,
   }
   if (rc == 0 && (v = json_object_get(o, "flip")) != NULL) {
     if (!json_is_boolean(v))
-      rc = diag_field(d, LMAP_EFORMAT, "flip", "\"flip\" must be true or false");
+      rc =
+          diag_field(d, LMAP_EFORMAT, "flip", "\"flip\" must be true or false");
     q.flip = json_is_true(v);
   }
   if (rc == 0 && (v = json_object_get(o, "softmax")) != NULL) {
     if (!json_is_boolean(v))
-      rc = diag_field(d, LMAP_EFORMAT, "softmax", "\"softmax\" must be true or false");
+      rc = diag_field(d, LMAP_EFORMAT, "softmax",
+                      "\"softmax\" must be true or false");
     q.softmax = json_is_true(v);
   }
   if (rc == 0 && (v = json_object_get(o, "output_size")) != NULL) {
     if (!json_is_integer(v) || json_integer_value(v) < 1 ||
         json_integer_value(v) > POOL_MAX_OUTPUT_SIZE)
       rc = diag_field(d, LMAP_EINVAL, "output_size",
-                      "\"output_size\" must be an integer in [1, %u]", POOL_MAX_OUTPUT_SIZE);
+                      "\"output_size\" must be an integer in [1, %u]",
+                      POOL_MAX_OUTPUT_SIZE);
     else
       q.output_size = (uint32_t)json_integer_value(v);
   }
   if (rc == 0 && (v = json_object_get(o, "box_format")) != NULL &&
-      (!json_is_string(v) || queryopt_box_format(json_string_value(v), &q.box_format)))
+      (!json_is_string(v) ||
+       queryopt_box_format(json_string_value(v), &q.box_format)))
     rc = diag_field(d, LMAP_EINVAL, "box_format",
                     "\"box_format\" must be \"xyxy\" or \"relabel\"");
   if (rc == 0 && (v = json_object_get(o, "format")) != NULL &&
       (!json_is_string(v) || queryopt_format(json_string_value(v), &fmt)))
-    rc = diag_field(d, LMAP_EINVAL, "format", "\"format\" must be \"dense\" or \"sparse\"");
+    rc = diag_field(d, LMAP_EINVAL, "format",
+                    "\"format\" must be \"dense\" or \"sparse\"");
   if (rc == 0) {
     queryline l = {json_string_value(id), q, fmt, lineno};
     rc = fn(ctx, &l, d);
@@ -133,7 +136,8 @@ int queryfile_run(const char *cmd, const char *path, const pool_query *defq,
     return EXIT_FAIL;
   }
   if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
-    fprintf(stderr, "lmap %s: %s: is a directory, not a query file\n", cmd, path);
+    fprintf(stderr, "lmap %s: %s: is a directory, not a query file\n", cmd,
+            path);
     fclose(f);
     return EXIT_FAIL;
   }
@@ -161,7 +165,8 @@ int queryfile_run(const char *cmd, const char *path, const pool_query *defq,
     }
   }
   if (rc == EXIT_OK && ferror(f)) {
-    fprintf(stderr, "lmap %s: %s: read error: %s\n", cmd, path, strerror(errno));
+    fprintf(stderr, "lmap %s: %s: read error: %s\n", cmd, path,
+            strerror(errno));
     rc = EXIT_FAIL;
   }
   free(line);
@@ -169,4 +174,3 @@ int queryfile_run(const char *cmd, const char *path, const pool_query *defq,
     fclose(f);
   return rc;
 }
-

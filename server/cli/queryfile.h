@@ -18,21 +18,27 @@
 
 /* The pooling flags' getopt values and long options, for both commands'
  * option tables; -b/--box and -G/--output-size use their short letters. */
-enum { QUERY_OPT_FORMAT = 256, QUERY_OPT_BOX_FORMAT, QUERY_OPT_FLIP, QUERY_OPT_NO_SOFTMAX,
-       QUERY_OPT_NEXT /* the first value free for a command's own flags */ };
+enum {
+  QUERY_OPT_FORMAT = 256,
+  QUERY_OPT_BOX_FORMAT,
+  QUERY_OPT_FLIP,
+  QUERY_OPT_NO_SOFTMAX,
+  QUERY_OPT_NEXT /* the first value free for a command's own flags */
+};
 #define QUERY_LONGOPTS                                                         \
   {"box", required_argument, 0, 'b'},                                          \
       {"box-format", required_argument, 0, QUERY_OPT_BOX_FORMAT},              \
       {"output-size", required_argument, 0, 'G'},                              \
       {"flip", no_argument, 0, QUERY_OPT_FLIP},                                \
-      {"format", required_argument, 0, QUERY_OPT_FORMAT},                      \
-      {"no-softmax", no_argument, 0, QUERY_OPT_NO_SOFTMAX}
+      {"format", required_argument, 0, QUERY_OPT_FORMAT}, {                    \
+    "no-softmax", no_argument, 0, QUERY_OPT_NO_SOFTMAX                         \
+  }
 
 /* Applies pooling flag `c` (with `arg`) to `q` and `fmt`, setting *have_box
  * for --box. Returns 0, EXIT_USAGE after the usage message for a bad value,
  * or -1 when `c` is not a pooling flag. */
-int query_flag(const char *cmd, int c, const char *arg, pool_query *q, itemjson_format *fmt,
-               int *have_box);
+int query_flag(const char *cmd, int c, const char *arg, pool_query *q,
+               itemjson_format *fmt, int *have_box);
 
 typedef struct queryline {
   const char *id; /* valid during the callback only */

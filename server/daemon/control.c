@@ -59,12 +59,14 @@ static void on_poll(uv_timer_t *t) {
   unsigned long long quiet_ms;
   unsigned busy = http_in_flight(c->h, &quiet_ms);
   uint64_t waited = uv_now(t->loop) - c->drain_started;
-  int idle = busy == 0 && quiet_ms >= DRAIN_QUIET_MS && waited >= DRAIN_QUIET_MS;
+  int idle =
+      busy == 0 && quiet_ms >= DRAIN_QUIET_MS && waited >= DRAIN_QUIET_MS;
   if (open == 0 || idle || waited >= c->grace_ms) {
     c->timed_out = open != 0 && !idle;
-    log_event("drained",
-              "\"open_connections\":%u,\"requests_in_flight\":%u,\"waited_ms\":%llu",
-              open, busy, (unsigned long long)waited);
+    log_event(
+        "drained",
+        "\"open_connections\":%u,\"requests_in_flight\":%u,\"waited_ms\":%llu",
+        open, busy, (unsigned long long)waited);
     stop_all(c);
   }
 }
@@ -134,8 +136,11 @@ void control_block_signals(void) {
 
 int control_run(api *a, http_server *h, unsigned grace_ms,
                 const char *store_path, unsigned store_open_flags) {
-  control c = {.a = a, .h = h, .grace_ms = grace_ms,
-               .store_path = store_path, .open_flags = store_open_flags};
+  control c = {.a = a,
+               .h = h,
+               .grace_ms = grace_ms,
+               .store_path = store_path,
+               .open_flags = store_open_flags};
   uv_loop_t *loop = uv_default_loop();
   uv_signal_init(loop, &c.sigterm);
   uv_signal_init(loop, &c.sigint);

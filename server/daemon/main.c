@@ -132,8 +132,7 @@ static int read_token(const char *path, char *buf, size_t *len, diag *d) {
                     "%u bytes",
                     path, TOKEN_MAX);
   if (nul)
-    return diag_set(d, LMAP_EINVAL, "%s: the token contains a NUL byte",
-                    path);
+    return diag_set(d, LMAP_EINVAL, "%s: the token contains a NUL byte", path);
   if (kept == 0)
     return diag_set(d, LMAP_EINVAL, "%s: the token file is empty", path);
   buf[kept] = '\0';
@@ -183,15 +182,28 @@ static int split_listen(const char *s, char *host, size_t cap,
 
 /* Long options get codes above every character, so that none can be
  * mistaken for a short option (--max-per-ip once came out as 'h'). */
-enum { OPT_STORE = 256, OPT_LISTEN, OPT_TOKEN, OPT_LOG_FORMAT, OPT_VERSION,
-       OPT_TOGGLE = 300, OPT_SETTING = 400 };
+enum {
+  OPT_STORE = 256,
+  OPT_LISTEN,
+  OPT_TOKEN,
+  OPT_LOG_FORMAT,
+  OPT_VERSION,
+  OPT_TOGGLE = 300,
+  OPT_SETTING = 400
+};
 
 int main(int argc, char **argv) {
-  config c = {.listen = "127.0.0.1:8080", .threads = 2, .max_body = 8u << 20,
-              .max_batch = 4096, .max_answer = 256ul << 20,
+  config c = {.listen = "127.0.0.1:8080",
+              .threads = 2,
+              .max_body = 8u << 20,
+              .max_batch = 4096,
+              .max_answer = 256ul << 20,
               .max_answer_memory = 1ul << 30,
-              .max_connections = 1024, .max_per_ip = 256,
-              .header_timeout = 10, .idle_timeout = 60, .grace = 30,
+              .max_connections = 1024,
+              .max_per_ip = 256,
+              .header_timeout = 10,
+              .idle_timeout = 60,
+              .grace = 30,
               .page_check = 1};
   setting settings[] = {
       {"threads", "LMAPD_THREADS", &c.threads, 1, 256},
@@ -211,8 +223,10 @@ int main(int argc, char **argv) {
       {"access-log", "LMAPD_ACCESS_LOG", &c.access_log, 1},
       {"no-page-check", "LMAPD_PAGE_CHECK", &c.page_check, 0},
   };
-  enum { NSETTINGS = sizeof settings / sizeof settings[0],
-         NTOGGLES = sizeof toggles / sizeof toggles[0] };
+  enum {
+    NSETTINGS = sizeof settings / sizeof settings[0],
+    NTOGGLES = sizeof toggles / sizeof toggles[0]
+  };
 
   /* Environment first, then flags over it. */
   if (getenv("LMAPD_STORE"))
@@ -225,8 +239,8 @@ int main(int argc, char **argv) {
     c.token_file = getenv("LMAPD_TOKEN_FILE");
   for (size_t i = 0; i < NSETTINGS; i++) {
     const char *v = getenv(settings[i].env);
-    if (v && parse_ulong(v, settings[i].min, settings[i].max,
-                         settings[i].value))
+    if (v &&
+        parse_ulong(v, settings[i].min, settings[i].max, settings[i].value))
       return bad(settings[i].env, v);
   }
   for (size_t i = 0; i < NTOGGLES; i++) {
@@ -244,11 +258,11 @@ int main(int argc, char **argv) {
   };
   size_t nopts = 6;
   for (size_t i = 0; i < NSETTINGS; i++)
-    longopts[nopts++] = (struct option){settings[i].flag, required_argument,
-                                        0, OPT_SETTING + (int)i};
+    longopts[nopts++] = (struct option){settings[i].flag, required_argument, 0,
+                                        OPT_SETTING + (int)i};
   for (size_t i = 0; i < NTOGGLES; i++)
-    longopts[nopts++] = (struct option){toggles[i].flag, no_argument, 0,
-                                        OPT_TOGGLE + (int)i};
+    longopts[nopts++] =
+        (struct option){toggles[i].flag, no_argument, 0, OPT_TOGGLE + (int)i};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
     if (opt == OPT_STORE)
@@ -280,7 +294,8 @@ int main(int argc, char **argv) {
     return bad("argument", argv[optind]);
   if (c.store == NULL) {
     fputs("lmapd: --store PATH (or LMAPD_STORE) is required\n"
-          "Try 'lmapd --help'.\n", stderr);
+          "Try 'lmapd --help'.\n",
+          stderr);
     return 2;
   }
   if (c.max_answer_memory < c.max_answer) {

@@ -54,10 +54,10 @@ typedef struct worker {
   pthread_t thread;
   uint64_t seed;
   uint64_t requests;
-  double *lat_ms;   /* one per timed request */
+  double *lat_ms; /* one per timed request */
   size_t nlat;
-  double start;     /* monotonic time the thread left the barrier */
-  double end;       /* monotonic time the last request ended */
+  double start; /* monotonic time the thread left the barrier */
+  double end;   /* monotonic time the last request ended */
   int failed;
   char err[512];
 } worker;
@@ -126,21 +126,25 @@ static void *worker_main(void *arg) {
   } else {
     fill_queries(w, q);
     if (lmap_client_labels(c, q, (size_t)batch, NULL, out, out_len) != 0) {
-      snprintf(w->err, sizeof w->err, "warm-up call: %s", lmap_client_errmsg(c));
+      snprintf(w->err, sizeof w->err, "warm-up call: %s",
+               lmap_client_errmsg(c));
       w->failed = 1;
     }
   }
   pthread_barrier_wait(&start_barrier);
   double t0 = now(), t = t0;
   w->start = w->end = t0;
-  while (!w->failed && t - t0 < seconds && w->requests < (uint64_t)max_requests) {
+  while (!w->failed && t - t0 < seconds &&
+         w->requests < (uint64_t)max_requests) {
     fill_queries(w, q);
     double a = now();
     if (lmap_client_labels(c, q, (size_t)batch, NULL, out, out_len) != 0) {
       lmap_error_detail d;
       lmap_client_last_error(c, &d);
-      snprintf(w->err, sizeof w->err, "request %llu: %s (HTTP %d, request id %s)",
-               (unsigned long long)w->requests, d.message, d.http_status, d.request_id);
+      snprintf(w->err, sizeof w->err,
+               "request %llu: %s (HTTP %d, request id %s)",
+               (unsigned long long)w->requests, d.message, d.http_status,
+               d.request_id);
       w->failed = 1;
       break;
     }
@@ -194,7 +198,8 @@ static int load_ids(const char *path) {
       break;
     if (len == cap) {
       if (cap >= MAX_ID_FILE) {
-        fprintf(stderr, "bench_batch: %s: larger than %u bytes\n", path, MAX_ID_FILE);
+        fprintf(stderr, "bench_batch: %s: larger than %u bytes\n", path,
+                MAX_ID_FILE);
         free(text);
         fclose(f);
         return -1;
@@ -242,12 +247,13 @@ static int load_ids(const char *path) {
 }
 
 static void usage(void) {
-  fprintf(stderr,
-          "usage: bench_batch --url URL --ids FILE [--clients K] [--batch B]\n"
-          "                   [--seconds S] [--max-requests N] [--seed S]\n"
-          "K client threads send POST /v1/labels of B queries (.npy output) for S\n"
-          "seconds or N requests per client; prints one JSON line.\n"
-          "defaults: K 4, B 256, S 3, N 1000000, seed 1\n");
+  fprintf(
+      stderr,
+      "usage: bench_batch --url URL --ids FILE [--clients K] [--batch B]\n"
+      "                   [--seconds S] [--max-requests N] [--seed S]\n"
+      "K client threads send POST /v1/labels of B queries (.npy output) for S\n"
+      "seconds or N requests per client; prints one JSON line.\n"
+      "defaults: K 4, B 256, S 3, N 1000000, seed 1\n");
 }
 
 int main(int argc, char **argv) {
@@ -281,7 +287,8 @@ int main(int argc, char **argv) {
     i++;
   }
   if (!url || !idfile || clients < 1 || clients > MAX_CLIENTS || batch < 1 ||
-      batch > MAX_BATCH || !(seconds > 0 && seconds <= 3600) || max_requests < 1) {
+      batch > MAX_BATCH || !(seconds > 0 && seconds <= 3600) ||
+      max_requests < 1) {
     usage();
     return 2;
   }
@@ -304,7 +311,8 @@ int main(int argc, char **argv) {
   num_classes = info.num_classes;
 
   worker *w = calloc((size_t)clients, sizeof *w);
-  if (!w || pthread_barrier_init(&start_barrier, NULL, (unsigned)clients + 1) != 0) {
+  if (!w ||
+      pthread_barrier_init(&start_barrier, NULL, (unsigned)clients + 1) != 0) {
     fprintf(stderr, "bench_batch: cannot set up %d clients\n", clients);
     return 1;
   }
@@ -317,7 +325,8 @@ int main(int argc, char **argv) {
   }
   if (started < clients) {
     /* The barrier counts clients + 1: without every thread it never opens. */
-    fprintf(stderr, "bench_batch: could only start %d of %d threads\n", started, clients);
+    fprintf(stderr, "bench_batch: could only start %d of %d threads\n", started,
+            clients);
     exit(1);
   }
   pthread_barrier_wait(&start_barrier);
@@ -354,14 +363,16 @@ int main(int argc, char **argv) {
   qsort(lat, nlat, sizeof *lat, cmp_double);
   double secs = end - t0;
   uint64_t labels = requests * (uint64_t)batch;
-  printf("{\"tool\":\"bench_batch\",\"clients\":%d,\"batch\":%d,\"classes\":%u,"
-         "\"requests\":%llu,\"labels\":%llu,\"seconds\":%.3f,\"labels_per_s\":%.0f,"
-         "\"requests_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
-         "\"cpu_s\":%.3f,\"failed\":%s}\n",
-         clients, batch, num_classes, (unsigned long long)requests,
-         (unsigned long long)labels, secs, secs > 0 ? (double)labels / secs : 0.0,
-         secs > 0 ? (double)requests / secs : 0.0, pct(lat, nlat, 50), pct(lat, nlat, 99),
-         nlat ? lat[nlat - 1] : 0.0, cpu, failed ? "true" : "false");
+  printf(
+      "{\"tool\":\"bench_batch\",\"clients\":%d,\"batch\":%d,\"classes\":%u,"
+      "\"requests\":%llu,\"labels\":%llu,\"seconds\":%.3f,\"labels_per_s\":%.0f,"
+      "\"requests_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
+      "\"cpu_s\":%.3f,\"failed\":%s}\n",
+      clients, batch, num_classes, (unsigned long long)requests,
+      (unsigned long long)labels, secs, secs > 0 ? (double)labels / secs : 0.0,
+      secs > 0 ? (double)requests / secs : 0.0, pct(lat, nlat, 50),
+      pct(lat, nlat, 99), nlat ? lat[nlat - 1] : 0.0, cpu,
+      failed ? "true" : "false");
   free(lat);
   free(w);
   free(ids);

@@ -53,7 +53,9 @@ static uint64_t next(void) {
   rng ^= rng << 17;
   return rng;
 }
-static double unit(void) { return (double)(next() >> 11) * 0x1p-53; }
+static double unit(void) {
+  return (double)(next() >> 11) * 0x1p-53;
+}
 
 int main(int argc, char **argv) {
   if (argc < 2) {
@@ -82,7 +84,10 @@ int main(int argc, char **argv) {
     double x0 = unit(), x1 = unit(), y0 = unit(), y1 = unit();
     q[i] = (pool_query){{x0 < x1 ? x0 : x1, y0 < y1 ? y0 : y1,
                          x0 < x1 ? x1 : x0, y0 < y1 ? y1 : y0},
-                        POOL_BOX_XYXY, 1, false, true};
+                        POOL_BOX_XYXY,
+                        1,
+                        false,
+                        true};
   }
   labelmap m;
   double t0 = now();
@@ -120,8 +125,8 @@ int main(int argc, char **argv) {
   t_json_dense = now() - t0;
 
   double us = 1e6 / (double)n;
-  printf("store %s: %zu records, C=%u, %zu operations each\n", argv[1], l.n,
-         C, n);
+  printf("store %s: %zu records, C=%u, %zu operations each\n", argv[1], l.n, C,
+         n);
   printf("%-34s %8.2f us\n", "find + decode (store_reader_get)", t_get * us);
   printf("%-34s %8.2f us\n", "pool sparse, G=1", t_sparse * us);
   printf("%-34s %8.2f us\n", "pool dense, G=1", t_dense * us);

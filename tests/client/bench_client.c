@@ -116,8 +116,8 @@ int main(void) {
   char store[600], idpath[700];
   snprintf(store, sizeof store, "%s/bench-%ld.lmap", th_tmp(), (long)getpid());
   snprintf(idpath, sizeof idpath, "%s/bench-ids-%ld", th_tmp(), (long)getpid());
-  const char *synth[] = {th_lmap(), "synth", "-o", store, "-n", RECORDS, "-f",
-                         "--no-progress", NULL};
+  const char *synth[] = {th_lmap(), "synth",         "-o", store, "-n", RECORDS,
+                         "-f",      "--no-progress", NULL};
   const char *list[] = {th_lmap(), "ids", store, NULL};
   if (th_run(synth, NULL) != 0 || th_run(list, idpath) != 0) {
     fprintf(stderr, "bench_client: cannot make the store\n");

@@ -43,9 +43,8 @@ static int n_daemons;
 static const char *tmp_dir, *lmap_bin, *lmapd_bin;
 static unsigned log_seq;
 
-static const int fatal_signals[] = {SIGINT,  SIGTERM, SIGHUP, SIGQUIT,
-                                    SIGSEGV, SIGBUS,  SIGFPE, SIGILL,
-                                    SIGABRT};
+static const int fatal_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGSEGV,
+                                    SIGBUS, SIGFPE,  SIGILL, SIGABRT};
 #define N_FATAL (sizeof fatal_signals / sizeof fatal_signals[0])
 static struct sigaction old_actions[N_FATAL];
 
@@ -88,7 +87,9 @@ static void on_fatal(int sig, siginfo_t *info, void *ctx) {
 }
 
 #ifdef TH_HAVE_SANITIZER
-static void on_sanitizer_death(void) { kill_all_now(); }
+static void on_sanitizer_death(void) {
+  kill_all_now();
+}
 #endif
 
 static int mkdir_p(const char *path) {
@@ -141,8 +142,12 @@ void th_init(void) {
 #endif
 }
 
-const char *th_tmp(void) { return tmp_dir; }
-const char *th_lmap(void) { return lmap_bin; }
+const char *th_tmp(void) {
+  return tmp_dir;
+}
+const char *th_lmap(void) {
+  return lmap_bin;
+}
 
 double th_now(void) {
   struct timespec ts;
@@ -237,11 +242,11 @@ th_daemon *th_start(const char *store, const char *const *extra) {
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 2, d->log,
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, d->log, O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
   pid_t pid;
-  int rc = posix_spawn(&pid, lmapd_bin, &fa, NULL, (char *const *)argv,
-                       environ);
+  int rc =
+      posix_spawn(&pid, lmapd_bin, &fa, NULL, (char *const *)argv, environ);
   posix_spawn_file_actions_destroy(&fa);
   if (rc != 0) {
     fprintf(stderr, "harness: cannot start %s: %s\n", lmapd_bin, strerror(rc));
@@ -628,7 +633,9 @@ static th_fake *fake_run(th_fake *f, void *(*fn)(void *)) {
   return f;
 }
 
-th_fake *th_fake_silent(void) { return fake_new(FAKE_SILENT); }
+th_fake *th_fake_silent(void) {
+  return fake_new(FAKE_SILENT);
+}
 
 th_fake *th_fake_canned(const char *response, size_t cut_after) {
   th_fake *f = fake_new(FAKE_CANNED);
@@ -647,7 +654,8 @@ th_fake *th_fake_canned(const char *response, size_t cut_after) {
 
 /* A canned fake whose answer is `len` bytes and whose /v1/info answer,
  * when not NULL, is `info`. */
-static th_fake *fake_canned(int kind, const char *info, const void *response, size_t len) {
+static th_fake *fake_canned(int kind, const char *info, const void *response,
+                            size_t len) {
   th_fake *f = fake_new(kind);
   if (f == NULL)
     return NULL;
@@ -667,14 +675,17 @@ th_fake *th_fake_routed(const char *info, const void *response, size_t len) {
   return fake_canned(FAKE_CANNED, info, response, len);
 }
 
-th_fake *th_fake_flood(const char *info, const void *head, size_t len, size_t limit) {
+th_fake *th_fake_flood(const char *info, const void *head, size_t len,
+                       size_t limit) {
   th_fake *f = fake_canned(FAKE_FLOOD, info, head, len);
   if (f)
     f->flood_limit = limit;
   return f;
 }
 
-unsigned long long th_fake_sent(th_fake *f) { return atomic_load(&f->sent); }
+unsigned long long th_fake_sent(th_fake *f) {
+  return atomic_load(&f->sent);
+}
 
 th_fake *th_fake_proxy(int upstream_port, size_t cut_after) {
   th_fake *f = fake_new(FAKE_PROXY);
@@ -685,10 +696,18 @@ th_fake *th_fake_proxy(int upstream_port, size_t cut_after) {
   return fake_run(f, proxy_main);
 }
 
-int th_fake_port(const th_fake *f) { return f->port; }
-const char *th_fake_url(const th_fake *f) { return f->url; }
-unsigned th_fake_accepted(th_fake *f) { return atomic_load(&f->accepted); }
-unsigned th_fake_answered(th_fake *f) { return atomic_load(&f->answered); }
+int th_fake_port(const th_fake *f) {
+  return f->port;
+}
+const char *th_fake_url(const th_fake *f) {
+  return f->url;
+}
+unsigned th_fake_accepted(th_fake *f) {
+  return atomic_load(&f->accepted);
+}
+unsigned th_fake_answered(th_fake *f) {
+  return atomic_load(&f->answered);
+}
 
 void th_fake_free(th_fake *f) {
   if (f == NULL)

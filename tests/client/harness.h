@@ -92,7 +92,8 @@ th_fake *th_fake_routed(const char *info, const void *response, size_t len);
  * bytes ("0,0,...") until the client closes
  * the connection or `limit` bytes of body went out: a server that sends an
  * answer without end. th_fake_sent() says how many body bytes it wrote. */
-th_fake *th_fake_flood(const char *info, const void *head, size_t len, size_t limit);
+th_fake *th_fake_flood(const char *info, const void *head, size_t len,
+                       size_t limit);
 unsigned long long th_fake_sent(th_fake *f);
 
 /* Forwards to 127.0.0.1:upstream_port. When `cut_after` > 0 each

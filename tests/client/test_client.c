@@ -71,8 +71,8 @@ static int check_str_(const char *got, const char *want, const char *file,
   g_checks++;
   if (got && want && strcmp(got, want) == 0)
     return 1;
-  fprintf(stderr, "FAIL [%s] %s:%d: %s is \"%s\", want \"%s\"\n", g_case,
-          file, line, expr, got ? got : "(null)", want ? want : "(null)");
+  fprintf(stderr, "FAIL [%s] %s:%d: %s is \"%s\", want \"%s\"\n", g_case, file,
+          line, expr, got ? got : "(null)", want ? want : "(null)");
   mark_failed();
   return 0;
 }
@@ -89,7 +89,8 @@ static int check_has_(const char *hay, const char *needle, const char *file,
 }
 
 #define CHECK(cond) check_((cond) != 0, __FILE__, __LINE__, #cond)
-#define CHECK_RC(rc, want, c) check_rc_((rc), (want), (c), __FILE__, __LINE__, #rc)
+#define CHECK_RC(rc, want, c)                                                  \
+  check_rc_((rc), (want), (c), __FILE__, __LINE__, #rc)
 #define CHECK_STR(got, want) check_str_((got), (want), __FILE__, __LINE__, #got)
 #define CHECK_HAS(hay, needle)                                                 \
   check_has_((hay), (needle), __FILE__, __LINE__, #hay)
@@ -275,8 +276,8 @@ static json_t *reference_cli(const lmap_query *q, const lmap_label_options *o,
 
 /* Largest |out - reference| over every value, or -1 (reported) when the
  * structure differs. `out` is [n, C] or [n, C, G, G]. */
-static double dense_diff(const float *out, const lmap_query *q, size_t n,
-                         int G, int softmax, json_t *items) {
+static double dense_diff(const float *out, const lmap_query *q, size_t n, int G,
+                         int softmax, json_t *items) {
   const char *key = softmax ? "probs" : "logits";
   size_t cells = (size_t)G * G;
   double worst = 0;
@@ -497,7 +498,8 @@ static void case_new(void) {
   char list[2048] = "";
   for (int i = 0; i < LMAP_MAX_ENDPOINTS; i++) {
     char one[64];
-    snprintf(one, sizeof one, "%shttp://127.0.0.1:%d", i ? ", " : "", 40000 + i);
+    snprintf(one, sizeof one, "%shttp://127.0.0.1:%d", i ? ", " : "",
+             40000 + i);
     strcat(list, one);
   }
   lmap_client *c = NULL;
@@ -547,8 +549,12 @@ static void case_new(void) {
   struct {
     const char *const *urls;
     size_t n;
-  } bads[] = {{bad1, 2}, {bad2, 2}, {bad3, 1}, {good, 0},
-              {many, LMAP_MAX_ENDPOINTS + 1}, {NULL, 1}};
+  } bads[] = {{bad1, 2},
+              {bad2, 2},
+              {bad3, 1},
+              {good, 0},
+              {many, LMAP_MAX_ENDPOINTS + 1},
+              {NULL, 1}};
   for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++) {
     c = (lmap_client *)&err;
     err[0] = '\0';
@@ -583,7 +589,8 @@ static void case_info(void) {
   char opath[700];
   tmp_path(opath, sizeof opath, "info.json");
   const char *argv[] = {th_lmap(), "info", g_store, "--json", NULL};
-  json_t *cli = th_run(argv, opath) == 0 ? json_load_file(opath, 0, NULL) : NULL;
+  json_t *cli =
+      th_run(argv, opath) == 0 ? json_load_file(opath, 0, NULL) : NULL;
   remove(opath);
   lmap_client *c = connect_to(g_main->url, NULL);
   char *text = NULL;
@@ -592,11 +599,13 @@ static void case_info(void) {
   lmap_info info;
   memset(&info, 0xff, sizeof info);
   REQUIRE_RC(lmap_client_info(c, &info, &text), 0, c);
-  CHECK(info.num_classes == json_integer_value(json_object_get(cli, "num_classes")));
+  CHECK(info.num_classes ==
+        json_integer_value(json_object_get(cli, "num_classes")));
   CHECK(info.top_k == json_integer_value(json_object_get(cli, "topk")));
   CHECK(info.height == json_integer_value(json_object_get(cli, "grid_h")));
   CHECK(info.width == json_integer_value(json_object_get(cli, "grid_w")));
-  CHECK(info.records == (uint64_t)json_integer_value(json_object_get(cli, "record_count")));
+  CHECK(info.records ==
+        (uint64_t)json_integer_value(json_object_get(cli, "record_count")));
   CHECK(info.records == 300);
   g_C = info.num_classes;
   g_K = info.top_k;
@@ -664,7 +673,8 @@ static void case_labels(void) {
     json_t *one = reference_cli(&q[0], &o, 0);
     if (CHECK(q && out && ref && one)) {
       if (!CHECK(json_equal(one, json_array_get(ref, 0))))
-        fprintf(stderr, "  %s: lmap get --box and --queries differ\n", cf->name);
+        fprintf(stderr, "  %s: lmap get --box and --queries differ\n",
+                cf->name);
       int rc = lmap_client_labels(c, q, n, &o, out, len);
       if (CHECK_RC(rc, 0, c)) {
         double d = dense_diff(out, q, n, cf->G, cf->softmax, ref);
@@ -709,12 +719,14 @@ static void case_labels(void) {
   }
   /* The box edges: the whole image, and a degenerate (zero-area) box. */
   {
-    lmap_query q[2] = {{g_ids[0], {0, 0, 1, 1}, 0}, {g_ids[1], {0.5, 0.5, 0.5, 0.5}, 1}};
+    lmap_query q[2] = {{g_ids[0], {0, 0, 1, 1}, 0},
+                       {g_ids[1], {0.5, 0.5, 0.5, 0.5}, 1}};
     lmap_label_options o = label_opts(2, LMAP_BOX_XYXY, 1);
     size_t len = 2 * g_C * 4;
     float *out = malloc(len * sizeof *out);
     json_t *ref = reference(q, 2, &o, 0);
-    if (CHECK(out && ref) && CHECK_RC(lmap_client_labels(c, q, 2, &o, out, len), 0, c)) {
+    if (CHECK(out && ref) &&
+        CHECK_RC(lmap_client_labels(c, q, 2, &o, out, len), 0, c)) {
       double d = dense_diff(out, q, 2, 2, 1, ref);
       CHECK(d >= 0 && d <= 1e-6);
     }
@@ -858,7 +870,8 @@ static void case_errors(void) {
   CHECK_STR(lmap_client_endpoint(c), g_main->url);
 
   /* Unknown id: 404 naming it, from each call. */
-  lmap_query unk[3] = {q[0], {"no_such_id_1234", {0.1, 0.1, 0.5, 0.5}, 0},
+  lmap_query unk[3] = {q[0],
+                       {"no_such_id_1234", {0.1, 0.1, 0.5, 0.5}, 0},
                        {"other_missing_id", {0.1, 0.1, 0.5, 0.5}, 0}};
   CHECK_RC(lmap_client_labels(c, &unk[1], 1, &o1, out, g_C), LMAP_ENOTFOUND, c);
   lmap_client_last_error(c, &d);
@@ -911,13 +924,16 @@ static void case_errors(void) {
   CHECK(rc == LMAP_EINVAL || rc == LMAP_EBADID);
 
   /* Bad boxes: the code and the field. */
-  double bad_boxes[][4] = {{0.5, 0.2, 0.1, 0.9}, {-0.1, 0, 0.5, 0.5},
-                           {0, 0, 1.5, 1},       {NAN, 0, 1, 1},
+  double bad_boxes[][4] = {{0.5, 0.2, 0.1, 0.9},
+                           {-0.1, 0, 0.5, 0.5},
+                           {0, 0, 1.5, 1},
+                           {NAN, 0, 1, 1},
                            {0, 0, INFINITY, 1}};
   for (size_t i = 0; i < sizeof bad_boxes / sizeof bad_boxes[0]; i++) {
     lmap_query bq[2] = {q[0], q[1]};
     memcpy(bq[1].box, bad_boxes[i], sizeof bq[1].box);
-    if (!CHECK_RC(lmap_client_labels(c, bq, 2, &o1, out, 2 * g_C), LMAP_EBADBOX, c))
+    if (!CHECK_RC(lmap_client_labels(c, bq, 2, &o1, out, 2 * g_C), LMAP_EBADBOX,
+                  c))
       fprintf(stderr, "  box %zu\n", i);
     lmap_client_last_error(c, &d);
     CHECK_HAS(d.field, "box");
@@ -1015,7 +1031,8 @@ static void case_token(void) {
   lmap_error_detail det;
   for (int k = 0; k < 2; k++) {
     lmap_client *c = k ? wrong : none;
-    CHECK_RC(lmap_client_labels(c, q, n, NULL, out, n * g_C), LMAP_EUNAUTHORIZED, c);
+    CHECK_RC(lmap_client_labels(c, q, n, NULL, out, n * g_C),
+             LMAP_EUNAUTHORIZED, c);
     lmap_client_last_error(c, &det);
     CHECK(det.http_status == 401);
     CHECK_STR(det.server_code, "unauthorized");
@@ -1039,7 +1056,8 @@ static void case_token(void) {
   snprintf(urls, sizeof urls, "%s,%s", d->url, g_main->url);
   both = connect_to(urls, NULL);
   REQUIRE(both != NULL);
-  CHECK_RC(lmap_client_labels(both, q, n, NULL, out, n * g_C), LMAP_EUNAUTHORIZED, both);
+  CHECK_RC(lmap_client_labels(both, q, n, NULL, out, n * g_C),
+           LMAP_EUNAUTHORIZED, both);
   lmap_client_last_error(both, &det);
   CHECK_STR(det.endpoint, d->url);
 out:
@@ -1121,12 +1139,14 @@ static void case_failover(void) {
       {"proxy cutting the answer", ""},
       {"three dead", ""},
   };
-  snprintf(before[1].first, sizeof before[1].first, "http://127.0.0.1:%d", dead);
+  snprintf(before[1].first, sizeof before[1].first, "http://127.0.0.1:%d",
+           dead);
   snprintf(before[2].first, sizeof before[2].first, "%s", th_fake_url(f503));
   snprintf(before[3].first, sizeof before[3].first, "%s", th_fake_url(fcut));
   snprintf(before[4].first, sizeof before[4].first, "%s", th_fake_url(pcut));
   snprintf(before[5].first, sizeof before[5].first,
-           " http://127.0.0.1:1 ,  http://127.0.0.1:%d,%s", dead, th_fake_url(f503));
+           " http://127.0.0.1:1 ,  http://127.0.0.1:%d,%s", dead,
+           th_fake_url(f503));
   for (size_t k = 0; k < sizeof before / sizeof before[0]; k++) {
     snprintf(urls, sizeof urls, "%s, %s ", before[k].first, g_main->url);
     lmap_client *c = connect_to(urls, NULL);
@@ -1154,7 +1174,8 @@ static void case_failover(void) {
     snprintf(urls, sizeof urls, "http://127.0.0.1:1,http://127.0.0.1:%d", dead);
     lmap_client *c = connect_to(urls, NULL);
     if (CHECK(c != NULL)) {
-      CHECK_RC(lmap_client_labels(c, q, n, NULL, out, n * g_C), LMAP_EUNAVAILABLE, c);
+      CHECK_RC(lmap_client_labels(c, q, n, NULL, out, n * g_C),
+               LMAP_EUNAVAILABLE, c);
       lmap_client_last_error(c, &det);
       CHECK(det.http_status == 0);
       char one[64];
@@ -1167,7 +1188,8 @@ static void case_failover(void) {
       lmap_sparse *s = NULL;
       CHECK_RC(lmap_client_sparse(c, q, 1, NULL, &s), LMAP_EUNAVAILABLE, c);
       CHECK(s == NULL);
-      CHECK(lmap_client_endpoint(c) == NULL || lmap_client_endpoint(c)[0] == '\0');
+      CHECK(lmap_client_endpoint(c) == NULL ||
+            lmap_client_endpoint(c)[0] == '\0');
     }
     lmap_client_free(c);
   }
@@ -1192,17 +1214,20 @@ static void case_failover(void) {
   {
     lmap_client *c = connect_to(th_fake_url(ftext), NULL);
     if (CHECK(c != NULL)) {
-      CHECK_RC(lmap_client_labels(c, q, n, NULL, out, n * g_C), LMAP_EPROTOCOL, c);
+      CHECK_RC(lmap_client_labels(c, q, n, NULL, out, n * g_C), LMAP_EPROTOCOL,
+               c);
       CHECK_RC(lmap_client_info(c, NULL, NULL), LMAP_EPROTOCOL, c);
     }
     lmap_client_free(c);
   }
   /* A 4xx from the first endpoint is the answer: the second is not asked. */
   {
-    snprintf(urls, sizeof urls, "%s,%s", th_fake_url(f400), th_fake_url(pcount));
+    snprintf(urls, sizeof urls, "%s,%s", th_fake_url(f400),
+             th_fake_url(pcount));
     lmap_client *c = connect_to(urls, NULL);
     if (CHECK(c != NULL)) {
-      CHECK_RC(lmap_client_labels(c, q, n, NULL, out, n * g_C), LMAP_EBADBOX, c);
+      CHECK_RC(lmap_client_labels(c, q, n, NULL, out, n * g_C), LMAP_EBADBOX,
+               c);
       lmap_client_last_error(c, &det);
       CHECK(det.http_status == 400);
       CHECK_STR(det.server_code, "bad_box");
@@ -1247,7 +1272,8 @@ static char *info_answer(void) {
 static char *npy_answer(const size_t *shape, int ndim, const float *v, size_t n,
                         long long declared, size_t *len) {
   char dict[200];
-  int dl = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
+  int dl = snprintf(dict, sizeof dict,
+                    "{'descr': '<f4', 'fortran_order': False, 'shape': (");
   for (int i = 0; i < ndim; i++)
     dl += snprintf(dict + dl, sizeof dict - (size_t)dl, "%zu, ", shape[i]);
   dl += snprintf(dict + dl, sizeof dict - (size_t)dl, "), }");
@@ -1257,7 +1283,8 @@ static char *npy_answer(const size_t *shape, int ndim, const float *v, size_t n,
   char head[200];
   char cl[48] = "";
   if (declared >= 0)
-    snprintf(cl, sizeof cl, "Content-Length: %lld\r\n", declared ? declared : (long long)body);
+    snprintf(cl, sizeof cl, "Content-Length: %lld\r\n",
+             declared ? declared : (long long)body);
   int hl = snprintf(head, sizeof head,
                     "HTTP/1.1 200 OK\r\nContent-Type: application/x-npy\r\n"
                     "%sConnection: close\r\n\r\n",
@@ -1296,9 +1323,9 @@ static lmap_client *connect_once(const char *url) {
 }
 
 /* Labels from a fake answering `answer`: the call's code, message in msg. */
-static int labels_from(const char *info, const char *answer, size_t len, size_t n,
-                       const lmap_label_options *o, float *out, size_t out_len,
-                       char msg[600]) {
+static int labels_from(const char *info, const char *answer, size_t len,
+                       size_t n, const lmap_label_options *o, float *out,
+                       size_t out_len, char msg[600]) {
   th_fake *f = th_fake_routed(info, answer, len);
   lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
   lmap_query *q = make_queries(n, LMAP_BOX_XYXY, 5);
@@ -1347,9 +1374,11 @@ static void case_hostile_dense(void) {
     char *a = npy_answer(shape2, 2, v, n * C, 0, &len);
     for (int softmax = 1; a && softmax >= 0; softmax--) {
       int ok = softmax ? bad[k].softmax_ok : bad[k].logits_ok;
-      int rc = labels_from(info, a, len, n, softmax ? &o1 : &raw, out, n * C, msg);
+      int rc =
+          labels_from(info, a, len, n, softmax ? &o1 : &raw, out, n * C, msg);
       if (!CHECK_RC(rc, ok ? 0 : LMAP_EPROTOCOL, NULL))
-        fprintf(stderr, "  value %g, softmax %d: %s\n", (double)bad[k].value, softmax, msg);
+        fprintf(stderr, "  value %g, softmax %d: %s\n", (double)bad[k].value,
+                softmax, msg);
       if (!ok) {
         CHECK_HAS(msg, "[1, 7]");
         CHECK_HAS(msg, bad[k].why);
@@ -1365,8 +1394,8 @@ static void case_hostile_dense(void) {
     v[i] = 0.001f;
   v[((size_t)1 * C + 3) * 4 + 2] = NAN; /* [1, 3, 1, 0] */
   char *a = npy_answer(shape4, 4, v, n * C * 4, 0, &len);
-  CHECK_RC(a ? labels_from(info, a, len, n, &o2, out, n * C * 4, msg) : -1, LMAP_EPROTOCOL,
-           NULL);
+  CHECK_RC(a ? labels_from(info, a, len, n, &o2, out, n * C * 4, msg) : -1,
+           LMAP_EPROTOCOL, NULL);
   CHECK_HAS(msg, "[1, 3, 1, 0] is nan");
   free(a);
 
@@ -1386,13 +1415,15 @@ static void case_hostile_dense(void) {
     for (int d = 0; d < shapes[k].ndim; d++)
       count *= shapes[k].shape[d];
     a = npy_answer(shapes[k].shape, shapes[k].ndim, v, count, 0, &len);
-    CHECK_RC(a ? labels_from(info, a, len, n, &o1, out, n * C, msg) : -1, LMAP_EPROTOCOL, NULL);
+    CHECK_RC(a ? labels_from(info, a, len, n, &o1, out, n * C, msg) : -1,
+             LMAP_EPROTOCOL, NULL);
     CHECK_HAS(msg, want);
     free(a);
   }
   snprintf(got, sizeof got, "(%zu, %zu)", n, C + 1);
   a = npy_answer(wide, 2, v, n * (C + 1), 0, &len);
-  CHECK_RC(a ? labels_from(info, a, len, n, &o1, out, n * C, msg) : -1, LMAP_EPROTOCOL, NULL);
+  CHECK_RC(a ? labels_from(info, a, len, n, &o1, out, n * C, msg) : -1,
+           LMAP_EPROTOCOL, NULL);
   CHECK_HAS(msg, got);
   free(a);
   /* The caller's own error stays LMAP_ERANGE, found before any request:
@@ -1402,7 +1433,8 @@ static void case_hostile_dense(void) {
     lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
     lmap_query *q = make_queries(n, LMAP_BOX_XYXY, 5);
     if (CHECK(c && q)) {
-      CHECK_RC(lmap_client_labels(c, q, n, &o1, out, n * (C + 1)), LMAP_ERANGE, c);
+      CHECK_RC(lmap_client_labels(c, q, n, &o1, out, n * (C + 1)), LMAP_ERANGE,
+               c);
       CHECK_HAS(lmap_client_errmsg(c), "the store has");
       CHECK(th_fake_answered(f) == 0); /* only /v1/info was asked */
     }
@@ -1480,7 +1512,8 @@ static void case_hostile_map(void) {
   if (CHECK(c != NULL)) {
     CHECK_RC(lmap_client_map(c, "x", out, len, NULL), LMAP_EPROTOCOL, c);
     char want[64];
-    snprintf(want, sizeof want, "not the (2, %u, %u, %u) asked for", g_K, g_H, g_W);
+    snprintf(want, sizeof want, "not the (2, %u, %u, %u) asked for", g_K, g_H,
+             g_W);
     CHECK_HAS(lmap_client_errmsg(c), want);
     /* A buffer of another size is still the caller's error. */
     CHECK_RC(lmap_client_map(c, "x", out, len - 1, NULL), LMAP_ERANGE, c);
@@ -1510,18 +1543,26 @@ static void case_hostile_sparse(void) {
     const char *classes, *key, *values, *rest, *want;
   } cases[] = {
       {1, "[3,1]", "probs", "[0.5,0.25]", "0.001", NULL},
-      {1, "[3,1]", "probs", "[1e39,0.25]", "0.001", "probs[0] is 1e+39, not a finite number"},
-      {1, "[3,1]", "probs", "[0.5,-1e39]", "0.001", "probs[1] is -1e+39, not a finite number"},
-      {1, "[3,1]", "probs", "[0.5,0.25]", "1e39", "rest is 1e+39, not a finite number"},
-      {1, "[3,1]", "probs", "[1.5,0.25]", "0.001", "probs[0] is 1.5, not a probability"},
-      {1, "[3,1]", "probs", "[0.5,0.25]", "-0.5", "rest is -0.5, not a probability"},
-      {1, "[3,1]", "logits", "[0.5,0.25]", "0.001", "not classes, probs and rest"},
+      {1, "[3,1]", "probs", "[1e39,0.25]", "0.001",
+       "probs[0] is 1e+39, not a finite number"},
+      {1, "[3,1]", "probs", "[0.5,-1e39]", "0.001",
+       "probs[1] is -1e+39, not a finite number"},
+      {1, "[3,1]", "probs", "[0.5,0.25]", "1e39",
+       "rest is 1e+39, not a finite number"},
+      {1, "[3,1]", "probs", "[1.5,0.25]", "0.001",
+       "probs[0] is 1.5, not a probability"},
+      {1, "[3,1]", "probs", "[0.5,0.25]", "-0.5",
+       "rest is -0.5, not a probability"},
+      {1, "[3,1]", "logits", "[0.5,0.25]", "0.001",
+       "not classes, probs and rest"},
       {0, "[3,1]", "logits", "[7.5,-2]", "0", NULL},
-      {0, "[3,1]", "logits", "[7.5,1e300]", "0", "logits[1] is 1e+300, not a finite number"},
+      {0, "[3,1]", "logits", "[7.5,1e300]", "0",
+       "logits[1] is 1e+300, not a finite number"},
       {0, "[3,1]", "logits", "[7.5,-2]", "0.5", "rest is 0.5, not 0"},
       {0, "[3,1]", "probs", "[0.5,0.25]", "0", "not classes, logits and rest"},
       {1, "[3,TOP]", "probs", "[0.5,0.25]", "0", NULL},
-      {1, "[3,BIG]", "probs", "[0.5,0.25]", "0", "classes[1] is not a class index"},
+      {1, "[3,BIG]", "probs", "[0.5,0.25]", "0",
+       "classes[1] is not a class index"},
   };
   lmap_query q = {"a", {0, 0, 1, 1}, 0};
   for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
@@ -1533,9 +1574,10 @@ static void case_hostile_sparse(void) {
     t = strstr(cls, "BIG");
     if (t)
       snprintf(t, sizeof cls - (size_t)(t - cls), "%s]", big);
-    snprintf(body, sizeof body,
-             "{\"results\":[{\"id\":\"a\",\"classes\":%s,\"%s\":%s,\"rest\":%s}]}", cls,
-             cases[k].key, cases[k].values, cases[k].rest);
+    snprintf(
+        body, sizeof body,
+        "{\"results\":[{\"id\":\"a\",\"classes\":%s,\"%s\":%s,\"rest\":%s}]}",
+        cls, cases[k].key, cases[k].values, cases[k].rest);
     char *a = http_answer("200 OK", "application/json", body);
     th_fake *f = a ? th_fake_routed(info, a, strlen(a)) : NULL;
     lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
@@ -1557,8 +1599,9 @@ static void case_hostile_sparse(void) {
     free(a);
   }
   /* G x G: the message names the cell. */
-  const char *g2 = "{\"results\":[{\"id\":\"a\",\"classes\":[[1],[2],[3],[4]],"
-                   "\"probs\":[[0.5],[0.5],[0.5],[0.5]],\"rest\":[0,0,1e39,0]}]}";
+  const char *g2 =
+      "{\"results\":[{\"id\":\"a\",\"classes\":[[1],[2],[3],[4]],"
+      "\"probs\":[[0.5],[0.5],[0.5],[0.5]],\"rest\":[0,0,1e39,0]}]}";
   char *a = http_answer("200 OK", "application/json", g2);
   th_fake *f = a ? th_fake_routed(info, a, strlen(a)) : NULL;
   lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
@@ -1609,12 +1652,13 @@ static void case_hostile_size(void) {
       if (npy != (call == LABELS || call == MAP))
         continue;
       /* For /v1/info the flood answers the description itself. */
-      size_t shape2[2] = {n, g_C}, shape4[4] = {2, g_K, g_H, g_W}, hlen = strlen(heads[h]);
+      size_t shape2[2] = {n, g_C}, shape4[4] = {2, g_K, g_H, g_W},
+             hlen = strlen(heads[h]);
       char *head = strcmp(heads[h], "NPY") != 0 ? NULL
-                   : call == LABELS          ? npy_answer(shape2, 2, NULL, 0, -1, &hlen)
-                                             : npy_answer(shape4, 4, NULL, 0, -1, &hlen);
-      th_fake *f = th_fake_flood(call == INFO ? NULL : info, head ? head : heads[h], hlen,
-                                 endless);
+                   : call == LABELS ? npy_answer(shape2, 2, NULL, 0, -1, &hlen)
+                                    : npy_answer(shape4, 4, NULL, 0, -1, &hlen);
+      th_fake *f = th_fake_flood(call == INFO ? NULL : info,
+                                 head ? head : heads[h], hlen, endless);
       free(head);
       lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
       if (!CHECK(c != NULL)) {
@@ -1623,12 +1667,14 @@ static void case_hostile_size(void) {
       }
       lmap_sparse *s = NULL;
       int rc = call == SPARSE ? lmap_client_sparse(c, q, n, NULL, &s)
-               : call == LABELS ? lmap_client_labels(c, q, n, NULL, out, n * g_C)
-               : call == MAP    ? lmap_client_map(c, "x", map, mlen, NULL)
-                                : lmap_client_info(c, NULL, NULL);
+               : call == LABELS
+                   ? lmap_client_labels(c, q, n, NULL, out, n * g_C)
+               : call == MAP ? lmap_client_map(c, "x", map, mlen, NULL)
+                             : lmap_client_info(c, NULL, NULL);
       unsigned long long sent = th_fake_sent(f);
       if (!CHECK_RC(rc, LMAP_EPROTOCOL, c) || !CHECK(sent < slack))
-        fprintf(stderr, "  answer %zu, call %d: %llu bytes sent\n", h, call, sent);
+        fprintf(stderr, "  answer %zu, call %d: %llu bytes sent\n", h, call,
+                sent);
       const char *msg = lmap_client_errmsg(c);
       CHECK(strstr(msg, "over the") || strstr(msg, "longer than its shape") ||
             strstr(msg, "Content-Length is 900000000"));
@@ -1669,9 +1715,11 @@ static void case_store_change(void) {
   g_case = "store_change";
   char path[700], id[300];
   tmp_path(path, sizeof path, "swap.lmap");
-  const char *small[] = {th_lmap(), "synth", "-o", path, "-n", "20", "-C", "10",
-                         "-k", "3", "-f", "--no-progress", NULL};
-  const char *large[] = {th_lmap(), "synth", "-o", path, "-n", "20", "-f", "--no-progress", NULL};
+  const char *small[] = {th_lmap(), "synth", "-o", path, "-n", "20",
+                         "-C",      "10",    "-k", "3",  "-f", "--no-progress",
+                         NULL};
+  const char *large[] = {th_lmap(), "synth",         "-o", path, "-n", "20",
+                         "-f",      "--no-progress", NULL};
   th_daemon *d = NULL;
   lmap_client *c = NULL, *dense = NULL, *map = NULL, *poll = NULL;
   float *out = malloc((size_t)1000 * 2 * 5 * 15 * 15 * sizeof *out);
@@ -1712,9 +1760,11 @@ static void case_store_change(void) {
   /* The old C again, the handle's new description: found before asking. */
   CHECK_RC(lmap_client_labels(dense, &q, 1, NULL, out, 10), LMAP_ERANGE, dense);
   CHECK_HAS(lmap_client_errmsg(dense), "the store has 1000 classes");
-  CHECK_RC(lmap_client_map(map, id, out, (size_t)2 * 3 * 15 * 15, NULL), LMAP_ERANGE, map);
+  CHECK_RC(lmap_client_map(map, id, out, (size_t)2 * 3 * 15 * 15, NULL),
+           LMAP_ERANGE, map);
   CHECK_HAS(lmap_client_errmsg(map), "the store was replaced");
-  CHECK_RC(lmap_client_map(map, id, out, (size_t)2 * 5 * 15 * 15, NULL), 0, map);
+  CHECK_RC(lmap_client_map(map, id, out, (size_t)2 * 5 * 15 * 15, NULL), 0,
+           map);
 out:
   lmap_client_free(c);
   lmap_client_free(dense);
@@ -1812,17 +1862,20 @@ static void case_large(void) {
   REQUIRE_RC(lmap_client_labels(c, q, n, NULL, big, n * g_C), 0, c);
   int same = 1;
   for (size_t b = 0; b < n; b += chunk) {
-    if (!CHECK_RC(lmap_client_labels(c, q + b, chunk, NULL, small, chunk * g_C), 0, c))
+    if (!CHECK_RC(lmap_client_labels(c, q + b, chunk, NULL, small, chunk * g_C),
+                  0, c))
       break;
     same &= memcmp(small, big + b * g_C, chunk * g_C * sizeof *small) == 0;
   }
   CHECK(same);
-  CHECK_RC(lmap_client_labels(c, q, n + 1, NULL, big, (n + 1) * g_C), LMAP_ETOOBIG, c);
+  CHECK_RC(lmap_client_labels(c, q, n + 1, NULL, big, (n + 1) * g_C),
+           LMAP_ETOOBIG, c);
 
   size_t G = 64, cells = G * G, len = g_C * cells;
   float *grid = malloc(len * sizeof *grid);
   lmap_label_options o = label_opts((int)G, LMAP_BOX_XYXY, 1);
-  if (CHECK(grid != NULL) && CHECK_RC(lmap_client_labels(c, q, 1, &o, grid, len), 0, c)) {
+  if (CHECK(grid != NULL) &&
+      CHECK_RC(lmap_client_labels(c, q, 1, &o, grid, len), 0, c)) {
     double worst = 0;
     for (size_t cell = 0; cell < cells; cell++) {
       double sum = 0;
@@ -1982,7 +2035,7 @@ out:
 
 typedef struct killer {
   pthread_t thread;
-  atomic_int go;       /* 1: kill now */
+  atomic_int go; /* 1: kill now */
   atomic_int done;
   th_daemon *target;
   int sig;
@@ -2080,8 +2133,9 @@ static void case_kill9(const run_data *r) {
     fprintf(stderr, "  %d of %d batches failed or differ\n", bad, RUN_BATCHES);
   CHECK_STR(lmap_client_endpoint(c), b->url);
   CHECK(a->pid == 0); /* killed and reaped */
-  printf("kill9: %d batches of %d in %.3f s, first endpoint killed at batch %d\n",
-         RUN_BATCHES, RUN_BATCH, dt, RUN_BATCHES / 2);
+  printf(
+      "kill9: %d batches of %d in %.3f s, first endpoint killed at batch %d\n",
+      RUN_BATCHES, RUN_BATCH, dt, RUN_BATCHES / 2);
 out:
   lmap_client_free(c);
   th_kill9(a);
@@ -2116,8 +2170,9 @@ static void case_drain(const run_data *r) {
     fprintf(stderr, "  %d of %d batches failed or differ\n", bad, RUN_BATCHES);
   printf("drain: endpoint after SIGTERM of the first: %s\n",
          lmap_client_endpoint(c) == NULL ? "(null)"
-         : strcmp(lmap_client_endpoint(c), a->url) == 0 ? "the draining one (kept alive)"
-                                                        : "the other one");
+         : strcmp(lmap_client_endpoint(c), a->url) == 0
+             ? "the draining one (kept alive)"
+             : "the other one");
   lmap_client_free(c);
   c = NULL;
   CHECK(th_stop(a, 30) == 0); /* already draining: exits 0 once idle */
@@ -2263,7 +2318,8 @@ static int load_ids(void) {
     return -1;
   size_t cap = 512;
   g_ids = malloc(cap * sizeof *g_ids);
-  for (char *line = strtok(text, "\n"); line && g_ids; line = strtok(NULL, "\n")) {
+  for (char *line = strtok(text, "\n"); line && g_ids;
+       line = strtok(NULL, "\n")) {
     if (g_nids == cap)
       break;
     g_ids[g_nids++] = strdup(line);
@@ -2276,8 +2332,10 @@ int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   th_init();
   double t0 = th_now();
-  snprintf(g_store, sizeof g_store, "%s/store-%ld.lmap", th_tmp(), (long)getpid());
-  const char *synth[] = {th_lmap(), "synth", "-o", g_store, "-n", "300", "-f", "--no-progress", NULL};
+  snprintf(g_store, sizeof g_store, "%s/store-%ld.lmap", th_tmp(),
+           (long)getpid());
+  const char *synth[] = {th_lmap(), "synth",         "-o", g_store, "-n", "300",
+                         "-f",      "--no-progress", NULL};
   if (th_run(synth, NULL) != 0 || load_ids() != 0) {
     fprintf(stderr, "test_client: cannot make the store %s\n", g_store);
     return 1;

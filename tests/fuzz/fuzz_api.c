@@ -193,9 +193,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     return 0;
   if (body_len)
     memcpy(body, p, body_len);
-  api_request req = {.method = method, .path = url, .arg = get_arg,
-                     .arg_ctx = &a, .accept = accept[0] ? accept : NULL,
-                     .authorization = auth[0] ? auth : NULL, .body = body,
+  api_request req = {.method = method,
+                     .path = url,
+                     .arg = get_arg,
+                     .arg_ctx = &a,
+                     .accept = accept[0] ? accept : NULL,
+                     .authorization = auth[0] ? auth : NULL,
+                     .body = body,
                      .body_len = body_len};
   api_response *r = api_handle(workers[protected], &req);
   check_answer(r);

@@ -18,8 +18,7 @@
 static const uint8_t *lo, *hi; /* the value being read */
 
 static void check_record(const uint8_t *rec, size_t len) {
-  if (rec < lo || len < 1 || len > (size_t)(hi - lo) ||
-      rec + len > hi)
+  if (rec < lo || len < 1 || len > (size_t)(hi - lo) || rec + len > hi)
     abort();
 }
 
@@ -79,7 +78,9 @@ static void probe(const uint8_t *v, size_t len) {
   }
 }
 
-static uint32_t rd16(const uint8_t *p) { return p[0] | (uint32_t)p[1] << 8; }
+static uint32_t rd16(const uint8_t *p) {
+  return p[0] | (uint32_t)p[1] << 8;
+}
 
 /* Writes the checksum the directory of `v` would need, when the header
  * says where the directory ends and that is inside the value. */

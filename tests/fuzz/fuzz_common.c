@@ -126,17 +126,26 @@ void fuzz_make_store(const char *path, const fuzz_store_params *p) {
       abort();
     at += (size_t)snprintf(names, cap, "[");
     for (uint32_t c = 0; c < p->num_classes; c++)
-      at += (size_t)snprintf(names + at, cap - at, "%s\"c%u\"", c ? "," : "",
-                             c);
+      at +=
+          (size_t)snprintf(names + at, cap - at, "%s\"c%u\"", c ? "," : "", c);
     snprintf(names + at, cap - at, "]");
   }
-  build_opts o = {.cmd = "synth", .out = path, .overwrite = 1,
-                  .num_classes = p->num_classes, .encoding = p->encoding,
-                  .level = CODEC_LEVEL_FAST, .threads = 1,
-                  .source_desc = "tests/fuzz", .annotator = "lmap synth",
-                  .extent = "full", .classes_json = names};
-  build_source bs = {.ctx = &src, .next = next, .worker_new = worker_new,
-                     .worker_free = worker_free, .load = load};
+  build_opts o = {.cmd = "synth",
+                  .out = path,
+                  .overwrite = 1,
+                  .num_classes = p->num_classes,
+                  .encoding = p->encoding,
+                  .level = CODEC_LEVEL_FAST,
+                  .threads = 1,
+                  .source_desc = "tests/fuzz",
+                  .annotator = "lmap synth",
+                  .extent = "full",
+                  .classes_json = names};
+  build_source bs = {.ctx = &src,
+                     .next = next,
+                     .worker_new = worker_new,
+                     .worker_free = worker_free,
+                     .load = load};
   build_stats st;
   diag d;
   diag_clear(&d);

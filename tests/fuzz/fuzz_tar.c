@@ -50,10 +50,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_path(out, sizeof out, "tar.lmap");
   }
   fuzz_write_file(in, data, size);
-  build_opts o = {.cmd = "import", .input = in, .out = out, .overwrite = 1,
-                  .num_classes = 1000, .encoding = CODEC_F16,
-                  .level = CODEC_LEVEL_FAST, .threads = 1,
-                  .source_desc = in, .extent = "full"};
+  build_opts o = {.cmd = "import",
+                  .input = in,
+                  .out = out,
+                  .overwrite = 1,
+                  .num_classes = 1000,
+                  .encoding = CODEC_F16,
+                  .level = CODEC_LEVEL_FAST,
+                  .threads = 1,
+                  .source_desc = in,
+                  .extent = "full"};
   build_stats st;
   diag d;
   diag_clear(&d);

@@ -46,7 +46,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (mode == 0) {
     char code[64], message[LMAP_WIRE_ERRLEN], field[64];
     rc = lmap_wire_error(body, len, code, message, field);
-    if (rc == 0 && (strlen(code) >= sizeof code || strlen(field) >= sizeof field))
+    if (rc == 0 &&
+        (strlen(code) >= sizeof code || strlen(field) >= sizeof field))
       abort();
   } else if (mode == 1) {
     lmap_sparse *s = NULL;

@@ -58,8 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int i = 0; i < s.ndim; i++)
       if (s.shape[i] != expect[i])
         abort();
-  } else if ((rc != LMAP_EPROTOCOL && rc != LMAP_ERANGE &&
-              rc != LMAP_ENOMEM) ||
+  } else if ((rc != LMAP_EPROTOCOL && rc != LMAP_ERANGE && rc != LMAP_ENOMEM) ||
              s.err[0] == '\0') {
     abort();
   }

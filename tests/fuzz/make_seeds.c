@@ -121,8 +121,8 @@ static void record_seeds(const char *key, size_t klen, const uint8_t *v,
     const uint8_t *rec;
     if (store_chunk_entry(&c, i, id, &il, &rec, &rl, NULL) != 0)
       exit(1);
-    snprintf(name, sizeof name, "record-%s-%u",
-             r->selector & 1 ? "f32" : "f16", i);
+    snprintf(name, sizeof name, "record-%s-%u", r->selector & 1 ? "f32" : "f16",
+             i);
     put2("codec", name, &r->selector, 1, rec, rl);
   }
   r->taken = 1;
@@ -224,7 +224,9 @@ static api_response *ask(api_worker *w, const char *text, size_t len,
   snprintf(auth, sizeof auth, "%.*s", (int)(e - p), p);
   p = e + 1;
   static api_request r;
-  r = (api_request){.method = method, .path = url_buf, .arg = no_arg,
+  r = (api_request){.method = method,
+                    .path = url_buf,
+                    .arg = no_arg,
                     .accept = accept[0] ? accept : NULL,
                     .authorization = auth[0] ? auth : NULL,
                     .body = (const uint8_t *)p,
@@ -244,9 +246,9 @@ static void answer_seeds(api_worker *w, const char *id) {
                {"npy-3x2", "dense", "application/x-npy", 3, 2}};
   for (size_t i = 0; i < sizeof posts / sizeof posts[0]; i++) {
     char text[4096], url[1024];
-    int at = snprintf(text, sizeof text,
-                      "0\nPOST\n/v1/labels\n%s\n\n{\"queries\":[",
-                      posts[i].accept);
+    int at =
+        snprintf(text, sizeof text, "0\nPOST\n/v1/labels\n%s\n\n{\"queries\":[",
+                 posts[i].accept);
     for (int q = 0; q < posts[i].n; q++)
       at += snprintf(text + at, sizeof text - (size_t)at,
                      "%s{\"id\":\"%s\",\"box\":[0.%d,0,1,1]}", q ? "," : "", id,
@@ -316,8 +318,8 @@ typedef struct member {
   const char *link;
 } member;
 
-static void tar_seed(const char *name, int format, int filter,
-                     const member *m, size_t n) {
+static void tar_seed(const char *name, int format, int filter, const member *m,
+                     size_t n) {
   struct archive *a = archive_write_new();
   char path[1024];
   snprintf(path, sizeof path, "%s/%s", fuzz_tmpdir(), name);
@@ -371,8 +373,8 @@ static void tar_seeds(void) {
   tar_seed("pax-gzip.tar.gz", ARCHIVE_FORMAT_TAR_PAX_RESTRICTED,
            ARCHIVE_FILTER_GZIP, two, 3);
   tar_seed("gnu-mixed.tar", ARCHIVE_FORMAT_TAR_GNUTAR, 0, mixed, 3);
-  tar_seed("bad-member.tar.zst", ARCHIVE_FORMAT_TAR_USTAR,
-           ARCHIVE_FILTER_ZSTD, bad, 1);
+  tar_seed("bad-member.tar.zst", ARCHIVE_FORMAT_TAR_USTAR, ARCHIVE_FILTER_ZSTD,
+           bad, 1);
 }
 
 int main(int argc, char **argv) {

@@ -41,7 +41,8 @@ static int test__checks;
     double test__a = (double)(a), test__b = (double)(b);                       \
     test__checks++;                                                            \
     if (!(fabs(test__a - test__b) <= (tol))) {                                 \
-      fprintf(stderr, "%s:%d: assertion failed: %s ~= %s (%.9g vs %.9g, tol %g)\n", \
+      fprintf(stderr,                                                          \
+              "%s:%d: assertion failed: %s ~= %s (%.9g vs %.9g, tol %g)\n",    \
               __FILE__, __LINE__, #a, #b, test__a, test__b, (double)(tol));    \
       exit(1);                                                                 \
     }                                                                          \
@@ -52,7 +53,8 @@ static int test__checks;
     const char *test__a = (a), *test__b = (b);                                 \
     test__checks++;                                                            \
     if (strcmp(test__a, test__b) != 0) {                                       \
-      fprintf(stderr, "%s:%d: assertion failed: %s == %s (\"%s\" vs \"%s\")\n", \
+      fprintf(stderr,                                                          \
+              "%s:%d: assertion failed: %s == %s (\"%s\" vs \"%s\")\n",        \
               __FILE__, __LINE__, #a, #b, test__a, test__b);                   \
       exit(1);                                                                 \
     }                                                                          \

@@ -31,7 +31,8 @@ static void fill(labelmap *m, uint32_t C, int tiny) {
     if (C >= m->k) /* distinct within a cell */
       m->classes[i] = (uint32_t)((i / m->k * m->k + i % m->k) % C);
     double u = uniform();
-    m->scores[i] = tiny ? (float)(-1.234567e-30 * (1 + u)) : (float)(20 * u - 8);
+    m->scores[i] =
+        tiny ? (float)(-1.234567e-30 * (1 + u)) : (float)(20 * u - 8);
   }
 }
 
@@ -80,13 +81,13 @@ static void check_shape(uint32_t C, uint32_t k, uint32_t h, uint32_t w,
         ASSERT_EQ(itemjson_write(&b, id, &m, C, &q, format, ws, dense), 0);
         size_t bound = itemjson_max_len(strlen(id), C, k, h, w, &q, format);
         if (b.len > bound)
-          fprintf(stderr, "C=%u k=%u %ux%u G=%u %s softmax=%d: %zu > %zu\n",
-                  C, k, h, w, q.output_size, f ? "sparse" : "dense",
-                  q.softmax, b.len, bound);
+          fprintf(stderr, "C=%u k=%u %ux%u G=%u %s softmax=%d: %zu > %zu\n", C,
+                  k, h, w, q.output_size, f ? "sparse" : "dense", q.softmax,
+                  b.len, bound);
         ASSERT_INT(b.len, <=, bound);
         if (format == ITEM_DENSE) { /* tight: the worst case it stands for */
-          size_t worst = (size_t)sizes[s] * sizes[s] * C *
-                         (ITEMJSON_NUMBER_MAX + 1);
+          size_t worst =
+              (size_t)sizes[s] * sizes[s] * C * (ITEMJSON_NUMBER_MAX + 1);
           ASSERT_INT(bound, <=, worst + worst / 50 + 400);
         }
       }
@@ -114,8 +115,10 @@ static void test_item_bounds(void) {
 }
 
 static void test_npy_header_len(void) {
-  size_t shapes[][4] = {{1, 1000, 1, 1}, {4096, 1000, 64, 64},
-                        {2, 5, 15, 15}, {123456789, 16777216, 64, 64}};
+  size_t shapes[][4] = {{1, 1000, 1, 1},
+                        {4096, 1000, 64, 64},
+                        {2, 5, 15, 15},
+                        {123456789, 16777216, 64, 64}};
   for (size_t i = 0; i < 4; i++)
     for (int nd = 1; nd <= 4; nd++) {
       dynbuf b;

@@ -19,7 +19,8 @@ static void same_as_printf(float v) {
   if (wl != gl || memcmp(want, got, (size_t)gl) != 0) {
     uint32_t bits;
     memcpy(&bits, &v, sizeof bits);
-    fprintf(stderr, "float %08x: printf %s, fmtfloat9 %s\n", (unsigned)bits, want, got);
+    fprintf(stderr, "float %08x: printf %s, fmtfloat9 %s\n", (unsigned)bits,
+            want, got);
   }
   ASSERT_STR(got, want);
 }
@@ -35,10 +36,12 @@ static void bits_range(uint32_t from, uint32_t to, uint32_t step) {
 }
 
 int main(void) {
-  const float edges[] = {0.0f, -0.0f, 1.0f, 0.5f, 0.1f, 1e-4f, 9.99999e-5f, 1e-5f,
-                         123456789.0f, 999999999.0f, 1e9f, 1e10f, 3.4028235e38f,
-                         FLT_MIN, FLT_MAX, FLT_EPSILON, 1.4e-45f, 1e-45f, 3e-39f,
-                         0.000123456789f, 16777216.0f, 0.3f, 2.0f / 3.0f};
+  const float edges[] = {
+      0.0f,        -0.0f,       1.0f,          0.5f,         0.1f,
+      1e-4f,       9.99999e-5f, 1e-5f,         123456789.0f, 999999999.0f,
+      1e9f,        1e10f,       3.4028235e38f, FLT_MIN,      FLT_MAX,
+      FLT_EPSILON, 1.4e-45f,    1e-45f,        3e-39f,       0.000123456789f,
+      16777216.0f, 0.3f,        2.0f / 3.0f};
   for (size_t i = 0; i < sizeof edges / sizeof *edges; i++) {
     same_as_printf(edges[i]);
     same_as_printf(-edges[i]);
@@ -49,11 +52,11 @@ int main(void) {
     same_as_printf(p);
     same_as_printf(nextafterf(p, INFINITY));
   }
-  bits_range(0x3f000000u, 0x3f800000u, 3);   /* [0.5, 1): every third float */
-  bits_range(0x38d1b717u, 0x38d2b717u, 1);   /* around 1e-4, the %e switch */
-  bits_range(0x00000000u, 0x00080000u, 1);   /* the smallest subnormals */
-  bits_range(0x4e6e6b28u, 0x4e6f6b28u, 1);   /* around 1e9 */
-  uint64_t state = 0x9e3779b97f4a7c15ull;     /* splitmix64 */
+  bits_range(0x3f000000u, 0x3f800000u, 3); /* [0.5, 1): every third float */
+  bits_range(0x38d1b717u, 0x38d2b717u, 1); /* around 1e-4, the %e switch */
+  bits_range(0x00000000u, 0x00080000u, 1); /* the smallest subnormals */
+  bits_range(0x4e6e6b28u, 0x4e6f6b28u, 1); /* around 1e9 */
+  uint64_t state = 0x9e3779b97f4a7c15ull;  /* splitmix64 */
   for (int i = 0; i < 1000000; i++) {
     state += 0x9e3779b97f4a7c15ull;
     uint64_t z = state;

@@ -45,8 +45,7 @@ int main(void) {
 
   /* x 0..1 (box 0.25..0.75): one sample at 0.5, half of each column; y
    * -0.5..0.5: row 0. 0.5 * 1 + 0.5 * 2 = 1.5. */
-  ASSERT_NEAR(pooled(&map22, C4, box(0.25, 0, 0.75, 0.5), ws, 0, 0), 1.5,
-              1e-6);
+  ASSERT_NEAR(pooled(&map22, C4, box(0.25, 0, 0.75, 0.5), ws, 0, 0), 1.5, 1e-6);
 
   /* Zero-area box at the bottom-right corner: region 1.5..1.5 grows to
    * length 1, sample at 2.0 (== size, still inside), clamped to cell 1. */

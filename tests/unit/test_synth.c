@@ -112,10 +112,12 @@ static void check_id(const char *id, uint64_t index) {
 static void test_shapes(void) {
   static const uint32_t shapes[][4] = {
       /* C, K, H, W */
-      {1000, 5, 15, 15}, {1000, 5, 18, 18}, {10, 3, 7, 11},  {1000, 1, 15, 15},
-      {5, 5, 15, 15},    {10, 10, 3, 3},    {1000, 5, 1, 1}, {1, 1, 1, 1},
-      {1, 1, 4, 9},      {2, 2, 5, 5},      {64, 64, 4, 4},  {1000, 1000, 2, 2},
-      {1000, 16, 64, 64}, {16777216, 5, 15, 15}, {21, 21, 6, 6}, {30, 7, 2, 40},
+      {1000, 5, 15, 15},  {1000, 5, 18, 18},     {10, 3, 7, 11},
+      {1000, 1, 15, 15},  {5, 5, 15, 15},        {10, 10, 3, 3},
+      {1000, 5, 1, 1},    {1, 1, 1, 1},          {1, 1, 4, 9},
+      {2, 2, 5, 5},       {64, 64, 4, 4},        {1000, 1000, 2, 2},
+      {1000, 16, 64, 64}, {16777216, 5, 15, 15}, {21, 21, 6, 6},
+      {30, 7, 2, 40},
   };
   for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
     synth_params p = {shapes[t][0], shapes[t][2], shapes[t][3], shapes[t][1],
@@ -178,9 +180,11 @@ static void test_determinism(void) {
 
 /* FNV-1a over the maps and ids of a few shapes. */
 static uint64_t output_hash(void) {
-  static const synth_params ps[] = {
-      {1000, 15, 15, 5, 1}, {10, 7, 11, 3, 2}, {1000, 64, 64, 16, 3},
-      {5, 3, 3, 5, 4}, {1000, 18, 18, 5, UINT64_MAX}};
+  static const synth_params ps[] = {{1000, 15, 15, 5, 1},
+                                    {10, 7, 11, 3, 2},
+                                    {1000, 64, 64, 16, 3},
+                                    {5, 3, 3, 5, 4},
+                                    {1000, 18, 18, 5, UINT64_MAX}};
   uint64_t hsh = 1469598103934665603ull;
   for (size_t t = 0; t < sizeof ps / sizeof ps[0]; t++)
     for (uint64_t i = 0; i < 50; i++) {
@@ -373,9 +377,9 @@ static void report_speed(void) {
     acc += g_classes[17];
   }
   clock_gettime(CLOCK_MONOTONIC, &b);
-  double us = ((double)(b.tv_sec - a.tv_sec) * 1e9 +
-               (double)(b.tv_nsec - a.tv_nsec)) /
-              1e3 / N;
+  double us =
+      ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) /
+      1e3 / N;
   /* Informational only: sanitizer and debug builds are much slower. */
   printf("speed: %.2f us per 5x15x15 image (checksum %u)\n", us, acc);
 }

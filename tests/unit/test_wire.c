@@ -13,10 +13,11 @@
 
 /* A .npy file as numpy.save writes it: magic, version, header padded with
  * spaces to a 64-byte boundary, then the floats. */
-static size_t make_npy(char *buf, size_t cap, const char *shape, const float *v, size_t n,
-                       int version) {
+static size_t make_npy(char *buf, size_t cap, const char *shape, const float *v,
+                       size_t n, int version) {
   char dict[256];
-  int dlen = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }",
+  int dlen = snprintf(dict, sizeof dict,
+                      "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }",
                       shape);
   size_t pre = version == 1 ? 10 : 12;
   size_t total = pre + (size_t)dlen + 1;
@@ -127,7 +128,8 @@ static void test_npy_refusals(void) {
   d[2] = '4';
   memcpy(find(file, len, "False"), "True ", 5);
   ASSERT_EQ(feed_all(file, len, out, 6, e2, 2, err), LMAP_EPROTOCOL);
-  ASSERT_EQ(feed_all("<html>bad gateway</html>", 24, out, 6, e2, 2, err), LMAP_EPROTOCOL);
+  ASSERT_EQ(feed_all("<html>bad gateway</html>", 24, out, 6, e2, 2, err),
+            LMAP_EPROTOCOL);
   ASSERT(strstr(err, "not a .npy") != NULL);
   /* A header length past the cap, and a huge shape. */
   len = make_npy(file, sizeof file, "(2, 3)", v, 6, 1);
@@ -143,8 +145,8 @@ static void test_npy_refusals(void) {
  * the message it must be refused with (LMAP_EPROTOCOL). */
 static void check_values(const char *file, size_t len, size_t cut, float *out,
                          size_t n, const size_t *dims, size_t ndims,
-                         lmap_npy_values mode, size_t classes,
-                         const char *want, const char *label, size_t k) {
+                         lmap_npy_values mode, size_t classes, const char *want,
+                         const char *label, size_t k) {
   lmap_npy_sink s;
   lmap_npy_sink_init(&s, out, n, dims, ndims);
   lmap_npy_sink_values(&s, mode, classes);
@@ -229,9 +231,14 @@ static void test_npy_declared(void) {
   char file[512];
   size_t e2[2] = {2, 3};
   size_t len = make_npy(file, sizeof file, "(2, 3)", v, 6, 1);
-  long long declared[] = {-1, (long long)len, (long long)len + 1, (long long)len - 1,
-                          4096 + 24 + 1, 900000000};
-  int want[] = {0, 0, LMAP_EPROTOCOL, LMAP_EPROTOCOL, LMAP_EPROTOCOL, LMAP_EPROTOCOL};
+  long long declared[] = {-1,
+                          (long long)len,
+                          (long long)len + 1,
+                          (long long)len - 1,
+                          4096 + 24 + 1,
+                          900000000};
+  int want[] = {
+      0, 0, LMAP_EPROTOCOL, LMAP_EPROTOCOL, LMAP_EPROTOCOL, LMAP_EPROTOCOL};
   int at_once[] = {0, 0, 0, 0, 1, 1};
   for (size_t k = 0; k < sizeof declared / sizeof *declared; k++) {
     lmap_npy_sink s;
@@ -252,7 +259,8 @@ static void test_npy_declared(void) {
 static void test_labels_body(void) {
   dynbuf b;
   lmap_dynbuf_init(&b, 1 << 20);
-  lmap_query q[2] = {{"n01_1", {0.1, 0.2, 0.7, 0.9}, 0}, {"a\"b\\c\n", {0, 0, 1, 1}, 1}};
+  lmap_query q[2] = {{"n01_1", {0.1, 0.2, 0.7, 0.9}, 0},
+                     {"a\"b\\c\n", {0, 0, 1, 1}, 1}};
   lmap_label_options o = {2, LMAP_BOX_RELABEL, 0};
   char field[64], err[LMAP_WIRE_ERRLEN];
   ASSERT_EQ(lmap_wire_labels_body(&b, q, 2, &o, 1, field, err), 0);
@@ -261,15 +269,17 @@ static void test_labels_body(void) {
   ASSERT(doc != NULL);
   json_t *qs = json_object_get(doc, "queries");
   ASSERT_EQ(json_array_size(qs), 2);
-  ASSERT(strcmp(json_string_value(json_object_get(json_array_get(qs, 1), "id")), "a\"b\\c\n") ==
-        0);
+  ASSERT(strcmp(json_string_value(json_object_get(json_array_get(qs, 1), "id")),
+                "a\"b\\c\n") == 0);
   /* relabel: 17 digits, the server reads the very double sent. */
-  ASSERT(json_real_value(json_array_get(json_object_get(json_array_get(qs, 0), "box"), 0)) ==
-        0.1);
+  ASSERT(json_real_value(json_array_get(
+             json_object_get(json_array_get(qs, 0), "box"), 0)) == 0.1);
   ASSERT(json_is_true(json_object_get(json_array_get(qs, 1), "flip")));
   ASSERT_EQ(json_integer_value(json_object_get(doc, "output_size")), 2);
-  ASSERT(strcmp(json_string_value(json_object_get(doc, "format")), "sparse") == 0);
-  ASSERT(strcmp(json_string_value(json_object_get(doc, "box_format")), "relabel") == 0);
+  ASSERT(strcmp(json_string_value(json_object_get(doc, "format")), "sparse") ==
+         0);
+  ASSERT(strcmp(json_string_value(json_object_get(doc, "box_format")),
+                "relabel") == 0);
   ASSERT(json_is_false(json_object_get(doc, "softmax")));
   json_decref(doc);
   /* xyxy: the float the server's geometry uses, in 9 digits. */
@@ -279,7 +289,8 @@ static void test_labels_body(void) {
   doc = json_loadb(b.data, b.len, JSON_REJECT_DUPLICATES, &je);
   qs = json_object_get(doc, "queries");
   for (int k = 0; k < 4; k++) {
-    double sent = json_number_value(json_array_get(json_object_get(json_array_get(qs, 0), "box"), k));
+    double sent = json_number_value(
+        json_array_get(json_object_get(json_array_get(qs, 0), "box"), k));
     ASSERT((float)sent == (float)q[0].box[k]);
   }
   ASSERT(strstr(b.data, "0.100000001") != NULL);
@@ -301,7 +312,8 @@ static void test_labels_body(void) {
   dynbuf small;
   lmap_dynbuf_init(&small, 40);
   o.box_format = LMAP_BOX_XYXY;
-  ASSERT_EQ(lmap_wire_labels_body(&small, q, 2, &o, 0, field, err), LMAP_ETOOBIG);
+  ASSERT_EQ(lmap_wire_labels_body(&small, q, 2, &o, 0, field, err),
+            LMAP_ETOOBIG);
   lmap_dynbuf_free(&small);
   lmap_dynbuf_free(&b);
   lmap_dynbuf_init(&b, 256);
@@ -311,8 +323,9 @@ static void test_labels_body(void) {
 }
 
 static void test_sparse(void) {
-  const char *g1 = "{\"results\":[{\"id\":\"a\",\"classes\":[3,1],\"probs\":[0.5,0.25],"
-                   "\"rest\":0.001},{\"id\":\"b\",\"classes\":[],\"probs\":[],\"rest\":0.1}]}";
+  const char *g1 =
+      "{\"results\":[{\"id\":\"a\",\"classes\":[3,1],\"probs\":[0.5,0.25],"
+      "\"rest\":0.001},{\"id\":\"b\",\"classes\":[],\"probs\":[],\"rest\":0.1}]}";
   char err[LMAP_WIRE_ERRLEN];
   lmap_sparse *s;
   ASSERT_EQ(lmap_wire_sparse(g1, strlen(g1), 2, 1, &s, err), 0);
@@ -342,7 +355,8 @@ static void test_sparse(void) {
   };
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     s = (lmap_sparse *)1;
-    ASSERT_EQ(lmap_wire_sparse(bad[i], strlen(bad[i]), 1, 1, &s, err), LMAP_EPROTOCOL);
+    ASSERT_EQ(lmap_wire_sparse(bad[i], strlen(bad[i]), 1, 1, &s, err),
+              LMAP_EPROTOCOL);
     ASSERT(s == NULL && err[0] != '\0');
   }
   ASSERT_EQ(lmap_wire_sparse(g2, strlen(g2), 1, 9, &s, err), LMAP_EPROTOCOL);
@@ -358,28 +372,31 @@ static void test_sparse(void) {
     int softmax;
     const char *want; /* NULL: accepted */
   } cases[] = {
-      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":0.03125}]}", 1, NULL},
-      {"{\"results\":[{\"classes\":[9,0],\"probs\":[1,0],\"rest\":0}]}", 1, NULL},
-      {"{\"results\":[{\"classes\":[9,0],\"logits\":[5,-3e38],\"rest\":0}]}", 0, NULL},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":0.03125}]}",
+       1, NULL},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[1,0],\"rest\":0}]}", 1,
+       NULL},
+      {"{\"results\":[{\"classes\":[9,0],\"logits\":[5,-3e38],\"rest\":0}]}", 0,
+       NULL},
       {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,4e38],\"rest\":0}]}", 1,
        "probs[1] is 4e+38, not a finite number"},
       {"{\"results\":[{\"classes\":[9,0],\"logits\":[-1e39,1],\"rest\":0}]}", 0,
        "logits[0] is -1e+39, not a finite number"},
-      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":1e39}]}", 1,
-       "rest is 1e+39, not a finite number"},
-      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,1.001],\"rest\":0}]}", 1,
-       "probs[1] is 1.001, not a probability"},
-      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":-0.01}]}", 1,
-       "rest is -0.01, not a probability"},
-      {"{\"results\":[{\"classes\":[9,0],\"logits\":[0.5,0.25],\"rest\":1}]}", 0,
-       "rest is 1, not 0"},
-      {"{\"results\":[{\"classes\":[10,0],\"probs\":[0.5,0.25],\"rest\":0}]}", 1,
-       "classes[0] is not a class index (an integer below 10)"},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":1e39}]}",
+       1, "rest is 1e+39, not a finite number"},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,1.001],\"rest\":0}]}",
+       1, "probs[1] is 1.001, not a probability"},
+      {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":-0.01}]}",
+       1, "rest is -0.01, not a probability"},
+      {"{\"results\":[{\"classes\":[9,0],\"logits\":[0.5,0.25],\"rest\":1}]}",
+       0, "rest is 1, not 0"},
+      {"{\"results\":[{\"classes\":[10,0],\"probs\":[0.5,0.25],\"rest\":0}]}",
+       1, "classes[0] is not a class index (an integer below 10)"},
       {"{\"results\":[{\"classes\":[1,2,3,4,5,6,7,8,9,0,1],\"probs\":[0,0,0,0,0,0,0,0,0,0,0],"
        "\"rest\":0}]}",
        1, "11 classes listed, the store has 10"},
-      {"{\"results\":[{\"classes\":[9,0],\"logits\":[0.5,0.25],\"rest\":0}]}", 1,
-       "not classes, probs and rest"},
+      {"{\"results\":[{\"classes\":[9,0],\"logits\":[0.5,0.25],\"rest\":0}]}",
+       1, "not classes, probs and rest"},
       {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"rest\":0}]}", 0,
        "not classes, logits and rest"},
       {"{\"results\":[{\"classes\":[9,0],\"probs\":[0.5,0.25],\"logits\":[1,2],\"rest\":0}]}",
@@ -387,8 +404,9 @@ static void test_sparse(void) {
   };
   for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
     s = (lmap_sparse *)1;
-    int rc = lmap_wire_sparse_check(cases[k].body, strlen(cases[k].body),
-                                    cases[k].softmax ? &probs : &logits, &s, err);
+    int rc =
+        lmap_wire_sparse_check(cases[k].body, strlen(cases[k].body),
+                               cases[k].softmax ? &probs : &logits, &s, err);
     if (cases[k].want == NULL) {
       ASSERT_EQ(rc, 0);
       ASSERT(s != NULL && s->offsets[1] == 2 && s->classes[0] == 9);
@@ -397,8 +415,10 @@ static void test_sparse(void) {
     }
     ASSERT_EQ(rc, LMAP_EPROTOCOL);
     ASSERT(s == NULL);
-    if (strstr(err, cases[k].want) == NULL || strstr(err, "results[0]") == NULL) {
-      fprintf(stderr, "sparse case %zu: '%s' lacks '%s'\n", k, err, cases[k].want);
+    if (strstr(err, cases[k].want) == NULL ||
+        strstr(err, "results[0]") == NULL) {
+      fprintf(stderr, "sparse case %zu: '%s' lacks '%s'\n", k, err,
+              cases[k].want);
       ASSERT(0);
     }
   }
@@ -406,7 +426,8 @@ static void test_sparse(void) {
   const char *g2bad = "{\"results\":[{\"classes\":[[1],[2],[3],[4]],"
                       "\"logits\":[[1],[2],[1e40],[4]],\"rest\":[0,0,0,0]}]}";
   lmap_sparse_expect x4 = {.n = 1, .cells = 4, .classes = 10, .softmax = 0};
-  ASSERT_EQ(lmap_wire_sparse_check(g2bad, strlen(g2bad), &x4, &s, err), LMAP_EPROTOCOL);
+  ASSERT_EQ(lmap_wire_sparse_check(g2bad, strlen(g2bad), &x4, &s, err),
+            LMAP_EPROTOCOL);
   ASSERT(strstr(err, "results[0] cell 2: logits[0] is 1e+40") != NULL);
 }
 
@@ -422,11 +443,15 @@ static void test_sparse_max(void) {
       lmap_dynbuf_init(&b, (size_t)1 << 30);
       ASSERT_EQ(lmap_dynbuf_addstr(&b, "{\"results\":["), 0);
       for (size_t i = 0; i < n; i++) {
-        ASSERT_EQ(lmap_dynbuf_printf(&b, "%s{\"id\":\"n01440764_10026\",\"classes\":%s",
-                                     i ? "," : "", cells > 1 ? "[" : ""), 0);
+        ASSERT_EQ(lmap_dynbuf_printf(
+                      &b, "%s{\"id\":\"n01440764_10026\",\"classes\":%s",
+                      i ? "," : "", cells > 1 ? "[" : ""),
+                  0);
         for (int part = 0; part < 3; part++) {
           if (part)
-            ASSERT_EQ(lmap_dynbuf_addstr(&b, part == 1 ? ",\"logits\":" : ",\"rest\":"), 0);
+            ASSERT_EQ(lmap_dynbuf_addstr(&b, part == 1 ? ",\"logits\":"
+                                                       : ",\"rest\":"),
+                      0);
           if (cells > 1)
             ASSERT_EQ(lmap_dynbuf_addstr(&b, "["), 0);
           for (size_t c = 0; c < cells; c++) {
@@ -438,9 +463,11 @@ static void test_sparse_max(void) {
             }
             ASSERT_EQ(lmap_dynbuf_addstr(&b, "["), 0);
             for (uint32_t k = 0; k < C; k++)
-              ASSERT_EQ(part ? lmap_dynbuf_printf(&b, "%s-1.23456789e-38", k ? "," : "")
-                             : lmap_dynbuf_printf(&b, "%s%u", k ? "," : "", C - 1),
-                        0);
+              ASSERT_EQ(
+                  part ? lmap_dynbuf_printf(&b, "%s-1.23456789e-38",
+                                            k ? "," : "")
+                       : lmap_dynbuf_printf(&b, "%s%u", k ? "," : "", C - 1),
+                  0);
             ASSERT_EQ(lmap_dynbuf_addstr(&b, "]"), 0);
           }
           if (cells > 1)
@@ -449,7 +476,8 @@ static void test_sparse_max(void) {
         ASSERT_EQ(lmap_dynbuf_addstr(&b, "}"), 0);
       }
       ASSERT_EQ(lmap_dynbuf_addstr(&b, "]}"), 0);
-      size_t max = lmap_wire_sparse_max(n, n * strlen("n01440764_10026"), cells, C, 0);
+      size_t max =
+          lmap_wire_sparse_max(n, n * strlen("n01440764_10026"), cells, C, 0);
       ASSERT(b.len <= max);
       ASSERT(max <= 3 * b.len + (64 << 10) + 1024);
       /* K * H * W below C bounds the entries of a cell. */
@@ -457,27 +485,32 @@ static void test_sparse_max(void) {
       lmap_dynbuf_free(&b);
     }
   }
-  ASSERT_EQ(lmap_wire_sparse_max((size_t)1 << 40, 0, (size_t)1 << 30, 1000, 0), SIZE_MAX);
-  ASSERT(lmap_wire_sparse_max(1, 1, 1, 0, 0) > 0); /* C unknown: the most classes */
+  ASSERT_EQ(lmap_wire_sparse_max((size_t)1 << 40, 0, (size_t)1 << 30, 1000, 0),
+            SIZE_MAX);
+  ASSERT(lmap_wire_sparse_max(1, 1, 1, 0, 0) >
+         0); /* C unknown: the most classes */
 }
 
 static void test_error_and_info(void) {
   char code[64], msg[LMAP_WIRE_ERRLEN], field[64];
-  const char *e = "{\"error\":{\"code\":\"bad_box\",\"message\":\"box[2] < box[0]\","
-                  "\"field\":\"queries[3].box\"}}";
+  const char *e =
+      "{\"error\":{\"code\":\"bad_box\",\"message\":\"box[2] < box[0]\","
+      "\"field\":\"queries[3].box\"}}";
   ASSERT_EQ(lmap_wire_error(e, strlen(e), code, msg, field), 0);
   ASSERT(strcmp(code, "bad_box") == 0 && strcmp(field, "queries[3].box") == 0);
   ASSERT_EQ(lmap_err_from_code(code), LMAP_EBADBOX);
   ASSERT_EQ(lmap_wire_error("<html>", 6, code, msg, field), LMAP_EPROTOCOL);
   ASSERT_EQ(lmap_wire_error("", 0, code, msg, field), LMAP_EPROTOCOL);
-  const char *info = "{\"num_classes\":1000,\"topk\":5,\"grid_h\":15,\"grid_w\":14,"
-                     "\"record_count\":1281167}";
+  const char *info =
+      "{\"num_classes\":1000,\"topk\":5,\"grid_h\":15,\"grid_w\":14,"
+      "\"record_count\":1281167}";
   lmap_info i;
   char err[LMAP_WIRE_ERRLEN];
   ASSERT_EQ(lmap_wire_info(info, strlen(info), &i, err), 0);
-  ASSERT(i.num_classes == 1000 && i.top_k == 5 && i.height == 15 && i.width == 14 &&
-        i.records == 1281167);
-  ASSERT_EQ(lmap_wire_info("{\"num_classes\":-1}", 18, &i, err), LMAP_EPROTOCOL);
+  ASSERT(i.num_classes == 1000 && i.top_k == 5 && i.height == 15 &&
+         i.width == 14 && i.records == 1281167);
+  ASSERT_EQ(lmap_wire_info("{\"num_classes\":-1}", 18, &i, err),
+            LMAP_EPROTOCOL);
   ASSERT(strstr(err, "num_classes") != NULL);
   /* Every table code round-trips through its string. */
   for (int c = -1; c >= -21; c--)
