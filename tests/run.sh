@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the build and the tests need
-# (Debian packages, only those missing), builds, and runs every ctest suite
+# (Debian packages, only those missing), checks the C formatting
+# (tests/format.sh), builds, and runs every ctest suite
 # (unit, oracle, e2e, client, python, bench), a short soak of the real lmapd,
 # the unit, e2e and client tests again under AddressSanitizer + UBSan, the
 # e2e tests under ThreadSanitizer, and each libFuzzer target for 20 s.
@@ -18,9 +19,11 @@ packages=(
   liblmdb-dev libzstd-dev libjansson-dev libarchive-dev libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev
   python3-torch python3-torchvision python3-numpy
   wrk nginx-light gnuplot-nox
-  libxxhash-dev clang libclang-rt-14-dev
+  libxxhash-dev clang libclang-rt-14-dev clang-format-14
 )
 deploy/install-deps.sh "${packages[@]}"
+
+tests/format.sh
 
 jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLMAP_WERROR=ON
