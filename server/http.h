@@ -8,7 +8,8 @@
  * conflicting Content-Length / Transfer-Encoding, header names with
  * spaces: 400; a POST without a length: 411; a body over the cap: 413,
  * decided from the headers before any body is read), and answers on a
- * later call so that keep-alive is preserved (see shared/FACTS.md).
+ * later call so that keep-alive is preserved (MHD closes the connection
+ * after a GET answered on its first call).
  * Every answer carries an X-Request-Id: the client's own when it is a
  * short token, otherwise one made here.
  *

@@ -1,7 +1,7 @@
 /*
  * pool: RoIAlign + softmax of a sparse top-K label map over one box, exact.
  *
- * The definition (docs/DESIGN in shared/, restated in docs/POOLING.md) is
+ * The definition (docs/POOLING.md) is
  * torchvision.ops.roi_align(M[None], [[0, x0*W-0.5, y0*H-0.5, x1*W-0.5,
  * y1*H-0.5]], output_size=(G, G), spatial_scale=1, sampling_ratio=-1,
  * aligned=False) of the dense map M[c, r, q] (zero outside each cell's
