@@ -9,8 +9,9 @@
  * input that ever crashed stays fixed.
  *
  * A target that needs a store (the API, the record codec) makes a small
- * one through the real build pipeline once, at its first input, in a
- * directory of its own under $TMPDIR that is removed at exit.
+ * one through the real build pipeline once, in LLVMFuzzerInitialize under
+ * libFuzzer (at the first input under driver.c), in a directory of its own
+ * under $TMPDIR that is removed at exit.
  */
 #ifndef LMAP_FUZZ_H
 #define LMAP_FUZZ_H
@@ -21,6 +22,7 @@
 #include "codec.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 /* This process's scratch directory (created on the first call, removed
  * with its files at exit). Aborts when it cannot be made: a fuzz target
