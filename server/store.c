@@ -124,13 +124,17 @@ static const char *id_text(char out[300], const char *id, size_t len) {
   return out;
 }
 
+/* What the store itself needs of a key: 1 to LABELMAP_MAX_ID_LEN bytes,
+ * no NUL. The pattern of an image id (labelmap_id_check) is checked where
+ * ids come in (import, the API, the CLI): the store is a map of byte
+ * keys and does not depend on it. */
 static int check_id(const char *id, size_t len, diag *d) {
   char t[300];
   if (len == 0)
     return diag_set(d, LMAP_EBADID, "id is empty");
-  if (len > STORE_MAX_ID_LEN)
-    return diag_set(d, LMAP_EBADID, "id '%s' is %zu bytes; the limit is %d",
-                    id_text(t, id, len), len, STORE_MAX_ID_LEN);
+  if (len > LABELMAP_MAX_ID_LEN)
+    return diag_set(d, LMAP_EBADID, "id '%s' is %zu bytes; the limit is %u",
+                    id_text(t, id, len), len, LABELMAP_MAX_ID_LEN);
   if (memchr(id, '\0', len) != NULL)
     return diag_set(d, LMAP_EBADID, "id '%s' contains a NUL byte",
                     id_text(t, id, len));
@@ -1349,7 +1353,7 @@ int store_chunk_entry(const store_chunk *c, uint32_t i, char *id,
   int rc = suffix_at(c, i, &s, &slen, d);
   if (rc != 0)
     return rc;
-  if (c->prefix_len + slen == 0 || c->prefix_len + slen > STORE_MAX_ID_LEN)
+  if (c->prefix_len + slen == 0 || c->prefix_len + slen > LABELMAP_MAX_ID_LEN)
     return corrupt(d, "chunk id %u is %zu bytes long", i, c->prefix_len + slen);
   memcpy(id, c->prefix, c->prefix_len);
   memcpy(id + c->prefix_len, s, slen);
@@ -1648,7 +1652,7 @@ int store_reader_decode(store_reader *r, const uint8_t *rec, size_t len,
  * bytes, none when *last_len is 0), which is updated to this chunk's last. */
 static int check_chunk(const store_chunk *c, const MDB_val *key, char *last,
                        size_t *last_len, diag *d) {
-  char id[STORE_MAX_ID_LEN];
+  char id[LABELMAP_MAX_ID_LEN];
   size_t len, rec_len;
   const uint8_t *rec;
   for (uint32_t i = 0; i < c->n; i++) {
@@ -1683,7 +1687,7 @@ static int walk_chunks(void *p) {
   store *s = a->s;
   diag *d = a->d;
   MDB_val key, val;
-  char id[STORE_MAX_ID_LEN], last[STORE_MAX_ID_LEN], t[300], pre[340];
+  char id[LABELMAP_MAX_ID_LEN], last[LABELMAP_MAX_ID_LEN], t[300], pre[340];
   size_t id_len = 0, last_len = 0, rec_len = 0;
   const uint8_t *rec;
   uint64_t chunks = 0;

@@ -40,7 +40,6 @@
 #include "labelmap.h"
 
 #define STORE_FORMAT_VERSION 2
-#define STORE_MAX_ID_LEN 255
 /* Pages per checksummed block in the trailers this lmap writes (readers
  * take the number from the trailer). */
 #define STORE_PAGES_PER_BLOCK 16u
@@ -200,7 +199,7 @@ int store_chunk_find(const store_chunk *c, const char *id, size_t id_len,
                      const uint8_t **rec, size_t *rec_len, diag *d);
 
 /* Entry `i` (< c->n) of a parsed chunk, bounds-checked: its id assembled
- * into `id` (STORE_MAX_ID_LEN bytes; not NUL-terminated) and its record.
+ * into `id` (LABELMAP_MAX_ID_LEN bytes; not NUL-terminated) and its record.
  * Does not check order or id validity (store_foreach does). Returns 0 or
  * LMAP_ECORRUPT. */
 int store_chunk_entry(const store_chunk *c, uint32_t i, char *id,
@@ -244,7 +243,7 @@ int store_writer_open(const char *path, int overwrite, store_writer **out,
  * offset and the length in memory, about 60 bytes per record for
  * ImageNet-length ids). Ids may arrive in any order. Returns 0, LMAP_EEXIST
  * (duplicate id, named; the writer stays usable), LMAP_EBADID (empty,
- * longer than STORE_MAX_ID_LEN, or holding a NUL), LMAP_EINVAL (empty
+ * longer than LABELMAP_MAX_ID_LEN, or holding a NUL), LMAP_EINVAL (empty
  * record), LMAP_ETOOBIG (record above STORE_MAX_RECORD_LEN, or more records
  * than a writer indexes: about 2^31), LMAP_ENOMEM (the writer stays usable)
  * or LMAP_EIO (the spill file could not be written: the writer is then

@@ -52,7 +52,7 @@ static void probe(const uint8_t *v, size_t len) {
   find(&c, "", 0);
   find(&c, far, sizeof far - 1);
   for (uint32_t i = 0; i < c.n; i++) {
-    char id[STORE_MAX_ID_LEN + 1];
+    char id[LABELMAP_MAX_ID_LEN + 1];
     size_t il, rl;
     const uint8_t *rec;
     rc = store_chunk_entry(&c, i, id, &il, &rec, &rl, &d);
@@ -61,7 +61,7 @@ static void probe(const uint8_t *v, size_t len) {
         abort();
       continue;
     }
-    if (il > STORE_MAX_ID_LEN)
+    if (il > LABELMAP_MAX_ID_LEN)
       abort();
     check_record(rec, rl);
     find(&c, id, il);
@@ -71,7 +71,7 @@ static void probe(const uint8_t *v, size_t len) {
       find(&c, id, il);
       id[il - 1]--;
     }
-    if (il < STORE_MAX_ID_LEN) {
+    if (il < LABELMAP_MAX_ID_LEN) {
       id[il] = '0';
       find(&c, id, il + 1);
     }

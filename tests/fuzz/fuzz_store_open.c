@@ -27,7 +27,7 @@ typedef struct walk {
 static int visit(void *ctx, const char *id, size_t id_len, const uint8_t *rec,
                  size_t rec_len) {
   walk *w = ctx;
-  if (id_len < 1 || id_len > STORE_MAX_ID_LEN || rec_len < 1)
+  if (id_len < 1 || id_len > LABELMAP_MAX_ID_LEN || rec_len < 1)
     abort();
   (void)id;
   if (w->records++ == 0) {

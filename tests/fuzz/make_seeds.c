@@ -116,7 +116,7 @@ static void record_seeds(const char *key, size_t klen, const uint8_t *v,
   if (store_chunk_parse(v, len, &c, NULL) != 0)
     exit(1);
   for (uint32_t i = 0; i < 2 && i < c.n; i++) {
-    char id[STORE_MAX_ID_LEN], name[64];
+    char id[LABELMAP_MAX_ID_LEN], name[64];
     size_t il, rl;
     const uint8_t *rec;
     if (store_chunk_entry(&c, i, id, &il, &rec, &rl, NULL) != 0)

@@ -463,13 +463,13 @@ static int probe_chunk(const uint8_t *v, size_t len, const tentry *e,
       ASSERT(rec >= v && rl >= 1 && rl <= len && rec + rl <= v + len);
   }
   for (uint32_t i = 0; i < c.n; i++) {
-    char id[STORE_MAX_ID_LEN];
+    char id[LABELMAP_MAX_ID_LEN];
     size_t il, rl;
     const uint8_t *rec;
     int f = store_chunk_entry(&c, i, id, &il, &rec, &rl, &d);
     ASSERT(f == 0 || f == LMAP_ECORRUPT);
     if (f == 0)
-      ASSERT(il >= 1 && il <= STORE_MAX_ID_LEN && rec >= v &&
+      ASSERT(il >= 1 && il <= LABELMAP_MAX_ID_LEN && rec >= v &&
              rec + rl <= v + len);
   }
   return 0;
@@ -544,7 +544,7 @@ static void test_chunk_parser(void) {
   for (uint32_t i = 0; i < N; i++) {
     const uint8_t *rec;
     size_t rl, il;
-    char id[STORE_MAX_ID_LEN];
+    char id[LABELMAP_MAX_ID_LEN];
     ASSERT_EQ(store_chunk_find(&c, e[i].id, e[i].id_len, &rec, &rl, &d), 0);
     ASSERT_EQ(rl, e[i].len);
     ASSERT(memcmp(rec, e[i].rec, rl) == 0);
@@ -633,7 +633,7 @@ static void test_chunk_parser(void) {
   reseal(g.p, len);
   ASSERT_EQ(store_chunk_parse(g.p, len, &c, &d), 0);
   {
-    char id[STORE_MAX_ID_LEN];
+    char id[LABELMAP_MAX_ID_LEN];
     size_t il, rl;
     const uint8_t *rec;
     ASSERT_EQ(store_chunk_entry(&c, 3, id, &il, &rec, &rl, &d), LMAP_ECORRUPT);
