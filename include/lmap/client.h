@@ -91,7 +91,10 @@ LMAP_API void lmap_client_options_init(lmap_client_options *opts);
 LMAP_API int lmap_client_new(const char *urls, const lmap_client_options *opts,
                              lmap_client **out, char *errbuf);
 
-/** The same with the URLs as an array of `n_urls` strings. */
+/** The same with the URLs as an array of `n_urls` strings (1 to
+ *  LMAP_MAX_ENDPOINTS, none NULL). Returns what lmap_client_new() returns;
+ *  LMAP_EINVAL also for `n_urls` 0 or above LMAP_MAX_ENDPOINTS, or a NULL
+ *  URL. Ownership as for lmap_client_new(): the strings are copied. */
 LMAP_API int lmap_client_new_array(const char *const *urls, size_t n_urls,
                                    const lmap_client_options *opts,
                                    lmap_client **out, char *errbuf);
@@ -248,7 +251,9 @@ LMAP_API const char *lmap_client_endpoint(const lmap_client *c);
 /** Frees memory the library returned (strings). Accepts NULL. */
 LMAP_API void lmap_free(void *p);
 
-/** The library's version, "MAJOR.MINOR.PATCH". */
+/** The library's version, "MAJOR.MINOR.PATCH": a static string, which may
+ *  differ from LMAP_VERSION_STRING of the headers a program was built
+ *  with. */
 LMAP_API const char *lmap_version(void);
 
 #ifdef __cplusplus

@@ -61,10 +61,12 @@ LMAP_API const char *lmap_strerror(int err);
 LMAP_API const char *lmap_err_code(int err);
 
 /** The error whose JSON code string is `code` (as a server answers it), or
- *  0 when the table has no such code. */
+ *  0 when the table has no such code or `code` is NULL. `code` is only
+ *  read during the call. */
 LMAP_API int lmap_err_from_code(const char *code);
 
-/** HTTP status that the server answers an error with (500 for unknown). */
+/** HTTP status that the server answers an error with (200 for 0, 500 for
+ *  an unknown code). */
 LMAP_API int lmap_err_http_status(int err);
 
 #ifdef __cplusplus
