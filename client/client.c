@@ -21,8 +21,8 @@
 #include <strings.h>
 #include <time.h>
 
-#include "dynbuf.h"
 #include "lmap/client.h"
+#include "shared/dynbuf.h"
 #include "transport.h"
 #include "wire.h"
 

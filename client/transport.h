@@ -9,7 +9,7 @@
 
 #include <stddef.h>
 
-#include "dynbuf.h"
+#include "shared/dynbuf.h"
 #include "wire.h"
 
 /* The most any answer body may hold, whatever was asked. Each exchange

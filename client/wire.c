@@ -9,7 +9,7 @@
  */
 #include "wire.h"
 
-#include "fmtfloat.h"
+#include "shared/fmtfloat.h"
 
 #include <ctype.h>
 #include <errno.h>

@@ -14,8 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dynbuf.h"
 #include "lmap/client.h"
+#include "shared/dynbuf.h"
 
 #define LMAP_WIRE_ERRLEN 512
 

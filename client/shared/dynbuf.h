@@ -3,8 +3,8 @@
  * from input (JSON answers, .npy files, HTTP requests and answers). Appends
  * fail with LMAP_ETOOBIG instead of growing past the cap, and LMAP_ENOMEM
  * when allocation fails; after a failure the buffer keeps its previous
- * contents. Compiled into both lmap_core and liblmap (hence the prefix:
- * liblmap.a defines no global symbol outside lmap_*).
+ * contents. Shared by lmap_core and liblmap (client/shared/README.md;
+ * hence the prefix: liblmap.a defines no global symbol outside lmap_*).
  */
 #ifndef LMAP_DYNBUF_H
 #define LMAP_DYNBUF_H

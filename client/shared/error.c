@@ -1,4 +1,4 @@
-/* The error table's functions; compiled into both the core and liblmap. */
+/* The error table's functions (client/shared/README.md). */
 #include "lmap/error.h"
 
 #include <string.h>

@@ -3,8 +3,8 @@
  * significant digits: enough for every float32 to read back bit for bit),
  * about ten times faster. A dense JSON item prints C = 1000 numbers, and
  * glibc's exact multi-precision printf made that 150 us per item; liblmap
- * writes every box of a request with it. Compiled into both lmap_core and
- * liblmap (hence the prefix).
+ * writes every box of a request with it. Shared by lmap_core and liblmap
+ * (client/shared/README.md).
  */
 #ifndef LMAP_FMTFLOAT_H
 #define LMAP_FMTFLOAT_H

@@ -11,8 +11,8 @@
 
 #include <stdint.h>
 
-#include "build.h"
-#include "diag.h"
+#include "core/diag.h"
+#include "import/build.h"
 
 #define EXIT_OK 0
 #define EXIT_FAIL 1

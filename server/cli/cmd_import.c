@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "importer.h"
+#include "import/importer.h"
 
 static const char help[] =
     "usage: lmap import SRC -o STORE [options]\n"

@@ -12,13 +12,13 @@
 #include <string.h>
 
 #include "cli.h"
-#include "dynbuf.h"
-#include "itemjson.h"
-#include "labelmap.h"
+#include "core/labelmap.h"
 #include "lmap/client.h"
-#include "npy.h"
+#include "pool/itemjson.h"
+#include "pool/npy.h"
+#include "pool/queryopt.h"
 #include "queryfile.h"
-#include "queryopt.h"
+#include "shared/dynbuf.h"
 
 #define DEFAULT_BATCH 256u
 #define MAX_BATCH 65536u

@@ -8,13 +8,13 @@
 #include <sys/stat.h>
 
 #include "cli.h"
-#include "dynbuf.h"
-#include "itemjson.h"
-#include "npy.h"
-#include "pool.h"
+#include "pool/itemjson.h"
+#include "pool/npy.h"
+#include "pool/pool.h"
+#include "pool/queryopt.h"
 #include "queryfile.h"
-#include "queryopt.h"
-#include "store.h"
+#include "shared/dynbuf.h"
+#include "store/store.h"
 
 static int open_store(const char *cmd, const char *path, store **s) {
   diag d;

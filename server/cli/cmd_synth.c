@@ -5,9 +5,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "build.h"
 #include "cli.h"
-#include "synth.h"
+#include "import/build.h"
+#include "import/synth.h"
 
 static const char help[] =
     "usage: lmap synth -o STORE --images N [options]\n"

@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "store.h"
+#include "store/store.h"
 
 typedef struct verify_ctx {
   store_reader *r;

@@ -11,7 +11,7 @@
 
 #include "cli.h"
 #include "lmap/version.h"
-#include "store.h"
+#include "store/store.h"
 
 static const char usage[] =
     "usage: lmap <command> [options]\n"

@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
-#include "queryopt.h"
+#include "pool/queryopt.h"
 
 int query_flag(const char *cmd, int c, const char *arg, pool_query *q,
                itemjson_format *fmt, int *have_box) {

@@ -12,9 +12,9 @@
 
 #include <getopt.h>
 
-#include "diag.h"
-#include "itemjson.h"
-#include "pool.h"
+#include "core/diag.h"
+#include "pool/itemjson.h"
+#include "pool/pool.h"
 
 /* The pooling flags' getopt values and long options, for both commands'
  * option tables; -b/--box and -G/--output-size use their short letters. */

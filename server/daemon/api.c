@@ -19,10 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "itemjson.h"
-#include "npy.h"
-#include "pool.h"
-#include "queryopt.h"
+#include "pool/itemjson.h"
+#include "pool/npy.h"
+#include "pool/pool.h"
+#include "pool/queryopt.h"
 
 #include "log.h"
 

@@ -30,10 +30,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "diag.h"
-#include "dynbuf.h"
+#include "core/diag.h"
 #include "metrics.h"
-#include "store.h"
+#include "shared/dynbuf.h"
+#include "store/store.h"
 
 #define API_DEFAULT_MAX_BATCH 4096u
 

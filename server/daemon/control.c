@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <uv.h>
 
-#include "store.h"
+#include "store/store.h"
 
 #include "log.h"
 

@@ -29,7 +29,7 @@
 #include <stdint.h>
 
 #include "api.h"
-#include "diag.h"
+#include "core/diag.h"
 
 /* One answered request, for the access log. Strings are borrowed for the
  * duration of the callback. */

@@ -18,7 +18,7 @@
 #include "http.h"
 #include "lmap/version.h"
 #include "log.h"
-#include "store.h"
+#include "store/store.h"
 
 static const char usage[] =
     "usage: lmapd --store PATH [options]\n"

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dynbuf.h"
+#include "shared/dynbuf.h"
 
 /* Routes, as labels. */
 typedef enum metrics_route {

@@ -25,8 +25,8 @@
 #include <unistd.h>
 
 #include "lmap/version.h"
-#include "pool.h"
-#include "store.h"
+#include "pool/pool.h"
+#include "store/store.h"
 
 #define DICT_SAMPLES 2000
 #define DICT_MAX_BYTES (64 * 1024)

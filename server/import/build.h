@@ -16,9 +16,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "codec.h"
-#include "diag.h"
-#include "labelmap.h"
+#include "core/diag.h"
+#include "core/labelmap.h"
+#include "store/codec.h"
 
 #define BUILD_MAX_NAME 1024
 

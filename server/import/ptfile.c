@@ -30,7 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "f16.h"
+#include "core/f16.h"
 
 /* Caps on what a file may make the parser hold. A tensor's pickle is about
  * 170 bytes with 12 objects; these leave room and bound the work. */

@@ -20,8 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "diag.h"
-#include "labelmap.h"
+#include "core/diag.h"
+#include "core/labelmap.h"
 
 /* Output of a parse: the map (cell-major, see labelmap.h) plus facts about
  * the source tensor. The arrays are owned by the ptfile_out and reused (and

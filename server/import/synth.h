@@ -16,8 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "diag.h"
-#include "labelmap.h"
+#include "core/diag.h"
+#include "core/labelmap.h"
 
 typedef struct synth_params {
   uint32_t num_classes; /* C, >= k */

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "fmtfloat.h"
+#include "shared/fmtfloat.h"
 
 #include "lmap/error.h"
 

@@ -14,9 +14,9 @@
 
 #include <stdbool.h>
 
-#include "dynbuf.h"
-#include "labelmap.h"
+#include "core/labelmap.h"
 #include "pool.h"
+#include "shared/dynbuf.h"
 
 typedef enum itemjson_format {
   ITEM_DENSE = 0,

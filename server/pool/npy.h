@@ -7,7 +7,7 @@
 
 #include <stddef.h>
 
-#include "dynbuf.h"
+#include "shared/dynbuf.h"
 
 #define NPY_MAX_DIMS 8
 

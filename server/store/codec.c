@@ -52,7 +52,7 @@
 #include <zdict.h>
 #include <zstd.h>
 
-#include "f16.h"
+#include "core/f16.h"
 
 /* Score predictions must round identically on every machine that reads a
  * store; x87 excess precision (FLT_EVAL_METHOD 2) would change them. */

@@ -19,8 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "diag.h"
-#include "labelmap.h"
+#include "core/diag.h"
+#include "core/labelmap.h"
 
 typedef enum codec_encoding {
   CODEC_F32 = 1, /* scores stored exactly */

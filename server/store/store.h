@@ -36,8 +36,8 @@
 #include <stdint.h>
 
 #include "codec.h"
-#include "diag.h"
-#include "labelmap.h"
+#include "core/diag.h"
+#include "core/labelmap.h"
 
 #define STORE_FORMAT_VERSION 2
 /* Pages per checksummed block in the trailers this lmap writes (readers

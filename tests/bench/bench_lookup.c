@@ -11,10 +11,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "dynbuf.h"
-#include "itemjson.h"
-#include "pool.h"
-#include "store.h"
+#include "pool/itemjson.h"
+#include "pool/pool.h"
+#include "shared/dynbuf.h"
+#include "store/store.h"
 
 typedef struct ids {
   char **v;

@@ -5,7 +5,7 @@ Each member is what the official release holds for one ImageNet image:
 "nXXXXXXXX/nXXXXXXXX_N.pt", a torch.save'd tensor [2, K, H, W] (default
 [2, 5, 15, 15], float32), plane 0 the top-K scores (classifier logits) of
 each grid cell in decreasing order, plane 1 their class indices as floats.
-The maps follow the same model as lmap's C generator (server/synth.c): 1-3
+The maps follow the same model as lmap's C generator (server/import/synth.c): 1-3
 objects drawn as rotated elliptic blobs of a main class with confusable
 neighbouring classes (indices within +-10), over a background scene of a
 few clustered classes whose logits drift smoothly across the image, so

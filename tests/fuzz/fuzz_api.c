@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api.h"
+#include "daemon/api.h"
 #include "fuzz.h"
 
 #define MAX_ARGS 64

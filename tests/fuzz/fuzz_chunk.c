@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "store.h"
+#include "store/store.h"
 
 static const uint8_t *lo, *hi; /* the value being read */
 

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "store.h"
+#include "store/store.h"
 
 static store *stores[2];
 static store_reader *readers[2];

@@ -8,8 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "build.h"
-#include "synth.h"
+#include "import/build.h"
+#include "import/synth.h"
 
 /* Small enough that a store is made in well under a second and that the
  * largest answer (64 x 64 cells of every class) stays a few MB; large

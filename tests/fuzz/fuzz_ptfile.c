@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "ptfile.h"
+#include "import/ptfile.h"
 
 static void parse(const uint8_t *data, size_t size) {
   static ptfile_out out;

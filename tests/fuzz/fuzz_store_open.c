@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "fuzz.h"
-#include "store.h"
+#include "store/store.h"
 
 static char path[600];
 static char ids[2][80];

@@ -16,8 +16,8 @@
 #include <unistd.h>
 
 #include "fuzz.h"
-#include "importer.h"
-#include "store.h"
+#include "import/importer.h"
+#include "store/store.h"
 
 static char in[600], out[600];
 

@@ -19,9 +19,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "api.h"
+#include "daemon/api.h"
 #include "fuzz.h"
-#include "synth.h"
+#include "import/synth.h"
 
 static const char *root;
 

@@ -98,7 +98,7 @@ def check_store(env, ck, store, label, expected, k, h, w, c, enc, level=15):
     except ValueError as e:
         ck.check(False, "%s: lmap info --json is not JSON: %s: %r" % (label, e, out[:200]))
         info = {}
-    # Field names as the importer writes them (server/build.c meta_json).
+    # Field names as the importer writes them (server/import/build.c meta_json).
     want = {"record_count": len(ids), "topk": k, "grid_h": h, "grid_w": w,
             "num_classes": c, "encoding": enc, "extent": "full", "zstd_level": level}
     for key, val in want.items():

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "itemjson.h"
-#include "npy.h"
+#include "pool/itemjson.h"
+#include "pool/npy.h"
 #include "test.h"
 
 static uint64_t rng = 88172645463325252ull;

@@ -12,8 +12,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "api.h"
-#include "store.h"
+#include "daemon/api.h"
+#include "store/store.h"
 #include "test.h"
 
 /* Query arguments of one request, as MHD would hand them over. */
@@ -229,9 +229,9 @@ int main(void) {
   ASSERT(r->allow != NULL && strstr(r->allow, "POST") != NULL);
   expect_error(call(w, "GET", "/v1/nothing", NULL, NULL, NULL), 404,
                "not_found", NULL);
-  expect_error(call(w, "GET", "/v1/labels/no_such_id?box=0,0,1,1", NULL, NULL,
-                    NULL),
-               404, "not_found", NULL);
+  expect_error(
+      call(w, "GET", "/v1/labels/no_such_id?box=0,0,1,1", NULL, NULL, NULL),
+      404, "not_found", NULL);
   expect_error(
       call(w, "GET", "/v1/labels/bad%2Fid?box=0,0,1,1", NULL, NULL, NULL), 400,
       "bad_id", "id");

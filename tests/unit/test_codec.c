@@ -1,5 +1,5 @@
 /*
- * Unit tests for server/codec.c: exact round trips (f32 bit for bit, f16
+ * Unit tests for server/store/codec.c: exact round trips (f32 bit for bit, f16
  * equal to f32_to_f16 rounding) over edge-case values and over many shapes
  * (one row, one column, K past the list's 8-entry window and past 64,
  * every escape width), range errors, dictionary training and use, and
@@ -12,9 +12,9 @@
 #include <stdint.h>
 #include <time.h>
 
-#include "codec.h"
-#include "f16.h"
-#include "synth.h"
+#include "core/f16.h"
+#include "import/synth.h"
+#include "store/codec.h"
 #include "test.h"
 
 static uint64_t rng_state = 0x853c49e6748fea9bull;

@@ -5,7 +5,7 @@
 #include <float.h>
 #include <stdint.h>
 
-#include "fmtfloat.h"
+#include "shared/fmtfloat.h"
 #include "test.h"
 
 static unsigned long compared;

@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "itemjson.h"
-#include "synth.h"
+#include "import/synth.h"
+#include "pool/itemjson.h"
 #include "test.h"
 
 /* The array text printf makes of n values: [v0,v1,...]. */

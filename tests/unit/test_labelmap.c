@@ -1,5 +1,5 @@
 /* labelmap_validate and labelmap_id_check: each refusal names the entry. */
-#include "labelmap.h"
+#include "core/labelmap.h"
 #include "test.h"
 
 int main(void) {

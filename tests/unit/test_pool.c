@@ -6,7 +6,7 @@
  */
 #include <math.h>
 
-#include "pool.h"
+#include "pool/pool.h"
 #include "test.h"
 
 #define C4 4

@@ -22,7 +22,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "pool.h"
+#include "pool/pool.h"
 #include "test.h"
 
 #define VECTORS_PATH "vectors/pool/vectors.json"

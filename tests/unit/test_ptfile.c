@@ -7,7 +7,7 @@
  * sits in an allocation of exactly its size). Pickles crafted here reach the
  * VM's limits. Runs with tests/ as the working directory.
  */
-#include "ptfile.h"
+#include "import/ptfile.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /*
- * Unit tests for server/store.c on real LMDB files under $LMAP_TEST_TMP
+ * Unit tests for server/store/store.c on real LMDB files under $LMAP_TEST_TMP
  * (or /tmp/store):
  * - round trip of thousands of records put in random order: every id looks
  *   up to its map, absent ids (before the first chunk, between any two ids,
@@ -30,10 +30,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "codec.h"
-#include "f16.h"
-#include "store.h"
-#include "synth.h"
+#include "core/f16.h"
+#include "import/synth.h"
+#include "store/codec.h"
+#include "store/store.h"
 #include "test.h"
 
 static char dir[512];

@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <time.h>
 
-#include "synth.h"
+#include "import/synth.h"
 #include "test.h"
 
 #define MAXE (64 * 64 * 16)

@@ -6,7 +6,7 @@ full-image, tiny, zero-area, edge and corner boxes; output sizes 1, 2, 3, 7;
 flip; both box formats), and for every query the torchvision reference:
 roi_align (float32, sampling_ratio=-1, aligned=False) of the dense zero-filled
 map, with and without softmax. tests/unit/test_pool_vectors.c replays them
-against server/pool.c with no Python at test time.
+against server/pool/pool.c with no Python at test time.
 
 Why a file and not a live oracle: the unit suite must run in milliseconds on
 any machine, and a committed file pins the reference so a change of either
