@@ -79,6 +79,23 @@ typedef struct lmap_client_options {
 /** Fills `opts` with the defaults. Cannot fail. */
 LMAP_API void lmap_client_options_init(lmap_client_options *opts);
 
+/** The longest bearer token, in bytes. */
+#define LMAP_TOKEN_MAX 4095
+
+/** Reads a bearer token from the file at `path` by the one rule that
+ *  lmapd, `lmap query` and the Python binding share for --token-file: the
+ *  file's first line, without its line break and without trailing spaces,
+ *  tabs and carriage returns (leading ones are kept). `buf` receives the
+ *  token, NUL-terminated; *len, when `len` is not NULL, its length.
+ *  Returns 0, or: LMAP_EIO (the file cannot be opened or read),
+ *  LMAP_ETOOBIG (the line is longer than LMAP_TOKEN_MAX bytes: refused,
+ *  never cut), LMAP_EINVAL (the line is empty or holds a NUL byte, or
+ *  `path` or `buf` is NULL). On failure `buf` holds "" and, when `errbuf`
+ *  is not NULL, it receives "PATH: reason", cut to `errcap` bytes.
+ *  Ownership: all buffers are the caller's; nothing is kept. */
+LMAP_API int lmap_token_read(const char *path, char buf[LMAP_TOKEN_MAX + 1],
+                             size_t *len, char *errbuf, size_t errcap);
+
 /** Creates a handle for `urls`, a comma-separated list of base URLs
  *  ("http://host:port", optionally with a path prefix; spaces around commas
  *  are ignored). `opts` may be NULL. Nothing is connected yet.

@@ -22,7 +22,6 @@
 
 #define DEFAULT_BATCH 256u
 #define MAX_BATCH 65536u
-#define TOKEN_MAX 4096
 
 static const char query_help[] =
     "usage: lmap query URLS ID --box A,B,C,D [options]\n"
@@ -246,23 +245,6 @@ static int add_query(void *ctx, const queryline *l, diag *d) {
   return 0;
 }
 
-/* The first line of `path`, without its line break. */
-static int read_token(const char *path, char *token, size_t cap) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
-    fprintf(stderr, "lmap query: %s: %s\n", path, strerror(errno));
-    return EXIT_FAIL;
-  }
-  int ok = fgets(token, (int)cap, f) != NULL;
-  fclose(f);
-  token[strcspn(token, "\r\n")] = '\0';
-  if (!ok || token[0] == '\0') {
-    fprintf(stderr, "lmap query: %s: the token file is empty\n", path);
-    return EXIT_FAIL;
-  }
-  return EXIT_OK;
-}
-
 static int seconds_ms(const char *s, long *ms) {
   char *end;
   errno = 0;
@@ -405,10 +387,13 @@ int cmd_query(int argc, char **argv) {
        labelmap_id_check(argv[optind + 1], strlen(argv[optind + 1]), &d)))
     return cli_usage("query", "%s", diag_text(&d));
 
-  char token[TOKEN_MAX];
+  char token[LMAP_TOKEN_MAX + 1];
   if (token_file) {
-    if (read_token(token_file, token, sizeof token) != EXIT_OK)
+    char why[LMAP_ERRBUF_SIZE + 4096];
+    if (lmap_token_read(token_file, token, NULL, why, sizeof why) != 0) {
+      fprintf(stderr, "lmap query: %s\n", why);
       return EXIT_FAIL;
+    }
     copts.token = token;
   }
   char err[LMAP_ERRBUF_SIZE];

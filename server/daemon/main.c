@@ -16,6 +16,7 @@
 #include "api.h"
 #include "control.h"
 #include "http.h"
+#include "lmap/client.h"
 #include "lmap/version.h"
 #include "log.h"
 #include "store/store.h"
@@ -63,10 +64,6 @@ static const char usage[] =
     "kept.\n"
     "exit status: 0 clean stop, 1 failure (logged), 2 usage error.\n";
 
-/* The longest token: what an Authorization header of MHD's default-sized
- * head can carry, with room to spare. */
-#define TOKEN_MAX 4095u
-
 typedef struct config {
   const char *store;
   const char *listen;
@@ -104,40 +101,13 @@ static int parse_ulong(const char *s, unsigned long min, unsigned long max,
   return 0;
 }
 
-/* The token is the file's first line, without trailing white space, at
- * most TOKEN_MAX bytes: a longer one is refused, not cut (a cut token
- * would be accepted in place of the real one), and so is a NUL byte. */
+/* --token-file, by the rule every reader of it shares (lmap_token_read):
+ * too long or holding a NUL is refused, never cut (a cut token would be
+ * accepted in place of the real one). */
 static int read_token(const char *path, char *buf, size_t *len, diag *d) {
-  FILE *f = fopen(path, "rb");
-  if (f == NULL)
-    return diag_set(d, LMAP_EIO, "%s: cannot open the token file: %s", path,
-                    strerror(errno));
-  size_t n = 0, kept = 0; /* bytes of the line; up to its last non-space */
-  int ch, nul = 0;
-  while ((ch = getc(f)) != EOF && ch != '\n' && kept <= TOKEN_MAX) {
-    if (n < TOKEN_MAX)
-      buf[n] = (char)ch;
-    n++;
-    nul |= ch == '\0';
-    if (ch != ' ' && ch != '\t' && ch != '\r')
-      kept = n;
-  }
-  int failed = ferror(f);
-  fclose(f);
-  if (failed)
-    return diag_set(d, LMAP_EIO, "%s: cannot read the token file", path);
-  if (kept > TOKEN_MAX)
-    return diag_set(d, LMAP_ETOOBIG,
-                    "%s: the token (the file's first line) is longer than "
-                    "%u bytes",
-                    path, TOKEN_MAX);
-  if (nul)
-    return diag_set(d, LMAP_EINVAL, "%s: the token contains a NUL byte", path);
-  if (kept == 0)
-    return diag_set(d, LMAP_EINVAL, "%s: the token file is empty", path);
-  buf[kept] = '\0';
-  *len = kept;
-  return 0;
+  char why[LMAP_ERRBUF_SIZE + 4096];
+  int rc = lmap_token_read(path, buf, len, why, sizeof why);
+  return rc ? diag_set(d, rc, "%s", why) : 0;
 }
 
 /* The access log: one JSON line per answered request. The path comes from
@@ -346,7 +316,7 @@ int main(int argc, char **argv) {
   api *a = NULL;
   http_server *h = NULL;
   unsigned open_flags = c.page_check ? 0 : STORE_OPEN_NO_PAGE_CHECK;
-  char token[TOKEN_MAX + 1];
+  char token[LMAP_TOKEN_MAX + 1];
   size_t token_len = 0;
   http_config hc = {host,
                     (uint16_t)port,

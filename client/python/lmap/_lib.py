@@ -31,6 +31,7 @@ ERANGE = -13
 BOX_FORMATS = {"xyxy": 0, "relabel": 1}
 
 ERRBUF_SIZE = 256  # LMAP_ERRBUF_SIZE
+TOKEN_MAX = 4095  # LMAP_TOKEN_MAX
 MAX_ENDPOINTS = 16  # LMAP_MAX_ENDPOINTS
 
 
@@ -102,6 +103,7 @@ _CHARP = ctypes.c_char_p
 # passed as c_void_p (an address); everything else has its exact type.
 _PROTOTYPES = {
     "lmap_client_options_init": (None, [ctypes.POINTER(ClientOptions)]),
+    "lmap_token_read": (ctypes.c_int, [_CHARP, _VOIDP, ctypes.POINTER(_SIZE), _VOIDP, _SIZE]),
     "lmap_client_new": (ctypes.c_int, [_CHARP, ctypes.POINTER(ClientOptions),
                                        ctypes.POINTER(_VOIDP), ctypes.POINTER(ctypes.c_char)]),
     "lmap_client_new_array": (ctypes.c_int, [ctypes.POINTER(_CHARP), _SIZE,

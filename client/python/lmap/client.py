@@ -59,13 +59,28 @@ def _as_bytes(s, what):
     raise TypeError("%s must be str, not %s" % (what, type(s).__name__))
 
 
+def _read_token(lib, path):
+    """The token of a --token-file, by liblmap's one rule (lmap_token_read)."""
+    buf = ctypes.create_string_buffer(_lib.TOKEN_MAX + 1)
+    why = ctypes.create_string_buffer(_lib.ERRBUF_SIZE + 4096)
+    rc = lib.lmap_token_read(os.fsencode(path), buf, None, why, len(why))
+    if rc != 0:
+        msg = why.value.decode("utf-8", "replace")
+        raise OSError(msg) if _lib.text(lib.lmap_err_code(rc)) == "io_error" else ValueError(msg)
+    return buf.value
+
+
 class Client:
     """A connection to one or more lmapd servers serving the same store.
 
     urls: "http://host:port" or several, as a comma-separated string or a
           list; a failed endpoint is skipped and the request sent whole to
           the next (see include/lmap/client.h).
-    token / token_file: bearer token, or a file whose first line is it.
+    token / token_file: bearer token, or a file whose first line is it,
+          read by liblmap's lmap_token_read as lmapd and `lmap query` read
+          it (trailing white space dropped; an empty line, a NUL byte or
+          more than 4,095 bytes raise ValueError, an unreadable file
+          OSError, each naming the file).
     connect_timeout, timeout: seconds, per TCP connect / per whole request.
     retries: extra passes over all endpoints once every one failed (0: none).
     retry_backoff: seconds slept before each extra pass (doubled each time).
@@ -81,14 +96,11 @@ class Client:
         self._shape = None  # cached lmap_info
         if token is not None and token_file is not None:
             raise ValueError("give token or token_file, not both")
+        lib = _lib.load()
         if token_file is not None:
-            with open(token_file, "r", encoding="utf-8") as f:
-                token = f.readline().strip()
-            if not token:
-                raise ValueError("token file %s has an empty first line" % token_file)
+            token = _read_token(lib, token_file)
         if token is not None:
             token = _as_bytes(token, "token")
-        lib = _lib.load()
         self._lib = lib
         opts = _lib.ClientOptions()
         lib.lmap_client_options_init(ctypes.byref(opts))
