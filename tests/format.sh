@@ -15,7 +15,7 @@ tool=clang-format-14
 command -v "$tool" >/dev/null ||
   { echo "format.sh: $tool is not installed (apt-get install clang-format-14)" >&2; exit 2; }
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  mapfile -t files < <(git ls-files '*.c' '*.h')
+  mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.c' '*.h')
 else
   mapfile -t files < <(find client include server tests -name '*.[ch]' | sort)
 fi

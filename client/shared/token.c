@@ -13,8 +13,8 @@ static int fail(char *errbuf, size_t errcap, int code, const char *path,
   return code;
 }
 
-int lmap_token_read(const char *path, char buf[LMAP_TOKEN_MAX + 1],
-                    size_t *len, char *errbuf, size_t errcap) {
+int lmap_token_read(const char *path, char buf[LMAP_TOKEN_MAX + 1], size_t *len,
+                    char *errbuf, size_t errcap) {
   char reason[160];
   if (buf)
     buf[0] = '\0';
