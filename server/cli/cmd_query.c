@@ -83,40 +83,16 @@ static int client_fail(query_ctx *x, int rc) {
   return EXIT_FAIL;
 }
 
-static int add_cells(dynbuf *b, const float *v, size_t n, size_t stride) {
-  int rc = lmap_dynbuf_addstr(b, "[");
-  for (size_t i = 0; rc == 0 && i < n; i++) {
-    if (i)
-      rc = lmap_dynbuf_addstr(b, ",");
-    if (rc == 0)
-      rc = itemjson_number(b, v[i * stride]);
-  }
-  return rc ? rc : lmap_dynbuf_addstr(b, "]");
-}
-
-/* Prints the dense items of the batch from its [n, C(, G, G)] floats. */
+/* Prints the dense items of the batch from its [n, C(, G, G)] floats
+ * (class-major: the classes of one cell are G*G apart). */
 static int print_dense(query_ctx *x) {
-  size_t g = x->q.output_size, cells = g * g, c = x->num_classes;
-  const char *key = x->q.softmax ? "probs" : "logits";
+  uint32_t g = x->q.output_size, cells = g * g;
   for (size_t i = 0; i < x->n; i++) {
     lmap_dynbuf_reset(&x->out);
-    int rc =
-        lmap_dynbuf_printf(&x->out, "{\"id\":\"%s\",\"%s\":", x->ids[i], key);
-    const float *item = x->dense + i * c * cells;
-    if (cells == 1) {
-      rc = rc ? rc : add_cells(&x->out, item, c, 1);
-    } else {
-      rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "[");
-      for (size_t j = 0; rc == 0 && j < cells; j++) {
-        if (j)
-          rc = lmap_dynbuf_addstr(&x->out, ",");
-        if (rc == 0)
-          rc = add_cells(&x->out, item + j, c,
-                         cells); /* class-major: stride G*G */
-      }
-      rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "]");
-    }
-    rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "}\n");
+    int rc = itemjson_write_dense(
+        &x->out, x->ids[i], x->dense + i * x->num_classes * cells,
+        x->num_classes, cells, 1, cells, x->q.softmax);
+    rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "\n");
     if (rc)
       return rc;
     fwrite(x->out.data, 1, x->out.len, stdout);
@@ -124,48 +100,30 @@ static int print_dense(query_ctx *x) {
   return 0;
 }
 
-static int add_sparse_cell(dynbuf *b, const lmap_sparse *s, size_t slot,
-                           int classes) {
-  int rc = lmap_dynbuf_addstr(b, "[");
-  for (size_t e = s->offsets[slot]; rc == 0 && e < s->offsets[slot + 1]; e++) {
-    if (e > s->offsets[slot])
-      rc = lmap_dynbuf_addstr(b, ",");
-    if (rc == 0)
-      rc = classes ? lmap_dynbuf_printf(b, "%d", (int)s->classes[e])
-                   : itemjson_number(b, s->values[e]);
-  }
-  return rc ? rc : lmap_dynbuf_addstr(b, "]");
-}
+/* A cell of liblmap's sparse answer as the item writer takes it (its
+ * class indices were checked to be in [0, C) by liblmap). */
+typedef struct sparse_item {
+  const lmap_sparse *s;
+  size_t i;
+} sparse_item;
 
-/* Appends ,"key":value for every cell of item i (a list of cells for G > 1). */
-static int add_sparse_key(dynbuf *b, const lmap_sparse *s, size_t i,
-                          const char *key, int what) {
-  int rc = lmap_dynbuf_printf(b, ",\"%s\":", key);
-  if (rc == 0 && s->cells > 1)
-    rc = lmap_dynbuf_addstr(b, "[");
-  for (size_t j = 0; rc == 0 && j < s->cells; j++) {
-    size_t slot = i * s->cells + j;
-    if (j)
-      rc = lmap_dynbuf_addstr(b, ",");
-    if (rc == 0)
-      rc = what == 2 ? itemjson_number(b, s->rest[slot])
-                     : add_sparse_cell(b, s, slot, what);
-  }
-  if (rc == 0 && s->cells > 1)
-    rc = lmap_dynbuf_addstr(b, "]");
-  return rc;
+static int sparse_cell(void *ctx, uint32_t j, pool_cell *out) {
+  const sparse_item *it = ctx;
+  const lmap_sparse *s = it->s;
+  size_t slot = it->i * s->cells + j, from = s->offsets[slot];
+  *out = (pool_cell){(uint32_t)(s->offsets[slot + 1] - from),
+                     (const uint32_t *)(s->classes + from), s->values + from,
+                     s->rest[slot]};
+  return 0;
 }
 
 static int print_sparse(query_ctx *x, const lmap_sparse *s) {
   for (size_t i = 0; i < x->n; i++) {
+    sparse_item it = {s, i};
     lmap_dynbuf_reset(&x->out);
-    int rc = lmap_dynbuf_printf(&x->out, "{\"id\":\"%s\"", x->ids[i]);
-    rc = rc ? rc : add_sparse_key(&x->out, s, i, "classes", 1);
-    rc = rc ? rc
-            : add_sparse_key(&x->out, s, i, x->q.softmax ? "probs" : "logits",
-                             0);
-    rc = rc ? rc : add_sparse_key(&x->out, s, i, "rest", 2);
-    rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "}\n");
+    int rc = itemjson_write_sparse(&x->out, x->ids[i], (uint32_t)s->cells,
+                                   x->q.softmax, sparse_cell, &it);
+    rc = rc ? rc : lmap_dynbuf_addstr(&x->out, "\n");
     if (rc)
       return rc;
     fwrite(x->out.data, 1, x->out.len, stdout);

@@ -33,7 +33,7 @@ int itemjson_number(dynbuf *b, float v) {
  * before reuses its text, comma included, copied whole at a fixed size
  * (inline moves, not a call): pooling and writing a dense item of 1,000
  * classes takes 2.6 us instead of 18 (tests/bench/bench_lookup.c). */
-static int floats(dynbuf *b, const float *v, uint32_t n) {
+static int floats(dynbuf *b, const float *v, uint32_t n, size_t stride) {
   char block[BLOCK], last[1 + FMTFLOAT_MAX];
   size_t len = 0, last_len = 0;
   uint32_t last_bits = 0;
@@ -46,9 +46,10 @@ static int floats(dynbuf *b, const float *v, uint32_t n) {
       len = 0;
     }
     uint32_t bits;
-    memcpy(&bits, &v[i], sizeof bits);
+    float x = v[i * stride];
+    memcpy(&bits, &x, sizeof bits);
     if (i == 0 || bits != last_bits) {
-      last_len = 1 + (size_t)number_text(last + 1, v[i]);
+      last_len = 1 + (size_t)number_text(last + 1, x);
       last_bits = bits;
     }
     size_t skip = i == 0; /* no comma before the first */
@@ -85,42 +86,40 @@ static int uints(dynbuf *b, const uint32_t *v, uint32_t n) {
   return rc ? rc : lmap_dynbuf_add(b, block, len);
 }
 
-static int write_dense(dynbuf *b, const labelmap *m, uint32_t num_classes,
-                       const pool_query *q, pool_ws *ws, float *dense) {
-  uint32_t cells = q->output_size * q->output_size;
-  int rc = pool_dense(m, num_classes, q, ws, dense);
-  if (rc)
-    return rc;
-  rc = lmap_dynbuf_addstr(b, q->softmax ? ",\"probs\":" : ",\"logits\":");
+/* The dense keys of an item: one array of num_classes values, or G*G of
+ * them (see itemjson_write_dense for the strides). */
+static int dense_body(dynbuf *b, const float *v, uint32_t num_classes,
+                      uint32_t cells, size_t cell_stride, size_t class_stride,
+                      bool softmax) {
+  int rc = lmap_dynbuf_addstr(b, softmax ? ",\"probs\":" : ",\"logits\":");
   if (cells == 1)
-    return rc ? rc : floats(b, dense, num_classes);
+    return rc ? rc : floats(b, v, num_classes, class_stride);
   if (rc == 0)
     rc = lmap_dynbuf_add(b, "[", 1);
   for (uint32_t c = 0; c < cells && rc == 0; c++) {
     if (c)
       rc = lmap_dynbuf_add(b, ",", 1);
     if (rc == 0)
-      rc = floats(b, dense + (size_t)c * num_classes, num_classes);
+      rc = floats(b, v + (size_t)c * cell_stride, num_classes, class_stride);
   }
   return rc ? rc : lmap_dynbuf_add(b, "]", 1);
 }
 
-/* Sparse items list every cell's classes, then values, then rest; the cells
- * are pooled once each and buffered as text in three parts. */
-static int write_sparse(dynbuf *b, const labelmap *m, uint32_t num_classes,
-                        const pool_query *q, pool_ws *ws) {
-  uint32_t cells = q->output_size * q->output_size;
+/* The sparse keys of an item: every cell's classes, then values, then
+ * rest; each cell is asked for once and buffered as text in three parts. */
+static int sparse_body(dynbuf *b, uint32_t cells, bool softmax,
+                       itemjson_cell_fn cell_of, void *ctx) {
   if (cells == 1) {
     pool_cell cell;
-    int rc = pool_cell_sparse(m, num_classes, q, 0, ws, &cell);
+    int rc = cell_of(ctx, 0, &cell);
     if (rc == 0)
       rc = lmap_dynbuf_addstr(b, ",\"classes\":");
     if (rc == 0)
       rc = uints(b, cell.classes, cell.n);
     if (rc == 0)
-      rc = lmap_dynbuf_addstr(b, q->softmax ? ",\"probs\":" : ",\"logits\":");
+      rc = lmap_dynbuf_addstr(b, softmax ? ",\"probs\":" : ",\"logits\":");
     if (rc == 0)
-      rc = floats(b, cell.values, cell.n);
+      rc = floats(b, cell.values, cell.n, 1);
     if (rc == 0)
       rc = lmap_dynbuf_addstr(b, ",\"rest\":");
     return rc ? rc : itemjson_number(b, cell.rest);
@@ -132,7 +131,7 @@ static int write_sparse(dynbuf *b, const labelmap *m, uint32_t num_classes,
   for (uint32_t c = 0; c < cells && rc == 0; c++) {
     pool_cell cell;
     const char *sep = c ? "," : "";
-    rc = pool_cell_sparse(m, num_classes, q, c, ws, &cell);
+    rc = cell_of(ctx, c, &cell);
     if (rc == 0)
       rc = lmap_dynbuf_addstr(b, sep);
     if (rc == 0)
@@ -140,14 +139,14 @@ static int write_sparse(dynbuf *b, const labelmap *m, uint32_t num_classes,
     if (rc == 0)
       rc = lmap_dynbuf_addstr(&vals, sep);
     if (rc == 0)
-      rc = floats(&vals, cell.values, cell.n);
+      rc = floats(&vals, cell.values, cell.n, 1);
     if (rc == 0)
       rc = lmap_dynbuf_addstr(&rest, sep);
     if (rc == 0)
       rc = itemjson_number(&rest, cell.rest);
   }
   if (rc == 0)
-    rc = lmap_dynbuf_addstr(b, q->softmax ? "],\"probs\":[" : "],\"logits\":[");
+    rc = lmap_dynbuf_addstr(b, softmax ? "],\"probs\":[" : "],\"logits\":[");
   if (rc == 0 && vals.len)
     rc = lmap_dynbuf_add(b, vals.data, vals.len);
   if (rc == 0)
@@ -161,16 +160,54 @@ static int write_sparse(dynbuf *b, const labelmap *m, uint32_t num_classes,
   return rc;
 }
 
+/* Ids passed labelmap_id_check, so they need no JSON escaping. */
+static int open_item(dynbuf *b, const char *id) {
+  return lmap_dynbuf_printf(b, "{\"id\":\"%s\"", id);
+}
+
+int itemjson_write_dense(dynbuf *b, const char *id, const float *v,
+                         uint32_t num_classes, uint32_t cells,
+                         size_t cell_stride, size_t class_stride,
+                         bool softmax) {
+  int rc = open_item(b, id);
+  rc = rc ? rc
+          : dense_body(b, v, num_classes, cells, cell_stride, class_stride,
+                       softmax);
+  return rc ? rc : lmap_dynbuf_add(b, "}", 1);
+}
+
+int itemjson_write_sparse(dynbuf *b, const char *id, uint32_t cells,
+                          bool softmax, itemjson_cell_fn cell_of, void *ctx) {
+  int rc = open_item(b, id);
+  rc = rc ? rc : sparse_body(b, cells, softmax, cell_of, ctx);
+  return rc ? rc : lmap_dynbuf_add(b, "}", 1);
+}
+
+/* Pooling as the cell source of a sparse item. */
+typedef struct pooled {
+  const labelmap *m;
+  uint32_t num_classes;
+  const pool_query *q;
+  pool_ws *ws;
+} pooled;
+
+static int pooled_cell(void *ctx, uint32_t j, pool_cell *out) {
+  const pooled *p = ctx;
+  return pool_cell_sparse(p->m, p->num_classes, p->q, j, p->ws, out);
+}
+
 int itemjson_write(dynbuf *b, const char *id, const labelmap *m,
                    uint32_t num_classes, const pool_query *q,
                    itemjson_format format, pool_ws *ws, float *dense) {
-  /* Ids passed labelmap_id_check, so they need no JSON escaping. */
-  int rc = lmap_dynbuf_printf(b, "{\"id\":\"%s\"", id);
-  if (rc)
-    return rc;
-  rc = format == ITEM_SPARSE ? write_sparse(b, m, num_classes, q, ws)
-                             : write_dense(b, m, num_classes, q, ws, dense);
-  return rc ? rc : lmap_dynbuf_add(b, "}", 1);
+  uint32_t cells = q->output_size * q->output_size;
+  if (format == ITEM_SPARSE) {
+    pooled p = {m, num_classes, q, ws};
+    return itemjson_write_sparse(b, id, cells, q->softmax, pooled_cell, &p);
+  }
+  int rc = pool_dense(m, num_classes, q, ws, dense);
+  return rc ? rc
+            : itemjson_write_dense(b, id, dense, num_classes, cells,
+                                   num_classes, 1, q->softmax);
 }
 
 /* a * b + c, saturating at UINT64_MAX. */

@@ -1,6 +1,7 @@
 /*
  * itemjson: the JSON item of one pooled query, exactly as `lmap get` prints
- * it and the server answers it (one code path for both).
+ * it, the server answers it and `lmap query` prints liblmap's answers (one
+ * code path for the three).
  *
  *   G == 1, dense:  {"id": ID, "probs": [C numbers]}
  *   G == 1, sparse: {"id": ID, "classes": [...], "probs": [...], "rest": r}
@@ -30,6 +31,20 @@ typedef enum itemjson_format {
 int itemjson_write(dynbuf *b, const char *id, const labelmap *m,
                    uint32_t num_classes, const pool_query *q,
                    itemjson_format format, pool_ws *ws, float *dense);
+
+/* The same layout for values pooled elsewhere (lmap query writes liblmap's
+ * answers with these). Dense: the value of class c in cell j (row-major in
+ * the G x G grid, `cells` = G*G) is v[j * cell_stride + c * class_stride].
+ * Returns 0, LMAP_ETOOBIG or LMAP_ENOMEM. */
+int itemjson_write_dense(dynbuf *b, const char *id, const float *v,
+                         uint32_t num_classes, uint32_t cells,
+                         size_t cell_stride, size_t class_stride, bool softmax);
+
+/* Sparse: `cell_of` gives cell j (0 <= j < cells; its arrays need to live
+ * only until the next call) or returns an error, which is returned. */
+typedef int (*itemjson_cell_fn)(void *ctx, uint32_t j, pool_cell *out);
+int itemjson_write_sparse(dynbuf *b, const char *id, uint32_t cells,
+                          bool softmax, itemjson_cell_fn cell_of, void *ctx);
 
 /* The longest text of one number: "%.9g" of a float32 is at most
  * "-1.23456789e-38" or "-0.000123456789" (15 bytes); "null" is 4. */
