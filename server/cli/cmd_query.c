@@ -180,12 +180,7 @@ static int same_options(const query_ctx *x, const queryline *l) {
 /* Adds one query to the batch, sending the batch first when it is full or
  * its options differ. */
 static int add_query(void *ctx, const queryline *l, diag *d) {
-  query_ctx *x = ctx;
-  int rc = labelmap_id_check(l->id, strlen(l->id), d);
-  if (rc == 0)
-    rc = pool_check_query(&l->q, d);
-  if (rc)
-    return rc;
+  query_ctx *x = ctx; /* the line's id and box were checked (queryjson) */
   if (x->n && (x->n == x->batch_size || !same_options(x, l)) &&
       flush(x) != EXIT_OK)
     return diag_set(d, LMAP_EUNAVAILABLE,

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "pool/queryjson.h"
 #include "pool/queryopt.h"
 
 int query_flag(const char *cmd, int c, const char *arg, pool_query *q,
@@ -44,22 +45,6 @@ int query_flag(const char *cmd, int c, const char *arg, pool_query *q,
  * (getline itself still reads the whole line first). */
 #define QUERY_LINE_MAX (1u << 20)
 
-/* A misspelt option must not be silently ignored. */
-static int check_keys(json_t *o, diag *d) {
-  static const char *const known[] = {
-      "id", "box", "flip", "softmax", "output_size", "box_format", "format"};
-  const char *key;
-  json_t *v;
-  json_object_foreach(o, key, v) {
-    int ok = 0;
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-      ok |= strcmp(key, known[i]) == 0;
-    if (!ok)
-      return diag_field(d, LMAP_EFORMAT, key, "unknown key \"%s\"", key);
-  }
-  return 0;
-}
-
 /* Parses one line, with the command line's options as defaults, and hands
  * it to `fn`. */
 static int run_line(const char *line, size_t len, unsigned long lineno,
@@ -71,56 +56,10 @@ static int run_line(const char *line, size_t len, unsigned long lineno,
     return diag_set(d, LMAP_EFORMAT, "invalid JSON: %s", err.text);
   pool_query q = *defq;
   itemjson_format fmt = deff;
-  int rc = 0;
-  json_t *id = json_object_get(o, "id"), *box = json_object_get(o, "box"), *v;
-  if (!json_is_object(o))
-    rc = diag_set(d, LMAP_EFORMAT, "a query must be a JSON object");
-  else if (!json_is_string(id))
-    rc = diag_field(d, LMAP_EFORMAT, "id", "\"id\" must be a string");
-  else if (!json_is_array(box) || json_array_size(box) != 4)
-    rc = diag_field(d, LMAP_EBADBOX, "box",
-                    "\"box\" must be an array of 4 numbers");
-  if (rc == 0)
-    rc = check_keys(o, d);
-  for (size_t i = 0; rc == 0 && i < 4; i++) {
-    v = json_array_get(box, i);
-    if (!json_is_number(v))
-      rc = diag_field(d, LMAP_EBADBOX, "box", "box[%zu] is not a number", i);
-    else
-      q.box[i] = json_number_value(v);
-  }
-  if (rc == 0 && (v = json_object_get(o, "flip")) != NULL) {
-    if (!json_is_boolean(v))
-      rc =
-          diag_field(d, LMAP_EFORMAT, "flip", "\"flip\" must be true or false");
-    q.flip = json_is_true(v);
-  }
-  if (rc == 0 && (v = json_object_get(o, "softmax")) != NULL) {
-    if (!json_is_boolean(v))
-      rc = diag_field(d, LMAP_EFORMAT, "softmax",
-                      "\"softmax\" must be true or false");
-    q.softmax = json_is_true(v);
-  }
-  if (rc == 0 && (v = json_object_get(o, "output_size")) != NULL) {
-    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-        json_integer_value(v) > POOL_MAX_OUTPUT_SIZE)
-      rc = diag_field(d, LMAP_EINVAL, "output_size",
-                      "\"output_size\" must be an integer in [1, %u]",
-                      POOL_MAX_OUTPUT_SIZE);
-    else
-      q.output_size = (uint32_t)json_integer_value(v);
-  }
-  if (rc == 0 && (v = json_object_get(o, "box_format")) != NULL &&
-      (!json_is_string(v) ||
-       queryopt_box_format(json_string_value(v), &q.box_format)))
-    rc = diag_field(d, LMAP_EINVAL, "box_format",
-                    "\"box_format\" must be \"xyxy\" or \"relabel\"");
-  if (rc == 0 && (v = json_object_get(o, "format")) != NULL &&
-      (!json_is_string(v) || queryopt_format(json_string_value(v), &fmt)))
-    rc = diag_field(d, LMAP_EINVAL, "format",
-                    "\"format\" must be \"dense\" or \"sparse\"");
+  const char *id;
+  int rc = queryjson_query(o, "", true, &q, &fmt, &id, d);
   if (rc == 0) {
-    queryline l = {json_string_value(id), q, fmt, lineno};
+    queryline l = {id, q, fmt, lineno};
     rc = fn(ctx, &l, d);
   }
   json_decref(o);

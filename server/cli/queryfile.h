@@ -2,10 +2,9 @@
  * queryfile: what `lmap get` and `lmap query` share: the pooling flags, and
  * the JSON-lines query files read by `lmap get --queries` and
  * `lmap query --batch`, one parser for both so a file works with either.
- * Each line is {"id", "box", "flip", "output_size", "box_format", "format",
- * "softmax"} with all but id and box optional (the command line gives the
- * defaults); unknown keys are refused, so a misspelt option is never
- * silently ignored.
+ * Each line is one query with its options (pool/queryjson.h, the reader
+ * lmapd uses for POST /v1/labels): all but id and box optional, the
+ * command line giving the defaults.
  */
 #ifndef LMAP_CLI_QUERYFILE_H
 #define LMAP_CLI_QUERYFILE_H

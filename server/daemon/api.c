@@ -22,6 +22,7 @@
 #include "pool/itemjson.h"
 #include "pool/npy.h"
 #include "pool/pool.h"
+#include "pool/queryjson.h"
 #include "pool/queryopt.h"
 
 #include "log.h"
@@ -697,98 +698,20 @@ static api_response *get_label(api_worker *w, const api_request *req,
 }
 
 /* Checks that `o` has only keys from `known` (NULL-terminated). */
-static int known_keys(json_t *o, const char *const *known, const char *where,
-                      diag *d) {
-  const char *key;
-  json_t *v;
-  json_object_foreach(o, key, v) {
-    int ok = 0;
-    for (const char *const *k = known; *k; k++)
-      ok |= strcmp(key, *k) == 0;
-    if (!ok)
-      return diag_field(d, LMAP_EINVAL, key, "unknown key \"%s\" in %s", key,
-                        where);
-  }
-  return 0;
-}
-
 /* The batch-wide options of POST /v1/labels. */
 static int batch_options(json_t *root, options *o, diag *d) {
   static const char *const known[] = {"queries",    "output_size", "format",
                                       "box_format", "softmax",     NULL};
-  int rc = known_keys(root, known, "the request", d);
-  json_t *v;
-  if (rc == 0 && (v = json_object_get(root, "output_size")) != NULL) {
-    if (!json_is_integer(v))
-      rc = diag_field(d, LMAP_EINVAL, "output_size",
-                      "output_size must be an integer in [1, %u]",
-                      POOL_MAX_OUTPUT_SIZE);
-    else
-      rc = parse_output_size(json_integer_value(v), &o->q.output_size, d);
-  }
-  if (rc == 0 && (v = json_object_get(root, "format")) != NULL &&
-      (!json_is_string(v) || queryopt_format(json_string_value(v), &o->format)))
-    rc = diag_field(d, LMAP_EINVAL, "format",
-                    "format must be \"dense\" or \"sparse\"");
-  if (rc == 0 && (v = json_object_get(root, "box_format")) != NULL &&
-      (!json_is_string(v) ||
-       queryopt_box_format(json_string_value(v), &o->q.box_format)))
-    rc = diag_field(d, LMAP_EINVAL, "box_format",
-                    "box_format must be \"xyxy\" or \"relabel\"");
-  if (rc == 0 && (v = json_object_get(root, "softmax")) != NULL) {
-    if (!json_is_boolean(v))
-      rc = diag_field(d, LMAP_EINVAL, "softmax",
-                      "softmax must be true or false");
-    o->q.softmax = json_is_true(v);
-  }
-  return rc;
+  int rc = queryjson_known_keys(root, known, "the request", d);
+  return rc ? rc : queryjson_options(root, &o->q, &o->format, d);
 }
 
 /* One element of "queries": id, box, flip. Names the index in errors. */
 static int batch_query(json_t *q, size_t i, pool_query *pq, const char **id,
                        diag *d) {
-  static const char *const known[] = {"id", "box", "flip", NULL};
-  char field[64];
-  if (!json_is_object(q))
-    return diag_field(d, LMAP_EINVAL, "queries",
-                      "queries[%zu] must be an object", i);
-  if (known_keys(q, known, "a query", d))
-    return LMAP_EINVAL;
-  json_t *jid = json_object_get(q, "id"), *box = json_object_get(q, "box"),
-         *flip = json_object_get(q, "flip");
-  if (!json_is_string(jid)) {
-    snprintf(field, sizeof field, "queries[%zu].id", i);
-    return diag_field(d, LMAP_EBADID, field, "%s must be a string", field);
-  }
-  *id = json_string_value(jid);
-  snprintf(field, sizeof field, "queries[%zu].box", i);
-  if (!json_is_array(box) || json_array_size(box) != 4)
-    return diag_field(d, LMAP_EBADBOX, field,
-                      "%s must be an array of 4 numbers", field);
-  for (size_t k = 0; k < 4; k++) {
-    json_t *v = json_array_get(box, k);
-    if (!json_is_number(v))
-      return diag_field(d, LMAP_EBADBOX, field, "%s[%zu] is not a number",
-                        field, k);
-    pq->box[k] = json_number_value(v);
-  }
-  if (flip != NULL) {
-    if (!json_is_boolean(flip)) {
-      snprintf(field, sizeof field, "queries[%zu].flip", i);
-      return diag_field(d, LMAP_EINVAL, field, "%s must be true or false",
-                        field);
-    }
-    pq->flip = json_is_true(flip);
-  }
-  int rc = labelmap_id_check(*id, strlen(*id), d);
-  if (rc == 0)
-    rc = pool_check_query(pq, d);
-  if (rc) {
-    char where[32];
-    snprintf(where, sizeof where, "queries[%zu]", i);
-    diag_prefix(d, where);
-  }
-  return rc;
+  char where[32];
+  snprintf(where, sizeof where, "queries[%zu]", i);
+  return queryjson_query(q, where, false, pq, NULL, id, d);
 }
 
 static api_response *post_labels(api_worker *w, const api_request *req) {

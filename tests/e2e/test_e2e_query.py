@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 from e2e_common import LMAP, TMP, check, start_daemon, stop_daemon, summary
@@ -134,10 +135,48 @@ def main():
             got = run("query", *args)
             check(got.returncode == 2 and what in got.stderr,
                   "usage error %s: exit %d %s" % (args, got.returncode, got.stderr))
+        same_errors(url, store, ids[0])
     finally:
         for p in (d, dt):
             stop_daemon(p)
     return summary()
+
+
+def same_errors(url, store, ident):
+    """A bad query gets the same code, field and message from lmapd (POST
+    /v1/labels, naming it queries[0]) and from a query file (lmap get
+    --queries and lmap query --batch, naming its line): one reader,
+    pool/queryjson.c. They used to differ (bad_format against
+    invalid_argument, quoted key names)."""
+    cases = [
+        ("box of 3 numbers", {"id": ident, "box": [0, 0, 1]}),
+        ("box with a string", {"id": ident, "box": [0, "a", 1, 1]}),
+        ("box outside the image", {"id": ident, "box": [0, 0, 1.5, 1]}),
+        ("id a number", {"id": 7, "box": [0, 0, 1, 1]}),
+        ("id with a slash", {"id": "a/b", "box": [0, 0, 1, 1]}),
+        ("flip a string", {"id": ident, "box": [0, 0, 1, 1], "flip": "yes"}),
+        ("misspelt key", {"id": ident, "box": [0, 0, 1, 1], "flipp": True}),
+        ("not an object", [1, 2, 3]),
+    ]
+    for what, query in cases:
+        req = urllib.request.Request(url + "/v1/labels", data=json.dumps({"queries": [query]}).encode(),
+                                     method="POST")
+        try:
+            urllib.request.urlopen(req, timeout=10)
+            api = {}
+        except urllib.error.HTTPError as e:
+            api = json.loads(e.read())["error"]
+        # The server names the query queries[0]; a file names its line.
+        message = api.get("message", "").replace("queries[0].", "").replace("queries[0]: ", "")
+        if what == "not an object":
+            message = message.replace("queries[0]", "a query")
+        line = json.dumps(query) + "\n"
+        for cmd in (["get", store, "--queries", "-"], ["query", url, "--batch", "-"]):
+            got = run(*cmd, stdin=line)
+            check(got.returncode == 1 and api and
+                  got.stderr.strip() == "lmap %s: line 1: %s" % (cmd[0], message),
+                  "%s: lmap %s says %r, lmapd %s %r" % (what, cmd[0], got.stderr.strip(), api.get("code"),
+                                                      api.get("message")))
 
 
 if __name__ == "__main__":
