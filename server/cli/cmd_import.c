@@ -140,6 +140,6 @@ int cmd_import(int argc, char **argv) {
           (unsigned long long)st.records, (unsigned long long)st.skipped,
           st.seconds, st.seconds > 0 ? (double)st.records / st.seconds : 0,
           st.records ? (double)st.store_bytes / (double)st.records : 0,
-          o.encoding == CODEC_F32 ? "f32" : "f16", st.max_prob_error, o.out);
+          codec_encoding_name(o.encoding), st.max_prob_error, o.out);
   return EXIT_OK;
 }

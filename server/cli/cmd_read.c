@@ -76,15 +76,13 @@ int cmd_info(int argc, char **argv) {
   int rc = open_store("info", path, &s);
   if (rc)
     return rc;
-  json_t *meta = json_loads(store_meta_json(s), 0, NULL);
+  json_t *meta = store_info(s);
   if (meta == NULL) {
     store_close(s);
-    fprintf(stderr, "lmap info: %s: metadata is not valid JSON\n", path);
+    fprintf(stderr, "lmap info: %s: out of memory\n", path);
     return EXIT_FAIL;
   }
   json_object_set_new(meta, "path", json_string(path));
-  json_object_set_new(meta, "file_bytes",
-                      json_integer((json_int_t)store_file_size(s)));
   if (as_json) {
     char *t = json_dumps(meta, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
     puts(t ? t : "{}");

@@ -63,11 +63,7 @@ int cli_build_option(const char *cmd, int c, const char *arg, build_opts *o) {
   uint32_t v;
   switch (c) {
   case 'e':
-    if (strcmp(arg, "f16") == 0)
-      o->encoding = CODEC_F16;
-    else if (strcmp(arg, "f32") == 0)
-      o->encoding = CODEC_F32;
-    else
+    if (codec_encoding_from_name(arg, &o->encoding))
       return cli_usage(cmd, "--encoding: '%s' is not f16 or f32", arg);
     return EXIT_OK;
   case 'l':

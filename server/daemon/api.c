@@ -922,13 +922,12 @@ static api_response *json_text(api_worker *w, int status, const char *text) {
 }
 
 static api_response *get_info(api_worker *w) {
-  json_t *meta = json_loads(store_meta_json(w->g->s), 0, NULL);
-  if (meta == NULL)
-    return json_text(w, 500,
-                     "{\"error\":{\"code\":\"internal\","
-                     "\"message\":\"metadata is not valid JSON\"}}");
-  json_object_set_new(meta, "file_bytes",
-                      json_integer((json_int_t)store_file_size(w->g->s)));
+  json_t *meta = store_info(w->g->s);
+  if (meta == NULL) {
+    api_error_message(&w->res, LMAP_ENOMEM,
+                      "cannot render the store's metadata");
+    return &w->res;
+  }
   char *text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(9));
   json_decref(meta);
   api_response *r = json_text(w, 200, text ? text : "{}");
@@ -1003,8 +1002,8 @@ static api_response *get_metrics(api_worker *w) {
         "# HELP lmap_store_file_bytes Size of the served store file.\n"
         "# TYPE lmap_store_file_bytes gauge\n"
         "lmap_store_file_bytes %llu\n",
-        m->format_version, m->shape.encoding == CODEC_F32 ? "f32" : "f16",
-        m->shape.h, m->shape.w, m->shape.k, m->shape.num_classes,
+        m->format_version, codec_encoding_name(m->shape.encoding), m->shape.h,
+        m->shape.w, m->shape.k, m->shape.num_classes,
         (unsigned long long)m->record_count,
         (unsigned long long)store_file_size(g->s));
   if (rc == 0)

@@ -642,14 +642,12 @@ static json_t *meta_json(const build *b, writer *wr, uint64_t records) {
                 wr->score_count ? wr->score_sum / (double)wr->score_count : 0.0,
                 "p01", percentile(s, n, 0.01), "p50", percentile(s, n, 0.5),
                 "p99", percentile(s, n, 0.99), "sampled", (json_int_t)n);
-  return json_pack(
-      "{s:s, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:s, s:o, s:o, s:s, s:s, "
-      "s:o, s:f, s:{s:I, s:i}, s:f, s:I, s:i, s:b}",
-      "format", "lmap-store", "format_version", STORE_FORMAT_VERSION, "grid_h",
-      (int)b->shape.h, "grid_w", (int)b->shape.w, "topk", (int)b->shape.k,
-      "num_classes", (int)b->shape.num_classes, "encoding",
-      b->shape.encoding == CODEC_F32 ? "f32" : "f16", "record_count",
-      (json_int_t)records, "extent", o->extent ? o->extent : "full", "source",
+  /* The keys a reader needs are the store's; these say how it was made. */
+  json_t *doc =
+      store_meta_document(&b->shape, records, o->classes_json != NULL);
+  json_t *provenance = json_pack(
+      "{s:s, s:o, s:o, s:s, s:s, s:o, s:f, s:{s:I, s:i}, s:f, s:I, s:i}",
+      "extent", o->extent ? o->extent : "full", "source",
       utf8_string(o->source_desc ? o->source_desc : ""), "annotator",
       utf8_string(o->annotator ? o->annotator : ""), "build_tool",
       "lmap " LMAP_VERSION_STRING, "created", created, "score_stats", stats,
@@ -657,8 +655,14 @@ static json_t *meta_json(const build *b, writer *wr, uint64_t records) {
       "records", (json_int_t)wr->error_records, "boxes", ERROR_BOXES,
       "bytes_per_record",
       records ? (double)wr->record_bytes / (double)records : 0.0,
-      "dictionary_bytes", (json_int_t)b->dict_len, "zstd_level", b->level,
-      "class_names", o->classes_json != NULL);
+      "dictionary_bytes", (json_int_t)b->dict_len, "zstd_level", b->level);
+  if (doc == NULL || provenance == NULL ||
+      json_object_update(doc, provenance) != 0) {
+    json_decref(doc);
+    doc = NULL;
+  }
+  json_decref(provenance);
+  return doc;
 }
 
 static int finish_meta(build *b, writer *wr, diag *d) {

@@ -82,6 +82,20 @@
 
 /* ---- shape ---- */
 
+const char *codec_encoding_name(codec_encoding e) {
+  return e == CODEC_F16 ? "f16" : e == CODEC_F32 ? "f32" : NULL;
+}
+
+int codec_encoding_from_name(const char *name, codec_encoding *out) {
+  if (strcmp(name, "f16") == 0)
+    *out = CODEC_F16;
+  else if (strcmp(name, "f32") == 0)
+    *out = CODEC_F32;
+  else
+    return -1;
+  return 0;
+}
+
 int codec_shape_check(const codec_shape *s, diag *d) {
   if (s->k == 0 || s->k > LABELMAP_MAX_K)
     return diag_field(d, LMAP_EINVAL, "topk", "topk %u is outside 1..%u", s->k,

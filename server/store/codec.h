@@ -27,6 +27,12 @@ typedef enum codec_encoding {
   CODEC_F16 = 2  /* scores rounded to IEEE binary16 (default) */
 } codec_encoding;
 
+/* The encoding's name in the metadata, flags and answers: "f16", "f32"
+ * (NULL for another value). */
+const char *codec_encoding_name(codec_encoding e);
+/* The encoding named `name`; returns 0, or -1 when it names none. */
+int codec_encoding_from_name(const char *name, codec_encoding *out);
+
 /* What every record of one store shares. */
 typedef struct codec_shape {
   uint32_t k, h, w;

@@ -782,11 +782,7 @@ static int parse_meta(const char *text, size_t len, store_meta *m,
     goto done;
   if ((rc = meta_string(root, "encoding", &s, d)) != 0)
     goto done;
-  if (strcmp(s, "f16") == 0) {
-    m->shape.encoding = CODEC_F16;
-  } else if (strcmp(s, "f32") == 0) {
-    m->shape.encoding = CODEC_F32;
-  } else {
+  if (codec_encoding_from_name(s, &m->shape.encoding)) {
     rc = diag_field(d, LMAP_EBADSTORE, "encoding",
                     "metadata encoding is \"%s\", neither \"f16\" nor \"f32\"",
                     s);
@@ -1152,6 +1148,28 @@ const store_meta *store_get_meta(const store *s) {
 
 const char *store_meta_json(const store *s) {
   return s->meta_json;
+}
+
+json_t *store_meta_document(const codec_shape *shape, uint64_t records,
+                            int class_names) {
+  return json_pack(
+      "{s:s, s:i, s:i, s:i, s:i, s:i, s:s, s:I, s:b}", "format", "lmap-store",
+      "format_version", STORE_FORMAT_VERSION, "grid_h", (int)shape->h, "grid_w",
+      (int)shape->w, "topk", (int)shape->k, "num_classes",
+      (int)shape->num_classes, "encoding", codec_encoding_name(shape->encoding),
+      "record_count", (json_int_t)records, "class_names", class_names);
+}
+
+json_t *store_info(const store *s) {
+  /* The document parsed at open, so only memory can fail here. */
+  json_t *info = json_loads(s->meta_json, 0, NULL);
+  if (info != NULL &&
+      json_object_set_new(info, "file_bytes",
+                          json_integer((json_int_t)store_file_size(s))) != 0) {
+    json_decref(info);
+    info = NULL;
+  }
+  return info;
 }
 
 const char *store_class_names_json(const store *s) {

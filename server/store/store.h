@@ -39,6 +39,8 @@
 #include "core/diag.h"
 #include "core/labelmap.h"
 
+#include <jansson.h>
+
 #define STORE_FORMAT_VERSION 2
 /* Pages per checksummed block in the trailers this lmap writes (readers
  * take the number from the trailer). */
@@ -116,6 +118,19 @@ const store_meta *store_get_meta(const store *s);
 /* The metadata document as JSON text (NUL-terminated), borrowed, valid
  * until store_close. */
 const char *store_meta_json(const store *s);
+
+/* The metadata document ("lmap.meta", docs/STORE_FORMAT.md), owned here:
+ * a new object with the keys a store needs to be read (format,
+ * format_version, grid_h, grid_w, topk, num_classes, encoding,
+ * record_count, class_names), to which the writer adds its provenance
+ * keys. NULL when out of memory. */
+json_t *store_meta_document(const codec_shape *shape, uint64_t records,
+                            int class_names);
+
+/* What `lmap info --json` and GET /v1/info show: the metadata document and
+ * "file_bytes", the file's size now. A new object, or NULL when out of
+ * memory. */
+json_t *store_info(const store *s);
 
 /* Class names as a JSON array text, or NULL when the store has none.
  * Borrowed, valid until store_close. */
