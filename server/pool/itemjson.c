@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "shared/fmtfloat.h"
@@ -33,7 +34,7 @@ int itemjson_number(dynbuf *b, float v) {
  * before reuses its text, comma included, copied whole at a fixed size
  * (inline moves, not a call): pooling and writing a dense item of 1,000
  * classes takes 2.6 us instead of 18 (tests/bench/bench_lookup.c). */
-static int floats(dynbuf *b, const float *v, uint32_t n, size_t stride) {
+static int floats(dynbuf *b, const float *v, uint32_t n) {
   char block[BLOCK], last[1 + FMTFLOAT_MAX];
   size_t len = 0, last_len = 0;
   uint32_t last_bits = 0;
@@ -46,10 +47,9 @@ static int floats(dynbuf *b, const float *v, uint32_t n, size_t stride) {
       len = 0;
     }
     uint32_t bits;
-    float x = v[i * stride];
-    memcpy(&bits, &x, sizeof bits);
+    memcpy(&bits, &v[i], sizeof bits);
     if (i == 0 || bits != last_bits) {
-      last_len = 1 + (size_t)number_text(last + 1, x);
+      last_len = 1 + (size_t)number_text(last + 1, v[i]);
       last_bits = bits;
     }
     size_t skip = i == 0; /* no comma before the first */
@@ -87,22 +87,32 @@ static int uints(dynbuf *b, const uint32_t *v, uint32_t n) {
 }
 
 /* The dense keys of an item: one array of num_classes values, or G*G of
- * them (see itemjson_write_dense for the strides). */
+ * them (see itemjson_write_dense for the strides). Values that are not
+ * contiguous (lmap query's class-major arrays) are gathered into `row`
+ * first, so that the server's path stays the plain loop of floats(). */
 static int dense_body(dynbuf *b, const float *v, uint32_t num_classes,
                       uint32_t cells, size_t cell_stride, size_t class_stride,
-                      bool softmax) {
+                      bool softmax, float *row) {
   int rc = lmap_dynbuf_addstr(b, softmax ? ",\"probs\":" : ",\"logits\":");
-  if (cells == 1)
-    return rc ? rc : floats(b, v, num_classes, class_stride);
-  if (rc == 0)
+  if (cells == 1 && class_stride == 1) /* the server's G = 1 */
+    return rc ? rc : floats(b, v, num_classes);
+  if (rc == 0 && cells > 1)
     rc = lmap_dynbuf_add(b, "[", 1);
   for (uint32_t c = 0; c < cells && rc == 0; c++) {
+    const float *cell = v + (size_t)c * cell_stride;
+    if (class_stride != 1) {
+      for (uint32_t k = 0; k < num_classes; k++)
+        row[k] = cell[k * class_stride];
+      cell = row;
+    }
     if (c)
       rc = lmap_dynbuf_add(b, ",", 1);
     if (rc == 0)
-      rc = floats(b, v + (size_t)c * cell_stride, num_classes, class_stride);
+      rc = floats(b, cell, num_classes);
   }
-  return rc ? rc : lmap_dynbuf_add(b, "]", 1);
+  if (rc == 0 && cells > 1)
+    rc = lmap_dynbuf_add(b, "]", 1);
+  return rc;
 }
 
 /* The sparse keys of an item: every cell's classes, then values, then
@@ -119,7 +129,7 @@ static int sparse_body(dynbuf *b, uint32_t cells, bool softmax,
     if (rc == 0)
       rc = lmap_dynbuf_addstr(b, softmax ? ",\"probs\":" : ",\"logits\":");
     if (rc == 0)
-      rc = floats(b, cell.values, cell.n, 1);
+      rc = floats(b, cell.values, cell.n);
     if (rc == 0)
       rc = lmap_dynbuf_addstr(b, ",\"rest\":");
     return rc ? rc : itemjson_number(b, cell.rest);
@@ -139,7 +149,7 @@ static int sparse_body(dynbuf *b, uint32_t cells, bool softmax,
     if (rc == 0)
       rc = lmap_dynbuf_addstr(&vals, sep);
     if (rc == 0)
-      rc = floats(&vals, cell.values, cell.n, 1);
+      rc = floats(&vals, cell.values, cell.n);
     if (rc == 0)
       rc = lmap_dynbuf_addstr(&rest, sep);
     if (rc == 0)
@@ -169,10 +179,14 @@ int itemjson_write_dense(dynbuf *b, const char *id, const float *v,
                          uint32_t num_classes, uint32_t cells,
                          size_t cell_stride, size_t class_stride,
                          bool softmax) {
+  float *row = NULL;
+  if (class_stride != 1 && (row = malloc(num_classes * sizeof *row)) == NULL)
+    return LMAP_ENOMEM;
   int rc = open_item(b, id);
   rc = rc ? rc
           : dense_body(b, v, num_classes, cells, cell_stride, class_stride,
-                       softmax);
+                       softmax, row);
+  free(row);
   return rc ? rc : lmap_dynbuf_add(b, "}", 1);
 }
 
