@@ -538,15 +538,6 @@ typedef struct options {
   itemjson_format format;
 } options;
 
-static int parse_output_size(long long v, uint32_t *out, diag *d) {
-  if (v < 1 || v > POOL_MAX_OUTPUT_SIZE)
-    return diag_field(d, LMAP_EINVAL, "output_size",
-                      "output_size must be an integer in [1, %u]",
-                      POOL_MAX_OUTPUT_SIZE);
-  *out = (uint32_t)v;
-  return 0;
-}
-
 /* The options of GET /v1/labels/{id} from the query string. */
 static int options_from_args(const api_request *req, options *o, diag *d) {
   const char *v;
@@ -560,12 +551,11 @@ static int options_from_args(const api_request *req, options *o, diag *d) {
     char *end;
     errno = 0;
     long long n = strtoll(v, &end, 10);
-    if (end == v || *end || errno)
+    if (end == v || *end || errno || n < 1 || n > POOL_MAX_OUTPUT_SIZE)
       return diag_field(d, LMAP_EINVAL, "output_size",
                         "output_size must be an integer in [1, %u]",
                         POOL_MAX_OUTPUT_SIZE);
-    if (parse_output_size(n, &o->q.output_size, d))
-      return LMAP_EINVAL;
+    o->q.output_size = (uint32_t)n;
   }
   if ((v = req->arg(req->arg_ctx, "format")) != NULL &&
       queryopt_format(v, &o->format))

@@ -72,7 +72,8 @@ struct http_server {
   size_t max_answer_memory;
   atomic_size_t answer_bytes;
   atomic_ullong answers_over_budget;
-  atomic_uint connections; /* open now (MHD's notifications) */
+  /* Open now, from MHD's notifications: for /metrics and the drain. */
+  atomic_uint connections;
 };
 
 static unsigned long long monotonic_ms(void) {
@@ -824,9 +825,7 @@ void http_quiesce(http_server *s) {
 }
 
 unsigned http_connections(http_server *s) {
-  const union MHD_DaemonInfo *info =
-      MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-  return info ? info->num_connections : 0;
+  return atomic_load(&s->connections);
 }
 
 unsigned http_in_flight(http_server *s, unsigned long long *quiet_ms) {
