@@ -1,24 +1,26 @@
 /*
- * store: the LMDB file that holds one label-map dataset. The only module
- * that includes lmdb.h.
+ * store: the LMDB file that holds one label-map dataset, the contract of the
+ * store layer (server/store/README.md) to the layers above it. The layer is
+ * the only one that includes lmdb.h.
  *
  * A store is a single LMDB file (MDB_NOSUBDIR) with two named databases:
  * "meta" (the metadata JSON, the zstd dictionary, optional class names, the
  * chunk layout) and "maps", which holds the records in chunks: each value
  * packs up to a few hundred consecutive records (in id order) behind a small
- * directory, keyed by its first id. LMDB stores one value per B-tree node,
- * and a 2 KB record alone would leave half of every 4 KiB page empty; a
- * chunk fills its pages. Stores are written once by a store_writer into a
- * temporary file that is renamed into place on commit, and opened read-only
- * (MDB_NOLOCK, so the reader table never limits concurrency) for serving.
- * See docs/STORE_FORMAT.md.
+ * directory, keyed by its first id (chunk.h). LMDB stores one value per
+ * B-tree node, and a 2 KB record alone would leave half of every 4 KiB page
+ * empty; a chunk fills its pages. Stores are written once by a store_writer
+ * (writer.c) into a temporary file that is renamed into place on commit, and
+ * opened read-only (store.c; MDB_NOLOCK, so the reader table never limits
+ * concurrency) for serving. See docs/STORE_FORMAT.md.
  *
  * Opening checks, before any page of the map is touched, that the file is
- * an LMDB file at least as long as its own header claims: LMDB maps the
- * file, and reading past the end of a truncated file would raise SIGBUS.
- * Chunks are checked when read: every directory field is bounds-checked and
- * the directory carries a checksum, so a damaged chunk is LMAP_ECORRUPT,
- * never a read outside the value.
+ * an LMDB file at least as long as its own header claims and that every
+ * page matches the checksum trailer (pagecheck.h): LMDB maps the file, and
+ * reading past the end of a truncated file would raise SIGBUS. Chunks are
+ * checked when read: every directory field is bounds-checked and the
+ * directory carries a checksum, so a damaged chunk is LMAP_ECORRUPT, never
+ * a read outside the value.
  *
  * A file cut while open (truncated, or overwritten in place by `cp`) raises
  * SIGBUS where a read touches a page past its new end. store_open installs
@@ -183,46 +185,7 @@ int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d);
 int store_reader_decode(store_reader *r, const uint8_t *rec, size_t len,
                         labelmap *out, diag *d);
 
-/* ---- chunks: the pure parser behind the reader (for tests, fuzzers) ----
- *
- * A view of one chunk value (docs/STORE_FORMAT.md §4): pointers borrowed
- * from the value, which must outlive the view. No function here allocates,
- * copies the directory, or reads outside [v, v + len). */
-typedef struct store_chunk {
-  const uint8_t *v;
-  size_t len;
-  uint32_t n;              /* records, >= 1 */
-  uint32_t prefix_len;     /* bytes every id of the chunk starts with */
-  const uint8_t *rec_end;  /* n little-endian u32 */
-  const uint8_t *id_end;   /* n little-endian u16 */
-  const uint8_t *prefix;   /* prefix_len bytes */
-  const uint8_t *suffixes; /* suffix_len bytes */
-  size_t suffix_len;
-  const uint8_t *records; /* records_len bytes */
-  size_t records_len;
-} store_chunk;
-
-/* Checks the header, that the regions fit the value exactly, and the
- * directory checksum; fills `c`. Costs one pass over the directory (not the
- * records). Returns 0 or LMAP_ECORRUPT with the reason. */
-int store_chunk_parse(const uint8_t *v, size_t len, store_chunk *c, diag *d);
-
-/* Binary-searches a parsed chunk for `id`, bounds-checking every entry it
- * touches, and sets *rec / *rec_len to the record (borrowed from the
- * value). Returns 0, LMAP_ENOTFOUND or LMAP_ECORRUPT. */
-int store_chunk_find(const store_chunk *c, const char *id, size_t id_len,
-                     const uint8_t **rec, size_t *rec_len, diag *d);
-
-/* Entry `i` (< c->n) of a parsed chunk, bounds-checked: its id assembled
- * into `id` (LABELMAP_MAX_ID_LEN bytes; not NUL-terminated) and its record.
- * Does not check order or id validity (store_foreach does). Returns 0 or
- * LMAP_ECORRUPT. */
-int store_chunk_entry(const store_chunk *c, uint32_t i, char *id,
-                      size_t *id_len, const uint8_t **rec, size_t *rec_len,
-                      diag *d);
-
-/* The directory checksum of `len` bytes (docs/STORE_FORMAT.md §4.2). */
-uint32_t store_chunk_checksum(const uint8_t *p, size_t len);
+/* ---- writing (writer.c: linked by the import layer, not by lmapd) ---- */
 
 /* Writes a copy of the store `src`, which has no checksum trailer (written
  * by an lmap before page checksums), to `dst` with one: LMDB's pages byte
@@ -237,8 +200,6 @@ uint32_t store_chunk_checksum(const uint8_t *p, size_t len);
  * `overwrite`), LMAP_EIO (naming the file and the cause) or LMAP_ENOMEM. */
 int store_add_checksums(const char *src, const char *dst, int overwrite,
                         diag *d);
-
-/* ---- writing ---- */
 
 typedef struct store_writer store_writer;
 

@@ -7,13 +7,16 @@
  * walk behind it (a random mutation fails a 32-bit checksum). Every id of
  * a parsed chunk is read back by position and looked up by name, with
  * near misses; results must be the documented codes and every record
- * returned must lie inside the value.
+ * returned must lie inside the value. A chunk whose every entry reads back
+ * goes through the walk's check (store_chunk_check) and is laid out again
+ * with the writer's side of the format (store_chunk_begin .. _seal), which
+ * must give the same bytes.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "fuzz.h"
-#include "store/store.h"
+#include "store/chunk.h"
 
 static const uint8_t *lo, *hi; /* the value being read */
 
@@ -34,6 +37,36 @@ static void find(const store_chunk *c, const char *id, size_t len) {
     abort();
 }
 
+/* Lays out the parsed chunk `c`, every entry of which reads back, with the
+ * writer's functions; the result must be the value itself. */
+static void reencode(const store_chunk *c) {
+  if (store_chunk_size(c->n, c->prefix_len, c->suffix_len, c->records_len) !=
+      c->len)
+    abort();
+  uint8_t *out = malloc(c->len);
+  if (out == NULL)
+    return;
+  store_chunk_out o;
+  store_chunk_begin(&o, out, c->n, c->prefix, c->prefix_len, c->suffix_len);
+  size_t so = 0, ro = 0;
+  for (uint32_t i = 0; i < c->n; i++) {
+    char id[LABELMAP_MAX_ID_LEN];
+    size_t il, rl;
+    const uint8_t *rec;
+    if (store_chunk_entry(c, i, id, &il, &rec, &rl, NULL) != 0)
+      abort();
+    memcpy(o.suffixes + so, id + c->prefix_len, il - c->prefix_len);
+    so += il - c->prefix_len;
+    memcpy(o.records + ro, rec, rl);
+    ro += rl;
+    store_chunk_set_ends(&o, i, so, ro);
+  }
+  store_chunk_seal(&o);
+  if (memcmp(out, c->v, c->len) != 0)
+    abort();
+  free(out);
+}
+
 static void probe(const uint8_t *v, size_t len) {
   store_chunk c;
   diag d;
@@ -51,6 +84,7 @@ static void probe(const uint8_t *v, size_t len) {
   static const char far[] = "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
   find(&c, "", 0);
   find(&c, far, sizeof far - 1);
+  uint32_t readable = 0;
   for (uint32_t i = 0; i < c.n; i++) {
     char id[LABELMAP_MAX_ID_LEN + 1];
     size_t il, rl;
@@ -63,6 +97,7 @@ static void probe(const uint8_t *v, size_t len) {
     }
     if (il > LABELMAP_MAX_ID_LEN)
       abort();
+    readable++;
     check_record(rec, rl);
     find(&c, id, il);
     if (il > 0) {
@@ -76,6 +111,17 @@ static void probe(const uint8_t *v, size_t len) {
       find(&c, id, il + 1);
     }
   }
+  if (readable < c.n)
+    return;
+  char first[LABELMAP_MAX_ID_LEN], last[LABELMAP_MAX_ID_LEN];
+  size_t first_len, last_len = 0, rl;
+  const uint8_t *rec;
+  if (store_chunk_entry(&c, 0, first, &first_len, &rec, &rl, NULL) != 0)
+    abort();
+  rc = store_chunk_check(&c, first, first_len, last, &last_len, &d);
+  if (rc != 0 && (rc != LMAP_ECORRUPT || d.code != rc))
+    abort();
+  reencode(&c);
 }
 
 static uint32_t rd16(const uint8_t *p) {

@@ -22,6 +22,7 @@
 #include "daemon/api.h"
 #include "fuzz.h"
 #include "import/synth.h"
+#include "store/chunk.h"
 
 static const char *root;
 

@@ -1,5 +1,6 @@
 /*
- * Unit tests for server/store/store.c on real LMDB files under $LMAP_TEST_TMP
+ * Unit tests for the store layer (server/store: reader, writer, chunk format,
+ * page checks) on real LMDB files under $LMAP_TEST_TMP
  * (or /tmp/store):
  * - round trip of thousands of records put in random order: every id looks
  *   up to its map, absent ids (before the first chunk, between any two ids,
@@ -32,6 +33,7 @@
 
 #include "core/f16.h"
 #include "import/synth.h"
+#include "store/chunk.h"
 #include "store/codec.h"
 #include "store/store.h"
 #include "test.h"
@@ -132,7 +134,7 @@ static uint64_t rnd(void) {
   return z ^ (z >> 31);
 }
 
-/* LMDB's key order, written out independently of store.c. */
+/* LMDB's key order, written out independently of chunk.c. */
 static int key_cmp(const void *a, size_t alen, const void *b, size_t blen) {
   int c = memcmp(a, b, alen < blen ? alen : blen);
   return c ? c : (alen > blen) - (alen < blen);
