@@ -477,7 +477,7 @@ static int open_env(store *s, const struct stat *checked, diag *d) {
   if ((e = mdb_env_set_maxdbs(s->env, 2)) != 0)
     return store_lmdb_fail(d, LMAP_EIO, "cannot configure LMDB", e);
   /* Map the file, not the writer's 1 TiB: LMDB grows the mapping to what
-   * the header needs, which the precheck proved the file holds. */
+   * the header needs, which pagecheck_file proved the file holds. */
   if (size <= SIZE_MAX && (e = mdb_env_set_mapsize(s->env, (size_t)size)) != 0)
     return store_lmdb_fail(d, LMAP_EIO, "cannot configure LMDB", e);
   e = mdb_env_open(s->env, s->path,

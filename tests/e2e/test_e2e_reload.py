@@ -30,8 +30,10 @@ def get(port, path, body=None, timeout=20):
 
 
 def synth(path, images):
-    subprocess.run([LMAP, "synth", "-o", path, "--images", str(images), "--seed", "5",
-                    "--force", "--no-progress"], check=True, capture_output=True)
+    r = subprocess.run([LMAP, "synth", "-o", path, "--images", str(images), "--seed", "5",
+                        "--force", "--no-progress"], capture_output=True, text=True)
+    if r.returncode != 0:  # say why: the suite runs once on a fresh machine
+        raise SystemExit("lmap synth %s failed (exit %d): %s" % (path, r.returncode, r.stderr))
 
 
 def main():
