@@ -47,16 +47,21 @@ def launch(argv, env=None, preexec_fn=None):
     with open(log, "w") as f:
         p = subprocess.Popen(argv, stderr=f, stdout=subprocess.DEVNULL, env=full_env,
                              preexec_fn=preexec_fn)
-    for _ in range(250):
-        time.sleep(0.02)
-        for line in open(log):
-            if not line.endswith("\n"):
-                break  # still being written
-            ev = json.loads(line)
-            if ev["event"] == "listening":
-                return p, ev["port"], log
-        if p.poll() is not None:
-            break
+    try:
+        for _ in range(250):
+            time.sleep(0.02)
+            for line in open(log):
+                if not line.endswith("\n"):
+                    break  # still being written
+                ev = json.loads(line)
+                if ev["event"] == "listening":
+                    return p, ev["port"], log
+            if p.poll() is not None:
+                break
+    except Exception:
+        p.kill()  # never leave a daemon behind, whatever went wrong
+        p.wait()
+        raise
     p.kill()
     p.wait()
     raise SystemExit("lmapd did not start: " + open(log).read())

@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 
-from e2e_common import LMAP, LMAPD, TMP, check, start_daemon, summary
+from e2e_common import LMAP, TMP, check, log_events, start_daemon, summary
 
 
 def get(port, path, body=None, timeout=20):
@@ -48,24 +48,10 @@ def main():
     synth(bigger, 500)
     new_ids = sorted(set(subprocess.run([LMAP, "ids", bigger], capture_output=True, text=True,
                                         check=True).stdout.split()) - set(ids))
-    log = open(os.path.join(TMP, "reload.log"), "w+")
-    p = subprocess.Popen([LMAPD, "--store", served, "--listen", "127.0.0.1:0", "--threads", "2"],
-                         stderr=log, stdout=subprocess.DEVNULL)
-    port = None
-    for _ in range(200):
-        time.sleep(0.02)
-        log.seek(0)
-        for line in log:
-            if not line.endswith("\n"):
-                break  # still being written
-            ev = json.loads(line)
-            if ev["event"] == "listening":
-                port = ev["port"]
-        if port:
-            break
-    if port is None:
-        p.kill()
-        raise SystemExit("lmapd did not start")
+    # The log goes to a file of the daemon's own (start_daemon): a file the
+    # test also read through the descriptor it handed to lmapd shared its
+    # offset, and a seek here made lmapd write over its own lines.
+    p, port, log_path = start_daemon(served, "--threads", "2")
     try:
         stop = threading.Event()
         results = []
@@ -104,8 +90,7 @@ def main():
         check(st == 200 and json.loads(body)["record_count"] == 500, "answers come from the new store")
         st, _ = get(port, "/v1/labels/%s?box=0,0,1,1" % new_ids[0])
         check(st == 200, "an id only in the new store is served")
-        log.seek(0)
-        events = [json.loads(l) for l in log]
+        events = log_events(log_path)
         check(any(e["event"] == "reloaded" and e.get("records") == 500 for e in events), "reload logged")
         check(any(e["event"] == "reload_failed" for e in events), "failed reload logged")
 
