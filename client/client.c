@@ -773,6 +773,16 @@ int lmap_client_info(lmap_client *c, lmap_info *info, char **json) {
   return 0;
 }
 
+int lmap_client_ready(lmap_client *c) {
+  if (c == NULL)
+    return LMAP_EINVAL;
+  clear_error(c);
+  call k = {.path = "/readyz",
+            .max_ok = (size_t)64 << 10,
+            .what = "the cap on /readyz answers"};
+  return perform(c, &k);
+}
+
 /* ---- errors and odds ---------------------------------------------------- */
 
 void lmap_client_last_error(const lmap_client *c, lmap_error_detail *d) {

@@ -238,6 +238,16 @@ typedef struct lmap_info {
  *  Ownership: *json is the caller's, freed with lmap_free(). */
 LMAP_API int lmap_client_info(lmap_client *c, lmap_info *info, char **json);
 
+/** Asks whether a server is ready to serve (GET /readyz, which needs no
+ *  token): the servers in turn, as any call, until one answers 200; that
+ *  one becomes the endpoint. A server that is draining, or whose store is
+ *  unavailable or damaged, answers 503 and the next is asked.
+ *  Returns 0, or LMAP_EUNAVAILABLE (none ready: the message names each
+ *  server and its reason, "not ready (draining): ..." for lmapd),
+ *  LMAP_ETIMEOUT, LMAP_EPROTOCOL (an answer over 64 KiB), LMAP_ENOMEM.
+ *  Ownership: nothing is returned. */
+LMAP_API int lmap_client_ready(lmap_client *c);
+
 /** What went wrong in the handle's last call. */
 typedef struct lmap_error_detail {
   int code;                /**< the call's return value */

@@ -27,6 +27,7 @@ static const char query_help[] =
     "usage: lmap query URLS ID --box A,B,C,D [options]\n"
     "       lmap query URLS --batch FILE.jsonl [options]\n"
     "       lmap query URLS --info\n"
+    "       lmap query [URLS] --ready\n"
     "       lmap query URLS --map ID -o FILE.npy\n"
     "\n"
     "Asks lmapd for soft labels and prints the JSON items `lmap get` prints.\n"
@@ -45,6 +46,11 @@ static const char query_help[] =
     "  -q, --batch FILE           JSON lines as for `lmap get --queries` (- for stdin)\n"
     "      --batch-size N         queries per request (default 256)\n"
     "      --info                 print the server's store description (JSON)\n"
+    "      --ready                exit 0 when a server answers /readyz 200, 1 with\n"
+    "                             its reason otherwise (a health check); without\n"
+    "                             URLS, this host's lmapd: the address LMAPD_LISTEN\n"
+    "                             names (0.0.0.0 asked as 127.0.0.1), else\n"
+    "                             127.0.0.1:8080\n"
     "      --map ID               fetch a raw map as float32 [2,K,H,W]; needs -o\n"
     "  -o, --output FILE.npy      where --map writes\n"
     "      --token-file PATH      bearer token: the file's first line\n"
@@ -208,6 +214,20 @@ static int seconds_ms(const char *s, long *ms) {
   return 0;
 }
 
+/* The URL of this host's lmapd for --ready without URLS: LMAPD_LISTEN
+ * (lmapd's own setting; a wildcard host asked on loopback) or lmapd's
+ * default. */
+static void local_url(char *out, size_t cap) {
+  const char *listen = getenv("LMAPD_LISTEN");
+  if (listen == NULL || listen[0] == '\0')
+    listen = "127.0.0.1:8080";
+  const char *colon = strrchr(listen, ':');
+  if (colon != NULL && (strncmp(listen, "0.0.0.0:", 8) == 0 || colon == listen))
+    snprintf(out, cap, "http://127.0.0.1%s", colon);
+  else
+    snprintf(out, cap, "http://%s", listen);
+}
+
 static int print_info(lmap_client *c) {
   char *json = NULL;
   int rc = lmap_client_info(c, NULL, &json);
@@ -259,6 +279,7 @@ int cmd_query(int argc, char **argv) {
   enum {
     O_BSIZE = QUERY_OPT_NEXT,
     O_INFO,
+    O_READY,
     O_MAP,
     O_TOKEN,
     O_TIMEOUT,
@@ -270,6 +291,7 @@ int cmd_query(int argc, char **argv) {
       {"batch", required_argument, 0, 'q'},
       {"batch-size", required_argument, 0, O_BSIZE},
       {"info", no_argument, 0, O_INFO},
+      {"ready", no_argument, 0, O_READY},
       {"map", required_argument, 0, O_MAP},
       {"output", required_argument, 0, 'o'},
       {"token-file", required_argument, 0, O_TOKEN},
@@ -284,7 +306,7 @@ int cmd_query(int argc, char **argv) {
   lmap_client_options copts;
   lmap_client_options_init(&copts);
   const char *batch = NULL, *map_id = NULL, *output = NULL, *token_file = NULL;
-  int have_box = 0, info = 0, c, rc;
+  int have_box = 0, info = 0, ready = 0, c, rc;
   uint32_t retries;
   optind = 1;
   while ((c = getopt_long(argc, argv, "b:G:q:o:h", longopts, NULL)) != -1) {
@@ -301,6 +323,7 @@ int cmd_query(int argc, char **argv) {
                          optarg, MAX_BATCH);
       break;
     case O_INFO: info = 1; break;
+    case O_READY: ready = 1; break;
     case O_MAP: map_id = optarg; break;
     case 'o': output = optarg; break;
     case O_TOKEN: token_file = optarg; break;
@@ -325,9 +348,17 @@ int cmd_query(int argc, char **argv) {
     }
   }
   int nargs = argc - optind;
-  int modes = (batch != NULL) + info + (map_id != NULL);
+  int modes = (batch != NULL) + info + ready + (map_id != NULL);
   if (modes > 1)
-    return cli_usage("query", "--batch, --info and --map exclude each other");
+    return cli_usage("query",
+                     "--batch, --info, --ready and --map exclude each other");
+  char here[300];
+  const char *urls = nargs > 0 ? argv[optind] : NULL;
+  if (ready && nargs == 0) {
+    local_url(here, sizeof here);
+    urls = here;
+    nargs = 1;
+  }
   if (modes ? nargs != 1 : nargs != 2)
     return cli_usage("query", modes ? "expected URLS" : "expected URLS and ID");
   if (modes == 0 && !have_box)
@@ -350,7 +381,7 @@ int cmd_query(int argc, char **argv) {
     copts.token = token;
   }
   char err[LMAP_ERRBUF_SIZE];
-  rc = lmap_client_new(argv[optind], &copts, &x.client, err);
+  rc = lmap_client_new(urls, &copts, &x.client, err);
   memset(token, 0, sizeof token);
   if (rc)
     return cli_usage("query", "%s", err);
@@ -364,6 +395,10 @@ int cmd_query(int argc, char **argv) {
     fputs("lmap query: out of memory\n", stderr);
   } else if (info) {
     rc = print_info(x.client);
+    status = rc ? client_fail(&x, rc) : EXIT_OK;
+  } else if (ready) {
+    if ((rc = lmap_client_ready(x.client)) == 0)
+      printf("ready: %s\n", lmap_client_endpoint(x.client));
     status = rc ? client_fail(&x, rc) : EXIT_OK;
   } else if (map_id) {
     status = write_map(&x, map_id, output);

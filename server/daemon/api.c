@@ -1056,7 +1056,13 @@ static api_response *get_readyz(api_worker *w) {
   const char *status = ready_status(w->a, reason, sizeof reason);
   if (status == NULL)
     return json_text(w, 200, "{\"status\":\"ready\"}");
-  json_t *j = json_pack("{s:s, s:s}", "status", status, "reason", reason);
+  /* The error envelope too, so that a client (liblmap, `lmap query
+   * --ready`) reports the reason as it reports any refusal. */
+  char message[600];
+  snprintf(message, sizeof message, "not ready (%s): %s", status, reason);
+  json_t *j = json_pack("{s:s, s:s, s:{s:s, s:s}}", "status", status, "reason",
+                        reason, "error", "code",
+                        lmap_err_code(LMAP_EUNAVAILABLE), "message", message);
   char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
   json_decref(j);
   api_response *r = json_text(w, 503, text ? text : "{\"status\":\"unready\"}");

@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -136,10 +137,54 @@ def main():
             check(got.returncode == 2 and what in got.stderr,
                   "usage error %s: exit %d %s" % (args, got.returncode, got.stderr))
         same_errors(url, store, ids[0])
+        readiness(url, tport, store)
     finally:
         for p in (d, dt):
             stop_daemon(p)
     return summary()
+
+
+def readiness(url, tport, store):
+    """lmap query --ready: the health check of the container image."""
+    got = run("query", url, "--ready")
+    check(got.returncode == 0 and got.stdout == "ready: %s\n" % url, "ready: %r" % (got,))
+    # /readyz is outside the token: the check needs none.
+    got = run("query", "http://127.0.0.1:%d" % tport, "--ready")
+    check(got.returncode == 0, "ready without the token: %s" % got.stderr)
+    # Without URLS: the address LMAPD_LISTEN names, a wildcard asked on
+    # loopback; lmapd's default otherwise.
+    port = url.rsplit(":", 1)[1]
+    for listen in ("127.0.0.1:" + port, "0.0.0.0:" + port):
+        got = subprocess.run([LMAP, "query", "--ready"], capture_output=True, text=True,
+                             timeout=60, env=dict(os.environ, LMAPD_LISTEN=listen))
+        check(got.returncode == 0 and got.stdout == "ready: %s\n" % url,
+              "ready from LMAPD_LISTEN=%s: %r" % (listen, got))
+    got = run("query", "--ready", "--retries", "0")
+    check(got.returncode == 1 and "127.0.0.1:8080" in got.stderr or got.returncode == 0,
+          "default address: %r" % (got,))
+    # A replica whose store changed under it answers 503: not ready, and
+    # the reason is the server's.
+    served = os.path.join(TMP, "query-ready.lmap")
+    with open(store, "rb") as f, open(served, "wb") as g:
+        g.write(f.read())
+    p, port, _ = start_daemon(served)
+    try:
+        with open(served, "ab") as g:
+            g.write(b"x")  # in place, as `cp` over a served file would
+        deadline = time.monotonic() + 10
+        got = None
+        while time.monotonic() < deadline:
+            got = run("query", "http://127.0.0.1:%d" % port, "--ready", "--retries", "0")
+            if got.returncode != 0:
+                break
+            time.sleep(0.1)
+        check(got.returncode == 1 and "not ready (unavailable)" in got.stderr
+              and "changed size" in got.stderr, "unready replica: %r" % (got,))
+        got = run("query", "http://127.0.0.1:%d,%s" % (port, url), "--ready", "--retries", "0")
+        check(got.returncode == 0 and got.stdout == "ready: %s\n" % url,
+              "the next server is asked: %r" % (got,))
+    finally:
+        stop_daemon(p)
 
 
 def same_errors(url, store, ident):

@@ -293,6 +293,14 @@ int main(void) {
   r = call(w, "GET", "/readyz", NULL, NULL, NULL);
   ASSERT_EQ(r->status, 503);
   ASSERT(strstr(r->body.data, "draining") != NULL);
+  {
+    json_t *ready = parse(r), *e = json_object_get(ready, "error");
+    ASSERT_STR(json_string_value(json_object_get(ready, "status")), "draining");
+    ASSERT_STR(json_string_value(json_object_get(e, "code")), "unavailable");
+    ASSERT(strncmp(json_string_value(json_object_get(e, "message")),
+                   "not ready (draining): ", 22) == 0);
+    json_decref(ready);
+  }
   ASSERT_EQ(call(w, "GET", "/livez", NULL, NULL, NULL)->status, 200);
 
   api_worker_free(w);
