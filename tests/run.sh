@@ -2,7 +2,8 @@
 # The project's test command: installs what the build and the tests need
 # (Debian packages, only those missing), checks the C formatting
 # (tests/format.sh), builds, and runs every ctest suite
-# (unit, oracle, e2e, client, python, bench), a short soak of the real lmapd,
+# (unit, oracle, e2e, client, python, bench), the deploy suite (the container
+# image built and run: tests/deploy/run.sh), a short soak of the real lmapd,
 # the unit, e2e and client tests again under AddressSanitizer + UBSan, the
 # e2e tests under ThreadSanitizer, and each libFuzzer target for 20 s.
 #
@@ -20,6 +21,7 @@ packages=(
   python3-torch python3-torchvision python3-numpy
   wrk nginx-light gnuplot-nox
   libxxhash-dev clang libclang-rt-14-dev clang-format-14
+  docker.io debootstrap
 )
 deploy/install-deps.sh "${packages[@]}"
 
@@ -29,6 +31,8 @@ jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLMAP_WERROR=ON
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j"$jobs"
+
+tests/deploy/run.sh build
 
 if [ -z "${LMAP_SKIP_SANITIZE:-}" ]; then
   cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Debug -DLMAP_SANITIZE=ON -DLMAP_WERROR=ON
