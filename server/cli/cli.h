@@ -26,6 +26,19 @@ int cmd_get(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_query(int argc, char **argv);
+int cmd_pull(int argc, char **argv);
+
+/* cli_verify's modes. */
+#define VERIFY_PAGES 0 /* every page against its checksum first */
+#define VERIFY_NO_CHECKSUMS                                                    \
+  1 /* a store without page checksums (refused                                 \
+       if it has them) */
+
+/* Checks the store at `path` as `lmap verify` does: every page (in
+ * VERIFY_PAGES), then every record decoded and checked, and the count
+ * against the metadata. Prints the problems to stderr under "lmap <cmd>"
+ * and the summary line to stdout. Returns EXIT_OK or EXIT_FAIL. */
+int cli_verify(const char *cmd, const char *path, int mode);
 
 /* Prints "lmap <cmd>: <message>" and "Try 'lmap <cmd> --help'"; returns
  * EXIT_USAGE. */

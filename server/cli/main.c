@@ -27,6 +27,7 @@ static const char usage[] =
     "  export STORE ID -o F  write one stored map as a float32 [2,K,H,W] .npy\n"
     "  verify STORE          check every page, decode and check every record\n"
     "  query URLS ID --box . ask lmapd servers for soft labels (as `get` prints them)\n"
+    "  pull URL -o STORE     copy a store from a server (resumable), verify it, install it\n"
     "\n"
     "Run 'lmap <command> --help' for a command's options.\n"
     "\n"
@@ -71,7 +72,7 @@ int main(int argc, char **argv) {
   } commands[] = {
       {"import", cmd_import}, {"synth", cmd_synth}, {"info", cmd_info},
       {"ids", cmd_ids},       {"get", cmd_get},     {"export", cmd_export},
-      {"verify", cmd_verify}, {"query", cmd_query},
+      {"verify", cmd_verify}, {"query", cmd_query}, {"pull", cmd_pull},
   };
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (strcmp(cmd, commands[i].name) == 0) {

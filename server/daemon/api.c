@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pool/itemjson.h"
 #include "pool/npy.h"
@@ -26,6 +27,7 @@
 #include "pool/queryopt.h"
 
 #include "log.h"
+#include "range.h"
 
 #define MISSING_NAMED 8 /* unknown ids named in a 404 */
 /* A worker keeps at most this much answer buffer (and pooling scratch)
@@ -70,6 +72,7 @@ struct api {
   pthread_mutex_t mu;
   uint32_t max_batch;
   size_t max_answer;
+  int serve_store;
   api_edge_metrics edge_metrics;
   void *edge_ctx;
   atomic_int draining;
@@ -229,6 +232,10 @@ void api_set_max_answer(api *a, size_t bytes) {
   if (bytes == 0)
     bytes = API_DEFAULT_MAX_ANSWER;
   a->max_answer = bytes < API_MIN_MAX_ANSWER ? API_MIN_MAX_ANSWER : bytes;
+}
+
+void api_set_serve_store(api *a, int on) {
+  a->serve_store = on;
 }
 
 void api_set_draining(api *a) {
@@ -428,6 +435,8 @@ static int use_current(api_worker *w, diag *d) {
   return 0;
 }
 
+static void reset(api_response *res);
+
 api_worker *api_worker_new(api *a) {
   api_worker *w = calloc(1, sizeof *w);
   if (w == NULL)
@@ -461,6 +470,7 @@ void api_worker_free(api_worker *w) {
   generation_release(w->g);
   pool_ws_free(w->ws);
   free(w->dense);
+  reset(&w->res); /* closes a file answer nobody took */
   lmap_dynbuf_free(&w->res.body);
   pthread_mutex_destroy(&w->mu);
   free(w);
@@ -469,6 +479,13 @@ void api_worker_free(api_worker *w) {
 /* ---- responses ---- */
 
 static void reset(api_response *res) {
+  if (res->has_file) /* a file answer nobody took */
+    close(res->file_fd);
+  res->has_file = 0;
+  res->file_fd = -1;
+  res->file_offset = res->file_length = 0;
+  res->etag[0] = res->content_range[0] = res->store_id[0] = '\0';
+  res->accept_ranges = 0;
   res->status = 200;
   res->content_type = JSON_TYPE;
   res->allow = NULL;
@@ -925,6 +942,57 @@ static api_response *get_info(api_worker *w) {
   return r;
 }
 
+/* GET /v1/store: the store file as it is on disk, or one byte range of it,
+ * sent by the HTTP layer from a descriptor of the open file (sendfile). A
+ * client resuming with If-Range and an older ETag gets the whole current
+ * file instead of a part of another. */
+static api_response *get_store(api_worker *w, const api_request *req) {
+  if (!w->a->serve_store)
+    return fail_msg(w, LMAP_ENOTFOUND, NULL, "%s",
+                    "this lmapd does not serve its store file (start it with "
+                    "--serve-store)");
+  store *s = w->g->s;
+  uint64_t size = store_file_size(s), first = 0, len = size;
+  reset(&w->res);
+  w->res.accept_ranges = 1;
+  snprintf(w->res.etag, sizeof w->res.etag, "\"%s\"", store_id(s));
+  const char *range = req->range;
+  if (range != NULL && req->if_range != NULL &&
+      strcmp(req->if_range, w->res.etag) != 0)
+    range = NULL;
+  switch (range_parse(range, size, &first, &len)) {
+  case RANGE_UNSATISFIABLE: {
+    diag d;
+    diag_field(&d, LMAP_ERANGE, "Range",
+               "the range '%.64s' is outside the %llu-byte store file", range,
+               (unsigned long long)size);
+    fail(w, LMAP_ERANGE, &d);
+    w->res.status = 416;
+    w->res.accept_ranges = 1;
+    snprintf(w->res.content_range, sizeof w->res.content_range, "bytes */%llu",
+             (unsigned long long)size);
+    return &w->res;
+  }
+  case RANGE_PART:
+    w->res.status = 206;
+    snprintf(w->res.content_range, sizeof w->res.content_range,
+             "bytes %llu-%llu/%llu", (unsigned long long)first,
+             (unsigned long long)(first + len - 1), (unsigned long long)size);
+    break;
+  case RANGE_WHOLE: break;
+  }
+  int fd = store_dup_fd(s);
+  if (fd < 0)
+    return fail_msg(w, LMAP_EIO, NULL, "cannot send the store file: %s",
+                    strerror(errno));
+  w->res.content_type = "application/octet-stream";
+  w->res.has_file = 1;
+  w->res.file_fd = fd;
+  w->res.file_offset = first;
+  w->res.file_length = len;
+  return &w->res;
+}
+
 static api_response *get_classes(api_worker *w) {
   const char *names = store_class_names_json(w->g->s);
   if (names == NULL)
@@ -1022,7 +1090,8 @@ static metrics_route route_of(const char *path, const char **id) {
   } exact[] = {
       {"/livez", ROUTE_LIVEZ},        {"/readyz", ROUTE_READYZ},
       {"/metrics", ROUTE_METRICS},    {"/v1/info", ROUTE_INFO},
-      {"/v1/classes", ROUTE_CLASSES}, {"/v1/labels", ROUTE_LABELS_POST}};
+      {"/v1/classes", ROUTE_CLASSES}, {"/v1/labels", ROUTE_LABELS_POST},
+      {"/v1/store", ROUTE_STORE}};
   for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
     if (strcmp(path, exact[i].path) == 0)
       return exact[i].route;
@@ -1091,6 +1160,7 @@ static api_response *dispatch(api_worker *w, const api_request *req,
   case ROUTE_CLASSES: return get_classes(w);
   case ROUTE_LABELS_GET: return get_label(w, req, id);
   case ROUTE_MAPS: return get_map(w, req, id);
+  case ROUTE_STORE: return get_store(w, req);
   default:
     api_error_message(&w->res, LMAP_ENOTFOUND, "no such route");
     return &w->res;
@@ -1101,7 +1171,7 @@ static api_response *dispatch(api_worker *w, const api_request *req,
 static int reads_store(metrics_route route) {
   return route == ROUTE_INFO || route == ROUTE_CLASSES ||
          route == ROUTE_LABELS_GET || route == ROUTE_LABELS_POST ||
-         route == ROUTE_MAPS;
+         route == ROUTE_MAPS || route == ROUTE_STORE;
 }
 
 api_response *api_handle(api_worker *w, const api_request *req) {
@@ -1132,6 +1202,10 @@ api_response *api_handle(api_worker *w, const api_request *req) {
   } else {
     r = dispatch(w, req, route, id);
   }
+  /* Every answer read from the store names it: a client behind a balancer
+   * can tell which store (and after a rollout, which version) answered. */
+  if (reads_store(route) && w->g != NULL)
+    snprintf(r->store_id, sizeof r->store_id, "%s", store_id(w->g->s));
   r->route = route;
   pthread_mutex_unlock(&w->mu);
   return r;

@@ -45,6 +45,8 @@ typedef struct api_request {
   void *arg_ctx;
   const char *accept;        /* the Accept header, or NULL */
   const char *authorization; /* the Authorization header, or NULL */
+  const char *range;         /* the Range header, or NULL */
+  const char *if_range;      /* the If-Range header, or NULL */
   const uint8_t *body;
   size_t body_len;
 } api_request;
@@ -58,6 +60,16 @@ typedef struct api_response {
   metrics_route route;      /* for the metrics */
   uint32_t batch, labels;   /* queries asked and labels answered */
   dynbuf body;              /* owned by the api_worker, reused */
+  /* An answer that is a part of a file (GET /v1/store) instead of `body`:
+   * with `has_file`, a descriptor that the caller takes over (clearing
+   * `has_file`); a zeroed response has none. */
+  int has_file;
+  int file_fd;
+  uint64_t file_offset, file_length;
+  char etag[24];          /* the ETag header, or "" */
+  char content_range[80]; /* the Content-Range header, or "" */
+  int accept_ranges;      /* send Accept-Ranges: bytes */
+  char store_id[20]; /* X-Lmap-Store: the store an answer comes from, or "" */
   /* The worker whose buffer `body` is, or NULL for an answer http.c makes
    * itself: api_observe gives a large buffer's memory back. */
   struct api_worker *worker;
@@ -94,6 +106,12 @@ int api_set_token(api *a, const char *token, size_t len);
  * JSON see itemjson_max_len). 0 keeps the default; values below
  * API_MIN_MAX_ANSWER are raised to it. Call before serving. */
 void api_set_max_answer(api *a, size_t bytes);
+
+/* Serves the store file itself at GET /v1/store (lmapd --serve-store), so
+ * that a new replica can copy it from a running one: ETag (the store's id),
+ * one byte range, If-Range. Off by default: /v1/store is then 404. Call
+ * before serving. */
+void api_set_serve_store(api *a, int on);
 
 /* Lines that /metrics adds from the HTTP edge, which the api cannot see
  * (open connections, answers waiting to be read): `render` appends them to

@@ -391,7 +391,17 @@ static enum MHD_Result respond_over_budget(http_server *s,
 static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
                                request *rq, api_response *r) {
   struct MHD_Response *resp = NULL;
-  if (r->worker != NULL && r->body.len > HTTP_HANDOVER_BYTES) {
+  if (r->has_file) {
+    /* MHD sends it with sendfile() (no copy through user space) and
+     * closes the descriptor when done. */
+    r->has_file = 0;
+    resp = MHD_create_response_from_fd_at_offset64(r->file_length, r->file_fd,
+                                                   (int64_t)r->file_offset);
+    if (resp == NULL) {
+      close(r->file_fd);
+      return MHD_NO;
+    }
+  } else if (r->worker != NULL && r->body.len > HTTP_HANDOVER_BYTES) {
     int over_budget;
     resp = hand_over(s, r, &over_budget);
     if (over_budget)
@@ -407,6 +417,15 @@ static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
   MHD_add_response_header(resp, "X-Request-Id", rq->id);
   if (r->allow)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
+  if (r->store_id[0])
+    MHD_add_response_header(resp, "X-Lmap-Store", r->store_id);
+  if (r->etag[0])
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, r->etag);
+  if (r->accept_ranges)
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes");
+  if (r->content_range[0])
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE,
+                            r->content_range);
   if (r->auth_challenge)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
   if (r->retry_after) {
@@ -426,7 +445,12 @@ static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
               (double)(now.tv_nsec - rq->start.tv_nsec) * 1e-6;
   api_observe(s->a, r, ms);
   if (s->on_access && (s->log_all || r->status >= 400)) {
-    http_access a = {rq->id, rq->method, rq->path, r->status, r->body.len, ms};
+    http_access a = {rq->id,
+                     rq->method,
+                     rq->path,
+                     r->status,
+                     r->file_length ? r->file_length : r->body.len,
+                     ms};
     s->on_access(&a);
   }
   return ok;
@@ -571,6 +595,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
           rq->bad_auth ? ""
                        : MHD_lookup_connection_value(
                              c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+      .range = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                           MHD_HTTP_HEADER_RANGE),
+      .if_range = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                              MHD_HTTP_HEADER_IF_RANGE),
       .body = (const uint8_t *)rq->body.data,
       .body_len = rq->body.len,
   };

@@ -51,6 +51,10 @@ static const char usage[] =
     "  --no-page-check          LMAPD_PAGE_CHECK=0 skip the check of every page of the\n"
     "                                              store when it is opened\n"
     "  --access-log             LMAPD_ACCESS_LOG=1 log every request (default: errors only)\n"
+    "  --serve-store            LMAPD_SERVE_STORE=1 serve the store file itself at\n"
+    "                                              GET /v1/store (ETag, Range), for\n"
+    "                                              `lmap pull` on new replicas; behind\n"
+    "                                              the token when one is set (default off)\n"
     "  --log-format json|text   LMAPD_LOG_FORMAT   log lines (default json)\n"
     "  --token-file PATH        LMAPD_TOKEN_FILE   require 'Authorization: Bearer <token>'\n"
     "                                              on /v1/ (the file's first line,\n"
@@ -68,7 +72,7 @@ typedef struct config {
   const char *store;
   const char *listen;
   const char *token_file;
-  unsigned long access_log, page_check;
+  unsigned long access_log, page_check, serve_store;
   const char *log_format;
   unsigned long threads, max_body, max_batch, max_answer, max_answer_memory,
       max_connections, max_per_ip, header_timeout, idle_timeout, grace;
@@ -191,6 +195,7 @@ int main(int argc, char **argv) {
   };
   toggle toggles[] = {
       {"access-log", "LMAPD_ACCESS_LOG", &c.access_log, 1},
+      {"serve-store", "LMAPD_SERVE_STORE", &c.serve_store, 1},
       {"no-page-check", "LMAPD_PAGE_CHECK", &c.page_check, 0},
   };
   enum {
@@ -293,7 +298,7 @@ int main(int argc, char **argv) {
 
   json_t *cfg = json_pack(
       "{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
-      " s:b, s:b, s:s, s:s}",
+      " s:b, s:b, s:b, s:s, s:s}",
       "store", c.store, "token",
       c.token_file ? "<redacted, from file>" : "none", "listen", c.listen,
       "threads", (json_int_t)c.threads, "max_body", (json_int_t)c.max_body,
@@ -303,8 +308,9 @@ int main(int argc, char **argv) {
       (json_int_t)c.max_connections, "max_per_ip", (json_int_t)c.max_per_ip,
       "header_timeout", (json_int_t)c.header_timeout, "idle_timeout",
       (json_int_t)c.idle_timeout, "grace", (json_int_t)c.grace, "page_check",
-      (int)c.page_check, "access_log", (int)c.access_log, "log_format",
-      c.log_format ? c.log_format : "json", "version", LMAP_VERSION_STRING);
+      (int)c.page_check, "access_log", (int)c.access_log, "serve_store",
+      (int)c.serve_store, "log_format", c.log_format ? c.log_format : "json",
+      "version", LMAP_VERSION_STRING);
   char *cfg_text = cfg ? json_dumps(cfg, JSON_COMPACT) : NULL;
   log_event("config", "\"config\":%s", cfg_text ? cfg_text : "null");
   free(cfg_text);
@@ -341,6 +347,7 @@ int main(int argc, char **argv) {
   unsigned long long records = store_get_meta(s)->record_count;
   s = NULL; /* the api owns the store now */
   api_set_max_answer(a, (size_t)c.max_answer);
+  api_set_serve_store(a, (int)c.serve_store);
   if (token_len && api_set_token(a, token, token_len)) {
     diag_set(&d, LMAP_ENOMEM, "cannot keep the token");
     goto fail;

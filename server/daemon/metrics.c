@@ -5,13 +5,15 @@
 #include <stdlib.h>
 
 static const char *const route_names[ROUTE_COUNT] = {
-    "/livez",          "/readyz",       "/metrics",
-    "/v1/info",        "/v1/classes",   "GET /v1/labels/{id}",
-    "POST /v1/labels", "/v1/maps/{id}", "other"};
+    "/livez",          "/readyz",
+    "/metrics",        "/v1/info",
+    "/v1/classes",     "GET /v1/labels/{id}",
+    "POST /v1/labels", "/v1/maps/{id}",
+    "/v1/store",       "other"};
 
 /* The statuses lmapd answers with; anything else counts as "other". */
-static const int statuses[] = {200, 400, 401, 404, 405,
-                               411, 413, 431, 500, 503};
+static const int statuses[] = {200, 206, 400, 401, 404, 405,
+                               411, 413, 416, 431, 500, 503};
 #define NSTATUS (sizeof statuses / sizeof statuses[0] + 1)
 
 /* Latency buckets in milliseconds: sub-millisecond resolution first. */

@@ -22,6 +22,7 @@ typedef enum metrics_route {
   ROUTE_LABELS_GET,
   ROUTE_LABELS_POST,
   ROUTE_MAPS,
+  ROUTE_STORE,
   ROUTE_OTHER, /* unknown routes and refused requests */
   ROUTE_COUNT
 } metrics_route;

@@ -145,6 +145,7 @@ typedef struct trailer {
   uint64_t npages, nblocks;
   uint64_t start; /* file offset of the trailer: npages * psize */
   uint8_t *sums;  /* nblocks little-endian u64, owned */
+  uint64_t sum;   /* the trailer's own checksum */
 } trailer;
 
 /*
@@ -220,6 +221,7 @@ static int trailer_load(int fd, uint64_t size, trailer *t, int *found,
   t->npages = npages;
   t->nblocks = nblocks;
   t->start = start;
+  t->sum = store_le64(b + body);
   t->sums = malloc(nblocks ? (size_t)nblocks * 8 : 1);
   if (t->sums == NULL) {
     rc = diag_set(d, LMAP_ENOMEM, "out of memory for the checksum trailer");
@@ -297,7 +299,8 @@ done:
 }
 
 /* See pagecheck.h. */
-int pagecheck_file(int fd, uint64_t size, unsigned flags, int *state, diag *d) {
+int pagecheck_file(int fd, uint64_t size, unsigned flags, int *state,
+                   uint64_t *trailer_sum, diag *d) {
   trailer t;
   int found;
   uint32_t psize = 0;
@@ -305,6 +308,8 @@ int pagecheck_file(int fd, uint64_t size, unsigned flags, int *state, diag *d) {
   int rc = trailer_load(fd, size, &t, &found, d);
   if (rc != 0)
     return rc;
+  if (trailer_sum != NULL)
+    *trailer_sum = found ? t.sum : 0;
   if (found && !(flags & STORE_OPEN_NO_PAGE_CHECK) &&
       (rc = check_blocks(fd, &t, 0, NULL, NULL, d)) != 0)
     goto done;
@@ -362,12 +367,12 @@ int store_check_file(const char *path, store_bad_block_fn bad, void *ctx,
   if (!found) {
     /* pagecheck_file says why there is none: not an LMDB file, a store cut in
      * its trailer, or one written before page checksums. */
-    rc = pagecheck_file(fd, size, 0, &state, d);
+    rc = pagecheck_file(fd, size, 0, &state, NULL, d);
     goto done;
   }
   if ((rc = check_blocks(fd, &t, 1, bad, ctx, d)) != 0)
     goto done;
-  rc = pagecheck_file(fd, size, STORE_OPEN_NO_PAGE_CHECK, &state, d);
+  rc = pagecheck_file(fd, size, STORE_OPEN_NO_PAGE_CHECK, &state, NULL, d);
 done:
   if (fd >= 0)
     close(fd);

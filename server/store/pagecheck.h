@@ -33,9 +33,12 @@ int pagecheck_lmdb_header(int fd, uint64_t size, uint32_t *psize,
  * with no trailer is a store written before page checksums if it ends
  * where LMDB's pages end (accepted only with STORE_OPEN_NO_PAGE_CHECK), and
  * a store cut in its trailer otherwise. Sets *state to a STORE_PAGES_*
- * value. Returns 0, LMAP_EBADSTORE naming the problem, LMAP_EIO or
+ * value, and *trailer_sum (when not NULL) to the trailer's own checksum,
+ * which covers every page and so names the file's bytes (0 without a
+ * trailer). Returns 0, LMAP_EBADSTORE naming the problem, LMAP_EIO or
  * LMAP_ENOMEM. */
-int pagecheck_file(int fd, uint64_t size, unsigned flags, int *state, diag *d);
+int pagecheck_file(int fd, uint64_t size, unsigned flags, int *state,
+                   uint64_t *trailer_sum, diag *d);
 
 /* Appends the checksum trailer to `fd` (named `name` in messages), whose
  * LMDB pages of `psize` bytes end at `pages_end`: reads the pages back and

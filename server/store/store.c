@@ -37,6 +37,7 @@
 
 #include <jansson.h>
 #include <lmdb.h>
+#include <xxhash.h>
 
 #include "chunk.h"
 #include "common.h"
@@ -160,6 +161,8 @@ struct store {
   size_t dict_len;
   uint64_t file_size;
   struct timespec mtime; /* at open, for store_file_check */
+  uint64_t trailer_sum;  /* the checksum trailer's own checksum, 0 if none */
+  char id[20];           /* store_id */
 };
 
 /* Reads integer field `key` of `root` (the document called `doc` in
@@ -569,7 +572,7 @@ int store_open_flags(const char *path, unsigned flags, store **out, diag *d) {
     goto fail;
   }
   if ((rc = pagecheck_file(fd, (uint64_t)st.st_size, flags, &s->meta.page_check,
-                           d)) != 0)
+                           &s->trailer_sum, d)) != 0)
     goto fail;
   if ((rc = open_env(s, &st, d)) != 0)
     goto fail;
@@ -583,6 +586,17 @@ int store_open_flags(const char *path, unsigned flags, store **out, diag *d) {
       rc = fault_diag(s, 0, d);
     goto fail;
   }
+  /* The trailer's checksum covers every page: equal ids, equal bytes. A
+   * store without one gets a name of its metadata and size instead. */
+  if (s->trailer_sum != 0)
+    snprintf(s->id, sizeof s->id, "%016llx",
+             (unsigned long long)s->trailer_sum);
+  else
+    snprintf(s->id, sizeof s->id, "m%015llx",
+             (unsigned long long)(XXH3_64bits_withSeed(s->meta_json,
+                                                       strlen(s->meta_json),
+                                                       s->file_size) >>
+                                  4));
   /* Committing, not aborting, keeps the database handles opened in this
    * transaction valid for the readers' transactions. */
   e = mdb_txn_commit(txn);
@@ -635,6 +649,17 @@ json_t *store_info(const store *s) {
 
 const char *store_class_names_json(const store *s) {
   return s->classes_json;
+}
+
+const char *store_id(const store *s) {
+  return s->id;
+}
+
+int store_dup_fd(const store *s) {
+  mdb_filehandle_t fd;
+  if (mdb_env_get_fd(s->env, &fd) != 0)
+    return -1;
+  return fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }
 
 uint64_t store_file_size(const store *s) {

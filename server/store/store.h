@@ -138,6 +138,21 @@ json_t *store_info(const store *s);
  * Borrowed, valid until store_close. */
 const char *store_class_names_json(const store *s);
 
+/* A short name of the store's bytes, borrowed until store_close: 16 hex
+ * digits of the checksum of its checksum trailer, which covers every page,
+ * so every copy of the same file has the same id and any other file another
+ * (lmapd's ETag for GET /v1/store and its X-Lmap-Store header). A store
+ * without a trailer (opened with STORE_OPEN_NO_PAGE_CHECK) gets "m" and 15
+ * hex digits of its metadata and size instead, which names it less
+ * surely. */
+const char *store_id(const store *s);
+
+/* A new descriptor of the open store file (close-on-exec; the caller
+ * closes it), for sending the file itself: it stays the file that was
+ * opened even after another is renamed over its path. -1 with errno set
+ * when none can be had. */
+int store_dup_fd(const store *s);
+
 /* Size of the store file in bytes. */
 uint64_t store_file_size(const store *s);
 

@@ -908,7 +908,7 @@ int store_add_checksums(const char *src, const char *dst, int overwrite,
   /* Only a store without a trailer (one with a damaged or cut trailer is
    * not blessed here: it is refused as it is at open). */
   rc = pagecheck_file(in, (uint64_t)st.st_size, STORE_OPEN_NO_PAGE_CHECK,
-                      &state, d);
+                      &state, NULL, d);
   if (rc == 0 && state != STORE_PAGES_NONE)
     rc = diag_set(d, LMAP_EINVAL, "already has page checksums");
   if (rc == 0)

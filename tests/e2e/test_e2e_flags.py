@@ -27,9 +27,9 @@ NUMERIC = {
 }
 ENV = {"--store": "LMAPD_STORE", "--listen": "LMAPD_LISTEN", "--token-file": "LMAPD_TOKEN_FILE",
        "--log-format": "LMAPD_LOG_FORMAT", "--access-log": "LMAPD_ACCESS_LOG",
-       "--no-page-check": "LMAPD_PAGE_CHECK"}
+       "--no-page-check": "LMAPD_PAGE_CHECK", "--serve-store": "LMAPD_SERVE_STORE"}
 OTHER = {"--store", "--listen", "--token-file", "--log-format", "--access-log", "--no-page-check",
-         "--help", "--version"}
+         "--serve-store", "--help", "--version"}
 
 
 def config_of(log):
@@ -69,15 +69,17 @@ def main():
     base = [LMAPD, "--store", store, "--listen", "127.0.0.1:0"]
     # Every numeric flag, all at once, then every variable, all at once.
     args = [a for flag, (_, val) in NUMERIC.items() for a in (flag, val)]
-    args += ["--token-file", token, "--access-log", "--no-page-check"]
+    args += ["--token-file", token, "--access-log", "--no-page-check", "--serve-store"]
     p, port, log = launch(base + args)
     try:
         cfg = config_of(log)
         for flag, (key, val) in NUMERIC.items():
             check(cfg.get(key) == int(val), "%s %s -> config %s=%s" % (flag, val, key, cfg.get(key)))
         check(cfg["token"] == "<redacted, from file>" and cfg["access_log"] is True
-              and cfg["page_check"] is False and cfg["store"] == store,
-              "--token-file, --access-log, --no-page-check, --store take effect (%s)" % cfg)
+              and cfg["page_check"] is False and cfg["store"] == store
+              and cfg["serve_store"] is True,
+              "--token-file, --access-log, --no-page-check, --store, --serve-store take effect "
+              "(%s)" % cfg)
         # --max-per-ip takes effect: it serves (it once printed the usage).
         import urllib.request
         with urllib.request.urlopen("http://127.0.0.1:%d/livez" % port, timeout=5) as r:
@@ -89,15 +91,16 @@ def main():
 
     env = {"LMAPD_" + key.upper(): val for key, val in (v for v in NUMERIC.values())}
     env.update({"LMAPD_STORE": store, "LMAPD_LISTEN": "127.0.0.1:0", "LMAPD_TOKEN_FILE": token,
-                "LMAPD_ACCESS_LOG": "1", "LMAPD_PAGE_CHECK": "0"})
+                "LMAPD_ACCESS_LOG": "1", "LMAPD_PAGE_CHECK": "0", "LMAPD_SERVE_STORE": "1"})
     p, port, log = launch([LMAPD], env=env)
     try:
         cfg = config_of(log)
         for flag, (key, val) in NUMERIC.items():
             check(cfg.get(key) == int(val), "LMAPD_%s=%s -> config %s" % (key.upper(), val, cfg.get(key)))
         check(cfg["token"] == "<redacted, from file>" and cfg["access_log"] is True
-              and cfg["page_check"] is False and cfg["store"] == store and cfg["listen"] == "127.0.0.1:0",
-              "LMAPD_STORE, _LISTEN, _TOKEN_FILE, _ACCESS_LOG, _PAGE_CHECK take effect")
+              and cfg["page_check"] is False and cfg["store"] == store and cfg["listen"] == "127.0.0.1:0"
+              and cfg["serve_store"] is True,
+              "LMAPD_STORE, _LISTEN, _TOKEN_FILE, _ACCESS_LOG, _PAGE_CHECK, _SERVE_STORE take effect")
     finally:
         check(stop_daemon(p) == 0, "exit 0 (env daemon)")
     # A flag wins over its variable.
@@ -140,7 +143,7 @@ def main():
           "--max-answer-memory below --max-answer: exit 2 naming both (%d %r)" % (r.returncode, r.stderr))
     usage_error(["--store", store], env={"LMAPD_MAX_ANSWER_MEMORY": "1048576"},
                 what="LMAPD_MAX_ANSWER_MEMORY below the default --max-answer")
-    for name in ("LMAPD_ACCESS_LOG", "LMAPD_PAGE_CHECK"):
+    for name in ("LMAPD_ACCESS_LOG", "LMAPD_PAGE_CHECK", "LMAPD_SERVE_STORE"):
         usage_error(["--store", store], env={name: "yes"}, what="bad switch")
     return summary()
 
