@@ -12,7 +12,7 @@ FROM debian:12-slim AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       cmake gcc make pkg-config libc6-dev \
       liblmdb-dev libzstd-dev libjansson-dev libarchive-dev libmicrohttpd-dev libuv1-dev \
-      libcurl4-openssl-dev libxxhash-dev \
+      libcurl4-openssl-dev libxxhash-dev libsystemd-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt CMakePresets.json ./
@@ -28,7 +28,7 @@ FROM debian:12-slim
 # The shared libraries lmap and lmapd link (liblmap is linked in
 # statically), and the CA certificates for HTTPS servers.
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      liblmdb0 libzstd1 libjansson4 libarchive13 libmicrohttpd12 libuv1 libcurl4 libxxhash0 \
+      liblmdb0 libzstd1 libjansson4 libarchive13 libmicrohttpd12 libuv1 libcurl4 libxxhash0 libsystemd0 \
       ca-certificates \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \
     && groupadd --system --gid 10001 lmap \

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake gcc make pkg-config liblmdb-dev libzstd-dev libjansson-dev libarchive-dev
-  libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev)
+  libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev libxxhash-dev libsystemd-dev)
 deploy/install-deps.sh "${packages[@]}"
 
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DLMAP_BUILD_TESTS=OFF >/dev/null

@@ -20,8 +20,8 @@ packages=(
   liblmdb-dev libzstd-dev libjansson-dev libarchive-dev libmicrohttpd-dev libuv1-dev libcurl4-openssl-dev
   python3-torch python3-torchvision python3-numpy
   wrk nginx-light gnuplot-nox
-  libxxhash-dev clang libclang-rt-14-dev clang-format-14
-  docker.io debootstrap
+  libxxhash-dev libsystemd-dev clang libclang-rt-14-dev clang-format-14
+  docker.io debootstrap haproxy
 )
 deploy/install-deps.sh "${packages[@]}"
 

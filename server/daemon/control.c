@@ -11,6 +11,7 @@
 #include "store/store.h"
 
 #include "log.h"
+#include "notify.h"
 
 typedef struct control {
   api *a;
@@ -82,6 +83,7 @@ static void on_signal(uv_signal_t *s, int signum) {
     return;
   c->draining = 1;
   log_event("draining", "\"signal\":%d,\"grace_ms\":%u", signum, c->grace_ms);
+  notify_stopping();
   api_set_draining(c->a);
   http_quiesce(c->h);
   c->drain_started = uv_now(s->loop);
@@ -99,23 +101,29 @@ static void on_reload(uv_signal_t *s, int signum) {
   diag d;
   diag_clear(&d);
   store *st;
+  notify_reloading();
   if (store_open_flags(c->store_path, c->open_flags, &st, &d) != 0) {
     json_t *m = json_string(diag_text(&d));
     char *text = m ? json_dumps(m, JSON_ENCODE_ANY) : NULL;
     log_event("reload_failed", "\"message\":%s", text ? text : "\"?\"");
     free(text);
     json_decref(m);
+    notify_reloaded(0, NULL, diag_text(&d));
     return;
   }
   unsigned long long records = store_get_meta(st)->record_count;
+  char id[20];
+  snprintf(id, sizeof id, "%s", store_id(st));
   uint64_t gen = api_swap(c->a, st);
   if (gen == 0) {
     store_close(st);
     log_event("reload_failed", "\"message\":\"out of memory\"");
+    notify_reloaded(0, NULL, "out of memory");
     return;
   }
-  log_event("reloaded", "\"generation\":%llu,\"records\":%llu",
-            (unsigned long long)gen, records);
+  log_event("reloaded", "\"generation\":%llu,\"records\":%llu,\"store\":\"%s\"",
+            (unsigned long long)gen, records, id);
+  notify_reloaded(records, id, NULL);
   /* Idle workers let go of the replaced store now, not at their next
    * request: it is closed as soon as no request reads it. */
   api_watch(c->a);

@@ -19,6 +19,7 @@
 #include "lmap/client.h"
 #include "lmap/version.h"
 #include "log.h"
+#include "notify.h"
 #include "store/store.h"
 
 static const char usage[] =
@@ -345,6 +346,8 @@ int main(int argc, char **argv) {
       api_new(s, (uint32_t)c.max_batch, &a, &d))
     goto fail;
   unsigned long long records = store_get_meta(s)->record_count;
+  char id[20];
+  snprintf(id, sizeof id, "%s", store_id(s));
   s = NULL; /* the api owns the store now */
   api_set_max_answer(a, (size_t)c.max_answer);
   api_set_serve_store(a, (int)c.serve_store);
@@ -357,9 +360,10 @@ int main(int argc, char **argv) {
   if (http_start(&hc, a, &h, &bound, &d))
     goto fail;
   log_event("listening",
-            "\"host\":\"%s\",\"port\":%u,\"records\":%llu,"
+            "\"host\":\"%s\",\"port\":%u,\"records\":%llu,\"store\":\"%s\","
             "\"open_files_limit\":%lu,\"open_files_limit_was\":%lu",
-            host, (unsigned)bound, records, files_after, files_before);
+            host, (unsigned)bound, records, id, files_after, files_before);
+  notify_ready(records, id, (unsigned)bound);
   int rc = control_run(a, h, (unsigned)c.grace * 1000u, c.store, open_flags);
   http_stop(h);
   api_free(a);

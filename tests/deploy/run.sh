@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The deploy suite: what lmap ships for running it as a service, each piece
-# run here. Containers: the image built from the Dockerfile and run
-# (test_container.py), on a Docker engine tests/deploy/docker-env.sh makes
-# available; where no engine can run, one line says so and the rest of the
-# suite still runs.
+# run here. The systemd unit (test_systemd.sh). Containers: the image built
+# from the Dockerfile and run (test_container.py), on a Docker engine
+# tests/deploy/docker-env.sh makes available; where no engine can run, one
+# line says so and the rest of the suite still runs.
 #
 #   tests/deploy/run.sh BUILD_DIR
 set -euo pipefail
@@ -22,6 +22,8 @@ stop_dockerd() {
   rm -f "$LMAP_DOCKERD_PIDFILE"
 }
 trap stop_dockerd EXIT
+
+tests/deploy/test_systemd.sh "$build"
 
 rc=0
 tests/deploy/docker-env.sh || rc=$?
