@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The deploy suite: what lmap ships for running it as a service, each piece
-# run here. The systemd unit (test_systemd.sh). Containers: the image built
+# run here. The systemd unit (test_systemd.sh), the Kubernetes objects
+# (test_k8s.sh; rendered and validated, no cluster). Containers: the image built
 # from the Dockerfile and run (test_container.py), on a Docker engine
 # tests/deploy/docker-env.sh makes available; where no engine can run, one
 # line says so and the rest of the suite still runs.
@@ -24,6 +25,7 @@ stop_dockerd() {
 trap stop_dockerd EXIT
 
 tests/deploy/test_systemd.sh "$build"
+tests/deploy/test_k8s.sh
 
 rc=0
 tests/deploy/docker-env.sh || rc=$?
