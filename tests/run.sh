@@ -21,7 +21,7 @@ packages=(
   python3-torch python3-torchvision python3-numpy
   wrk nginx-light gnuplot-nox
   libxxhash-dev libsystemd-dev clang libclang-rt-14-dev clang-format-14
-  docker.io debootstrap haproxy gettext-base openssl python3-yaml
+  docker.io docker-compose debootstrap haproxy gettext-base openssl python3-yaml
 )
 deploy/install-deps.sh "${packages[@]}"
 

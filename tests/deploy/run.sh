@@ -2,14 +2,16 @@
 # The deploy suite: what lmap ships for running it as a service, each piece
 # run here. The systemd unit (test_systemd.sh), the Kubernetes objects
 # (test_k8s.sh; rendered and validated, no cluster). Containers: the image built
-# from the Dockerfile and run (test_container.py), on a Docker engine
+# from the Dockerfile and run (test_container.py), three replicas as its
+# containers behind HAProxy (test_e2e_replicas.py --containers), the one-box
+# lab (test_compose.py: docker-compose), on a Docker engine
 # tests/deploy/docker-env.sh makes available; where no engine can run, one
 # line says so and the rest of the suite still runs.
 #
 #   tests/deploy/run.sh BUILD_DIR
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-build=${1:-build}
+build=$(realpath "${1:-build}")
 py=/usr/bin/python3
 
 # A dockerd this suite starts is stopped by its pid when the suite ends.
@@ -35,4 +37,10 @@ elif [ "$rc" -ne 0 ]; then
   exit "$rc"
 else
   $py tests/deploy/test_container.py "$build/lmap"
+  # The replica test of tests/e2e with the replicas as containers of that
+  # image, then the one-box lab.
+  LMAP_BIN="$build/lmap" LMAPD_BIN="$build/lmapd" LMAP_TEST_TMP="$build/tests/tmp/deploy" \
+    LMAP_LIBRARY="$build/client/liblmap.so.0" \
+    $py tests/e2e/test_e2e_replicas.py --containers lmap:test
+  $py tests/deploy/test_compose.py "$build/lmap"
 fi

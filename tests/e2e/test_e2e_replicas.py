@@ -77,6 +77,8 @@ def wait_until(pred, seconds, what):
 
 
 class Replica:
+    """An lmapd replica as a plain process."""
+
     def __init__(self, n, port, store):
         self.n, self.port, self.store, self.p = n, port, store, None
 
@@ -84,11 +86,69 @@ class Replica:
         self.p, _, _ = launch([LMAPD, "--store", self.store, "--listen", "127.0.0.1:%d" % self.port,
                                "--threads", "2", "--grace", "10"])
 
+    def kill(self):
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait()
+
+    def drain(self):
+        """SIGTERM; the exit code."""
+        self.p.send_signal(signal.SIGTERM)
+        return self.p.wait(timeout=30)
+
+    def reload(self):
+        self.p.send_signal(signal.SIGHUP)
+
+    def stop(self):
+        if self.p is not None:
+            stop_daemon(self.p)
+
     def store_id(self):
         return get(self.port, "/v1/info")[1]
 
 
+class ContainerReplica(Replica):
+    """An lmapd replica as a container of IMAGE (--network host), its store
+    in a host folder mounted read-only at /data."""
+    image = None
+
+    def start(self):
+        d = os.path.dirname(os.path.abspath(self.store))
+        self.cid = subprocess.run(
+            ["/usr/bin/docker", "run", "-d", "--network", "host", "--read-only",
+             "-v", "%s:/data:ro" % d, "-e", "LMAPD_STORE=/data/" + os.path.basename(self.store),
+             "-e", "LMAPD_LISTEN=127.0.0.1:%d" % self.port, "-e", "LMAPD_GRACE=10",
+             self.image], capture_output=True, text=True, check=True).stdout.strip()
+        wait_until(lambda: get(self.port, "/readyz")[0] == 200, 30, "container replica")
+
+    def docker(self, *args):
+        return subprocess.run(["/usr/bin/docker", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    def kill(self):
+        self.docker("kill", "-s", "KILL", self.cid)
+        self.docker("rm", "-f", self.cid)
+
+    def drain(self):
+        self.docker("stop", "-t", "15", self.cid)
+        code = self.docker("inspect", "-f", "{{.State.ExitCode}}", self.cid).stdout.strip()
+        self.docker("rm", "-f", self.cid)
+        return int(code) if code.isdigit() else code
+
+    def reload(self):
+        self.docker("kill", "-s", "HUP", self.cid)
+
+    def stop(self):
+        if getattr(self, "cid", None):
+            self.docker("rm", "-f", self.cid)
+
+
 def main():
+    """With --containers IMAGE (tests/deploy/run.sh), the replicas are
+    containers of IMAGE; by default, processes."""
+    kind = Replica
+    if sys.argv[1:2] == ["--containers"]:
+        ContainerReplica.image = sys.argv[2]
+        kind = ContainerReplica
     work = os.path.join(TMP, "replicas")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -127,29 +187,30 @@ def main():
     for i in range(3):
         served = os.path.join(work, "replica%d.lmap" % (i + 1))
         shutil.copyfile(v1, served)
-        replicas.append(Replica(i + 1, ports[i], served))
-    for r in replicas:
-        r.start()
-    id1, id2 = replicas[0].store_id(), get(source_port, "/v1/info")[1]
-    by_store = {id1: expected[v1], id2: expected[v2]}
-    check(id1 != id2 and len(id1) == 16, "two versions, two store ids (%s, %s)" % (id1, id2))
-
-    # HAProxy with the shipped config; TLS with a certificate made here.
-    key, crt, pem = (os.path.join(work, n) for n in ("key.pem", "crt.pem", "lmap.pem"))
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", crt, "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    with open(pem, "w") as f:
-        f.write(open(crt).read() + open(key).read())
-    hport, tport = free_ports(2)
-    env = dict(os.environ, LMAP_BIND="127.0.0.1:%d" % hport, LMAP_TLS_BIND="127.0.0.1:%d" % tport,
-               LMAP_TLS_CERT=pem, **{"LMAP_REPLICA%d" % r.n: "127.0.0.1:%d" % r.port
-                                     for r in replicas})
-    cfg = os.path.join(ROOT, "deploy", "haproxy", "haproxy.cfg")
-    haproxy = subprocess.Popen(["haproxy", "-db", "-f", cfg], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    nginx = None
+        replicas.append(kind(i + 1, ports[i], served))
+    haproxy = nginx = None
     try:
+        for r in replicas:
+            r.start()
+        id1, id2 = replicas[0].store_id(), get(source_port, "/v1/info")[1]
+        by_store = {id1: expected[v1], id2: expected[v2]}
+        check(id1 != id2 and len(id1) == 16, "two versions, two store ids (%s, %s)" % (id1, id2))
+
+        # HAProxy with the shipped config; TLS with a certificate made here.
+        key, crt, pem = (os.path.join(work, n) for n in ("key.pem", "crt.pem", "lmap.pem"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        key, "-out", crt, "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                       capture_output=True)
+        with open(pem, "w") as f:
+            f.write(open(crt).read() + open(key).read())
+        hport, tport = free_ports(2)
+        env = dict(os.environ, LMAP_BIND="127.0.0.1:%d" % hport,
+                   LMAP_TLS_BIND="127.0.0.1:%d" % tport, LMAP_TLS_CERT=pem,
+                   **{"LMAP_REPLICA%d" % r.n: "127.0.0.1:%d" % r.port for r in replicas})
+        cfg = os.path.join(ROOT, "deploy", "haproxy", "haproxy.cfg")
+        haproxy = subprocess.Popen(["haproxy", "-db", "-f", cfg], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: get(hport, "/readyz")[0] == 200, 15, "haproxy")
         tls = ssl.create_default_context(cafile=crt)
         st, sid, body = get(tport, "/v1/labels/%s?box=0,0,1,1" % ids[0], tls=tls)
@@ -232,15 +293,13 @@ def main():
             time.sleep(1)
             # (a) SIGKILL, then start again.
             victim = replicas[0]
-            victim.p.send_signal(signal.SIGKILL)
-            victim.p.wait()
+            victim.kill()
             time.sleep(1.5)
             victim.start()
             time.sleep(1.5)
             # (b) SIGTERM: drained, then start again.
             drained = replicas[1]
-            drained.p.send_signal(signal.SIGTERM)
-            check(drained.p.wait(timeout=30) == 0, "drained replica exits 0")
+            check(drained.drain() == 0, "drained replica exits 0")
             time.sleep(1.5)
             drained.start()
             time.sleep(1.5)
@@ -250,7 +309,7 @@ def main():
                                       "-o", r.store, "--force"], capture_output=True, text=True,
                                      timeout=120)
                 check(got.returncode == 0, "pull to replica %d: %s" % (r.n, got.stderr))
-                r.p.send_signal(signal.SIGHUP)
+                r.reload()
                 wait_until(lambda: r.store_id() == id2, 15, "replica %d on v2" % r.n)
                 time.sleep(1)
         finally:
@@ -304,8 +363,7 @@ def main():
         st, sid, body = get(nport, "/v1/labels", req)
         check(st == 200 and json.loads(body)["results"] == by_store[id2][0], "nginx: a batch")
         # A replica killed: nginx passes the request on to the next one.
-        replicas[2].p.send_signal(signal.SIGKILL)
-        replicas[2].p.wait()
+        replicas[2].kill()
         codes = [get(nport, "/v1/labels", req)[0] for _ in range(12)]
         check(codes == [200] * 12, "nginx: no failure with a replica dead: %s" % codes)
     finally:
@@ -314,8 +372,7 @@ def main():
                 p.terminate()
                 p.wait(timeout=30)
         for r in replicas:
-            if r.p is not None:
-                stop_daemon(r.p)
+            r.stop()
         stop_daemon(source)
     return summary()
 
