@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lmap/client.h"
 #include "shared/dynbuf.h"
@@ -183,6 +184,7 @@ int lmap_client_new_array(const char *const *urls, size_t n_urls,
     if (opts->down_ms > 0)
       o.down_ms = opts->down_ms;
     o.token = opts->token;
+    o.ca_file = opts->ca_file;
   }
   if (o.retries > MAX_RETRIES) {
     snprintf(err, sizeof err, "retries %d is over the limit of %d", o.retries,
@@ -192,6 +194,10 @@ int lmap_client_new_array(const char *const *urls, size_t n_urls,
   if (o.token && (o.token[0] == '\0' || strpbrk(o.token, "\r\n") != NULL))
     return new_fail(errbuf, LMAP_EINVAL,
                     "the token is empty or holds a line break");
+  if (o.ca_file && access(o.ca_file, R_OK) != 0) {
+    snprintf(err, sizeof err, "ca_file %.200s: %s", o.ca_file, strerror(errno));
+    return new_fail(errbuf, LMAP_EIO, err);
+  }
   for (size_t i = 0; i < n_urls; i++) {
     if (urls[i] == NULL)
       return new_fail(errbuf, LMAP_EINVAL, "a server URL is NULL");
@@ -224,7 +230,8 @@ int lmap_client_new_array(const char *const *urls, size_t n_urls,
     }
     c->n_endpoints++;
   }
-  lmap_http_config cfg = {o.connect_timeout_ms, o.timeout_ms, o.token};
+  lmap_http_config cfg = {o.connect_timeout_ms, o.timeout_ms, o.token,
+                          o.ca_file};
   int rc = lmap_http_new(&cfg, &c->http, err);
   if (rc) {
     lmap_client_free(c);

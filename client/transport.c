@@ -228,6 +228,10 @@ int lmap_http_new(const lmap_http_config *cfg, lmap_http **out, char err[256]) {
   curl_easy_setopt(c, CURLOPT_HEADERDATA, h);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, h);
+  /* Certificates are verified (libcurl's default), against these CAs. */
+  if (cfg->ca_file != NULL &&
+      curl_easy_setopt(c, CURLOPT_CAINFO, cfg->ca_file) != CURLE_OK)
+    goto nomem;
   *out = h;
   return 0;
 nomem:

@@ -21,7 +21,8 @@ typedef struct lmap_http lmap_http;
 typedef struct lmap_http_config {
   long connect_timeout_ms;
   long timeout_ms;
-  const char *token; /* NULL for none */
+  const char *token;   /* NULL for none */
+  const char *ca_file; /* CA certificates for https; NULL: the system's */
 } lmap_http_config;
 
 /* What one exchange gave. */

@@ -74,6 +74,10 @@ typedef struct lmap_client_options {
   long down_ms;          /**< how long a failed endpoint is skipped when
                               another is available; default 1000 */
   const char *token;     /**< bearer token (copied); NULL for none */
+  const char *ca_file;   /**< CA certificates (a PEM file) that https
+                              servers' certificates are verified against
+                              (the path is copied; read at each new
+                              connection); NULL for the system's */
 } lmap_client_options;
 
 /** Fills `opts` with the defaults. Cannot fail. */

@@ -50,10 +50,13 @@ static const char query_help[] =
     "                             its reason otherwise (a health check); without\n"
     "                             URLS, this host's lmapd: the address LMAPD_LISTEN\n"
     "                             names (0.0.0.0 asked as 127.0.0.1), else\n"
-    "                             127.0.0.1:8080\n"
+    "                             127.0.0.1:8080; https when LMAPD_TLS_CERT is set,\n"
+    "                             verified against that certificate\n"
     "      --map ID               fetch a raw map as float32 [2,K,H,W]; needs -o\n"
     "  -o, --output FILE.npy      where --map writes\n"
     "      --token-file PATH      bearer token: the file's first line\n"
+    "      --cacert FILE          CA certificates (PEM) for https servers\n"
+    "                             (default: the system's)\n"
     "      --timeout SEC          per request (default 30)\n"
     "      --connect-timeout SEC  per connection attempt (default 2)\n"
     "      --retries N            extra passes over the servers (default 1)\n";
@@ -219,13 +222,14 @@ static int seconds_ms(const char *s, long *ms) {
  * default. */
 static void local_url(char *out, size_t cap) {
   const char *listen = getenv("LMAPD_LISTEN");
+  const char *scheme = getenv("LMAPD_TLS_CERT") ? "https" : "http";
   if (listen == NULL || listen[0] == '\0')
     listen = "127.0.0.1:8080";
   const char *colon = strrchr(listen, ':');
   if (colon != NULL && (strncmp(listen, "0.0.0.0:", 8) == 0 || colon == listen))
-    snprintf(out, cap, "http://127.0.0.1%s", colon);
+    snprintf(out, cap, "%s://127.0.0.1%s", scheme, colon);
   else
-    snprintf(out, cap, "http://%s", listen);
+    snprintf(out, cap, "%s://%s", scheme, listen);
 }
 
 static int print_info(lmap_client *c) {
@@ -280,6 +284,7 @@ int cmd_query(int argc, char **argv) {
     O_BSIZE = QUERY_OPT_NEXT,
     O_INFO,
     O_READY,
+    O_CACERT,
     O_MAP,
     O_TOKEN,
     O_TIMEOUT,
@@ -292,6 +297,7 @@ int cmd_query(int argc, char **argv) {
       {"batch-size", required_argument, 0, O_BSIZE},
       {"info", no_argument, 0, O_INFO},
       {"ready", no_argument, 0, O_READY},
+      {"cacert", required_argument, 0, O_CACERT},
       {"map", required_argument, 0, O_MAP},
       {"output", required_argument, 0, 'o'},
       {"token-file", required_argument, 0, O_TOKEN},
@@ -324,6 +330,7 @@ int cmd_query(int argc, char **argv) {
       break;
     case O_INFO: info = 1; break;
     case O_READY: ready = 1; break;
+    case O_CACERT: copts.ca_file = optarg; break;
     case O_MAP: map_id = optarg; break;
     case 'o': output = optarg; break;
     case O_TOKEN: token_file = optarg; break;
@@ -358,6 +365,9 @@ int cmd_query(int argc, char **argv) {
     local_url(here, sizeof here);
     urls = here;
     nargs = 1;
+    /* This host's lmapd serves its own certificate: trust that one. */
+    if (copts.ca_file == NULL)
+      copts.ca_file = getenv("LMAPD_TLS_CERT");
   }
   if (modes ? nargs != 1 : nargs != 2)
     return cli_usage("query", modes ? "expected URLS" : "expected URLS and ID");

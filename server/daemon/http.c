@@ -743,6 +743,14 @@ int http_reserve_files(const http_config *c, unsigned long *before,
   return 0;
 }
 
+/* Undoes what http_start made before MHD started. */
+static void http_unmake(http_server *s, api *a) {
+  api_set_edge_metrics(a, NULL, NULL);
+  pthread_key_delete(s->worker_key);
+  pthread_mutex_destroy(&s->log_mu);
+  free(s);
+}
+
 int http_start(const http_config *c, api *a, http_server **out,
                uint16_t *port_out, diag *d) {
   struct sockaddr_in addr = {0};
@@ -793,15 +801,30 @@ int http_start(const http_config *c, api *a, http_server **out,
    * socket stays in CLOSE_WAIT until a timeout, and a drain waits for it;
    * see test_e2e_limits.py's abandoned_requests). poll served as many
    * requests a second as epoll from 16 to 1,000 connections. */
-  struct MHD_OptionItem pool[] = {
-      {c->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
-       (intptr_t)c->threads, NULL},
-      {MHD_OPTION_END, 0, NULL}};
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+                   MHD_USE_ITC | MHD_USE_ERROR_LOG;
+  struct MHD_OptionItem extra[4];
+  size_t n = 0;
+  if (c->threads > 1)
+    extra[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE,
+                                         (intptr_t)c->threads, NULL};
+  if (c->tls_cert != NULL) {
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+      http_unmake(s, a);
+      return diag_set(d, LMAP_EINVAL,
+                      "this libmicrohttpd was built without TLS: --tls-cert "
+                      "cannot be served");
+    }
+    flags |= MHD_USE_TLS;
+    extra[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
+                                         (void *)c->tls_cert};
+    extra[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0,
+                                         (void *)c->tls_key};
+  }
+  extra[n] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
   s->mhd = MHD_start_daemon(
-      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC |
-          MHD_USE_ERROR_LOG,
-      c->port, NULL, NULL, handle, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
-      MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_ARRAY, pool,
+      flags, c->port, NULL, NULL, handle, s, MHD_OPTION_EXTERNAL_LOGGER,
+      mhd_log, s, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_ARRAY, extra,
       MHD_OPTION_CONNECTION_TIMEOUT, c->idle_timeout,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
       MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
@@ -810,12 +833,13 @@ int http_start(const http_config *c, api *a, http_server **out,
       connection_event, s, MHD_OPTION_URI_LOG_CALLBACK, uri_logged, s,
       MHD_OPTION_END);
   if (s->mhd == NULL) {
-    api_set_edge_metrics(a, NULL, NULL);
-    pthread_key_delete(s->worker_key);
-    pthread_mutex_destroy(&s->log_mu);
-    free(s);
-    return diag_field(d, LMAP_EIO, "listen", "cannot listen on %s:%u", c->host,
-                      (unsigned)c->port);
+    http_unmake(s, a);
+    return diag_field(d, LMAP_EIO, "listen",
+                      c->tls_cert ? "cannot listen with TLS on %s:%u (is the "
+                                    "key the certificate's? libmicrohttpd's "
+                                    "message is logged above)"
+                                  : "cannot listen on %s:%u",
+                      c->host, (unsigned)c->port);
   }
   const union MHD_DaemonInfo *info =
       MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);

@@ -71,6 +71,10 @@ typedef struct http_config {
   int log_all;
   /* Receives libmicrohttpd's own messages (one line each). May be NULL. */
   void (*on_message)(const char *message);
+  /* HTTPS through libmicrohttpd's own TLS (GnuTLS): the certificate chain
+   * and its private key as PEM text (not paths), both or neither; NULL:
+   * plain HTTP. Kept by the caller until http_stop. */
+  const char *tls_cert, *tls_key;
 } http_config;
 
 typedef struct http_server http_server;

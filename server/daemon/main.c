@@ -60,6 +60,10 @@ static const char usage[] =
     "  --token-file PATH        LMAPD_TOKEN_FILE   require 'Authorization: Bearer <token>'\n"
     "                                              on /v1/ (the file's first line,\n"
     "                                              at most 4095 bytes)\n"
+    "  --tls-cert PATH          LMAPD_TLS_CERT     serve HTTPS: the certificate chain\n"
+    "                                              (PEM); needs --tls-key\n"
+    "  --tls-key PATH           LMAPD_TLS_KEY      its private key (PEM, unencrypted);\n"
+    "                                              both are read once, at start\n"
     "  --help, --version\n"
     "\n"
     "Signals: SIGTERM/SIGINT drain (readyz 503, stop accepting, finish open\n"
@@ -73,6 +77,7 @@ typedef struct config {
   const char *store;
   const char *listen;
   const char *token_file;
+  const char *tls_cert, *tls_key;
   unsigned long access_log, page_check, serve_store;
   const char *log_format;
   unsigned long threads, max_body, max_batch, max_answer, max_answer_memory,
@@ -109,6 +114,45 @@ static int parse_ulong(const char *s, unsigned long min, unsigned long max,
 /* --token-file, by the rule every reader of it shares (lmap_token_read):
  * too long or holding a NUL is refused, never cut (a cut token would be
  * accepted in place of the real one). */
+/* Reads the PEM file at `path` (the value of `flag`) into *out (owned,
+ * NUL-terminated): at most 1 MiB, and PEM ("-----BEGIN"). */
+static int read_pem(const char *flag, const char *path, char **out, diag *d) {
+  FILE *f = fopen(path, "rb");
+  char *buf = NULL;
+  size_t n = 0;
+  int rc = 0;
+  if (f == NULL)
+    return diag_set(d, LMAP_EIO, "%s %s: cannot open: %s", flag, path,
+                    strerror(errno));
+  if ((buf = malloc((1u << 20) + 1)) == NULL) {
+    rc = diag_set(d, LMAP_ENOMEM, "%s: out of memory", flag);
+  } else if ((n = fread(buf, 1, (1u << 20) + 1, f)) > (1u << 20)) {
+    rc = diag_set(d, LMAP_ETOOBIG, "%s %s: larger than 1 MiB", flag, path);
+  } else if (ferror(f)) {
+    rc = diag_set(d, LMAP_EIO, "%s %s: cannot read: %s", flag, path,
+                  strerror(errno));
+  } else {
+    buf[n] = '\0';
+    if (strlen(buf) != n || strstr(buf, "-----BEGIN ") == NULL)
+      rc = diag_set(d, LMAP_EFORMAT, "%s %s: not a PEM file", flag, path);
+  }
+  fclose(f);
+  if (rc != 0) {
+    free(buf);
+    return rc;
+  }
+  *out = buf;
+  return 0;
+}
+
+/* Frees a buffer that held a secret, wiped first. Accepts NULL. */
+static void free_secret(char *p) {
+  if (p != NULL) {
+    memset(p, 0, strlen(p));
+    free(p);
+  }
+}
+
 static int read_token(const char *path, char *buf, size_t *len, diag *d) {
   char why[LMAP_ERRBUF_SIZE + 4096];
   int rc = lmap_token_read(path, buf, len, why, sizeof why);
@@ -163,6 +207,8 @@ enum {
   OPT_TOKEN,
   OPT_LOG_FORMAT,
   OPT_VERSION,
+  OPT_TLS_CERT,
+  OPT_TLS_KEY,
   OPT_TOGGLE = 300,
   OPT_SETTING = 400
 };
@@ -213,6 +259,10 @@ int main(int argc, char **argv) {
     c.log_format = getenv("LMAPD_LOG_FORMAT");
   if (getenv("LMAPD_TOKEN_FILE"))
     c.token_file = getenv("LMAPD_TOKEN_FILE");
+  if (getenv("LMAPD_TLS_CERT"))
+    c.tls_cert = getenv("LMAPD_TLS_CERT");
+  if (getenv("LMAPD_TLS_KEY"))
+    c.tls_key = getenv("LMAPD_TLS_KEY");
   for (size_t i = 0; i < NSETTINGS; i++) {
     const char *v = getenv(settings[i].env);
     if (v &&
@@ -224,15 +274,17 @@ int main(int argc, char **argv) {
     if (v && parse_ulong(v, 0, 1, toggles[i].value))
       return bad(toggles[i].env, v);
   }
-  struct option longopts[8 + NSETTINGS + NTOGGLES] = {
+  struct option longopts[10 + NSETTINGS + NTOGGLES] = {
       {"store", required_argument, 0, OPT_STORE},
       {"listen", required_argument, 0, OPT_LISTEN},
       {"help", no_argument, 0, 'h'},
       {"version", no_argument, 0, OPT_VERSION},
       {"token-file", required_argument, 0, OPT_TOKEN},
       {"log-format", required_argument, 0, OPT_LOG_FORMAT},
+      {"tls-cert", required_argument, 0, OPT_TLS_CERT},
+      {"tls-key", required_argument, 0, OPT_TLS_KEY},
   };
-  size_t nopts = 6;
+  size_t nopts = 8;
   for (size_t i = 0; i < NSETTINGS; i++)
     longopts[nopts++] = (struct option){settings[i].flag, required_argument, 0,
                                         OPT_SETTING + (int)i};
@@ -249,6 +301,10 @@ int main(int argc, char **argv) {
       c.token_file = optarg;
     else if (opt == OPT_LOG_FORMAT)
       c.log_format = optarg;
+    else if (opt == OPT_TLS_CERT)
+      c.tls_cert = optarg;
+    else if (opt == OPT_TLS_KEY)
+      c.tls_key = optarg;
     else if (opt == 'h') {
       fputs(usage, stdout);
       return 0;
@@ -268,6 +324,12 @@ int main(int argc, char **argv) {
   }
   if (optind != argc)
     return bad("argument", argv[optind]);
+  if ((c.tls_cert == NULL) != (c.tls_key == NULL)) {
+    fputs("lmapd: --tls-cert and --tls-key (LMAPD_TLS_CERT, LMAPD_TLS_KEY) go "
+          "together\nTry 'lmapd --help'.\n",
+          stderr);
+    return 2;
+  }
   if (c.store == NULL) {
     fputs("lmapd: --store PATH (or LMAPD_STORE) is required\n"
           "Try 'lmapd --help'.\n",
@@ -298,14 +360,14 @@ int main(int argc, char **argv) {
   control_block_signals();
 
   json_t *cfg = json_pack(
-      "{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+      "{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
       " s:b, s:b, s:b, s:s, s:s}",
       "store", c.store, "token",
-      c.token_file ? "<redacted, from file>" : "none", "listen", c.listen,
-      "threads", (json_int_t)c.threads, "max_body", (json_int_t)c.max_body,
-      "max_batch", (json_int_t)c.max_batch, "max_answer",
-      (json_int_t)c.max_answer, "max_answer_memory",
-      (json_int_t)c.max_answer_memory, "max_connections",
+      c.token_file ? "<redacted, from file>" : "none", "tls",
+      c.tls_cert ? c.tls_cert : "none", "listen", c.listen, "threads",
+      (json_int_t)c.threads, "max_body", (json_int_t)c.max_body, "max_batch",
+      (json_int_t)c.max_batch, "max_answer", (json_int_t)c.max_answer,
+      "max_answer_memory", (json_int_t)c.max_answer_memory, "max_connections",
       (json_int_t)c.max_connections, "max_per_ip", (json_int_t)c.max_per_ip,
       "header_timeout", (json_int_t)c.header_timeout, "idle_timeout",
       (json_int_t)c.idle_timeout, "grace", (json_int_t)c.grace, "page_check",
@@ -336,12 +398,20 @@ int main(int argc, char **argv) {
                     (size_t)c.max_answer_memory,
                     log_access,
                     (int)c.access_log,
-                    log_mhd};
+                    log_mhd,
+                    NULL,
+                    NULL};
+  char *tls_cert = NULL, *tls_key = NULL;
   unsigned long files_before, files_after;
   if (http_reserve_files(&hc, &files_before, &files_after, &d))
     goto fail;
   if (c.token_file && read_token(c.token_file, token, &token_len, &d))
     goto fail;
+  if (c.tls_cert && (read_pem("--tls-cert", c.tls_cert, &tls_cert, &d) ||
+                     read_pem("--tls-key", c.tls_key, &tls_key, &d)))
+    goto fail;
+  hc.tls_cert = tls_cert;
+  hc.tls_key = tls_key;
   if (store_open_flags(c.store, open_flags, &s, &d) ||
       api_new(s, (uint32_t)c.max_batch, &a, &d))
     goto fail;
@@ -367,6 +437,8 @@ int main(int argc, char **argv) {
   int rc = control_run(a, h, (unsigned)c.grace * 1000u, c.store, open_flags);
   http_stop(h);
   api_free(a);
+  free(tls_cert);
+  free_secret(tls_key);
   log_event("stopped", "\"exit\":%d", rc);
   return rc;
 fail:;
@@ -379,5 +451,7 @@ fail:;
   http_stop(h);
   api_free(a);
   store_close(s);
+  free(tls_cert);
+  free_secret(tls_key);
   return 1;
 }

@@ -27,9 +27,11 @@ NUMERIC = {
 }
 ENV = {"--store": "LMAPD_STORE", "--listen": "LMAPD_LISTEN", "--token-file": "LMAPD_TOKEN_FILE",
        "--log-format": "LMAPD_LOG_FORMAT", "--access-log": "LMAPD_ACCESS_LOG",
-       "--no-page-check": "LMAPD_PAGE_CHECK", "--serve-store": "LMAPD_SERVE_STORE"}
+       "--no-page-check": "LMAPD_PAGE_CHECK", "--serve-store": "LMAPD_SERVE_STORE",
+       "--tls-cert": "LMAPD_TLS_CERT", "--tls-key": "LMAPD_TLS_KEY"}
+# --tls-cert and --tls-key take effect in test_e2e_tls.py.
 OTHER = {"--store", "--listen", "--token-file", "--log-format", "--access-log", "--no-page-check",
-         "--serve-store", "--help", "--version"}
+         "--serve-store", "--tls-cert", "--tls-key", "--help", "--version"}
 
 
 def config_of(log):

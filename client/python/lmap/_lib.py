@@ -43,6 +43,7 @@ class ClientOptions(ctypes.Structure):
         ("retry_backoff_ms", ctypes.c_long),
         ("down_ms", ctypes.c_long),
         ("token", ctypes.c_char_p),
+        ("ca_file", ctypes.c_char_p),
     ]
 
 

@@ -85,11 +85,13 @@ class Client:
     retries: extra passes over all endpoints once every one failed (0: none).
     retry_backoff: seconds slept before each extra pass (doubled each time).
     down_time: seconds a failed endpoint is skipped while others work.
+    ca_file: a PEM file of CA certificates to verify https servers against
+          (default: the system's).
     """
 
     def __init__(self, urls: Union[str, Sequence[str]], *, token=None, token_file=None,
                  connect_timeout=2.0, timeout=30.0, retries=1, retry_backoff=0.05,
-                 down_time=1.0):
+                 down_time=1.0, ca_file=None):
         self._h = None  # set first, so __del__ works whatever fails below
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -112,6 +114,10 @@ class Client:
         opts.retry_backoff_ms = _ms(retry_backoff, "retry_backoff")
         opts.down_ms = _ms(down_time, "down_time")
         opts.token = token
+        # https servers are verified against these CAs (a PEM file), or the
+        # system's; keep_ca holds the bytes until the handle is made.
+        keep_ca = None if ca_file is None else _as_bytes(os.fspath(ca_file), "ca_file")
+        opts.ca_file = keep_ca
 
         if isinstance(urls, (str, bytes)):
             self._urls = _as_bytes(urls, "urls").decode("utf-8")
