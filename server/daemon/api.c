@@ -1052,17 +1052,17 @@ static api_response *get_metrics(api_worker *w) {
         &w->res.body,
         "# HELP lmap_store_info The served store (value 1).\n"
         "# TYPE lmap_store_info gauge\n"
-        "lmap_store_info{format_version=\"%u\",encoding=\"%s\",grid=\"%ux%u\","
-        "topk=\"%u\",classes=\"%u\"} 1\n"
+        "lmap_store_info{store=\"%s\",format_version=\"%u\",encoding=\"%s\","
+        "grid=\"%ux%u\",topk=\"%u\",classes=\"%u\"} 1\n"
         "# HELP lmap_store_records Records in the served store.\n"
         "# TYPE lmap_store_records gauge\n"
         "lmap_store_records %llu\n"
         "# HELP lmap_store_file_bytes Size of the served store file.\n"
         "# TYPE lmap_store_file_bytes gauge\n"
         "lmap_store_file_bytes %llu\n",
-        m->format_version, codec_encoding_name(m->shape.encoding), m->shape.h,
-        m->shape.w, m->shape.k, m->shape.num_classes,
-        (unsigned long long)m->record_count,
+        store_id(g->s), m->format_version,
+        codec_encoding_name(m->shape.encoding), m->shape.h, m->shape.w,
+        m->shape.k, m->shape.num_classes, (unsigned long long)m->record_count,
         (unsigned long long)store_file_size(g->s));
   if (rc == 0)
     rc = lmap_dynbuf_printf(

@@ -171,6 +171,8 @@ def main():
         check(etag == '"%s"' % h.get("x-lmap-store") and len(etag) == 18,
               "ETag is the store's id: %s" % etag)
         check(info["file_bytes"] == size_a, "file_bytes agrees")
+        metrics = request(port, "GET", "/metrics")[2].decode()
+        check('lmap_store_info{store=%s,' % etag in metrics, "lmap_store_info names the store id")
         # The same bytes under another daemon: the same id; other bytes: another.
         st, h2, _ = request(off_port, "GET", "/v1/info")
         check(h2.get("x-lmap-store") == etag.strip('"'), "same bytes, same id elsewhere")
