@@ -11,7 +11,6 @@ Usage: test_compose.py LMAP"""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,27 +19,10 @@ import urllib.error
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from e2e_common import check, free_ports, summary, wait_until  # noqa: E402
 LMAP = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "build", "lmap")
 COMPOSE = ["docker-compose", "-p", "lmaptest", "-f", os.path.join(ROOT, "deploy", "compose.yaml")]
-failures = []
-
-
-def check(ok, what):
-    if not ok:
-        failures.append(what)
-        print("FAIL:", what, flush=True)
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def get(port, path, body=None):
     req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=body,
                                  headers={"Content-Type": "application/json"} if body else {})
@@ -49,18 +31,6 @@ def get(port, path, body=None):
             return r.status, r.getheader("X-Lmap-Store"), r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("X-Lmap-Store"), e.read()
-
-
-def wait_until(pred, seconds):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return True
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return False
 
 
 def main():
@@ -80,7 +50,7 @@ def main():
                             text=True, timeout=1200)
         if up.returncode != 0:
             raise SystemExit("docker-compose up failed:\n" + up.stdout[-3000:] + up.stderr[-3000:])
-        ok = wait_until(lambda: all(get(p, "/readyz")[0] == 200 for p in ports), 60)
+        ok = wait_until(lambda: all(get(p, "/readyz")[0] == 200 for p in ports), 60, 0.1)
         check(ok, "HAProxy and the three replicas ready")
         print("compose: up in %.0f s" % (time.monotonic() - t0), flush=True)
         ids = subprocess.run([LMAP, "ids", store], capture_output=True, text=True,
@@ -105,7 +75,7 @@ def main():
                                 "--listen", "127.0.0.1:%d" % src_port, "--serve-store"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_until(lambda: get(src_port, "/readyz")[0] == 200, 20)
+            wait_until(lambda: get(src_port, "/readyz")[0] == 200, 20, 0.1)
             got = subprocess.run([LMAP, "pull", "http://127.0.0.1:%d/v1/store" % src_port,
                                   "-o", store, "--force"], capture_output=True, text=True,
                                  timeout=120)
@@ -116,7 +86,7 @@ def main():
         subprocess.run(COMPOSE + ["kill", "-s", "HUP", "lmap1", "lmap2", "lmap3"], env=env,
                        capture_output=True, check=True, timeout=60)
         ok = wait_until(lambda: len({get(p, "/v1/info")[1] for p in ports[1:]} - {first}) == 1
-                        and first not in {get(p, "/v1/info")[1] for p in ports[1:]}, 20)
+                        and first not in {get(p, "/v1/info")[1] for p in ports[1:]}, 20, 0.1)
         check(ok, "every replica on the new store after SIGHUP")
         st, _, body = get(ports[0], "/v1/info")
         check(st == 200 and json.loads(body)["source"].endswith("--seed 52"), "HAProxy: new store")
@@ -124,8 +94,7 @@ def main():
         subprocess.run(COMPOSE + ["down", "--timeout", "15"], env=env, capture_output=True,
                        timeout=300)
         shutil.rmtree(data, ignore_errors=True)
-    print("test_compose: %d failed" % len(failures))
-    return 1 if failures else 0
+    return summary()
 
 
 if __name__ == "__main__":

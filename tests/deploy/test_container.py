@@ -17,7 +17,6 @@ after tests/deploy/docker-env.sh)."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,19 +26,11 @@ import urllib.request
 
 DOCKER = "/usr/bin/docker"
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from e2e_common import check, free_ports, summary  # noqa: E402
 LMAP = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "build", "lmap")
 TAG = sys.argv[2] if len(sys.argv) > 2 else "lmap:test"
-failures = []
-checks = 0
 containers = []
-
-
-def check(ok, what):
-    global checks
-    checks += 1
-    if not ok:
-        failures.append(what)
-        print("FAIL:", what, flush=True)
 
 
 def docker(*args, timeout=120, check_rc=True):
@@ -47,12 +38,6 @@ def docker(*args, timeout=120, check_rc=True):
     if check_rc and r.returncode != 0:
         raise SystemExit("docker %s failed (%d): %s" % (" ".join(args), r.returncode, r.stderr))
     return r
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_container(*args):
@@ -122,7 +107,7 @@ def main():
     try:
         # No command: lmapd serves /data/store.lmap. The port is moved with
         # LMAPD_LISTEN (the health check follows it), the root is read-only.
-        port = free_port()
+        port = free_ports(1)[0]
         cid = run_container("--read-only", "--health-interval", "1s", "--health-start-period",
                             "30s", "-v", "%s:/data:ro" % data,
                             "-e", "LMAPD_LISTEN=127.0.0.1:%d" % port, TAG)
@@ -157,7 +142,7 @@ def main():
 
         # The health check can fail: a store changed in place under lmapd
         # makes /readyz 503, and the container unhealthy.
-        port = free_port()
+        port = free_ports(1)[0]
         cid = run_container("--health-interval", "1s", "--health-retries", "2",
                             "-v", "%s:/data:ro" % data, "-e", "LMAPD_LISTEN=127.0.0.1:%d" % port,
                             TAG)
@@ -172,8 +157,7 @@ def main():
         for cid in containers:
             docker("rm", "-f", cid, check_rc=False)
         shutil.rmtree(data, ignore_errors=True)
-    print("test_container: %d checks, %d failed" % (checks, len(failures)))
-    return 1 if failures else 0
+    return summary()
 
 
 if __name__ == "__main__":

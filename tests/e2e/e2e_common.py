@@ -29,6 +29,32 @@ def summary():
     return 1 if failures else 0
 
 
+def free_ports(n):
+    """`n` loopback ports free now (for servers whose port must be known
+    before they start: a balancer's configuration, a restart)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_until(pred, seconds, step=0.05):
+    """Polls pred() (an OSError counts as not yet) until it is true; True,
+    or False when `seconds` passed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return True
+        except OSError:
+            pass
+        time.sleep(step)
+    return False
+
+
 def start_daemon(store, *extra, env=None):
     """Starts lmapd on 127.0.0.1:0; returns (process, port, log path). The
     daemon's stdout is detached so that it never holds the test runner's

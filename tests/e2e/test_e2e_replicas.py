@@ -24,29 +24,19 @@ import os
 import random
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
 
-from e2e_common import LMAP, LMAPD, TMP, check, launch, stop_daemon, summary
+from e2e_common import (LMAP, LMAPD, TMP, check, free_ports, launch, stop_daemon, summary,
+                        wait_until)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 MAX_SECONDS = 90  # the whole load, at most
 MAX_REQUESTS = 200000
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def get(port, path, body=None, tls=None):
@@ -63,16 +53,9 @@ def get(port, path, body=None, tls=None):
         c.close()
 
 
-def wait_until(pred, seconds, what):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit("timed out waiting for " + what)
+def wait_for(pred, seconds, what):
+    if not wait_until(pred, seconds):
+        raise SystemExit("timed out waiting for " + what)
 
 
 class Replica:
@@ -117,7 +100,7 @@ class ContainerReplica(Replica):
              "-v", "%s:/data:ro" % d, "-e", "LMAPD_STORE=/data/" + os.path.basename(self.store),
              "-e", "LMAPD_LISTEN=127.0.0.1:%d" % self.port, "-e", "LMAPD_GRACE=10",
              self.image], capture_output=True, text=True, check=True).stdout.strip()
-        wait_until(lambda: get(self.port, "/readyz")[0] == 200, 30, "container replica")
+        wait_for(lambda: get(self.port, "/readyz")[0] == 200, 30, "container replica")
 
     def docker(self, *args):
         return subprocess.run(["/usr/bin/docker", *args], capture_output=True, text=True,
@@ -206,7 +189,7 @@ def main():
         cfg = os.path.join(ROOT, "deploy", "haproxy", "haproxy.cfg")
         haproxy = subprocess.Popen(["haproxy", "-db", "-f", cfg], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: get(hport, "/readyz")[0] == 200, 15, "haproxy")
+        wait_for(lambda: get(hport, "/readyz")[0] == 200, 15, "haproxy")
         tls = ssl.create_default_context(cafile=crt)
         st, sid, body = get(tport, "/v1/labels/%s?box=0,0,1,1" % ids[0], tls=tls)
         check(st == 200 and sid == id1, "TLS ended at HAProxy, verified against the cert")
@@ -312,7 +295,7 @@ def main():
                                      timeout=120)
                 check(got.returncode == 0, "pull to replica %d: %s" % (r.n, got.stderr))
                 r.reload()
-                wait_until(lambda: r.store_id() == id2, 15, "replica %d on v2" % r.n)
+                wait_for(lambda: r.store_id() == id2, 15, "replica %d on v2" % r.n)
                 time.sleep(1)
         finally:
             stop.set()
@@ -355,7 +338,7 @@ def main():
                     "  include %(d)s/lmap.conf; }\n" % {"d": conf_dir})
         nginx = subprocess.Popen(["nginx", "-c", os.path.join(conf_dir, "nginx.conf"), "-p",
                                   conf_dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: get(nport, "/readyz")[0] == 200, 15, "nginx")
+        wait_for(lambda: get(nport, "/readyz")[0] == 200, 15, "nginx")
         ident, box = queries[0]
         st, sid, body = get(nport, "/v1/labels/%s?box=%s&format=sparse"
                             % (ident, ",".join(map(str, box))))
