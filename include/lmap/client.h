@@ -105,10 +105,11 @@ LMAP_API int lmap_token_read(const char *path, char buf[LMAP_TOKEN_MAX + 1],
  *  are ignored). `opts` may be NULL. Nothing is connected yet.
  *  On failure *out is NULL and, when `errbuf` is not NULL, it receives a
  *  sentence of at most LMAP_ERRBUF_SIZE bytes naming the problem.
- *  Returns 0, LMAP_EINVAL (bad URL or option), LMAP_ENOMEM, or
- *  LMAP_EINTERNAL (libcurl failed to initialise).
- *  Ownership: *out is the caller's, freed with lmap_client_free(); `urls`
- *  and `opts->token` are copied. */
+ *  Returns 0, LMAP_EINVAL (bad URL or option), LMAP_EIO (`opts->ca_file`
+ *  cannot be read), LMAP_ENOMEM, or LMAP_EINTERNAL (libcurl failed to
+ *  initialise).
+ *  Ownership: *out is the caller's, freed with lmap_client_free(); `urls`,
+ *  `opts->token` and `opts->ca_file` are copied. */
 LMAP_API int lmap_client_new(const char *urls, const lmap_client_options *opts,
                              lmap_client **out, char *errbuf);
 
