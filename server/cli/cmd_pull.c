@@ -24,6 +24,7 @@
 #include <curl/curl.h>
 
 #include "cli.h"
+#include "core/fileio.h"
 #include "lmap/client.h"
 
 static const char pull_help[] =
@@ -113,19 +114,6 @@ static size_t on_header(char *line, size_t size, size_t n, void *ctx) {
   return len;
 }
 
-static int write_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t k = write(fd, p, n);
-    if (k < 0 && errno == EINTR)
-      continue;
-    if (k < 0)
-      return -1;
-    p += k;
-    n -= (size_t)k;
-  }
-  return 0;
-}
-
 /* Before the first byte of a 200 or 206 answer: where the part continues
  * (at its end for a 206 that starts there, from zero for a 200), and the
  * validator saved for a later resume. Returns 0, or -1 to abort. */
@@ -175,7 +163,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *ctx) {
   }
   if (!t->started && start_body(t) != 0)
     return 0; /* aborts the transfer */
-  if (write_all(t->fd, data, len) != 0) {
+  if (file_write_all(t->fd, data, len) != 0) {
     t->write_errno = errno;
     return 0;
   }
@@ -299,25 +287,6 @@ done:
   return result;
 }
 
-/* Syncs the directory holding `path`, so that the rename survives a crash
- * (best effort). */
-static void sync_dir(const char *path) {
-  char dir[4200];
-  snprintf(dir, sizeof dir, "%s", path);
-  char *slash = strrchr(dir, '/');
-  if (slash == dir)
-    slash[1] = '\0';
-  else if (slash != NULL)
-    *slash = '\0';
-  else
-    snprintf(dir, sizeof dir, ".");
-  int fd = open(dir, O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    (void)fsync(fd);
-    close(fd);
-  }
-}
-
 int cmd_pull(int argc, char **argv) {
   enum { O_TOKEN = 256, O_CACERT, O_CTIMEOUT, O_STALL };
   static const struct option longopts[] = {
@@ -423,7 +392,7 @@ int cmd_pull(int argc, char **argv) {
     return EXIT_FAIL;
   }
   unlink(validator_path);
-  sync_dir(o.out);
+  file_sync_dir(o.out);
   printf("%s: installed from %s (%llu bytes)\n", o.out, o.url,
          (unsigned long long)size);
   return EXIT_OK;

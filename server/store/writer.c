@@ -40,6 +40,7 @@
 
 #include "chunk.h"
 #include "common.h"
+#include "core/fileio.h"
 #include "pagecheck.h"
 
 /* Chunk sizes the writer packs (measured in docs/STORE_FORMAT.md §4.4): up
@@ -365,20 +366,6 @@ fail:
 
 /* ---- the spill file ---- */
 
-static int write_all(int fd, const uint8_t *p, size_t n) {
-  while (n > 0) {
-    ssize_t k = write(fd, p, n < ((size_t)1 << 30) ? n : (size_t)1 << 30);
-    if (k < 0) {
-      if (errno == EINTR)
-        continue;
-      return -1;
-    }
-    p += k;
-    n -= (size_t)k;
-  }
-  return 0;
-}
-
 static int spill_error(store_writer *w, diag *d) {
   w->failed = LMAP_EIO;
   return diag_set(d, LMAP_EIO, "%s: cannot write the spill file %s: %s",
@@ -386,7 +373,7 @@ static int spill_error(store_writer *w, diag *d) {
 }
 
 static int spill_flush(store_writer *w, diag *d) {
-  if (w->buf_len > 0 && write_all(w->fd, w->buf, w->buf_len) != 0)
+  if (w->buf_len > 0 && file_write_all(w->fd, w->buf, w->buf_len) != 0)
     return spill_error(w, d);
   w->buf_len = 0;
   return 0;
@@ -400,7 +387,7 @@ static int spill_append(store_writer *w, const uint8_t *rec, size_t len,
   if (w->buf_len + len > SPILL_BUF && (rc = spill_flush(w, d)) != 0)
     return rc;
   if (len >= SPILL_BUF) {
-    if (write_all(w->fd, rec, len) != 0)
+    if (file_write_all(w->fd, rec, len) != 0)
       return spill_error(w, d);
   } else {
     memcpy(w->buf + w->buf_len, rec, len);
@@ -817,28 +804,6 @@ static int place_file(const char *tmp, const char *path, int overwrite,
   return 0;
 }
 
-/* Syncs the directory holding `path`, so the rename survives a crash.
- * Best effort: some filesystems refuse fsync on directories. */
-static void sync_dir(const char *path) {
-  char *dir = strdup(path);
-  if (dir == NULL)
-    return;
-  char *slash = strrchr(dir, '/');
-  const char *name = ".";
-  if (slash == dir)
-    name = "/";
-  else if (slash != NULL) {
-    *slash = '\0';
-    name = dir;
-  }
-  int fd = open(name, O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    (void)fsync(fd);
-    close(fd);
-  }
-  free(dir);
-}
-
 int store_writer_commit(store_writer *w, diag *d) {
   int rc, e;
   MDB_envinfo info;
@@ -876,7 +841,7 @@ int store_writer_commit(store_writer *w, diag *d) {
   if ((rc = finish_file(w, needed, ms.ms_psize, d)) != 0 ||
       (rc = place_file(w->tmp, w->path, w->overwrite, d)) != 0)
     goto fail;
-  sync_dir(w->path);
+  file_sync_dir(w->path);
   tmp_forget(w->tmp);
   free(w->tmp);
   w->tmp = NULL; /* placed: nothing left to remove */
@@ -957,7 +922,7 @@ int store_add_checksums(const char *src, const char *dst, int overwrite,
   }
   if ((rc = place_file(tmp, dst, overwrite, d)) != 0)
     goto done;
-  sync_dir(dst);
+  file_sync_dir(dst);
   tmp_forget(tmp);
   free(tmp);
   tmp = NULL;
