@@ -5,6 +5,7 @@
 #ifndef LMAP_F16_H
 #define LMAP_F16_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -33,6 +34,34 @@ static inline float f16_to_f32(uint16_t h) {
   float f;
   memcpy(&f, &bits, sizeof f);
   return f;
+}
+
+/* f16_to_f32 for a finite value, without branches: the binary16 bits
+ * shifted into a float32's exponent and mantissa fields give the value
+ * times 2^-112 (normal and subnormal alike, since binary16's subnormals
+ * are float32 normals), and the power-of-two product is exact. For the
+ * resident arena's scores, which are finite by the store's checks. */
+static inline float f16_finite_to_f32(uint16_t h) {
+  uint32_t bits = (uint32_t)(h & 0x7fffu) << 13;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  f *= 0x1p112f;
+  memcpy(&bits, &f, sizeof bits);
+  bits |= (uint32_t)(h & 0x8000u) << 16;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/* The binary16 bits of `f`, which must be a finite value that binary16
+ * holds exactly (an f16 store's decoded score): the inverse of
+ * f16_finite_to_f32, without rounding or branches. */
+static inline uint16_t f16_exact_from_f32(float f) {
+  uint32_t bits;
+  memcpy(&bits, &f, sizeof bits);
+  uint32_t sign = (bits >> 16) & 0x8000u;
+  float mag = fabsf(f) * 0x1p-112f;
+  memcpy(&bits, &mag, sizeof bits);
+  return (uint16_t)(sign | (bits >> 13));
 }
 
 static inline uint16_t f32_to_f16(float f) {

@@ -14,13 +14,29 @@
 #include <stdint.h>
 
 #include "diag.h"
+#include "f16.h"
 
 typedef struct labelmap {
   uint32_t k;        /* entries per cell (top-K) */
   uint32_t h, w;     /* grid rows and columns */
   float *scores;     /* [h * w * k], cell-major */
   uint32_t *classes; /* [h * w * k], cell-major, each < num_classes */
+  /* The compact form the resident arena keeps (store/arena.h), read only:
+   * when `scores16` is set, the scores are binary16 bits there (finite) and
+   * `scores` is NULL; when `classes16` is set, the classes are there and
+   * `classes` is NULL. Readers of a served map use labelmap_score and
+   * labelmap_class, which read either form. */
+  const uint16_t *scores16;
+  const uint16_t *classes16;
 } labelmap;
+
+/* Entry `i` (cell-major, as above) of a map in either form. */
+static inline float labelmap_score(const labelmap *m, size_t i) {
+  return m->scores16 ? f16_finite_to_f32(m->scores16[i]) : m->scores[i];
+}
+static inline uint32_t labelmap_class(const labelmap *m, size_t i) {
+  return m->classes16 ? m->classes16[i] : m->classes[i];
+}
 
 static inline size_t labelmap_entries(const labelmap *m) {
   return (size_t)m->k * m->h * m->w;

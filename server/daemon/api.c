@@ -48,6 +48,10 @@ static const char NPY_TYPE[] = "application/x-npy";
 typedef struct generation {
   store *s;
   const store_meta *meta;
+  /* The store decoded (lmapd --resident), or NULL: set when the generation
+   * is made, or once by api_attach_arena for the first store, whose arena
+   * is built while it already serves from the mapping. */
+  _Atomic(arena *) arena;
   atomic_int refs;
   uint64_t number; /* 1 for the first store, +1 per reload */
 } generation;
@@ -82,6 +86,10 @@ struct api {
   _Atomic uint64_t fault_gen[FAULT_KINDS]; /* generation number, 0: none */
   char fault_reason[FAULT_KINDS][512];     /* under mu */
   api_worker *workers;                     /* every worker, under mu */
+  /* lmapd --resident: the store is not ready until its arena is built;
+   * the build's progress, owned by the caller, for /readyz and /metrics. */
+  int resident;
+  const arena_progress *progress;
 };
 
 struct api_worker {
@@ -100,12 +108,13 @@ struct api_worker {
   api_worker *prev, *next; /* in api.workers, under api.mu */
 };
 
-static generation *generation_new(store *s, uint64_t number) {
+static generation *generation_new(store *s, arena *ar, uint64_t number) {
   generation *g = calloc(1, sizeof *g);
   if (g == NULL)
     return NULL;
   g->s = s;
   g->meta = store_get_meta(s);
+  atomic_init(&g->arena, ar);
   atomic_init(&g->refs, 1);
   g->number = number;
   return g;
@@ -113,6 +122,7 @@ static generation *generation_new(store *s, uint64_t number) {
 
 static void generation_release(generation *g) {
   if (g != NULL && atomic_fetch_sub(&g->refs, 1) == 1) {
+    arena_free(atomic_load(&g->arena));
     store_close(g->s);
     free(g);
   }
@@ -129,7 +139,7 @@ static generation *acquire_current(api *a) {
 
 int api_new(store *s, uint32_t max_batch, api **out, diag *d) {
   api *a = calloc(1, sizeof *a);
-  generation *g = a ? generation_new(s, 1) : NULL;
+  generation *g = a ? generation_new(s, NULL, 1) : NULL;
   metrics *m = g ? metrics_new() : NULL;
   if (m == NULL) {
     free(g);
@@ -155,10 +165,10 @@ int api_new(store *s, uint32_t max_batch, api **out, diag *d) {
   return 0;
 }
 
-uint64_t api_swap(api *a, store *s) {
+uint64_t api_swap(api *a, store *s, arena *ar) {
   pthread_mutex_lock(&a->mu);
   generation *old = atomic_load(&a->current);
-  generation *g = generation_new(s, old->number + 1);
+  generation *g = generation_new(s, ar, old->number + 1);
   if (g == NULL) {
     pthread_mutex_unlock(&a->mu);
     return 0;
@@ -168,6 +178,21 @@ uint64_t api_swap(api *a, store *s) {
   pthread_mutex_unlock(&a->mu);
   generation_release(old);
   return g->number;
+}
+
+int api_attach_arena(api *a, uint64_t number, arena *ar) {
+  pthread_mutex_lock(&a->mu);
+  generation *g = atomic_load(&a->current);
+  arena *none = NULL;
+  int ok = g->number == number &&
+           atomic_compare_exchange_strong(&g->arena, &none, ar);
+  pthread_mutex_unlock(&a->mu);
+  return ok ? 0 : -1;
+}
+
+void api_set_resident(api *a, const arena_progress *progress) {
+  a->resident = 1;
+  a->progress = progress;
 }
 
 void api_free(api *a) {
@@ -606,10 +631,20 @@ static int ensure_dense(api_worker *w, uint32_t G, diag *d) {
   return 0;
 }
 
+/* Record `id` of the worker's store: from its arena when it has one, else
+ * read and decoded from the store (store_reader_get's errors). */
+static int read_map(api_worker *w, const char *id, size_t len, labelmap *m,
+                    diag *d) {
+  arena *ar = atomic_load_explicit(&w->g->arena, memory_order_acquire);
+  if (ar != NULL)
+    return arena_find(ar, id, len, m);
+  return store_reader_get(w->reader, id, len, m, d);
+}
+
 static int lookup(api_worker *w, const char *id, labelmap *m, diag *d) {
   int rc = labelmap_id_check(id, strlen(id), d);
   if (rc == 0)
-    rc = store_reader_get(w->reader, id, strlen(id), m, d);
+    rc = read_map(w, id, strlen(id), m, d);
   if (rc == LMAP_ENOTFOUND)
     diag_field(d, rc, "id", "no label map for id '%s'", id);
   else if (rc != 0)
@@ -802,7 +837,7 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
     rc = batch_query(json_array_get(queries, i), i, &q, &id, &d);
     if (rc)
       break;
-    int got = store_reader_get(w->reader, id, strlen(id), &m, &d);
+    int got = read_map(w, id, strlen(id), &m, &d);
     if (got == LMAP_ENOTFOUND) {
       if (already_named(&missing, id))
         ;
@@ -888,7 +923,8 @@ static api_response *get_map(api_worker *w, const api_request *req,
       for (uint32_t k = 0; rc == 0 && k < m.k; k++)
         for (size_t cell = 0; rc == 0 && cell < cells; cell++) {
           size_t i = cell * m.k + k;
-          float v = plane ? (float)m.classes[i] : m.scores[i];
+          float v =
+              plane ? (float)labelmap_class(&m, i) : labelmap_score(&m, i);
           rc = lmap_dynbuf_add(out, &v, sizeof v);
         }
   } else {
@@ -900,7 +936,7 @@ static api_response *get_map(api_worker *w, const api_request *req,
     for (uint32_t k = 0; rc == 0 && k < m.k; k++)
       for (size_t cell = 0; rc == 0 && cell < cells; cell++)
         rc = lmap_dynbuf_printf(out, k || cell ? ",%u" : "%u",
-                                m.classes[cell * m.k + k]);
+                                labelmap_class(&m, cell * m.k + k));
     if (rc == 0)
       rc = lmap_dynbuf_addstr(out, "],\"scores\":[");
     for (uint32_t k = 0; rc == 0 && k < m.k; k++)
@@ -908,7 +944,7 @@ static api_response *get_map(api_worker *w, const api_request *req,
         if (k || cell)
           rc = lmap_dynbuf_add(out, ",", 1);
         if (rc == 0)
-          rc = itemjson_number(out, m.scores[cell * m.k + k]);
+          rc = itemjson_number(out, labelmap_score(&m, cell * m.k + k));
       }
     if (rc == 0)
       rc = lmap_dynbuf_addstr(out, "]}");
@@ -928,8 +964,28 @@ static api_response *json_text(api_worker *w, int status, const char *text) {
   return &w->res;
 }
 
+/* How the store is served: "mapped", or "resident" with its arena (null
+ * while the first one is built). */
+static json_t *serving_info(const api *a, generation *g) {
+  if (!a->resident)
+    return json_pack("{s:s}", "mode", "mapped");
+  arena *ar = atomic_load(&g->arena);
+  if (ar == NULL)
+    return json_pack("{s:s, s:n}", "mode", "resident", "arena");
+  return json_pack("{s:s, s:{s:I, s:I, s:f, s:i}}", "mode", "resident", "arena",
+                   "bytes", (json_int_t)arena_bytes(ar), "records",
+                   (json_int_t)arena_records(ar), "build_seconds",
+                   arena_build_seconds(ar), "build_threads",
+                   (int)arena_build_threads(ar));
+}
+
 static api_response *get_info(api_worker *w) {
   json_t *meta = store_info(w->g->s);
+  if (meta != NULL &&
+      json_object_set_new(meta, "serving", serving_info(w->a, w->g)) != 0) {
+    json_decref(meta);
+    meta = NULL;
+  }
   if (meta == NULL) {
     api_error_message(&w->res, LMAP_ENOMEM,
                       "cannot render the store's metadata");
@@ -1041,6 +1097,34 @@ static const char *after(const char *path, const char *prefix) {
 
 static const char *ready_status(api *a, char *reason, size_t cap);
 
+/* lmapd --resident: the arena of generation `g` and the running build. */
+static int resident_metrics(api *a, generation *g, dynbuf *b) {
+  arena *ar = atomic_load(&g->arena);
+  unsigned long long done = 0, total = 0;
+  if (a->progress) {
+    done = atomic_load(&a->progress->done);
+    total = atomic_load(&a->progress->total);
+  }
+  return lmap_dynbuf_printf(
+      b,
+      "# HELP lmap_resident_arena_bytes Memory of the served store's "
+      "resident arena (0 while it is built).\n"
+      "# TYPE lmap_resident_arena_bytes gauge\n"
+      "lmap_resident_arena_bytes %llu\n"
+      "# HELP lmap_resident_build_seconds Time the served arena took to "
+      "build.\n"
+      "# TYPE lmap_resident_build_seconds gauge\n"
+      "lmap_resident_build_seconds %.3f\n"
+      "# HELP lmap_resident_build_records_decoded Records the latest build "
+      "has decoded, of lmap_resident_build_records.\n"
+      "# TYPE lmap_resident_build_records_decoded gauge\n"
+      "lmap_resident_build_records_decoded %llu\n"
+      "# TYPE lmap_resident_build_records gauge\n"
+      "lmap_resident_build_records %llu\n",
+      ar ? (unsigned long long)arena_bytes(ar) : 0ull,
+      ar ? arena_build_seconds(ar) : 0.0, done, total);
+}
+
 static api_response *get_metrics(api_worker *w) {
   reset(&w->res);
   w->res.content_type = "text/plain; version=0.0.4";
@@ -1073,6 +1157,8 @@ static api_response *get_metrics(api_worker *w) {
         "# HELP lmap_ready 1 when /readyz answers 200.\n"
         "# TYPE lmap_ready gauge\nlmap_ready %d\n",
         (unsigned long long)g->number, ready_status(w->a, NULL, 0) == NULL);
+  if (rc == 0 && w->a->resident)
+    rc = resident_metrics(w->a, g, &w->res.body);
   generation_release(g);
   if (rc == 0 && w->a->edge_metrics)
     rc = w->a->edge_metrics(w->a->edge_ctx, &w->res.body);
@@ -1117,6 +1203,22 @@ static const char *ready_status(api *a, char *reason, size_t cap) {
   for (int k = FAULT_KINDS - 1; k >= 0; k--)
     if (has_fault(a, (fault_kind)k, reason, cap))
       return fault_names[k];
+  if (a->resident) {
+    generation *g = acquire_current(a);
+    int built = atomic_load(&g->arena) != NULL;
+    generation_release(g);
+    if (!built) {
+      unsigned long long done = 0, total = 0;
+      if (a->progress) {
+        done = atomic_load(&a->progress->done);
+        total = atomic_load(&a->progress->total);
+      }
+      snprintf(reason, cap,
+               "building the resident arena: %llu of %llu records decoded",
+               done, total);
+      return "building";
+    }
+  }
   return NULL;
 }
 

@@ -33,6 +33,7 @@
 #include "core/diag.h"
 #include "metrics.h"
 #include "shared/dynbuf.h"
+#include "store/arena.h"
 #include "store/store.h"
 
 #define API_DEFAULT_MAX_BATCH 4096u
@@ -84,12 +85,26 @@ typedef struct api_worker api_worker;
 int api_new(store *s, uint32_t max_batch, api **out, diag *d);
 void api_free(api *a); /* accepts NULL; every worker must be freed first */
 
-/* Serves `s` (taken over) from now on: each worker moves to it at its next
- * request; the previous store is closed when its last worker has moved.
- * No request fails or waits for it. Returns the new generation number
- * (2 for the first reload), or 0 when out of memory (then `s` is still the
- * caller's). Thread-safe. */
-uint64_t api_swap(api *a, store *s);
+/* Serves `s` (taken over) from now on, from its arena `ar` (taken over
+ * too; NULL: from the store's mapping): each worker moves to it at its next
+ * request; the previous store (and its arena) is freed when its last worker
+ * has moved. No request fails or waits for it. Returns the new generation
+ * number (2 for the first reload), or 0 when out of memory (then `s` and
+ * `ar` are still the caller's). Thread-safe. */
+uint64_t api_swap(api *a, store *s, arena *ar);
+
+/* lmapd --resident: from now on the service is ready only while the current
+ * store has its arena; `progress` (borrowed for the api's life; may be
+ * NULL) is the running build's, shown by /readyz and /metrics. Call before
+ * serving. */
+void api_set_resident(api *a, const arena_progress *progress);
+
+/* Gives generation `number`'s store, which serves from its mapping, its
+ * arena `ar` (taken over on success): requests read it from then on. For
+ * the first store, whose arena is built while lmapd already answers.
+ * Returns 0, or -1 when `number` is no longer current or already has one
+ * (`ar` is then still the caller's). Thread-safe. */
+int api_attach_arena(api *a, uint64_t number, arena *ar);
 
 /* Requires "Authorization: Bearer <token>" on every /v1/ route from now
  * on (the token is copied). Returns 0 or LMAP_EINVAL (empty token). */

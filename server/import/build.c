@@ -297,7 +297,7 @@ static uint64_t id_hash(const char *id) {
 
 static int process(worker *w, const build_item *it, result *r) {
   build *b = w->b;
-  labelmap m;
+  labelmap m = {0}; /* the source fills the float form */
   int rc = b->src->load(b->src->ctx, w->wstate, it, &m, &r->d);
   if (rc == 0)
     rc = labelmap_validate(&m, b->o->num_classes, &r->d);

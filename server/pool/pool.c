@@ -204,8 +204,8 @@ static uint32_t pool_bin(const labelmap *m, const region *g, uint32_t G,
         continue;
       size_t base = ((size_t)r * m->w + q) * k;
       for (uint32_t e = 0; e < k; e++) {
-        uint32_t c = m->classes[base + e];
-        double v = wgt * (double)m->scores[base + e];
+        uint32_t c = labelmap_class(m, base + e);
+        double v = wgt * (double)labelmap_score(m, base + e);
         if (ws->stamp[c] != gen) {
           ws->stamp[c] = gen;
           ws->acc[c] = v;

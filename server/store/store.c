@@ -32,7 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -666,6 +668,29 @@ uint64_t store_file_size(const store *s) {
   return s->file_size;
 }
 
+/* LMDB does not say where it mapped the file (mdb_env_info's me_mapaddr is
+ * only the address asked for with MDB_FIXEDMAP), so the mappings of this
+ * file are found in /proc/self/maps by device and inode. */
+void store_release_pages(store *s) {
+  mdb_filehandle_t fd;
+  struct stat st;
+  if (mdb_env_get_fd(s->env, &fd) != 0 || fstat(fd, &st) != 0)
+    return;
+  FILE *f = fopen("/proc/self/maps", "re");
+  if (f == NULL)
+    return;
+  char line[4352];
+  while (fgets(line, sizeof line, f)) {
+    unsigned long long lo, hi, ino;
+    unsigned maj, mnr;
+    if (sscanf(line, "%llx-%llx %*s %*s %x:%x %llu", &lo, &hi, &maj, &mnr,
+               &ino) == 5 &&
+        ino == (unsigned long long)st.st_ino && makedev(maj, mnr) == st.st_dev)
+      madvise((void *)(uintptr_t)lo, (size_t)(hi - lo), MADV_DONTNEED);
+  }
+  fclose(f);
+}
+
 int store_file_check(const store *s, diag *d) {
   mdb_filehandle_t fd;
   struct stat st;
@@ -843,7 +868,11 @@ fail:
 
 static labelmap reader_map(store_reader *r) {
   const codec_shape *sh = &r->s->meta.shape;
-  labelmap m = {sh->k, sh->h, sh->w, r->scores, r->classes};
+  labelmap m = {.k = sh->k,
+                .h = sh->h,
+                .w = sh->w,
+                .scores = r->scores,
+                .classes = r->classes};
   return m;
 }
 

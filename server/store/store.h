@@ -153,6 +153,12 @@ const char *store_id(const store *s);
  * when none can be had. */
 int store_dup_fd(const store *s);
 
+/* Lets go of the pages of the mapping that this process has touched (they
+ * stay in the page cache): after a walk of every record (the resident
+ * arena's build) they would otherwise count in lmapd's resident memory. A
+ * later read maps its pages again. Thread-safe. */
+void store_release_pages(store *s);
+
 /* Size of the store file in bytes. */
 uint64_t store_file_size(const store *s);
 

@@ -107,7 +107,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (body == NULL)
       return 0;
     memcpy(body, data, size < need ? size : need);
-    m = (labelmap){s->k, s->h, s->w, scores, classes};
+    m = (labelmap){
+        .k = s->k, .h = s->h, .w = s->w, .scores = scores, .classes = classes};
     rc = codec_untransform(s, body, &m, &d);
     free(body);
   }

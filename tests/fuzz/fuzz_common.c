@@ -164,7 +164,8 @@ void fuzz_store_id(const fuzz_store_params *p, uint64_t index, char id[64]) {
   if (scores == NULL || classes == NULL)
     abort();
   synth_params sp = {p->num_classes, p->h, p->w, p->k, 7};
-  labelmap m = {p->k, p->h, p->w, scores, classes};
+  labelmap m = {
+      .k = p->k, .h = p->h, .w = p->w, .scores = scores, .classes = classes};
   synth_image(&sp, index, id, &m);
   free(scores);
   free(classes);

@@ -137,7 +137,7 @@ static void body_seeds(const fuzz_store_params *p, uint8_t selector) {
   float *sc = malloc(n * sizeof *sc);
   uint32_t *cl = malloc(n * sizeof *cl);
   uint8_t *body = malloc(raw);
-  labelmap m = {p->k, p->h, p->w, sc, cl};
+  labelmap m = {.k = p->k, .h = p->h, .w = p->w, .scores = sc, .classes = cl};
   char id[64], name[64];
   for (uint64_t i = 0; i < 2; i++) {
     synth_image(&sp, i, id, &m);

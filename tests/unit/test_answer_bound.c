@@ -63,8 +63,11 @@ static void random_query(pool_query *q, uint32_t G) {
 
 static void check_shape(uint32_t C, uint32_t k, uint32_t h, uint32_t w,
                         const uint32_t *sizes, size_t nsizes, int rounds) {
-  labelmap m = {k, h, w, malloc(sizeof(float) * k * h * w),
-                malloc(sizeof(uint32_t) * k * h * w)};
+  labelmap m = {.k = k,
+                .h = h,
+                .w = w,
+                .scores = malloc(sizeof(float) * k * h * w),
+                .classes = malloc(sizeof(uint32_t) * k * h * w)};
   pool_ws *ws = pool_ws_new(C);
   float *dense = malloc(sizeof(float) * 64 * 64 * C);
   dynbuf b;

@@ -280,7 +280,7 @@ int main(void) {
   ASSERT_EQ(call(w, "GET", "/livez", NULL, NULL, NULL)->status, 200);
 
   /* A swap: the next request reads the other store. */
-  ASSERT_EQ(api_swap(a, open_store(b_path)), 2);
+  ASSERT_EQ(api_swap(a, open_store(b_path), NULL), 2);
   r = call(w, "GET", "/v1/info", NULL, NULL, "Bearer s3cret");
   info = parse(r);
   ASSERT_EQ(json_integer_value(json_object_get(info, "record_count")), 40);

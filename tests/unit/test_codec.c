@@ -26,7 +26,11 @@ static uint32_t rnd(void) {
 
 static labelmap map_new(uint32_t k, uint32_t h, uint32_t w) {
   size_t n = (size_t)k * h * w;
-  labelmap m = {k, h, w, calloc(n, sizeof(float)), calloc(n, sizeof(uint32_t))};
+  labelmap m = {.k = k,
+                .h = h,
+                .w = w,
+                .scores = calloc(n, sizeof(float)),
+                .classes = calloc(n, sizeof(uint32_t))};
   ASSERT(m.scores != NULL && m.classes != NULL);
   return m;
 }
@@ -334,7 +338,7 @@ static void test_round_scores(void) {
   codec_shape s = {1, 1, 3, 10, CODEC_F16};
   float sc[3] = {1.0f / 3.0f, 65504.0f, -0.0f};
   uint32_t cl[3] = {0, 1, 2};
-  labelmap m = {1, 1, 3, sc, cl};
+  labelmap m = {.k = 1, .h = 1, .w = 3, .scores = sc, .classes = cl};
   codec_round_scores(&s, &m);
   ASSERT(sc[0] != 1.0f / 3.0f);
   ASSERT_EQ(fbits(sc[0]), fbits(f16_to_f32(f32_to_f16(1.0f / 3.0f))));

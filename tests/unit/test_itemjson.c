@@ -64,8 +64,11 @@ static void check_dense(const labelmap *m, uint32_t C, const pool_query *q,
 static void test_dense_items(void) {
   const uint32_t C = 1000;
   synth_params p = {C, 15, 15, 5, 9};
-  labelmap m = {5, 15, 15, malloc(sizeof(float) * 5 * 225),
-                malloc(sizeof(uint32_t) * 5 * 225)};
+  labelmap m = {.k = 5,
+                .h = 15,
+                .w = 15,
+                .scores = malloc(sizeof(float) * 5 * 225),
+                .classes = malloc(sizeof(uint32_t) * 5 * 225)};
   pool_ws *ws = pool_ws_new(C);
   uint64_t rng = 12345;
   char id[64];
@@ -101,7 +104,7 @@ static void test_repeats(void) {
     float s[6];
     uint32_t cls[6] = {10, 11, 12, 13, 14, 15};
     memcpy(s, scores[t], sizeof s);
-    labelmap m = {6, 1, 1, s, cls};
+    labelmap m = {.k = 6, .h = 1, .w = 1, .scores = s, .classes = cls};
     pool_ws *ws = pool_ws_new(16);
     pool_query q = {{0, 0, 1, 1}, POOL_BOX_XYXY, 1, false, false};
     check_dense(&m, 16, &q, ws);

@@ -5,7 +5,7 @@
 int main(void) {
   float scores[4] = {1.5f, -2.0f, 3.0f, 0.25f};
   uint32_t classes[4] = {0, 1, 2, 3}; /* K=2, 1x2 grid */
-  labelmap m = {2, 1, 2, scores, classes};
+  labelmap m = {.k = 2, .h = 1, .w = 2, .scores = scores, .classes = classes};
   diag d;
   ASSERT_EQ(labelmap_validate(&m, 4, &d), 0);
 

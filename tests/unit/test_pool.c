@@ -13,7 +13,8 @@
 
 static float scores22[4] = {1, 2, 3, 4}; /* K=1, 2x2: rows (1 2) (3 4) */
 static uint32_t classes22[4] = {0, 0, 0, 0};
-static labelmap map22 = {1, 2, 2, scores22, classes22};
+static labelmap map22 = {
+    .k = 1, .h = 2, .w = 2, .scores = scores22, .classes = classes22};
 
 static float pooled(const labelmap *m, uint32_t C, pool_query q, pool_ws *ws,
                     uint32_t cell, uint32_t cls) {
@@ -93,7 +94,7 @@ int main(void) {
    * decreasing probability. */
   float s11[2] = {1, 2};
   uint32_t c11[2] = {3, 1};
-  labelmap m11 = {2, 1, 1, s11, c11};
+  labelmap m11 = {.k = 2, .h = 1, .w = 1, .scores = s11, .classes = c11};
   ASSERT_EQ(pool_cell_sparse(&m11, C4, &full, 0, ws, &cell), 0);
   z = exp(2) + exp(1) + 2;
   ASSERT_EQ(cell.n, 2);
@@ -106,7 +107,7 @@ int main(void) {
   /* Every class listed: rest is 0 and the listed probabilities sum to 1. */
   float sall[4] = {0.5f, 1, 1.5f, 2};
   uint32_t call[4] = {0, 1, 2, 3};
-  labelmap mall = {4, 1, 1, sall, call};
+  labelmap mall = {.k = 4, .h = 1, .w = 1, .scores = sall, .classes = call};
   ASSERT_EQ(pool_cell_sparse(&mall, C4, &full, 0, ws, &cell), 0);
   ASSERT_EQ(cell.n, 4);
   ASSERT_NEAR(cell.rest, 0, 0);

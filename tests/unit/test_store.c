@@ -189,7 +189,7 @@ static uint8_t *train(size_t *dl) {
   uint8_t *raws = malloc(rs * n), *dict = malloc(1 << 16);
   float sc[1125];
   uint32_t cl[1125];
-  labelmap m = {5, 15, 15, sc, cl};
+  labelmap m = {.k = 5, .h = 15, .w = 15, .scores = sc, .classes = cl};
   char id[64];
   for (size_t i = 0; i < n; i++) {
     synth_image(&params, 900000 + i, id, &m);
@@ -216,7 +216,7 @@ static void sort_by_id(uint64_t *order, uint64_t n) {
   id_entry *e = malloc(n * sizeof *e);
   float sc[1125];
   uint32_t cl[1125];
-  labelmap m = {5, 15, 15, sc, cl};
+  labelmap m = {.k = 5, .h = 15, .w = 15, .scores = sc, .classes = cl};
   for (uint64_t i = 0; i < n; i++) {
     synth_image(&params, order[i], e[i].id, &m);
     e[i].index = order[i];
@@ -246,7 +246,7 @@ static void build(const char *path, uint64_t count, const build_opts *o) {
   uint8_t *rec = malloc(cap);
   float sc[1125];
   uint32_t cl[1125];
-  labelmap m = {5, 15, 15, sc, cl};
+  labelmap m = {.k = 5, .h = 15, .w = 15, .scores = sc, .classes = cl};
   char id[64];
   uint64_t *order = malloc((count ? count : 1) * sizeof *order);
   for (uint64_t i = 0; i < count; i++)
@@ -834,7 +834,7 @@ static void test_write_read(const char *path, uint64_t count, int sorted) {
    * map it was written with. */
   float sc[1125];
   uint32_t cl[1125];
-  labelmap want = {5, 15, 15, sc, cl}, got;
+  labelmap want = {.k = 5, .h = 15, .w = 15, .scores = sc, .classes = cl}, got;
   char id[64];
   for (uint64_t k = 0; k < count; k++) {
     uint64_t i = (k * 7919) % count; /* count is not a multiple of 7919 */
@@ -1671,7 +1671,7 @@ static void *reader_thread(void *arg) {
   }
   float sc[1125];
   uint32_t cl[1125];
-  labelmap want = {5, 15, 15, sc, cl}, got;
+  labelmap want = {.k = 5, .h = 15, .w = 15, .scores = sc, .classes = cl}, got;
   char id[64];
   for (int pass = 0; pass < 2; pass++)
     for (uint64_t i = 0; i < j->count; i += 7) {
@@ -1716,7 +1716,7 @@ static void test_damaged_record(const char *good) {
   /* Find image 7's record in the file and flip a byte in its middle. */
   float sc[1125];
   uint32_t cl[1125];
-  labelmap m = {5, 15, 15, sc, cl};
+  labelmap m = {.k = 5, .h = 15, .w = 15, .scores = sc, .classes = cl};
   char id[64];
   synth_image(&params, 7, id, &m);
   codec_ctx *c = NULL;

@@ -20,12 +20,14 @@ static float g_scores[MAXE], g_scores2[MAXE];
 static uint32_t g_classes[MAXE], g_classes2[MAXE];
 
 static labelmap map1(void) {
-  labelmap m = {0, 0, 0, g_scores, g_classes};
+  labelmap m = {
+      .k = 0, .h = 0, .w = 0, .scores = g_scores, .classes = g_classes};
   return m;
 }
 
 static labelmap map2(void) {
-  labelmap m = {0, 0, 0, g_scores2, g_classes2};
+  labelmap m = {
+      .k = 0, .h = 0, .w = 0, .scores = g_scores2, .classes = g_classes2};
   return m;
 }
 
