@@ -50,6 +50,8 @@ struct lmap_client {
   int retries;
   long backoff_ms, down_ms;
   dynbuf url, request, body;
+  int json_queries;      /* lmap_client_options.json_queries */
+  char labels_path[160]; /* POST /v1/labels with the batch's options */
   /* The last call. */
   const char *answered; /* base of the endpoint that answered, or "" */
   int err;
@@ -185,6 +187,7 @@ int lmap_client_new_array(const char *const *urls, size_t n_urls,
       o.down_ms = opts->down_ms;
     o.token = opts->token;
     o.ca_file = opts->ca_file;
+    o.json_queries = opts->json_queries != 0;
   }
   if (o.retries > MAX_RETRIES) {
     snprintf(err, sizeof err, "retries %d is over the limit of %d", o.retries,
@@ -212,6 +215,7 @@ int lmap_client_new_array(const char *const *urls, size_t n_urls,
   if (c == NULL)
     return new_fail(errbuf, LMAP_ENOMEM, "out of memory");
   c->retries = o.retries;
+  c->json_queries = o.json_queries;
   c->backoff_ms = o.retry_backoff_ms;
   c->down_ms = o.down_ms;
   c->answered = c->tried = "";
@@ -299,6 +303,7 @@ void lmap_client_free(lmap_client *c) {
 typedef struct call {
   const char *path;
   const dynbuf *post;
+  int binary_post;  /* `post` holds binary queries */
   size_t max_ok;    /* cap of a JSON 200 answer */
   const char *what; /* why that cap, for the message when it is passed */
   float *dest;
@@ -385,8 +390,8 @@ static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons,
     lmap_npy_sink_values(&sink, k->values, k->classes);
   }
   lmap_http_outcome o;
-  int rc = lmap_http_perform(c->http, c->url.data, k->post, k->max_ok, &c->body,
-                             k->dest ? &sink : NULL, &o);
+  int rc = lmap_http_perform(c->http, c->url.data, k->post, k->binary_post,
+                             k->max_ok, &c->body, k->dest ? &sink : NULL, &o);
   c->status = o.status;
   snprintf(c->request_id, sizeof c->request_id, "%s", o.request_id);
   char reason[600] = "";
@@ -581,12 +586,22 @@ static int label_call(lmap_client *c, const lmap_query *queries, size_t n,
   return 0;
 }
 
+/* The request of a batch into c->request and c->labels_path: binary
+ * queries unless the client was made with json_queries. */
 static int build_body(lmap_client *c, const lmap_query *queries, size_t n,
                       const lmap_label_options *opts, int sparse) {
   char field[64] = "", err[LMAP_WIRE_ERRLEN] = "";
   lmap_dynbuf_reset(&c->request);
-  int rc =
-      lmap_wire_labels_body(&c->request, queries, n, opts, sparse, field, err);
+  int rc;
+  if (c->json_queries) {
+    snprintf(c->labels_path, sizeof c->labels_path, "/v1/labels");
+    rc = lmap_wire_labels_body(&c->request, queries, n, opts, sparse, field,
+                               err);
+  } else {
+    rc = lmap_wire_labels_binary(&c->request, c->labels_path,
+                                 sizeof c->labels_path, queries, n, opts,
+                                 sparse, field, err);
+  }
   if (rc == LMAP_ETOOBIG)
     return fail(c, rc, "queries", "the request is over %zu bytes",
                 c->request.max);
@@ -629,8 +644,9 @@ int lmap_client_labels(lmap_client *c, const lmap_query *queries, size_t n,
   if ((rc = build_body(c, queries, n, &o, 0)) != 0)
     return rc;
   /* Exactly the shape asked for: any other is the server's error. */
-  call k = {.path = "/v1/labels",
+  call k = {.path = c->labels_path,
             .post = &c->request,
+            .binary_post = !c->json_queries,
             .max_ok = LMAP_WIRE_ERROR_MAX,
             .dest = out,
             .dest_len = out_len,
@@ -674,8 +690,11 @@ int lmap_client_sparse(lmap_client *c, const lmap_query *queries, size_t n,
         "the most a sparse answer to %zu queries of %zu cell(s) of %" PRIu32
         " classes can take",
         n, cells, info.num_classes);
-    call k = {
-        .path = "/v1/labels", .post = &c->request, .max_ok = max, .what = what};
+    call k = {.path = c->labels_path,
+              .post = &c->request,
+              .binary_post = !c->json_queries,
+              .max_ok = max,
+              .what = what};
     rc = perform(c, &k);
     if (rc == 0) {
       char err[LMAP_WIRE_ERRLEN];

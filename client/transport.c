@@ -9,6 +9,8 @@
  */
 #include "transport.h"
 
+#include "shared/querybin.h"
+
 #include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -18,8 +20,8 @@
 
 struct lmap_http {
   CURL *curl;
-  struct curl_slist *json_headers; /* Accept: application/json */
-  struct curl_slist *npy_headers;  /* Accept: application/x-npy */
+  /* The request headers: [accept .npy][body of binary queries]. */
+  struct curl_slist *headers[2][2];
   char errbuf[CURL_ERROR_SIZE];
   /* The exchange in progress. */
   dynbuf *body;
@@ -38,9 +40,9 @@ static void global_init(void) {
   global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-static struct curl_slist *header_list(const char *accept, const char *auth) {
-  const char *fixed[] = {accept, "Content-Type: application/json",
-                         "Expect:", auth};
+static struct curl_slist *
+header_list(const char *accept, const char *content_type, const char *auth) {
+  const char *fixed[] = {accept, content_type, "Expect:", auth};
   struct curl_slist *list = NULL;
   for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) {
     if (fixed[i] == NULL)
@@ -206,14 +208,22 @@ int lmap_http_new(const lmap_http_config *cfg, lmap_http **out, char err[256]) {
     snprintf(auth, len, "Authorization: Bearer %s", cfg->token);
   }
   h->curl = curl_easy_init();
-  h->json_headers = header_list("Accept: application/json", auth);
-  h->npy_headers = header_list("Accept: application/x-npy", auth);
+  int lists_made = 1;
+  for (int npy = 0; npy < 2; npy++)
+    for (int bin = 0; bin < 2; bin++) {
+      h->headers[npy][bin] = header_list(
+          npy ? "Accept: application/x-npy" : "Accept: application/json",
+          bin ? "Content-Type: " LMAP_QUERYBIN_TYPE
+              : "Content-Type: application/json",
+          auth);
+      lists_made &= h->headers[npy][bin] != NULL;
+    }
   if (auth) {
     memset(auth, 0, strlen(auth)); /* the token is a secret */
     free(auth);
     auth = NULL;
   }
-  if (h->curl == NULL || h->json_headers == NULL || h->npy_headers == NULL)
+  if (h->curl == NULL || !lists_made)
     goto nomem;
   CURL *c = h->curl;
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -245,14 +255,15 @@ void lmap_http_free(lmap_http *h) {
   if (h == NULL)
     return;
   curl_easy_cleanup(h->curl);
-  curl_slist_free_all(h->json_headers);
-  curl_slist_free_all(h->npy_headers);
+  for (int npy = 0; npy < 2; npy++)
+    for (int bin = 0; bin < 2; bin++)
+      curl_slist_free_all(h->headers[npy][bin]);
   free(h);
 }
 
 int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
-                      size_t max_ok, dynbuf *body, lmap_npy_sink *npy,
-                      lmap_http_outcome *out) {
+                      int binary_post, size_t max_ok, dynbuf *body,
+                      lmap_npy_sink *npy, lmap_http_outcome *out) {
   *out = (lmap_http_outcome){.declared = -1};
   lmap_dynbuf_reset(body);
   h->body = body;
@@ -266,7 +277,7 @@ int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
   CURL *c = h->curl;
   curl_easy_setopt(c, CURLOPT_URL, url);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER,
-                   npy ? h->npy_headers : h->json_headers);
+                   h->headers[npy != NULL][post != NULL && binary_post]);
   if (post) {
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, post->data);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)post->len);

@@ -47,7 +47,8 @@ int lmap_http_check_url(const char *url, char err[256]);
 int lmap_http_new(const lmap_http_config *cfg, lmap_http **out, char err[256]);
 void lmap_http_free(lmap_http *h);
 
-/* GET `url` (POST when `post` is not NULL). A 200 answer goes to `body`,
+/* GET `url` (POST when `post` is not NULL: JSON, or binary queries with
+ * `binary_post`, client/shared/querybin.h). A 200 answer goes to `body`,
  * at most `max_ok` bytes, or, when `npy` is not NULL and the answer is
  * .npy, streamed into `npy` (which is told the Content-Length and refuses
  * what its array cannot hold). Any other answer goes to `body`, at most
@@ -57,7 +58,7 @@ void lmap_http_free(lmap_http *h);
  * exchange could be attempted (the outcome tells how it went; a refusal of
  * the npy sink is in its err), or LMAP_ENOMEM. */
 int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
-                      size_t max_ok, dynbuf *body, lmap_npy_sink *npy,
-                      lmap_http_outcome *out);
+                      int binary_post, size_t max_ok, dynbuf *body,
+                      lmap_npy_sink *npy, lmap_http_outcome *out);
 
 #endif /* LMAP_CLIENT_TRANSPORT_H */

@@ -9,6 +9,8 @@
  */
 #include "wire.h"
 
+#include "shared/querybin.h"
+
 #include "shared/fmtfloat.h"
 
 #include <ctype.h>
@@ -110,6 +112,56 @@ int lmap_wire_labels_body(dynbuf *b, const lmap_query *queries, size_t n,
       opts->box_format == LMAP_BOX_RELABEL ? "relabel" : "xyxy",
       opts->softmax ? "true" : "false");
   return rc ? rc : lmap_dynbuf_addstr(b, tail);
+}
+
+int lmap_wire_labels_binary(dynbuf *b, char *path, size_t cap,
+                            const lmap_query *queries, size_t n,
+                            const lmap_label_options *opts, int sparse,
+                            char field[64], char err[LMAP_WIRE_ERRLEN]) {
+  if (opts->box_format != LMAP_BOX_XYXY &&
+      opts->box_format != LMAP_BOX_RELABEL) {
+    snprintf(field, 64, "box_format");
+    snprintf(err, LMAP_WIRE_ERRLEN,
+             "box_format %d is not LMAP_BOX_XYXY or LMAP_BOX_RELABEL",
+             (int)opts->box_format);
+    return LMAP_EINVAL;
+  }
+  if (n > UINT32_MAX) {
+    snprintf(field, 64, "queries");
+    snprintf(err, LMAP_WIRE_ERRLEN, "%zu queries are more than a request holds",
+             n);
+    return LMAP_ETOOBIG;
+  }
+  int xyxy = opts->box_format == LMAP_BOX_XYXY;
+  int rc = lmap_querybin_begin(b, (uint32_t)n);
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    const lmap_query *q = &queries[i];
+    size_t len = q->id ? strlen(q->id) : 0;
+    if (len == 0 || len > 255) {
+      snprintf(field, 64, "queries[%zu].id", i);
+      snprintf(err, LMAP_WIRE_ERRLEN, "queries[%zu].id is %s", i,
+               q->id == NULL ? "NULL"
+               : len == 0    ? "empty"
+                             : "longer than 255 bytes");
+      return LMAP_EBADID;
+    }
+    double box[4];
+    for (int j = 0; j < 4; j++) {
+      if (!isfinite(q->box[j])) {
+        snprintf(field, 64, "queries[%zu].box", i);
+        snprintf(err, LMAP_WIRE_ERRLEN,
+                 "queries[%zu].box[%d] is not a finite number", i, j);
+        return LMAP_EBADBOX;
+      }
+      box[j] = xyxy ? (double)(float)q->box[j] : q->box[j];
+    }
+    rc = lmap_querybin_put(b, q->id, len, box, q->flip);
+  }
+  snprintf(path, cap,
+           "/v1/labels?output_size=%d&format=%s&box_format=%s&softmax=%s",
+           opts->output_size, sparse ? "sparse" : "dense",
+           xyxy ? "xyxy" : "relabel", opts->softmax ? "true" : "false");
+  return rc;
 }
 
 int lmap_wire_path_escape(dynbuf *b, const char *id) {

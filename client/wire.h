@@ -27,6 +27,19 @@ int lmap_wire_labels_body(dynbuf *b, const lmap_query *queries, size_t n,
                           const lmap_label_options *opts, int sparse,
                           char field[64], char err[LMAP_WIRE_ERRLEN]);
 
+/* Appends the binary queries of POST /v1/labels (Content-Type
+ * LMAP_QUERYBIN_TYPE, client/shared/querybin.h) for `n` queries to `b`, and
+ * writes to `path` (`cap` bytes) the request's path with the batch's
+ * options in its query string. Checks what the JSON body checks, and ids
+ * of 1 to 255 bytes (the longest id a store holds). An xyxy box travels as
+ * the float32 values lmapd pools with, as in the JSON body, so both forms
+ * are judged and answered alike. Returns 0, LMAP_EINVAL / LMAP_EBADID /
+ * LMAP_EBADBOX (`field` and `err` name the query), or a buffer error. */
+int lmap_wire_labels_binary(dynbuf *b, char *path, size_t cap,
+                            const lmap_query *queries, size_t n,
+                            const lmap_label_options *opts, int sparse,
+                            char field[64], char err[LMAP_WIRE_ERRLEN]);
+
 /* Appends `id` percent-encoded for a URL path segment. */
 int lmap_wire_path_escape(dynbuf *b, const char *id);
 

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "pool/itemjson.h"
@@ -25,6 +26,7 @@
 #include "pool/pool.h"
 #include "pool/queryjson.h"
 #include "pool/queryopt.h"
+#include "shared/querybin.h"
 
 #include "log.h"
 #include "range.h"
@@ -580,15 +582,11 @@ typedef struct options {
   itemjson_format format;
 } options;
 
-/* The options of GET /v1/labels/{id} from the query string. */
-static int options_from_args(const api_request *req, options *o, diag *d) {
+/* The options every query of a request shares, from the query string
+ * (GET /v1/labels/{id}, and POST /v1/labels with binary queries). */
+static int shared_options_from_args(const api_request *req, options *o,
+                                    diag *d) {
   const char *v;
-  if ((v = req->arg(req->arg_ctx, "box")) == NULL)
-    return diag_field(d, LMAP_EBADBOX, "box",
-                      "box is required: ?box=x0,y0,x1,y1");
-  if (queryopt_box(v, o->q.box))
-    return diag_field(d, LMAP_EBADBOX, "box",
-                      "box must be four finite numbers x0,y0,x1,y1");
   if ((v = req->arg(req->arg_ctx, "output_size")) != NULL) {
     char *end;
     errno = 0;
@@ -614,7 +612,20 @@ static int options_from_args(const api_request *req, options *o, diag *d) {
       queryopt_bool(v, &o->q.softmax))
     return diag_field(d, LMAP_EINVAL, "softmax",
                       "softmax must be true or false");
-  return pool_check_query(&o->q, d);
+  return 0;
+}
+
+/* The options of GET /v1/labels/{id} from the query string. */
+static int options_from_args(const api_request *req, options *o, diag *d) {
+  const char *v;
+  if ((v = req->arg(req->arg_ctx, "box")) == NULL)
+    return diag_field(d, LMAP_EBADBOX, "box",
+                      "box is required: ?box=x0,y0,x1,y1");
+  if (queryopt_box(v, o->q.box))
+    return diag_field(d, LMAP_EBADBOX, "box",
+                      "box must be four finite numbers x0,y0,x1,y1");
+  int rc = shared_options_from_args(req, o, d);
+  return rc ? rc : pool_check_query(&o->q, d);
 }
 
 /* ---- pooling ---- */
@@ -748,40 +759,103 @@ static int batch_options(json_t *root, options *o, diag *d) {
   return rc ? rc : queryjson_options(root, &o->q, &o->format, d);
 }
 
-/* One element of "queries": id, box, flip. Names the index in errors. */
-static int batch_query(json_t *q, size_t i, pool_query *pq, const char **id,
-                       diag *d) {
+/* The queries of POST /v1/labels, from a JSON body or a binary one
+ * (client/shared/querybin.h), read one after the other. */
+typedef struct batch_source {
+  json_t *root, *queries;   /* JSON */
+  lmap_querybin_reader bin; /* binary, when root is NULL */
+  char id[LABELMAP_MAX_ID_LEN + 1];
+} batch_source;
+
+static int is_querybin(const char *content_type) {
+  size_t n = sizeof LMAP_QUERYBIN_TYPE - 1;
+  return content_type &&
+         strncasecmp(content_type, LMAP_QUERYBIN_TYPE, n) == 0 &&
+         (content_type[n] == '\0' || content_type[n] == ';' ||
+          content_type[n] == ' ');
+}
+
+/* Reads the body's framing and the batch's options; *n is the number of
+ * queries. */
+static int batch_open(api_worker *w, const api_request *req, batch_source *src,
+                      options *o, size_t *n, diag *d) {
+  memset(src, 0, sizeof *src);
+  if (is_querybin(req->content_type)) {
+    char err[LMAP_QUERYBIN_ERRLEN];
+    uint32_t count;
+    if (lmap_querybin_open(&src->bin, req->body, req->body_len, &count, err))
+      return diag_set(d, LMAP_EFORMAT, "binary queries: %s", err);
+    *n = count;
+    if (count > w->a->max_batch)
+      return diag_field(d, LMAP_ETOOBIG, "queries",
+                        "%u queries, more than the %u a batch may hold", count,
+                        w->a->max_batch);
+    return shared_options_from_args(req, o, d);
+  }
+  json_error_t jerr;
+  src->root = json_loadb((const char *)req->body, req->body_len,
+                         JSON_REJECT_DUPLICATES, &jerr);
+  if (src->root == NULL)
+    return diag_set(d, LMAP_EFORMAT, "invalid JSON at line %d, column %d: %s",
+                    jerr.line, jerr.column, jerr.text);
+  json_t *queries = json_object_get(src->root, "queries");
+  src->queries = queries;
+  *n = json_array_size(queries);
+  if (!json_is_object(src->root))
+    return diag_set(d, LMAP_EFORMAT, "the request must be a JSON object");
+  if (!json_is_array(queries) || json_array_size(queries) == 0)
+    return diag_field(d, LMAP_EINVAL, "queries",
+                      "queries must be a non-empty array");
+  if (json_array_size(queries) > w->a->max_batch)
+    return diag_field(d, LMAP_ETOOBIG, "queries",
+                      "%zu queries, more than the %u a batch may hold",
+                      json_array_size(queries), w->a->max_batch);
+  return batch_options(src->root, o, d);
+}
+
+/* Query `i` (the next one): id, box, flip, checked; names the index in
+ * errors. `*id` is valid until the next call. */
+static int batch_next(batch_source *src, size_t i, pool_query *pq,
+                      const char **id, diag *d) {
   char where[32];
   snprintf(where, sizeof where, "queries[%zu]", i);
-  return queryjson_query(q, where, false, pq, NULL, id, d);
+  if (src->root != NULL)
+    return queryjson_query(json_array_get(src->queries, i), where, false, pq,
+                           NULL, id, d);
+  lmap_querybin_query q;
+  char err[LMAP_QUERYBIN_ERRLEN];
+  if (lmap_querybin_next(&src->bin, &q, err) != 1)
+    return diag_set(d, LMAP_EFORMAT, "binary queries: %s", err);
+  memcpy(src->id, q.id, q.id_len);
+  src->id[q.id_len] = '\0';
+  memcpy(pq->box, q.box, sizeof pq->box);
+  pq->flip = q.flip != 0;
+  *id = src->id;
+  int rc = labelmap_id_check(src->id, q.id_len, d);
+  if (rc == 0)
+    rc = pool_check_query(pq, d);
+  if (rc) /* named as queryjson_query names a JSON query's */
+    diag_prefix(d, where);
+  return rc;
+}
+
+/* After the last query: a binary body must end there. */
+static int batch_end(batch_source *src, diag *d) {
+  lmap_querybin_query q;
+  char err[LMAP_QUERYBIN_ERRLEN];
+  if (src->root == NULL && lmap_querybin_next(&src->bin, &q, err) != 0)
+    return diag_set(d, LMAP_EFORMAT, "binary queries: %s", err);
+  return 0;
 }
 
 static api_response *post_labels(api_worker *w, const api_request *req) {
   diag d;
   diag_clear(&d);
-  json_error_t jerr;
-  json_t *root = json_loadb((const char *)req->body, req->body_len,
-                            JSON_REJECT_DUPLICATES, &jerr);
-  if (root == NULL) {
-    diag_set(&d, LMAP_EFORMAT, "invalid JSON at line %d, column %d: %s",
-             jerr.line, jerr.column, jerr.text);
-    return fail(w, LMAP_EFORMAT, &d);
-  }
   options o = {{{0, 0, 1, 1}, POOL_BOX_XYXY, 1, false, true}, ITEM_DENSE};
-  json_t *queries = json_object_get(root, "queries");
-  int rc = 0;
-  if (!json_is_object(root))
-    rc = diag_set(&d, LMAP_EFORMAT, "the request must be a JSON object");
-  else if (!json_is_array(queries) || json_array_size(queries) == 0)
-    rc = diag_field(&d, LMAP_EINVAL, "queries",
-                    "queries must be a non-empty array");
-  else if (json_array_size(queries) > w->a->max_batch)
-    rc = diag_field(&d, LMAP_ETOOBIG, "queries",
-                    "%zu queries, more than the %u a batch may hold",
-                    json_array_size(queries), w->a->max_batch);
-  if (rc == 0)
-    rc = batch_options(root, &o, &d);
-  size_t n = json_array_size(queries);
+  batch_source src;
+  size_t n = 0;
+  int rc = batch_open(w, req, &src, &o, &n, &d);
+  json_t *root = src.root;
   const codec_shape *sh = &w->g->meta->shape;
   uint32_t C = sh->num_classes, G = o.q.output_size;
   int npy = wants_npy(req);
@@ -834,7 +908,7 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
     pool_query q = o.q;
     const char *id = NULL;
     labelmap m;
-    rc = batch_query(json_array_get(queries, i), i, &q, &id, &d);
+    rc = batch_next(&src, i, &q, &id, &d);
     if (rc)
       break;
     int got = read_map(w, id, strlen(id), &m, &d);
@@ -873,6 +947,8 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
     if (rc && d.msg[0] == '\0')
       diag_set(&d, rc, "cannot build the answer: %s", lmap_strerror(rc));
   }
+  if (rc == 0)
+    rc = batch_end(&src, &d);
   if (rc == 0 && nmissing) {
     rc = nmissing == 1
              ? diag_field(&d, LMAP_ENOTFOUND, "queries", "unknown id %s",

@@ -48,6 +48,7 @@ typedef struct api_request {
   const char *authorization; /* the Authorization header, or NULL */
   const char *range;         /* the Range header, or NULL */
   const char *if_range;      /* the If-Range header, or NULL */
+  const char *content_type;  /* the Content-Type header, or NULL */
   const uint8_t *body;
   size_t body_len;
 } api_request;

@@ -599,6 +599,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
                                            MHD_HTTP_HEADER_RANGE),
       .if_range = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                               MHD_HTTP_HEADER_IF_RANGE),
+      .content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                  MHD_HTTP_HEADER_CONTENT_TYPE),
       .body = (const uint8_t *)rq->body.data,
       .body_len = rq->body.len,
   };

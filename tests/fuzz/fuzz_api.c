@@ -10,7 +10,9 @@
  *   URL           path?query, percent-decoded as libmicrohttpd does
  *   ACCEPT        the Accept header ("" = absent)
  *   AUTHORIZATION the Authorization header ("" = absent)
- *   BODY...       the bytes after the fifth newline
+ *   BODY...       the bytes after the fifth newline (a body that starts
+ *                 with "LMQ1" is sent as binary queries, Content-Type
+ *                 application/x-lmap-queries)
  *
  * Every answer must be a well-formed one: a status the error table knows,
  * a JSON body that parses when the type says JSON, an error envelope
@@ -209,6 +211,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                      .arg_ctx = &a,
                      .accept = accept[0] ? accept : NULL,
                      .authorization = auth[0] ? auth : NULL,
+                     .content_type =
+                         body_len >= 4 && memcmp(body, "LMQ1", 4) == 0
+                             ? "application/x-lmap-queries"
+                             : "application/json",
                      .body = body,
                      .body_len = body_len};
   api_response *r = api_handle(workers[protected], &req);
