@@ -383,6 +383,24 @@ def main():
             ck.check(e.code == "bad_id" and e.http_status == 400, "bad_id: code %r status %r" % (e.code, e.http_status))
         ck.check(client.labels(ids[:2], boxes[:2]).shape == (2, 1000), "the client works after errors")
 
+        # ---- the request form: binary queries by default, JSON on request ----
+        jclient = lmap.Client(url, json_queries=True)
+        for opts in ({}, {"output_size": 2, "flip": [k % 2 == 0 for k in range(16)]},
+                     {"box_format": "relabel"}):
+            bx = [[0.1, 0.1, 0.4, 0.5]] * 16 if opts.get("box_format") else boxes[:16]
+            a, b = client.labels(ids[:16], bx, **opts), jclient.labels(ids[:16], bx, **opts)
+            ck.check(a.tobytes() == b.tobytes(), "json_queries=True answers as the binary default %s" % opts)
+        # An id over 255 bytes: the binary form cannot carry it and the
+        # library says so; as JSON it goes to lmapd, which refuses it.
+        long_id = "n" * 300
+        e = ck.raises(lmap.BadIdError, lambda: client.labels([long_id], [[0, 0, 1, 1]]), "long id, binary")
+        if e is not None:
+            ck.check(e.http_status == 0 and "255" in str(e), "binary queries by default: refused by the library (%s)" % e)
+        e = ck.raises(lmap.BadIdError, lambda: jclient.labels([long_id], [[0, 0, 1, 1]]), "long id, JSON")
+        if e is not None:
+            ck.check(e.http_status == 400, "json_queries=True: refused by lmapd (%s)" % e)
+        jclient.close()
+
         # ---- a limited daemon: token and batch cap ----
         url2, _ = daemons.start(store, "--token-file", tok, "--max-batch", "8")
         anon = lmap.Client(url2)

@@ -44,6 +44,7 @@ class ClientOptions(ctypes.Structure):
         ("down_ms", ctypes.c_long),
         ("token", ctypes.c_char_p),
         ("ca_file", ctypes.c_char_p),
+        ("json_queries", ctypes.c_int),
     ]
 
 
