@@ -177,6 +177,69 @@ static int axis_weights(float start, float end, uint32_t size, uint32_t g,
   return grid;
 }
 
+/* The forms of map a bin's sum is specialised for (labelmap.h): the
+ * float form every decoder fills, the resident arena's compact form
+ * (binary16 scores, 16-bit classes), and any other mix through the
+ * accessors. */
+enum map_form { FORM_F32_U32, FORM_F16_U16, FORM_MIXED };
+
+/* binary16 bits to double, exactly, for a finite value: the bits shifted
+ * into a double's exponent and mantissa give the value times 2^-1008
+ * (normals and subnormals alike), and the power-of-two product is exact.
+ * One shift and one multiply, against a float conversion and a widening. */
+static inline double f16_bits_to_double(uint16_t h) {
+  uint64_t bits = (uint64_t)(h & 0x8000u) << 48 | (uint64_t)(h & 0x7fffu) << 42;
+  double v;
+  memcpy(&v, &bits, sizeof v);
+  return v * 0x1p1008;
+}
+
+/* Adds the weighted entries of the cells in [rlo, rhi] x [qlo, qhi] into
+ * ws->acc, listing newly touched classes in ws->touched from `n` on;
+ * returns the new count. `form` is a constant at each call, so the
+ * compiler emits one loop per form with no test per entry. */
+static inline __attribute__((always_inline)) uint32_t
+bin_sum(const labelmap *m, enum map_form form, uint32_t rlo, uint32_t rhi,
+        uint32_t qlo, uint32_t qhi, double inv, pool_ws *ws) {
+  uint32_t gen = ws->generation, n = 0, k = m->k;
+  uint32_t *stamp = ws->stamp, *touched = ws->touched;
+  double *acc = ws->acc;
+  for (uint32_t r = rlo; r <= rhi; r++) {
+    double wr = ws->wy[r] * inv;
+    if (wr == 0)
+      continue;
+    for (uint32_t q = qlo; q <= qhi; q++) {
+      double wgt = wr * ws->wx[q];
+      if (wgt == 0)
+        continue;
+      size_t base = ((size_t)r * m->w + q) * k;
+      for (uint32_t e = 0; e < k; e++) {
+        size_t i = base + e;
+        uint32_t c;
+        double v;
+        if (form == FORM_F16_U16) {
+          c = m->classes16[i];
+          v = wgt * f16_bits_to_double(m->scores16[i]);
+        } else if (form == FORM_F32_U32) {
+          c = m->classes[i];
+          v = wgt * (double)m->scores[i];
+        } else {
+          c = labelmap_class(m, i);
+          v = wgt * (double)labelmap_score(m, i);
+        }
+        if (stamp[c] != gen) {
+          stamp[c] = gen;
+          acc[c] = v;
+          touched[n++] = c;
+        } else {
+          acc[c] += v;
+        }
+      }
+    }
+  }
+  return n;
+}
+
 /* Pools bin (ph, pw) of the un-flipped grid into ws->acc for the classes
  * listed in ws->touched; returns how many were touched. */
 static uint32_t pool_bin(const labelmap *m, const region *g, uint32_t G,
@@ -193,30 +256,13 @@ static uint32_t pool_bin(const labelmap *m, const region *g, uint32_t G,
     memset(ws->stamp, 0, (size_t)ws->num_classes * sizeof *ws->stamp);
     ws->generation = 1;
   }
-  uint32_t gen = ws->generation, n = 0, k = m->k;
-  for (uint32_t r = rlo; r <= rhi && rlo <= rhi; r++) {
-    double wr = ws->wy[r] * inv;
-    if (wr == 0)
-      continue;
-    for (uint32_t q = qlo; q <= qhi && qlo <= qhi; q++) {
-      double wgt = wr * ws->wx[q];
-      if (wgt == 0)
-        continue;
-      size_t base = ((size_t)r * m->w + q) * k;
-      for (uint32_t e = 0; e < k; e++) {
-        uint32_t c = labelmap_class(m, base + e);
-        double v = wgt * (double)labelmap_score(m, base + e);
-        if (ws->stamp[c] != gen) {
-          ws->stamp[c] = gen;
-          ws->acc[c] = v;
-          ws->touched[n++] = c;
-        } else {
-          ws->acc[c] += v;
-        }
-      }
-    }
-  }
-  return n;
+  if (rlo > rhi || qlo > qhi)
+    return 0;
+  if (m->scores16 && m->classes16)
+    return bin_sum(m, FORM_F16_U16, rlo, rhi, qlo, qhi, inv, ws);
+  if (!m->scores16 && !m->classes16)
+    return bin_sum(m, FORM_F32_U32, rlo, rhi, qlo, qhi, inv, ws);
+  return bin_sum(m, FORM_MIXED, rlo, rhi, qlo, qhi, inv, ws);
 }
 
 /* Order of the sparse output: decreasing value, then increasing class. */

@@ -48,6 +48,8 @@ static uint32_t num_classes;
 static int batch = 256;
 static double seconds = 3.0;
 static long max_requests = 1000000;
+static int json_queries; /* --queries json */
+static lmap_client_options client_options;
 static pthread_barrier_t start_barrier;
 
 typedef struct worker {
@@ -120,7 +122,7 @@ static void *worker_main(void *arg) {
   if (!q || !out || !w->lat_ms) {
     snprintf(w->err, sizeof w->err, "out of memory");
     w->failed = 1;
-  } else if (lmap_client_new(url, NULL, &c, errbuf) != 0) {
+  } else if (lmap_client_new(url, &client_options, &c, errbuf) != 0) {
     snprintf(w->err, sizeof w->err, "lmap_client_new: %s", errbuf);
     w->failed = 1;
   } else {
@@ -251,9 +253,11 @@ static void usage(void) {
       stderr,
       "usage: bench_batch --url URL --ids FILE [--clients K] [--batch B]\n"
       "                   [--seconds S] [--max-requests N] [--seed S]\n"
+      "                   [--queries binary|json]\n"
       "K client threads send POST /v1/labels of B queries (.npy output) for S\n"
       "seconds or N requests per client; prints one JSON line.\n"
-      "defaults: K 4, B 256, S 3, N 1000000, seed 1\n");
+      "defaults: K 4, B 256, S 3, N 1000000, seed 1, binary queries (liblmap's\n"
+      "default; json: the JSON body)\n");
 }
 
 int main(int argc, char **argv) {
@@ -280,6 +284,9 @@ int main(int argc, char **argv) {
       max_requests = atol(v);
     else if (!strcmp(a, "--seed"))
       seed = strtoull(v, NULL, 10);
+    else if (!strcmp(a, "--queries") &&
+             (!strcmp(v, "binary") || !strcmp(v, "json")))
+      json_queries = !strcmp(v, "json");
     else {
       usage();
       return 2;
@@ -294,6 +301,8 @@ int main(int argc, char **argv) {
   }
   if (load_ids(idfile) != 0)
     return 1;
+  lmap_client_options_init(&client_options);
+  client_options.json_queries = json_queries;
 
   lmap_client *c = NULL;
   char errbuf[LMAP_ERRBUF_SIZE];

@@ -285,9 +285,10 @@ note "store $(basename "$main_store") ($(stat -c %s "$main_store") bytes) read i
 
 # ---- servers ----
 LPID="" LPORT=""
-start_lmapd() { # STORE THREADS TAG
-  local log=$run/lmapd-$3.log i
-  setsid "$LMAPD" --store "$1" --listen 127.0.0.1:0 --threads "$2" --grace 5 --max-per-ip 0 2> "$log" &
+start_lmapd() { # STORE THREADS TAG [LMAPD ARGS...]
+  local log=$run/lmapd-$3.log i store=$1 threads=$2
+  shift 3
+  setsid "$LMAPD" --store "$store" --listen 127.0.0.1:0 --threads "$threads" --grace 5 --max-per-ip 0 "$@" 2> "$log" &
   LPID=$!
   pids+=("$LPID")
   for ((i = 0; i < 200; i++)); do
@@ -298,10 +299,12 @@ start_lmapd() { # STORE THREADS TAG
   LPORT=$(grep '"event":"listening"' "$log" | grep -o '"port":[0-9]*' | head -1 | cut -d: -f2)
   [ -n "$LPORT" ] || { echo "run.sh: lmapd logged no port" >&2; exit 1; }
 }
-stop_lmapd() {
+stop_lmapd() { # TAG (/readyz's 503s while a resident arena is built are expected)
   stop_proc "$LPID" 10
-  if grep -q '"event":"request"' "$run/lmapd-$1.log"; then
-    failed "lmapd ($1) logged error answers: $(grep -c '"event":"request"' "$run/lmapd-$1.log"), first: $(grep -m1 '"event":"request"' "$run/lmapd-$1.log")"
+  local errors
+  errors=$(grep '"event":"request"' "$run/lmapd-$1.log" | grep -v '"path":"/readyz","status":503' || true)
+  if [ -n "$errors" ]; then
+    failed "lmapd ($1) logged error answers: $(wc -l <<< "$errors"), first: $(head -1 <<< "$errors")"
   fi
 }
 
@@ -323,12 +326,14 @@ wrk_run() {
   record "$tag" "{\"tool\":\"wrk\",\"connections\":$c,\"threads\":$th,\"seconds\":$s,\"format\":\"$fmt\",$CPU_JSON,\"wrk\":$js}"
 }
 
-# batch_run TAG CLIENTS BATCH SECONDS: one bench_batch load.
+# batch_run TAG CLIENTS BATCH SECONDS [QUERIES]: one bench_batch load
+# (QUERIES: binary, liblmap's default, or json).
 batch_run() {
   local tag=$1 out=$run/batch-$1.txt
   cpu_mark "$LPID"
   if ! bounded $(($(printf '%.0f' "$4") + 60)) "$BB" --url "http://127.0.0.1:$LPORT" --ids "$main_ids" \
-      --clients "$2" --batch "$3" --seconds "$4" --max-requests 1000000 > "$out" 2> "$out.err"; then
+      --clients "$2" --batch "$3" --seconds "$4" --max-requests 1000000 --queries "${5:-binary}" \
+      > "$out" 2> "$out.err"; then
     failed "bench_batch $tag: $(tail -3 "$out.err" | tr '\n' ' ')"
     return 0
   fi
@@ -470,8 +475,9 @@ footprint_start get "$main_store"
 for c in $conn_counts; do wrk_run "series.conns.$c" "$url" "$c" $point sparse "" "$LPID"; done
 footprint_end get
 
-say "row 2: batch $batch, $clients clients"
+say "row 2: batch $batch, $clients clients (binary queries, then JSON)"
 batch_run batch.lmap $clients $batch $secs
+batch_run batch.lmap.json $clients $batch $secs json
 
 if ((have_torch)); then
   say "row 2 peer: official path, 2 workers ($peer_maps maps to $shm)"
@@ -493,6 +499,37 @@ for b in $batch_sizes; do batch_run "series.batch.$b" $clients "$b" $point; done
 for k in $client_counts; do batch_run "series.clients.$k" "$k" $batch $point; done
 footprint_end batch
 stop_lmapd main
+
+# ---- rows 6-8: lmapd --resident on the main store ----
+say "rows 6-8: lmapd --resident on $(basename "$main_store")"
+t=$(now_us)
+start_lmapd "$main_store" 2 resident --resident
+url=http://127.0.0.1:$LPORT
+ready=0
+for ((i = 0; i < 1800; i++)); do # 180 s at most
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/readyz" 2>/dev/null)" = 200 ] && { ready=1; break; }
+  alive "$LPID" || break
+  sleep 0.1
+done
+if ((ready)); then
+  record resident.start "{\"ready_s\":$(since "$t"),\"event\":$(grep -m1 '"event":"resident_ready"' "$run/lmapd-resident.log")}"
+  wrk_run warmup-resident "$url" $conns "$warm" sparse "" "$LPID"
+  have_nginx=0
+  start_nginx && have_nginx=1
+  say "row 6: single GET sparse, resident lmapd and nginx, $rounds rounds of $round_secs s"
+  for ((r = 1; r <= rounds; r++)); do
+    wrk_run "resident.single.sparse.lmap.$r" "$url" $conns $round_secs sparse "" "$LPID"
+    ((have_nginx)) && wrk_run "resident.single.sparse.nginx.$r" "$nurl" $conns $round_secs sparse /sparse "${nginx_pids[@]}"
+  done
+  ((have_nginx)) && stop_proc "$NPID" 10
+  say "row 7: resident batch $batch, $clients clients (binary queries, then JSON)"
+  batch_run resident.batch $clients $batch $secs
+  batch_run resident.batch.json $clients $batch $secs json
+  record fp.resident "$("$bench_src/footprint.sh" "$LPID" "$main_store" | awk '{ printf "{\"rss_kib\":%d,\"store_rss_kib\":%d,\"other_kib\":%d}", $1, $2, $3 }')"
+else
+  failed "lmapd --resident was not ready within 180 s: $(tail -2 "$run/lmapd-resident.log" | tr '\n' ' ')"
+fi
+stop_lmapd resident
 
 # ---- row 5: 1 server thread; the 10,000-record store ----
 say "row 5: lmapd with 1 thread"
@@ -640,6 +677,9 @@ def row(key, label, lmap, peer, unit, goal="", peer_is=""):
 def mib(kib):
     return None if kib is None else kib / 1024.0
 
+def fmt_ms(v):
+    return "n/a" if v is None else "%.2f" % v
+
 store_desc = "%s records" % format(main_n, ",")
 for fmt, goal in (("sparse", ">= 0.8x"), ("dense", ">= 0.5x")):
     L, N = "single.%s.lmap" % fmt, "single.%s.nginx" % fmt
@@ -697,6 +737,40 @@ else:
     peer = "n/a: quick run, %s records only" % format(small_n, ",") if quick else "n/a: no large store"
     row("scale.single.rps", "5 scale %s only: GET sparse req/s" % format(main_n, ","), wrk("single.sparse.lmap", "rps"), None, "req/s", "", peer)
     row("scale.batch.rate", "5 scale %s only: batch labels/s" % format(main_n, ","), batch("batch.lmap", "labels_per_s"), None, "labels/s", "", peer)
+peer = "the same batches as JSON"
+row("batch.json.rate", "2 batch: binary queries vs JSON body, labels/s", batch("batch.lmap", "labels_per_s"),
+    batch("batch.lmap.json", "labels_per_s"), "labels/s", "", peer)
+row("batch.json.server_cpu", "2 batch: lmapd CPU/label, binary vs JSON", batch("batch.lmap", "server_us"),
+    batch("batch.lmap.json", "server_us"), "us", "", peer)
+start = by.get("resident.start") or {}
+arena = (start.get("event") or {})
+peer = "nginx, static %s B file" % get("body.sparse", "mean_body_bytes")
+L, N = "resident.single.sparse.lmap", "resident.single.sparse.nginx"
+row("resident.single.rps", "6 resident: single GET sparse req/s", wrk(L, "rps"), wrk(N, "rps"), "req/s", ">= 1.0x", peer)
+row("resident.single.p99", "6 resident: single GET sparse p50 / p99",
+    "%s / %s" % (fmt_ms(wrk(L, "p50")), fmt_ms(wrk(L, "p99"))),
+    "%s / %s" % (fmt_ms(wrk(N, "p50")), fmt_ms(wrk(N, "p99"))), "ms", "", peer)
+row("resident.single.cpu", "6 resident: single GET sparse server CPU/req", wrk(L, "cpu_us"), wrk(N, "cpu_us"), "us", "", peer)
+row("resident.batch.rate", "7 resident: batch %s .npy, %s clients, labels/s" % (E["BATCH"], E["CLIENTS"]),
+    batch("resident.batch", "labels_per_s"), official("labels_per_s"), "labels/s", ">= 100x, >= 250,000",
+    "official path, 2 workers")
+row("resident.batch.p99", "7 resident: batch p99", batch("resident.batch", "p99_ms"), official("p99_ms"), "ms", "",
+    "official path, 2 workers")
+row("resident.batch.cpu", "7 resident: batch CPU/label (server+client)", batch("resident.batch", "cpu_us"),
+    official("cpu_us"), "us", "", "official path, 2 workers")
+row("resident.batch.vs_mapped", "7 resident vs default mode: batch labels/s", batch("resident.batch", "labels_per_s"),
+    batch("batch.lmap", "labels_per_s"), "labels/s", "", "default mode (mapped, decode per request)")
+row("resident.batch.server_cpu", "7 resident vs default mode: lmapd CPU/label", batch("resident.batch", "server_us"),
+    batch("batch.lmap", "server_us"), "us", "", "default mode (mapped, decode per request)")
+row("resident.batch.json", "7 resident: batch labels/s, binary vs JSON queries", batch("resident.batch", "labels_per_s"),
+    batch("resident.batch.json", "labels_per_s"), "labels/s", "", "the same batches as JSON")
+mapped_rss = get("fp.batch", "rss_kib")
+arena_kib = arena.get("arena_bytes", 0) / 1024.0 if arena.get("arena_bytes") else None
+row("resident.rss", "8 resident: RSS after batch load, vs arena + default mode's RSS",
+    mib(get("fp.resident", "rss_kib")), mib(arena_kib + mapped_rss) if arena_kib and mapped_rss else None,
+    "MiB", "<= 1.1x", "arena %.0f MiB + default mode %.0f MiB" % (mib(arena_kib or 0), mib(mapped_rss or 0)))
+row("resident.start", "8 resident start: s to ready, %s records" % format(main_n, ","), start.get("ready_s"),
+    arena.get("build_seconds"), "s", "<= 20 s", "of which the arena's build (%s threads)" % arena.get("build_threads"))
 peer = "same lmapd, 2 threads"
 row("threads.single.rps", "5 threads 1 vs 2: GET sparse req/s", wrk("threads1.single.sparse", "rps"), wrk("single.sparse.lmap", "rps"), "req/s", "", peer)
 row("threads.batch.rate", "5 threads 1 vs 2: batch labels/s", batch("threads1.batch", "labels_per_s"), batch("batch.lmap", "labels_per_s"), "labels/s", "", peer)
