@@ -128,11 +128,11 @@ static void log_arena(const char *event, uint64_t generation, const arena *ar,
   log_event(event,
             "\"generation\":%llu,\"records\":%llu,\"store\":\"%s\","
             "\"arena_bytes\":%llu,\"build_seconds\":%.3f,"
-            "\"build_threads\":%u",
+            "\"walk_seconds\":%.3f,\"build_threads\":%u",
             (unsigned long long)generation,
             (unsigned long long)arena_records(ar), id,
             (unsigned long long)arena_bytes(ar), arena_build_seconds(ar),
-            arena_build_threads(ar));
+            arena_walk_seconds(ar), arena_build_threads(ar));
 }
 
 /* On the loop thread once a build has ended: the first store gets its

@@ -45,7 +45,7 @@ struct arena {
   uint64_t *slots;
   uint64_t mask;
   uint64_t bytes;
-  double seconds;
+  double seconds, walk_seconds;
   unsigned threads;
 };
 
@@ -354,6 +354,7 @@ int arena_build(store *s, unsigned threads, arena_progress *progress,
     goto fail;
   }
 
+  a->walk_seconds = now_seconds() - t0;
   decode_job job = {.a = a, .s = s, .wk = &wk, .progress = progress};
   pthread_mutex_init(&job.mu, NULL);
   pthread_t tid[MAX_THREADS];
@@ -398,6 +399,10 @@ uint64_t arena_bytes(const arena *a) {
 
 double arena_build_seconds(const arena *a) {
   return a->seconds;
+}
+
+double arena_walk_seconds(const arena *a) {
+  return a->walk_seconds;
 }
 
 unsigned arena_build_threads(const arena *a) {

@@ -71,6 +71,7 @@ int arena_find(const arena *a, const char *id, size_t len, labelmap *out);
 uint64_t arena_records(const arena *a);
 uint64_t arena_bytes(const arena *a); /* memory held, mapping and index */
 double arena_build_seconds(const arena *a);
+double arena_walk_seconds(const arena *a); /* of which the walk, one thread */
 unsigned arena_build_threads(const arena *a);
 
 void arena_free(arena *a); /* accepts NULL */
