@@ -552,6 +552,20 @@ if ((have_big)); then
   stop_lmapd small
 fi
 
+# ---- row 9: the trainer's own figure, a PyTorch DataLoader's images/s ----
+if ((have_torch)); then
+  say "row 9: DataLoader images/s: hard labels, lmap soft labels (lmapd --resident), the official .pt path"
+  dl_opts=()
+  ((quick)) && dl_opts=(--quick)
+  if bounded $((quick ? 180 : 480)) $PY "$bench_src/bench_dataloader.py" "${dl_opts[@]}" --resident \
+      --lmap "$LMAP" --lmapd "$LMAPD" --library "$LIB" --dir "$dir/dataloader" \
+      --json "$run/dataloader.json" > "$run/dataloader.txt" 2> "$run/dataloader.err"; then
+    record dataloader "$(cat "$run/dataloader.json")"
+  else
+    failed "bench_dataloader.py: $(tail -3 "$run/dataloader.err" | tr '\n' ' ')"
+  fi
+fi
+
 # ---- row 3: import of an official-format tar; store bytes per record ----
 tar=$dir/official-$import_n.tar
 if [ ! -s "$tar" ] && ((have_torch)); then
@@ -771,6 +785,28 @@ row("resident.rss", "8 resident: RSS after batch load, vs arena + default mode's
     "MiB", "<= 1.1x", "arena %.0f MiB + default mode %.0f MiB" % (mib(arena_kib or 0), mib(mapped_rss or 0)))
 row("resident.start", "8 resident start: s to ready, %s records" % format(main_n, ","), start.get("ready_s"),
     arena.get("build_seconds"), "s", "<= 20 s", "of which the arena's build (%s threads)" % arena.get("build_threads"))
+dl = by.get("dataloader") or {}
+t1 = dl.get("table1") or {}
+def dl_rate(mode):
+    return (t1.get(mode) or {}).get("images_per_s")
+peer = "hard labels only, same DataLoader"
+row("dataloader.hard", "9 DataLoader (2 workers, batch 256): hard labels, images/s", dl_rate("hard"), dl_rate("hard"),
+    "images/s", "", peer)
+row("dataloader.lmap", "9 DataLoader: lmap soft labels (lmap.torch, lmapd --resident), images/s", dl_rate("lmap"),
+    dl_rate("hard"), "images/s", "cost <= 2%", peer)
+row("dataloader.official", "9 DataLoader: official .pt path in the workers, images/s", dl_rate("official"),
+    dl_rate("hard"), "images/s", "", peer)
+for mode in ("lmap", "official"):
+    m = t1.get(mode) or {}
+    row("dataloader.%s.cpu" % mode, "9 DataLoader %s: CPU per image, all processes" % mode,
+        m.get("cpu_ms_per_image"), (t1.get("hard") or {}).get("cpu_ms_per_image"), "ms", "", peer)
+for r in dl.get("table2") or []:
+    if r.get("from_table1"):
+        continue
+    name = "hard" if r["mode"] == "hard" else "lmap, lmapd --threads %d" % r["lmapd_threads"]
+    row("dataloader.t2.%s.%d" % (name.replace(" ", "_"), r["trainers"]),
+        "9 DataLoader x%d trainers, %s: images/s (summed)" % (r["trainers"], name), r["images_per_s"], None,
+        "images/s", "", "")
 peer = "same lmapd, 2 threads"
 row("threads.single.rps", "5 threads 1 vs 2: GET sparse req/s", wrk("threads1.single.sparse", "rps"), wrk("single.sparse.lmap", "rps"), "req/s", "", peer)
 row("threads.batch.rate", "5 threads 1 vs 2: batch labels/s", batch("threads1.batch", "labels_per_s"), batch("batch.lmap", "labels_per_s"), "labels/s", "", peer)
