@@ -64,37 +64,57 @@ static int add_coordinate(dynbuf *b, double v, lmap_box_format format) {
   return lmap_dynbuf_add(b, num, (size_t)len);
 }
 
+/* What both request forms refuse before sending: an unknown box format. */
+static int check_box_format(const lmap_label_options *opts, char field[64],
+                            char err[LMAP_WIRE_ERRLEN]) {
+  if (opts->box_format == LMAP_BOX_XYXY || opts->box_format == LMAP_BOX_RELABEL)
+    return 0;
+  snprintf(field, 64, "box_format");
+  snprintf(err, LMAP_WIRE_ERRLEN,
+           "box_format %d is not LMAP_BOX_XYXY or LMAP_BOX_RELABEL",
+           (int)opts->box_format);
+  return LMAP_EINVAL;
+}
+
+/* ... and query `i` with a NULL id (or, when `max_id` is not 0, an empty
+ * one or one longer than `max_id` bytes) or a non-finite box. */
+static int check_query(const lmap_query *q, size_t i, size_t max_id,
+                       char field[64], char err[LMAP_WIRE_ERRLEN]) {
+  size_t len = q->id ? strlen(q->id) : 0;
+  if (q->id == NULL || (max_id && (len == 0 || len > max_id))) {
+    snprintf(field, 64, "queries[%zu].id", i);
+    snprintf(err, LMAP_WIRE_ERRLEN, "queries[%zu].id is %s", i,
+             q->id == NULL ? "NULL"
+             : len == 0    ? "empty"
+                           : "longer than 255 bytes");
+    return LMAP_EBADID;
+  }
+  for (int j = 0; j < 4; j++)
+    if (!isfinite(q->box[j])) {
+      snprintf(field, 64, "queries[%zu].box", i);
+      snprintf(err, LMAP_WIRE_ERRLEN,
+               "queries[%zu].box[%d] is not a finite number", i, j);
+      return LMAP_EBADBOX;
+    }
+  return 0;
+}
+
 int lmap_wire_labels_body(dynbuf *b, const lmap_query *queries, size_t n,
                           const lmap_label_options *opts, int sparse,
                           char field[64], char err[LMAP_WIRE_ERRLEN]) {
-  if (opts->box_format != LMAP_BOX_XYXY &&
-      opts->box_format != LMAP_BOX_RELABEL) {
-    snprintf(field, 64, "box_format");
-    snprintf(err, LMAP_WIRE_ERRLEN,
-             "box_format %d is not LMAP_BOX_XYXY or LMAP_BOX_RELABEL",
-             (int)opts->box_format);
-    return LMAP_EINVAL;
-  }
-  int rc = lmap_dynbuf_addstr(b, "{\"queries\":[");
+  int rc = check_box_format(opts, field, err);
+  if (rc == 0)
+    rc = lmap_dynbuf_addstr(b, "{\"queries\":[");
   for (size_t i = 0; rc == 0 && i < n; i++) {
     const lmap_query *q = &queries[i];
-    if (q->id == NULL) {
-      snprintf(field, 64, "queries[%zu].id", i);
-      snprintf(err, LMAP_WIRE_ERRLEN, "queries[%zu].id is NULL", i);
-      return LMAP_EBADID;
-    }
+    if ((rc = check_query(q, i, 0, field, err)) != 0)
+      return rc;
     rc = lmap_dynbuf_addstr(b, i ? ",{\"id\":" : "{\"id\":");
     if (rc == 0)
       rc = add_json_string(b, q->id);
     if (rc == 0)
       rc = lmap_dynbuf_addstr(b, ",\"box\":[");
     for (int j = 0; rc == 0 && j < 4; j++) {
-      if (!isfinite(q->box[j])) {
-        snprintf(field, 64, "queries[%zu].box", i);
-        snprintf(err, LMAP_WIRE_ERRLEN,
-                 "queries[%zu].box[%d] is not a finite number", i, j);
-        return LMAP_EBADBOX;
-      }
       if (j)
         rc = lmap_dynbuf_add(b, ",", 1);
       if (rc == 0)
@@ -118,14 +138,9 @@ int lmap_wire_labels_binary(dynbuf *b, char *path, size_t cap,
                             const lmap_query *queries, size_t n,
                             const lmap_label_options *opts, int sparse,
                             char field[64], char err[LMAP_WIRE_ERRLEN]) {
-  if (opts->box_format != LMAP_BOX_XYXY &&
-      opts->box_format != LMAP_BOX_RELABEL) {
-    snprintf(field, 64, "box_format");
-    snprintf(err, LMAP_WIRE_ERRLEN,
-             "box_format %d is not LMAP_BOX_XYXY or LMAP_BOX_RELABEL",
-             (int)opts->box_format);
-    return LMAP_EINVAL;
-  }
+  int rc = check_box_format(opts, field, err);
+  if (rc)
+    return rc;
   if (n > UINT32_MAX) {
     snprintf(field, 64, "queries");
     snprintf(err, LMAP_WIRE_ERRLEN, "%zu queries are more than a request holds",
@@ -133,29 +148,15 @@ int lmap_wire_labels_binary(dynbuf *b, char *path, size_t cap,
     return LMAP_ETOOBIG;
   }
   int xyxy = opts->box_format == LMAP_BOX_XYXY;
-  int rc = lmap_querybin_begin(b, (uint32_t)n);
+  rc = lmap_querybin_begin(b, (uint32_t)n);
   for (size_t i = 0; rc == 0 && i < n; i++) {
     const lmap_query *q = &queries[i];
-    size_t len = q->id ? strlen(q->id) : 0;
-    if (len == 0 || len > 255) {
-      snprintf(field, 64, "queries[%zu].id", i);
-      snprintf(err, LMAP_WIRE_ERRLEN, "queries[%zu].id is %s", i,
-               q->id == NULL ? "NULL"
-               : len == 0    ? "empty"
-                             : "longer than 255 bytes");
-      return LMAP_EBADID;
-    }
+    if ((rc = check_query(q, i, 255, field, err)) != 0)
+      return rc;
     double box[4];
-    for (int j = 0; j < 4; j++) {
-      if (!isfinite(q->box[j])) {
-        snprintf(field, 64, "queries[%zu].box", i);
-        snprintf(err, LMAP_WIRE_ERRLEN,
-                 "queries[%zu].box[%d] is not a finite number", i, j);
-        return LMAP_EBADBOX;
-      }
+    for (int j = 0; j < 4; j++)
       box[j] = xyxy ? (double)(float)q->box[j] : q->box[j];
-    }
-    rc = lmap_querybin_put(b, q->id, len, box, q->flip);
+    rc = lmap_querybin_put(b, q->id, strlen(q->id), box, q->flip);
   }
   snprintf(path, cap,
            "/v1/labels?output_size=%d&format=%s&box_format=%s&softmax=%s",
