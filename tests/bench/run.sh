@@ -24,12 +24,20 @@
 #     under its load; the official path's processes, PSS).
 #  5. scale: single and batch rows on 1,281,167 records (ImageNet's training
 #     set, `lmap synth`) against 10,000; and at 1 against 2 server threads.
+#  6-8. lmapd --resident on the main store: single sparse GETs against nginx
+#     (alternating rounds), batches against the official path and against
+#     the default mode, binary queries against JSON, resident memory against
+#     the arena plus the default mode's, seconds from start to ready.
+#  9. a PyTorch DataLoader's images/s (bench_dataloader.py): hard labels,
+#     lmap soft labels through lmap.torch (resident lmapd), the official
+#     per-image .pt path; and 1-8 trainer processes at 1 and 2 server
+#     threads.
 # Plus BENCH_DIR/plot.svg (gnuplot): labels/s against batch size and
 # against concurrency, and BENCH_DIR/results.json (the table, every raw
 # measurement, date, machine, versions).
 #
 # --quick: a 10,000-record store, short measurements, a small official-peer
-# sample, under 60 s; every row is still printed (the scale row with the
+# sample, about two minutes; every row is still printed (the scale row with the
 # 10,000-record store only). Writes results-quick.json and plot-quick.svg so
 # a quick run never replaces the full run's figures. tests/run.sh runs it
 # (ctest bench.run_quick) so the benchmark cannot rot; it asserts nothing
