@@ -13,7 +13,9 @@
  * the store it reads, a reader with its read transaction, the pooling
  * workspace and the output buffer). The request path takes one lock, the
  * worker's own, uncontended except for the moment the control loop
- * (api_watch) takes a replaced store away from an idle worker.
+ * (api_watch) takes a replaced store away from an idle worker. With
+ * lmapd --resident a store carries its arena (store/arena.h), set once and
+ * then only read: lookups go to it, lock-free, instead of the reader.
  *
  * Store trouble: a read that fails on a damaged store is logged (naming
  * the record), counted (lmap_store_errors_total) and marks the store
