@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 /* The value of `key` (a "Name:" line in kB) in a /proc status-like file,
  * in bytes; 0 when absent. */
@@ -59,6 +60,14 @@ static int cgroup_room(uint64_t *room) {
       continue;
     }
     uint64_t max, cur;
+    if (v1 != NULL && access(limit, R_OK) != 0) {
+      /* In a container without a cgroup namespace the path names the
+       * host's hierarchy, whose own group is mounted as the root. */
+      snprintf(limit, sizeof limit,
+               "/sys/fs/cgroup/memory/memory.limit_in_bytes");
+      snprintf(usage, sizeof usage,
+               "/sys/fs/cgroup/memory/memory.usage_in_bytes");
+    }
     if (read_number(limit, &max) == 0 && read_number(usage, &cur) == 0) {
       *room = max > cur ? max - cur : 0;
       found = 1;
