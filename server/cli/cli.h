@@ -24,6 +24,7 @@ int cmd_info(int argc, char **argv);
 int cmd_ids(int argc, char **argv);
 int cmd_get(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_render(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_pull(int argc, char **argv);

@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "pool/itemjson.h"
+#include "pool/mapsvg.h"
 #include "pool/npy.h"
 #include "pool/pool.h"
 #include "pool/queryopt.h"
@@ -271,6 +272,26 @@ int cmd_get(int argc, char **argv) {
   return rc;
 }
 
+/* Writes `b` to the file `path` (`-`: stdout); a file that cannot be
+ * written whole is removed. Returns 0 or LMAP_EIO with `d` naming it. */
+static int write_output(const char *path, const dynbuf *b, diag *d) {
+  if (strcmp(path, "-") == 0)
+    return fwrite(b->data, 1, b->len, stdout) == b->len && fflush(stdout) == 0
+               ? 0
+               : diag_set(d, LMAP_EIO, "stdout: %s", strerror(errno));
+  FILE *f = fopen(path, "wb");
+  int bad = f == NULL || fwrite(b->data, 1, b->len, f) != b->len;
+  int err = errno;
+  if ((f && fclose(f) != 0) || bad) {
+    diag_set(d, LMAP_EIO, "%s: cannot write the file: %s", path,
+             strerror(bad ? err : errno));
+    if (f)
+      remove(path); /* nothing partial left behind */
+    return LMAP_EIO;
+  }
+  return 0;
+}
+
 /* ---- export ---- */
 
 int cmd_export(int argc, char **argv) {
@@ -331,18 +352,105 @@ int cmd_export(int argc, char **argv) {
         float v = plane == 0 ? m.scores[i] : (float)m.classes[i];
         lmap_dynbuf_add(&b, &v, sizeof v);
       }
-  FILE *f = fopen(out, "wb");
-  int bad = f == NULL || fwrite(b.data, 1, b.len, f) != b.len;
-  int err = errno;
-  if ((f && fclose(f) != 0) || bad) {
-    diag_set(&d, LMAP_EIO, "%s: cannot write the file: %s", out,
-             strerror(bad ? err : errno));
-    if (f)
-      remove(out); /* no partial .npy left behind */
+  if (write_output(out, &b, &d))
     rc = cli_fail("export", &d);
-  }
 done:
   lmap_dynbuf_free(&b);
+  store_reader_free(r);
+  store_close(s);
+  return rc;
+}
+
+/* ---- render ---- */
+
+static const char render_help[] =
+    "usage: lmap render STORE ID -o FILE.svg [--box A,B,C,D] [options]\n"
+    "\n"
+    "Draws the stored map of ID as SVG: each cell in its top-1 class's colour,\n"
+    "darker when surer, with row and column numbers and a legend of the\n"
+    "classes (names when the store has them). With --box: the box, for\n"
+    "relabel boxes also the region the official code pools (dashed), the\n"
+    "G x G token grid, and the pooled soft label's top 5 as bars.\n"
+    "\n"
+    "options:\n"
+    "  -o, --output FILE.svg      where to write (- for stdout)\n"
+    "  -b, --box A,B,C,D          the box (see --box-format)\n"
+    "      --box-format xyxy|relabel\n"
+    "  -G, --output-size G        the token grid G x G (default 1)\n"
+    "      --flip                 the crop was flipped\n";
+
+/* The store's class names as an array of num_classes strings borrowed from
+ * `doc` (NULL when the store has none or they do not parse). */
+static const char **class_names(const store *s, json_t **doc) {
+  const char *text = store_class_names_json(s);
+  uint32_t C = store_get_meta(s)->shape.num_classes;
+  *doc = text ? json_loads(text, 0, NULL) : NULL;
+  if (!json_is_array(*doc) || json_array_size(*doc) != C)
+    return NULL;
+  const char **names = calloc(C, sizeof *names);
+  for (uint32_t c = 0; names && c < C; c++)
+    names[c] = json_string_value(json_array_get(*doc, c));
+  return names;
+}
+
+int cmd_render(int argc, char **argv) {
+  static const struct option longopts[] = {
+      QUERY_LONGOPTS,
+      {"output", required_argument, 0, 'o'},
+      {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  pool_query q = {{0, 0, 1, 1}, POOL_BOX_XYXY, 1, false, true};
+  itemjson_format fmt = ITEM_DENSE;
+  const char *out = NULL;
+  int have_box = 0, c, rc;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "b:G:o:h", longopts, NULL)) != -1) {
+    if ((rc = query_flag("render", c, optarg, &q, &fmt, &have_box)) >= 0) {
+      if (rc)
+        return rc;
+      continue;
+    }
+    switch (c) {
+    case 'o': out = optarg; break;
+    case 'h': fputs(render_help, stdout); return EXIT_OK;
+    default: return cli_usage("render", "bad option");
+    }
+  }
+  if (argc - optind != 2 || out == NULL)
+    return cli_usage("render", "expected STORE ID -o FILE.svg");
+  diag d;
+  if (have_box && pool_check_query(&q, &d))
+    return cli_usage("render", "%s", diag_text(&d));
+  const char *id = argv[optind + 1];
+  store *s;
+  if ((rc = open_store("render", argv[optind], &s)) != 0)
+    return rc;
+  diag_clear(&d);
+  store_reader *r = NULL;
+  uint32_t C = store_get_meta(s)->shape.num_classes;
+  pool_ws *ws = pool_ws_new(C);
+  json_t *doc = NULL;
+  const char **names = class_names(s, &doc);
+  dynbuf b;
+  lmap_dynbuf_init(&b, (size_t)1 << 30);
+  labelmap m;
+  if (labelmap_id_check(id, strlen(id), &d) || store_reader_new(s, &r, &d) ||
+      store_reader_get(r, id, strlen(id), &m, &d)) {
+    if (d.code != LMAP_EBADID)
+      diag_prefix(&d, argv[optind]);
+    rc = cli_fail("render", &d);
+  } else {
+    mapsvg_input in = {id, &m, C, names, have_box ? &q : NULL};
+    int err = ws ? mapsvg_write(&b, &in, ws) : LMAP_ENOMEM;
+    if (err)
+      diag_set(&d, err, "cannot draw the map: %s", lmap_strerror(err));
+    if (err || write_output(out, &b, &d))
+      rc = cli_fail("render", &d);
+  }
+  lmap_dynbuf_free(&b);
+  free(names);
+  json_decref(doc);
+  pool_ws_free(ws);
   store_reader_free(r);
   store_close(s);
   return rc;

@@ -25,6 +25,7 @@ static const char usage[] =
     "  ids STORE             list the image ids of a store\n"
     "  get STORE ID --box .. pool one box and print the JSON item the server returns\n"
     "  export STORE ID -o F  write one stored map as a float32 [2,K,H,W] .npy\n"
+    "  render STORE ID -o F  draw one stored map (and a box over it) as SVG\n"
     "  verify STORE          check every page, decode and check every record\n"
     "  query URLS ID --box . ask lmapd servers for soft labels (as `get` prints them)\n"
     "  pull URL -o STORE     copy a store from a server (resumable), verify it, install it\n"
@@ -70,9 +71,10 @@ int main(int argc, char **argv) {
     const char *name;
     int (*run)(int, char **);
   } commands[] = {
-      {"import", cmd_import}, {"synth", cmd_synth}, {"info", cmd_info},
-      {"ids", cmd_ids},       {"get", cmd_get},     {"export", cmd_export},
-      {"verify", cmd_verify}, {"query", cmd_query}, {"pull", cmd_pull},
+      {"import", cmd_import}, {"synth", cmd_synth},   {"info", cmd_info},
+      {"ids", cmd_ids},       {"get", cmd_get},       {"export", cmd_export},
+      {"render", cmd_render}, {"verify", cmd_verify}, {"query", cmd_query},
+      {"pull", cmd_pull},
   };
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (strcmp(cmd, commands[i].name) == 0) {
