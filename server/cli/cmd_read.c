@@ -379,20 +379,6 @@ static const char render_help[] =
     "  -G, --output-size G        the token grid G x G (default 1)\n"
     "      --flip                 the crop was flipped\n";
 
-/* The store's class names as an array of num_classes strings borrowed from
- * `doc` (NULL when the store has none or they do not parse). */
-static const char **class_names(const store *s, json_t **doc) {
-  const char *text = store_class_names_json(s);
-  uint32_t C = store_get_meta(s)->shape.num_classes;
-  *doc = text ? json_loads(text, 0, NULL) : NULL;
-  if (!json_is_array(*doc) || json_array_size(*doc) != C)
-    return NULL;
-  const char **names = calloc(C, sizeof *names);
-  for (uint32_t c = 0; names && c < C; c++)
-    names[c] = json_string_value(json_array_get(*doc, c));
-  return names;
-}
-
 int cmd_render(int argc, char **argv) {
   static const struct option longopts[] = {
       QUERY_LONGOPTS,
@@ -429,8 +415,6 @@ int cmd_render(int argc, char **argv) {
   store_reader *r = NULL;
   uint32_t C = store_get_meta(s)->shape.num_classes;
   pool_ws *ws = pool_ws_new(C);
-  json_t *doc = NULL;
-  const char **names = class_names(s, &doc);
   dynbuf b;
   lmap_dynbuf_init(&b, (size_t)1 << 30);
   labelmap m;
@@ -440,7 +424,7 @@ int cmd_render(int argc, char **argv) {
       diag_prefix(&d, argv[optind]);
     rc = cli_fail("render", &d);
   } else {
-    mapsvg_input in = {id, &m, C, names, have_box ? &q : NULL};
+    mapsvg_input in = {id, &m, C, store_class_names(s), have_box ? &q : NULL};
     int err = ws ? mapsvg_write(&b, &in, ws) : LMAP_ENOMEM;
     if (err)
       diag_set(&d, err, "cannot draw the map: %s", lmap_strerror(err));
@@ -448,8 +432,6 @@ int cmd_render(int argc, char **argv) {
       rc = cli_fail("render", &d);
   }
   lmap_dynbuf_free(&b);
-  free(names);
-  json_decref(doc);
   pool_ws_free(ws);
   store_reader_free(r);
   store_close(s);

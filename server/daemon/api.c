@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "pool/itemjson.h"
+#include "pool/mapsvg.h"
 #include "pool/npy.h"
 #include "pool/pool.h"
 #include "pool/queryjson.h"
@@ -42,6 +43,7 @@
 
 static const char JSON_TYPE[] = "application/json";
 static const char NPY_TYPE[] = "application/x-npy";
+static const char SVG_TYPE[] = "image/svg+xml";
 
 /* One opened store and everything derived from it. Workers hold a
  * reference while they use it; the api holds one for the current store.
@@ -967,10 +969,43 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
   return &w->res;
 }
 
+/* GET /v1/maps/{id} with Accept: image/svg+xml: the map drawn as `lmap
+ * render` draws it (pool/mapsvg), with the box of ?box=... (and its
+ * output_size, box_format, flip) when one is given. */
+static api_response *get_map_svg(api_worker *w, const api_request *req,
+                                 const char *id) {
+  diag d;
+  diag_clear(&d);
+  options o = {{{0, 0, 1, 1}, POOL_BOX_XYXY, 1, false, true}, ITEM_DENSE};
+  int has_box = req->arg(req->arg_ctx, "box") != NULL;
+  int rc = has_box ? options_from_args(req, &o, &d)
+                   : shared_options_from_args(req, &o, &d);
+  labelmap m;
+  if (rc == 0)
+    rc = lookup(w, id, &m, &d);
+  if (rc)
+    return fail(w, rc, &d);
+  reset(&w->res);
+  mapsvg_input in = {id, &m, w->g->meta->shape.num_classes,
+                     store_class_names(w->g->s), has_box ? &o.q : NULL};
+  rc = mapsvg_write(&w->res.body, &in, w->ws);
+  if (rc == LMAP_ETOOBIG)
+    return fail_msg(w, rc, "id",
+                    "the drawing of %s is larger than lmapd --max-answer", id);
+  if (rc) {
+    diag_set(&d, rc, "cannot draw the map: %s", lmap_strerror(rc));
+    return fail(w, rc, &d);
+  }
+  w->res.content_type = SVG_TYPE;
+  return &w->res;
+}
+
 static api_response *get_map(api_worker *w, const api_request *req,
                              const char *id) {
   diag d;
   diag_clear(&d);
+  if (req->accept && strstr(req->accept, SVG_TYPE) != NULL)
+    return get_map_svg(w, req, id);
   labelmap m;
   const codec_shape *sh = &w->g->meta->shape;
   size_t entries = (size_t)sh->k * sh->h * sh->w;

@@ -157,9 +157,11 @@ struct store {
   MDB_env *env;
   MDB_dbi maps;
   store_meta meta;
-  char *meta_json;    /* NUL-terminated copy of "lmap.meta" */
-  char *classes_json; /* NUL-terminated copy of "lmap.classes", or NULL */
-  void *dict;         /* copy of "lmap.dict", NULL when empty */
+  char *meta_json;          /* NUL-terminated copy of "lmap.meta" */
+  char *classes_json;       /* NUL-terminated copy of "lmap.classes", or NULL */
+  json_t *class_doc;        /* classes_json parsed, or NULL */
+  const char **class_names; /* [num_classes] into class_doc, or NULL */
+  void *dict;               /* copy of "lmap.dict", NULL when empty */
   size_t dict_len;
   uint64_t file_size;
   struct timespec mtime; /* at open, for store_file_check */
@@ -280,7 +282,10 @@ done:
 }
 
 /* Checks "lmap.classes": a JSON array of `n` strings. */
-static int check_classes(const char *text, size_t len, uint32_t n, diag *d) {
+/* Checks the class names and, when they pass, keeps them parsed in
+ * s->class_doc and s->class_names. */
+static int check_classes(store *s, const char *text, size_t len, uint32_t n,
+                         diag *d) {
   json_error_t err;
   json_t *root = json_loadb(text, len, 0, &err);
   int rc = 0;
@@ -300,8 +305,16 @@ static int check_classes(const char *text, size_t len, uint32_t n, diag *d) {
         break;
       }
   }
-  json_decref(root);
-  return rc;
+  if (rc == 0 && (s->class_names = malloc(n * sizeof *s->class_names)) == NULL)
+    rc = diag_set(d, LMAP_ENOMEM, "out of memory for the class names");
+  if (rc != 0) {
+    json_decref(root);
+    return rc;
+  }
+  for (size_t i = 0; i < n; i++)
+    s->class_names[i] = json_string_value(json_array_get(root, i));
+  s->class_doc = root;
+  return 0;
 }
 
 /* An LMDB error while reading the tree: a damaged tree is the store's
@@ -445,7 +458,7 @@ static int load_meta(store *s, MDB_txn *txn, diag *d) {
                       val.mv_size, STORE_CLASSES_MAX);
     if ((s->classes_json = dup_bytes(val.mv_data, val.mv_size)) == NULL)
       return diag_set(d, LMAP_ENOMEM, "out of memory for the class names");
-    if ((rc = check_classes(s->classes_json, val.mv_size,
+    if ((rc = check_classes(s, s->classes_json, val.mv_size,
                             s->meta.shape.num_classes, d)) != 0)
       return rc;
   }
@@ -467,6 +480,8 @@ void store_close(store *s) {
   free(s->path);
   free(s->meta_json);
   free(s->classes_json);
+  free(s->class_names);
+  json_decref(s->class_doc);
   free(s->dict);
   free(s);
 }
@@ -651,6 +666,10 @@ json_t *store_info(const store *s) {
 
 const char *store_class_names_json(const store *s) {
   return s->classes_json;
+}
+
+const char *const *store_class_names(const store *s) {
+  return s->class_names;
 }
 
 const char *store_id(const store *s) {

@@ -138,6 +138,10 @@ json_t *store_info(const store *s);
  * Borrowed, valid until store_close. */
 const char *store_class_names_json(const store *s);
 
+/* The class names as num_classes strings, or NULL when the store has none.
+ * Borrowed, valid until store_close. */
+const char *const *store_class_names(const store *s);
+
 /* A short name of the store's bytes, borrowed until store_close: 16 hex
  * digits of the checksum of its checksum trailer, which covers every page,
  * so every copy of the same file has the same id and any other file another
