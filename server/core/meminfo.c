@@ -102,7 +102,3 @@ int mem_available(uint64_t *bytes, char *source, size_t cap) {
   *bytes = best;
   return best == UINT64_MAX ? -1 : 0;
 }
-
-uint64_t mem_rss(void) {
-  return proc_kb("/proc/self/status", "VmRSS:");
-}

@@ -20,8 +20,4 @@
  * UINT64_MAX and `source` says so). */
 int mem_available(uint64_t *bytes, char *source, size_t cap);
 
-/* The resident set size of this process in bytes (VmRSS), or 0 when it
- * cannot be read. */
-uint64_t mem_rss(void);
-
 #endif /* LMAP_MEMINFO_H */

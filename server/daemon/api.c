@@ -273,14 +273,6 @@ void api_set_draining(api *a) {
 
 /* ---- store trouble ---- */
 
-/* A string as a JSON string literal for a log line (malloc'd, or NULL). */
-static char *json_quote(const char *text) {
-  json_t *j = json_string(text);
-  char *q = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
-  json_decref(j);
-  return q;
-}
-
 static const char *const fault_names[FAULT_KINDS] = {"damaged", "unavailable"};
 
 /* Marks generation `number` with fault `kind` and `reason`, logging the
@@ -297,7 +289,7 @@ static void mark_fault(api *a, uint64_t number, fault_kind kind,
   }
   pthread_mutex_unlock(&a->mu);
   if (fresh) {
-    char *q = json_quote(reason);
+    char *q = log_quote(reason);
     log_event(kind == FAULT_DAMAGED ? "store_damaged" : "store_unavailable",
               "\"generation\":%llu,\"reason\":%s", (unsigned long long)number,
               q ? q : "\"?\"");
@@ -353,7 +345,7 @@ static int store_trouble(api_worker *w, const char *id, int rc, diag *d) {
   static const char *const kinds[] = {"corrupt", "io", "file_changed",
                                       "truncated_read"};
   if (n <= LOG_EVERY_ERROR || (n & (n - 1)) == 0) {
-    char *rec = json_quote(id), *msg = json_quote(diag_text(d));
+    char *rec = log_quote(id), *msg = log_quote(diag_text(d));
     log_event("store_error",
               "\"kind\":\"%s\",\"record\":%s,\"generation\":%llu,"
               "\"count\":%llu,\"message\":%s",

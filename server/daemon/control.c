@@ -1,7 +1,6 @@
 /* control: signals and the drain, on a libuv loop (see control.h). */
 #include "control.h"
 
-#include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -104,14 +103,6 @@ static void on_signal(uv_signal_t *s, int signum) {
   drain(s->data, signum);
 }
 
-static void log_message(const char *event, const char *message) {
-  json_t *m = json_string(message);
-  char *text = m ? json_dumps(m, JSON_ENCODE_ANY) : NULL;
-  log_event(event, "\"message\":%s", text ? text : "\"?\"");
-  free(text);
-  json_decref(m);
-}
-
 /* ---- the resident arena ---- */
 
 static void reload(control *c);
@@ -189,8 +180,6 @@ static void build_start(control *c, store *st, int first) {
   c->building = 1;
   c->first_build = first;
   c->build_store = st;
-  atomic_store(&c->cfg->progress->done, 0);
-  atomic_store(&c->cfg->progress->total, store_get_meta(st)->record_count);
   c->build.data = c;
   log_event("resident_building", "\"records\":%llu,\"arena_bytes_need\":%llu",
             (unsigned long long)store_get_meta(st)->record_count,

@@ -1,11 +1,26 @@
 /* log: JSON lines on stderr (see log.h). */
 #include "log.h"
 
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 static int text_mode;
+
+char *log_quote(const char *text) {
+  json_t *j = json_string(text);
+  char *q = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+  json_decref(j);
+  return q;
+}
+
+void log_message(const char *event, const char *message) {
+  char *q = log_quote(message);
+  log_event(event, "\"message\":%s", q ? q : "\"?\"");
+  free(q);
+}
 
 void log_set_text(int text) {
   text_mode = text;

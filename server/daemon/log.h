@@ -8,6 +8,15 @@
 void log_event(const char *event, const char *fields, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* `text` as a JSON string literal (quoted and escaped by jansson), for a
+ * field of a log line: malloc'd (free it), or NULL when out of memory.
+ * Text from a client or a file goes through it, never straight into
+ * log_event's format. */
+char *log_quote(const char *text);
+
+/* log_event(event) with one field, "message": `message`, quoted. */
+void log_message(const char *event, const char *message);
+
 /* Selects the text format (default: JSON lines). Call before threads. */
 void log_set_text(int text);
 

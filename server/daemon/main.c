@@ -174,9 +174,7 @@ static int read_token(const char *path, char *buf, size_t *len, diag *d) {
 /* The access log: one JSON line per answered request. The path comes from
  * the client, so it is JSON-escaped by jansson. */
 static void log_access(const http_access *a) {
-  json_t *p = json_string(a->path);
-  char *path = p ? json_dumps(p, JSON_ENCODE_ANY) : NULL;
-  json_decref(p);
+  char *path = log_quote(a->path);
   log_event("request",
             "\"request_id\":\"%s\",\"method\":\"%s\",\"path\":%s,"
             "\"status\":%d,\"bytes\":%zu,\"ms\":%.3f",
@@ -187,11 +185,7 @@ static void log_access(const http_access *a) {
 
 /* libmicrohttpd's own messages, as log lines. */
 static void log_mhd(const char *message) {
-  json_t *m = json_string(message);
-  char *text = m ? json_dumps(m, JSON_ENCODE_ANY) : NULL;
-  log_event("http_library", "\"message\":%s", text ? text : "\"?\"");
-  free(text);
-  json_decref(m);
+  log_message("http_library", message);
 }
 
 static int bad(const char *what, const char *value) {
@@ -474,11 +468,7 @@ int main(int argc, char **argv) {
   return rc;
 fail:;
   memset(token, 0, sizeof token);
-  json_t *msg = json_string(diag_text(&d));
-  char *m = msg ? json_dumps(msg, JSON_ENCODE_ANY) : NULL;
-  log_event("error", "\"message\":%s", m ? m : "\"?\"");
-  free(m);
-  json_decref(msg);
+  log_message("error", diag_text(&d));
   http_stop(h);
   api_free(a);
   store_close(s);

@@ -183,17 +183,6 @@ static int axis_weights(float start, float end, uint32_t size, uint32_t g,
  * accessors. */
 enum map_form { FORM_F32_U32, FORM_F16_U16, FORM_MIXED };
 
-/* binary16 bits to double, exactly, for a finite value: the bits shifted
- * into a double's exponent and mantissa give the value times 2^-1008
- * (normals and subnormals alike), and the power-of-two product is exact.
- * One shift and one multiply, against a float conversion and a widening. */
-static inline double f16_bits_to_double(uint16_t h) {
-  uint64_t bits = (uint64_t)(h & 0x8000u) << 48 | (uint64_t)(h & 0x7fffu) << 42;
-  double v;
-  memcpy(&v, &bits, sizeof v);
-  return v * 0x1p1008;
-}
-
 /* Adds the weighted entries of the cells in [rlo, rhi] x [qlo, qhi] into
  * ws->acc, listing newly touched classes in ws->touched from `n` on;
  * returns the new count. `form` is a constant at each call, so the
@@ -219,7 +208,7 @@ bin_sum(const labelmap *m, enum map_form form, uint32_t rlo, uint32_t rhi,
         double v;
         if (form == FORM_F16_U16) {
           c = m->classes16[i];
-          v = wgt * f16_bits_to_double(m->scores16[i]);
+          v = wgt * f16_finite_to_f64(m->scores16[i]);
         } else if (form == FORM_F32_U32) {
           c = m->classes[i];
           v = wgt * (double)m->scores[i];

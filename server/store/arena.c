@@ -312,6 +312,10 @@ int arena_build(store *s, unsigned threads, arena_progress *progress,
   *out = NULL;
   double t0 = now_seconds();
   const store_meta *meta = store_get_meta(s);
+  if (progress) {
+    atomic_store(&progress->done, 0);
+    atomic_store(&progress->total, meta->record_count);
+  }
   const codec_shape *sh = &meta->shape;
   if (threads == 0) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -334,8 +338,6 @@ int arena_build(store *s, unsigned threads, arena_progress *progress,
   a->classes16 = class_size(sh) == 2;
   a->n = meta->record_count;
   a->threads = threads;
-  if (progress)
-    atomic_store(&progress->total, a->n);
   if ((rc = alloc_arena(a, sh, d)) != 0)
     goto fail;
   wk.recs = malloc((a->n ? a->n : 1) * sizeof *wk.recs);

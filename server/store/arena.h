@@ -35,7 +35,8 @@
 
 typedef struct arena arena;
 
-/* A build's progress, shared with other threads while it runs. */
+/* A build's progress, shared with other threads while it runs; arena_build
+ * resets it when it starts. */
 typedef struct arena_progress {
   _Atomic uint64_t done;  /* records decoded so far */
   _Atomic uint64_t total; /* records to decode (set when the build starts) */
