@@ -2,7 +2,8 @@
 # The project's test command: installs what the build and the tests need
 # (Debian packages, only those missing), checks the C formatting
 # (tests/format.sh), builds, and runs every ctest suite
-# (unit, oracle, e2e, client, python, bench), the deploy suite (the container
+# (unit, oracle, e2e with the store browser in headless Chromium, client,
+# python, bench), the deploy suite (the container
 # image built and run: tests/deploy/run.sh), a short soak of the real lmapd,
 # the unit, e2e and client tests again under AddressSanitizer + UBSan, the
 # e2e tests under ThreadSanitizer, and each libFuzzer target for 20 s.
@@ -22,8 +23,12 @@ packages=(
   wrk nginx-light gnuplot-nox
   libxxhash-dev libsystemd-dev clang libclang-rt-14-dev clang-format-14
   docker.io docker-compose debootstrap haproxy gettext-base openssl python3-yaml
+  chromium
 )
 deploy/install-deps.sh "${packages[@]}"
+# The store browser's test drives Chromium with playwright-core (npm, the
+# version pinned in tests/browser/package-lock.json).
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 
 tests/format.sh
 

@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "import/build.h"
+#include "import/importer.h"
 #include "import/synth.h"
 
 static const char help[] =
@@ -19,7 +20,10 @@ static const char help[] =
     "options:\n"
     "  -o, --output STORE     the store to create (required)\n"
     "  -n, --images N         number of images (required)\n"
-    "  -C, --classes C        number of classes (default 1000)\n"
+    "  -C, --classes C        number of classes (default 1000, or the\n"
+    "                         number of names in --class-names)\n"
+    "      --class-names FILE names for the classes: one per line, or a\n"
+    "                         JSON array (as lmap import --classes)\n"
     "  -g, --grid H[xW]       grid size (default 15)\n"
     "  -k, --topk K           entries per cell (default 5)\n"
     "  -s, --seed S           seed (default 1)\n"
@@ -111,6 +115,7 @@ int cmd_synth(int argc, char **argv) {
       {"force", no_argument, 0, 'f'},
       {"progress", no_argument, 0, 'P'},
       {"no-progress", no_argument, 0, 'Q'},
+      {"class-names", required_argument, 0, 'N'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   synth_source src = {
@@ -120,7 +125,8 @@ int cmd_synth(int argc, char **argv) {
                   .extent = "full",
                   .progress = isatty(2),
                   .annotator = "lmap synth"};
-  int have_images = 0, c;
+  int have_images = 0, have_classes = 0, c;
+  const char *names_file = NULL;
   optind = 1;
   while ((c = getopt_long(argc, argv, "o:n:C:g:k:s:e:l:j:fh", longopts,
                           NULL)) != -1) {
@@ -136,7 +142,9 @@ int cmd_synth(int argc, char **argv) {
       if (cli_u32(optarg, 1, LABELMAP_MAX_CLASSES, &src.p.num_classes))
         return cli_usage("synth", "--classes: '%s' is not in [1, %u]", optarg,
                          LABELMAP_MAX_CLASSES);
+      have_classes = 1;
       break;
+    case 'N': names_file = optarg; break;
     case 'g':
       if (cli_grid(optarg, &src.p.h, &src.p.w))
         return cli_usage("synth", "--grid: '%s' is not H or HxW (1..1024)",
@@ -171,8 +179,23 @@ int cmd_synth(int argc, char **argv) {
     return cli_usage("synth", "-o STORE and --images N are required");
   diag d;
   diag_clear(&d);
-  if (synth_check(&src.p, &d))
+  char *names_json = NULL;
+  if (names_file) {
+    uint32_t named;
+    if (importer_read_classes(names_file, &names_json, &named, &d))
+      return cli_fail("synth", &d);
+    if (have_classes && named != src.p.num_classes) {
+      free(names_json);
+      return cli_usage("synth", "--classes %u but %s names %u classes",
+                       src.p.num_classes, names_file, named);
+    }
+    src.p.num_classes = named;
+    o.classes_json = names_json;
+  }
+  if (synth_check(&src.p, &d)) {
+    free(names_json);
     return cli_usage("synth", "%s", diag_text(&d));
+  }
   o.num_classes = src.p.num_classes;
   char desc[128];
   snprintf(desc, sizeof desc, "lmap synth --seed %llu",
@@ -186,7 +209,9 @@ int cmd_synth(int argc, char **argv) {
                      .load = synth_load,
                      .progress = synth_progress};
   build_stats st;
-  if (build_run(&o, &bs, &st, &d))
+  int rc = build_run(&o, &bs, &st, &d);
+  free(names_json);
+  if (rc)
     return cli_fail("synth", &d);
   fprintf(stderr,
           "lmap synth: %llu records in %.2fs, %.0f records/s, %.0f bytes/record"

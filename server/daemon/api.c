@@ -31,6 +31,7 @@
 
 #include "log.h"
 #include "range.h"
+#include "ui.h"
 
 #define MISSING_NAMED 8 /* unknown ids named in a 404 */
 /* A worker keeps at most this much answer buffer (and pooling scratch)
@@ -81,6 +82,7 @@ struct api {
   uint32_t max_batch;
   size_t max_answer;
   int serve_store;
+  int no_ui; /* lmapd --no-ui: / and /ui/ are 404 */
   api_edge_metrics edge_metrics;
   void *edge_ctx;
   atomic_int draining;
@@ -265,6 +267,10 @@ void api_set_max_answer(api *a, size_t bytes) {
 
 void api_set_serve_store(api *a, int on) {
   a->serve_store = on;
+}
+
+void api_set_ui(api *a, int on) {
+  a->no_ui = !on;
 }
 
 void api_set_draining(api *a) {
@@ -1165,6 +1171,97 @@ static api_response *get_classes(api_worker *w) {
   return &w->res;
 }
 
+/* GET /v1/ids: a page of the store's ids in id order, for the browser. */
+#define IDS_LIMIT_DEFAULT 100
+#define IDS_LIMIT_MAX 1000
+
+/* An id-shaped argument: `allow_empty` for a prefix. */
+static int id_arg(const char *v, int allow_empty, const char *field, diag *d) {
+  if (allow_empty && v[0] == '\0')
+    return 0;
+  int rc = labelmap_id_check(v, strlen(v), d);
+  if (rc) {
+    char msg[400];
+    snprintf(msg, sizeof msg, "%s: %s", field, diag_text(d));
+    diag_field(d, rc, field, "%s", msg);
+  }
+  return rc;
+}
+
+static int add_id(void *ctx, const char *id, size_t len) {
+  json_t *ids = ctx, *v = json_stringn(id, len);
+  return v == NULL || json_array_append_new(ids, v) ? LMAP_ENOMEM : 0;
+}
+
+static api_response *get_ids(api_worker *w, const api_request *req) {
+  diag d;
+  diag_clear(&d);
+  const char *prefix = req->arg(req->arg_ctx, "prefix");
+  const char *after_id = req->arg(req->arg_ctx, "after");
+  const char *v = req->arg(req->arg_ctx, "limit");
+  long long limit = IDS_LIMIT_DEFAULT;
+  if (v != NULL) {
+    char *end;
+    errno = 0;
+    limit = strtoll(v, &end, 10);
+    if (end == v || *end || errno || limit < 1 || limit > IDS_LIMIT_MAX)
+      return fail_msg(w, LMAP_EINVAL, "limit",
+                      "limit must be an integer in [1, %s]", "1000");
+  }
+  if ((prefix && id_arg(prefix, 1, "prefix", &d)) ||
+      (after_id && id_arg(after_id, 0, "after", &d)))
+    return fail(w, d.code, &d);
+  json_t *ids = json_array();
+  int more = 0;
+  int rc = ids == NULL
+               ? diag_set(&d, LMAP_ENOMEM, "out of memory")
+               : store_reader_ids(w->reader, prefix ? prefix : "",
+                                  prefix ? strlen(prefix) : 0,
+                                  after_id ? after_id : "",
+                                  after_id ? strlen(after_id) : 0,
+                                  (size_t)limit, add_id, ids, &more, &d);
+  if (rc == LMAP_ENOMEM)
+    diag_set(&d, rc, "out of memory");
+  else if (rc)
+    rc = store_trouble(w, prefix ? prefix : "", rc, &d);
+  json_t *page = NULL;
+  if (rc == 0) {
+    size_t n = json_array_size(ids);
+    json_t *next = more ? json_copy(json_array_get(ids, n - 1)) : json_null();
+    page = json_pack("{s:O, s:o}", "ids", ids, "next", next);
+  }
+  json_decref(ids);
+  char *text = page ? json_dumps(page, JSON_COMPACT) : NULL;
+  json_decref(page);
+  if (rc)
+    return fail(w, rc, &d);
+  api_response *r = text ? json_text(w, 200, text) : NULL;
+  if (r == NULL)
+    api_error_message(r = &w->res, LMAP_ENOMEM, "out of memory");
+  free(text);
+  return r;
+}
+
+/* The store browser (server/daemon/ui/): its page at / and its files under
+ * /ui/, compiled in. */
+static api_response *get_ui(api_worker *w, const char *path) {
+  const ui_asset *f = w->a->no_ui ? NULL : ui_asset_find(path);
+  if (f == NULL) {
+    api_error_message(&w->res, LMAP_ENOTFOUND,
+                      w->a->no_ui ? "the store browser is off (lmapd --no-ui)"
+                                  : "no such route");
+    return &w->res;
+  }
+  reset(&w->res);
+  if (lmap_dynbuf_add(&w->res.body, f->data, f->len)) {
+    api_error_message(&w->res, LMAP_ENOMEM, "out of memory");
+    return &w->res;
+  }
+  w->res.content_type = f->content_type;
+  w->res.page = 1;
+  return &w->res;
+}
+
 /* ---- routing ---- */
 
 /* Up to 16 bytes of a client's token (a method) as printable ASCII, other
@@ -1288,6 +1385,10 @@ static metrics_route route_of(const char *path, const char **id) {
     return ROUTE_LABELS_GET;
   if ((*id = after(path, "/v1/maps/")) != NULL)
     return ROUTE_MAPS;
+  if (strcmp(path, "/v1/ids") == 0)
+    return ROUTE_IDS;
+  if (strcmp(path, "/") == 0 || strncmp(path, "/ui/", 4) == 0)
+    return ROUTE_UI;
   return ROUTE_OTHER;
 }
 
@@ -1366,6 +1467,8 @@ static api_response *dispatch(api_worker *w, const api_request *req,
   case ROUTE_LABELS_GET: return get_label(w, req, id);
   case ROUTE_MAPS: return get_map(w, req, id);
   case ROUTE_STORE: return get_store(w, req);
+  case ROUTE_IDS: return get_ids(w, req);
+  case ROUTE_UI: return get_ui(w, req->path);
   default:
     api_error_message(&w->res, LMAP_ENOTFOUND, "no such route");
     return &w->res;
@@ -1376,7 +1479,7 @@ static api_response *dispatch(api_worker *w, const api_request *req,
 static int reads_store(metrics_route route) {
   return route == ROUTE_INFO || route == ROUTE_CLASSES ||
          route == ROUTE_LABELS_GET || route == ROUTE_LABELS_POST ||
-         route == ROUTE_MAPS || route == ROUTE_STORE;
+         route == ROUTE_MAPS || route == ROUTE_STORE || route == ROUTE_IDS;
 }
 
 api_response *api_handle(api_worker *w, const api_request *req) {

@@ -73,6 +73,7 @@ typedef struct api_response {
   char etag[24];          /* the ETag header, or "" */
   char content_range[80]; /* the Content-Range header, or "" */
   int accept_ranges;      /* send Accept-Ranges: bytes */
+  int page;          /* a file of the store browser: its security headers */
   char store_id[20]; /* X-Lmap-Store: the store an answer comes from, or "" */
   /* The worker whose buffer `body` is, or NULL for an answer http.c makes
    * itself: api_observe gives a large buffer's memory back. */
@@ -130,6 +131,10 @@ void api_set_max_answer(api *a, size_t bytes);
  * one byte range, If-Range. Off by default: /v1/store is then 404. Call
  * before serving. */
 void api_set_serve_store(api *a, int on);
+
+/* Serves the store browser at / and /ui/ (on by default; lmapd --no-ui
+ * turns it off: 404). Call before serving. */
+void api_set_ui(api *a, int on);
 
 /* Lines that /metrics adds from the HTTP edge, which the api cannot see
  * (open connections, answers waiting to be read): `render` appends them to

@@ -388,6 +388,11 @@ static enum MHD_Result respond_over_budget(http_server *s,
   return ok;
 }
 
+#define UI_POLICY                                                              \
+  "default-src 'none'; script-src 'self'; style-src 'self'; "                  \
+  "img-src 'self' data:; connect-src 'self'; base-uri 'none'; "                \
+  "form-action 'none'; frame-ancestors 'none'"
+
 static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
                                request *rq, api_response *r) {
   struct MHD_Response *resp = NULL;
@@ -428,6 +433,15 @@ static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
                             r->content_range);
   if (r->auth_challenge)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+  if (r->page) {
+    /* The store browser runs only its own files and talks only to this
+     * server; it is never framed (clickjacking) and always revalidated
+     * (a new lmapd serves new files). */
+    MHD_add_response_header(resp, "Content-Security-Policy", UI_POLICY);
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+  }
   if (r->retry_after) {
     char seconds[16];
     snprintf(seconds, sizeof seconds, "%u", r->retry_after);

@@ -68,6 +68,10 @@ static const char usage[] =
     "                                              at reload (the current one stays)\n"
     "  --resident-threads N     LMAPD_RESIDENT_THREADS  decoding threads (default 0:\n"
     "                                              one per CPU)\n"
+    "  --no-ui                  LMAPD_UI=0         do not serve the store browser, a\n"
+    "                                              page at / to search the ids, see a\n"
+    "                                              map and its soft labels (default on;\n"
+    "                                              it asks for the token, if one is set)\n"
     "  --log-format json|text   LMAPD_LOG_FORMAT   log lines (default json)\n"
     "  --token-file PATH        LMAPD_TOKEN_FILE   require 'Authorization: Bearer <token>'\n"
     "                                              on /v1/ (the file's first line,\n"
@@ -90,7 +94,8 @@ typedef struct config {
   const char *listen;
   const char *token_file;
   const char *tls_cert, *tls_key;
-  unsigned long access_log, page_check, serve_store, resident, resident_threads;
+  unsigned long access_log, page_check, serve_store, resident, resident_threads,
+      ui;
   const char *log_format;
   unsigned long threads, max_body, max_batch, max_answer, max_answer_memory,
       max_connections, max_per_ip, header_timeout, idle_timeout, grace;
@@ -231,7 +236,8 @@ int main(int argc, char **argv) {
               .header_timeout = 10,
               .idle_timeout = 60,
               .grace = 30,
-              .page_check = 1};
+              .page_check = 1,
+              .ui = 1};
   setting settings[] = {
       {"threads", "LMAPD_THREADS", &c.threads, 1, 256},
       {"max-body", "LMAPD_MAX_BODY", &c.max_body, 1024, 1ul << 30},
@@ -253,6 +259,7 @@ int main(int argc, char **argv) {
       {"serve-store", "LMAPD_SERVE_STORE", &c.serve_store, 1},
       {"no-page-check", "LMAPD_PAGE_CHECK", &c.page_check, 0},
       {"resident", "LMAPD_RESIDENT", &c.resident, 1},
+      {"no-ui", "LMAPD_UI", &c.ui, 0},
   };
   enum {
     NSETTINGS = sizeof settings / sizeof settings[0],
@@ -370,7 +377,7 @@ int main(int argc, char **argv) {
 
   json_t *cfg = json_pack(
       "{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
-      " s:b, s:b, s:b, s:b, s:I, s:s, s:s}",
+      " s:b, s:b, s:b, s:b, s:I, s:b, s:s, s:s}",
       "store", c.store, "token",
       c.token_file ? "<redacted, from file>" : "none", "tls",
       c.tls_cert ? c.tls_cert : "none", "listen", c.listen, "threads",
@@ -382,7 +389,7 @@ int main(int argc, char **argv) {
       (json_int_t)c.idle_timeout, "grace", (json_int_t)c.grace, "page_check",
       (int)c.page_check, "access_log", (int)c.access_log, "serve_store",
       (int)c.serve_store, "resident", (int)c.resident, "resident_threads",
-      (json_int_t)c.resident_threads, "log_format",
+      (json_int_t)c.resident_threads, "ui", (int)c.ui, "log_format",
       c.log_format ? c.log_format : "json", "version", LMAP_VERSION_STRING);
   char *cfg_text = cfg ? json_dumps(cfg, JSON_COMPACT) : NULL;
   log_event("config", "\"config\":%s", cfg_text ? cfg_text : "null");
@@ -435,6 +442,7 @@ int main(int argc, char **argv) {
   s = NULL; /* the api owns the store now */
   api_set_max_answer(a, (size_t)c.max_answer);
   api_set_serve_store(a, (int)c.serve_store);
+  api_set_ui(a, (int)c.ui);
   if (c.resident)
     api_set_resident(a, &progress);
   if (token_len && api_set_token(a, token, token_len)) {

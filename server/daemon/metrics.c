@@ -4,12 +4,18 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-static const char *const route_names[ROUTE_COUNT] = {
-    "/livez",          "/readyz",
-    "/metrics",        "/v1/info",
-    "/v1/classes",     "GET /v1/labels/{id}",
-    "POST /v1/labels", "/v1/maps/{id}",
-    "/v1/store",       "other"};
+static const char *const route_names[ROUTE_COUNT] = {"/livez",
+                                                     "/readyz",
+                                                     "/metrics",
+                                                     "/v1/info",
+                                                     "/v1/classes",
+                                                     "GET /v1/labels/{id}",
+                                                     "POST /v1/labels",
+                                                     "/v1/maps/{id}",
+                                                     "/v1/store",
+                                                     "/v1/ids",
+                                                     "/",
+                                                     "other"};
 
 /* The statuses lmapd answers with; anything else counts as "other". */
 static const int statuses[] = {200, 206, 400, 401, 404, 405,

@@ -23,6 +23,8 @@ typedef enum metrics_route {
   ROUTE_LABELS_POST,
   ROUTE_MAPS,
   ROUTE_STORE,
+  ROUTE_IDS,
+  ROUTE_UI,    /* the store browser's page and assets */
   ROUTE_OTHER, /* unknown routes and refused requests */
   ROUTE_COUNT
 } metrics_route;

@@ -95,8 +95,13 @@ static int by_count(const void *pa, const void *pb) {
 static int draw_cells(dynbuf *b, const mapsvg_input *in, const layout *L,
                       uint32_t *top1) {
   const labelmap *m = in->map;
-  int rc = lmap_dynbuf_addstr(b, "<g id=\"cells\" stroke=\"#ffffff\" "
-                                 "stroke-width=\"0.5\">\n");
+  /* The grid's place, for a page that draws over it (the store browser). */
+  int rc = lmap_dynbuf_printf(b,
+                              "<g id=\"cells\" stroke=\"#ffffff\" "
+                              "stroke-width=\"0.5\" data-x=\"%.2f\" "
+                              "data-y=\"%.2f\" data-cell=\"%.4f\" "
+                              "data-rows=\"%u\" data-columns=\"%u\">\n",
+                              L->ox, L->oy, L->cell, m->h, m->w);
   for (uint32_t r = 0; rc == 0 && r < m->h; r++)
     for (uint32_t q = 0; rc == 0 && q < m->w; q++) {
       size_t i = (size_t)r * m->w + q;

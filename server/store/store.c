@@ -1025,6 +1025,101 @@ int store_reader_decode(store_reader *r, const uint8_t *rec, size_t len,
   return fault_diag(r->s, 1, d);
 }
 
+typedef struct ids_args {
+  store_reader *r;
+  const char *prefix, *after;
+  size_t prefix_len, after_len, limit;
+  store_id_fn fn;
+  void *ctx;
+  int *more;
+  diag *d;
+} ids_args;
+
+/* Whether `id` is one store_reader_ids gives: after `after`, from
+ * `prefix` on. Sets *past when `id` sorts after every id that starts with
+ * the prefix (then every later one does too). */
+static int id_wanted(const ids_args *a, const char *id, size_t len, int *past) {
+  *past = 0;
+  if (a->after_len && store_key_cmp(id, len, a->after, a->after_len) <= 0)
+    return 0;
+  if (store_key_cmp(id, len, a->prefix, a->prefix_len) < 0)
+    return 0;
+  if (len < a->prefix_len || memcmp(id, a->prefix, a->prefix_len) != 0) {
+    *past = 1;
+    return 0;
+  }
+  return 1;
+}
+
+/* The walk of store_reader_ids; reads only chunk directories. */
+static int reader_ids(void *p) {
+  ids_args *a = p;
+  store_reader *r = a->r;
+  diag *d = a->d;
+  MDB_val key, val;
+  char id[LABELMAP_MAX_ID_LEN], t[STORE_ID_TEXT], pre[340];
+  size_t id_len, rec_len, given = 0;
+  const uint8_t *rec;
+  int exact, e = MDB_NOTFOUND, past = 0;
+  /* The first chunk that can hold a wanted id: the one that would hold the
+   * greater of `after` and the prefix. */
+  const char *from = a->prefix;
+  size_t from_len = a->prefix_len;
+  if (a->after_len &&
+      store_key_cmp(a->after, a->after_len, from, from_len) > 0) {
+    from = a->after;
+    from_len = a->after_len;
+  }
+  if (from_len)
+    e = seek_chunk(r->cur, from, from_len, &key, &val, &exact);
+  if (e == MDB_NOTFOUND) /* below every chunk: from the first */
+    e = mdb_cursor_get(r->cur, &key, &val, MDB_FIRST);
+  for (; e == 0 && !past; e = mdb_cursor_get(r->cur, &key, &val, MDB_NEXT)) {
+    store_chunk c;
+    int rc = store_chunk_parse(val.mv_data, val.mv_size, &c, d);
+    for (uint32_t i = 0; rc == 0 && i < c.n && !past; i++) {
+      rc = store_chunk_entry(&c, i, id, &id_len, &rec, &rec_len, d);
+      if (rc != 0 || !id_wanted(a, id, id_len, &past))
+        continue;
+      if (given == a->limit) {
+        *a->more = 1;
+        return 0;
+      }
+      given++;
+      rc = a->fn(a->ctx, id, id_len);
+      if (rc != 0)
+        return rc;
+    }
+    if (rc != 0) {
+      snprintf(pre, sizeof pre, "chunk '%s'",
+               store_id_text(t, key.mv_data, key.mv_size));
+      diag_prefix(d, pre);
+      return rc;
+    }
+  }
+  if (e != 0 && e != MDB_NOTFOUND) {
+    r->stale = STALE_TXN;
+    return lmdb_read_fail(d, "cannot walk the chunks", e);
+  }
+  return 0;
+}
+
+int store_reader_ids(store_reader *r, const char *prefix, size_t prefix_len,
+                     const char *after, size_t after_len, size_t limit,
+                     store_id_fn fn, void *ctx, int *more, diag *d) {
+  int rc;
+  *more = 0;
+  if (r->stale && (rc = reader_renew(r, d)) != 0)
+    return rc;
+  ids_args a = {r,     prefix, after, prefix_len, after_len,
+                limit, fn,     ctx,   more,       d};
+  rc = guarded(reader_ids, &a);
+  if (rc != GUARD_FAULT)
+    return rc;
+  r->stale = STALE_ALL;
+  return fault_diag(r->s, 1, d);
+}
+
 /* store_foreach's state, outside the guarded walk so that a SIGBUS does not
  * lose the transaction and cursor it has to release. */
 typedef struct walk_args {

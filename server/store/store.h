@@ -191,6 +191,20 @@ void store_reader_free(store_reader *r); /* accepts NULL */
 int store_reader_get(store_reader *r, const char *id, size_t id_len,
                      labelmap *out, diag *d);
 
+/* Calls `fn` with the store's ids in id order (store_key_cmp) that start
+ * with `prefix` and sort after `after` (all of them when after_len is 0),
+ * at most `limit` of them; *more is set when another such id follows the
+ * last one given (a page of ids: the next page is after that id). Reads
+ * chunk directories, never a record: one seek, then the chunks in order
+ * until the prefix is passed. `id` is borrowed for the call; a non-zero
+ * return from `fn` stops the walk and is returned. Otherwise returns 0,
+ * LMAP_ECORRUPT (a damaged chunk, named), LMAP_EBADSTORE (the file was
+ * cut) or LMAP_EIO; the reader stays usable as after store_reader_get. */
+typedef int (*store_id_fn)(void *ctx, const char *id, size_t id_len);
+int store_reader_ids(store_reader *r, const char *prefix, size_t prefix_len,
+                     const char *after, size_t after_len, size_t limit,
+                     store_id_fn fn, void *ctx, int *more, diag *d);
+
 /* Calls `fn` for every record in id order inside one read transaction,
  * checking each chunk in full first (structure, directory checksum, ids
  * valid and strictly increasing across the whole store, first id equal to

@@ -31,10 +31,12 @@ ENV = {"--store": "LMAPD_STORE", "--listen": "LMAPD_LISTEN", "--token-file": "LM
        "--log-format": "LMAPD_LOG_FORMAT", "--access-log": "LMAPD_ACCESS_LOG",
        "--no-page-check": "LMAPD_PAGE_CHECK", "--serve-store": "LMAPD_SERVE_STORE",
        "--tls-cert": "LMAPD_TLS_CERT", "--tls-key": "LMAPD_TLS_KEY",
-       "--resident": "LMAPD_RESIDENT"}
+       "--resident": "LMAPD_RESIDENT", "--no-ui": "LMAPD_UI"}
 # --tls-cert and --tls-key take effect in test_e2e_tls.py.
 OTHER = {"--store", "--listen", "--token-file", "--log-format", "--access-log", "--no-page-check",
          "--serve-store", "--tls-cert", "--tls-key", "--resident", "--help", "--version"}
+# --no-ui takes effect in test_e2e_browse.py; its config key is checked here.
+OTHER.add("--no-ui")
 
 
 def config_of(log):
@@ -75,7 +77,7 @@ def main():
     # Every numeric flag, all at once, then every variable, all at once.
     args = [a for flag, (_, val) in NUMERIC.items() for a in (flag, val)]
     args += ["--token-file", token, "--access-log", "--no-page-check", "--serve-store",
-             "--resident"]
+             "--resident", "--no-ui"]
     p, port, log = launch(base + args)
     try:
         cfg = config_of(log)
@@ -83,9 +85,9 @@ def main():
             check(cfg.get(key) == int(val), "%s %s -> config %s=%s" % (flag, val, key, cfg.get(key)))
         check(cfg["token"] == "<redacted, from file>" and cfg["access_log"] is True
               and cfg["page_check"] is False and cfg["store"] == store
-              and cfg["serve_store"] is True and cfg["resident"] is True,
-              "--token-file, --access-log, --no-page-check, --store, --serve-store, --resident "
-              "take effect (%s)" % cfg)
+              and cfg["serve_store"] is True and cfg["resident"] is True and cfg["ui"] is False,
+              "--token-file, --access-log, --no-page-check, --store, --serve-store, --resident, "
+              "--no-ui take effect (%s)" % cfg)
         check(wait_until(lambda: log_events(log, "resident_ready"), 30) and
               log_events(log, "resident_ready")[0]["build_threads"] == 3,
               "--resident builds the arena on --resident-threads threads")
@@ -101,7 +103,7 @@ def main():
     env = {"LMAPD_" + key.upper(): val for key, val in (v for v in NUMERIC.values())}
     env.update({"LMAPD_STORE": store, "LMAPD_LISTEN": "127.0.0.1:0", "LMAPD_TOKEN_FILE": token,
                 "LMAPD_ACCESS_LOG": "1", "LMAPD_PAGE_CHECK": "0", "LMAPD_SERVE_STORE": "1",
-                "LMAPD_RESIDENT": "1"})
+                "LMAPD_RESIDENT": "1", "LMAPD_UI": "0"})
     p, port, log = launch([LMAPD], env=env)
     try:
         cfg = config_of(log)
@@ -109,9 +111,9 @@ def main():
             check(cfg.get(key) == int(val), "LMAPD_%s=%s -> config %s" % (key.upper(), val, cfg.get(key)))
         check(cfg["token"] == "<redacted, from file>" and cfg["access_log"] is True
               and cfg["page_check"] is False and cfg["store"] == store and cfg["listen"] == "127.0.0.1:0"
-              and cfg["serve_store"] is True and cfg["resident"] is True,
+              and cfg["serve_store"] is True and cfg["resident"] is True and cfg["ui"] is False,
               "LMAPD_STORE, _LISTEN, _TOKEN_FILE, _ACCESS_LOG, _PAGE_CHECK, _SERVE_STORE, "
-              "_RESIDENT take effect")
+              "_RESIDENT, _UI take effect")
     finally:
         check(stop_daemon(p) == 0, "exit 0 (env daemon)")
     # A flag wins over its variable.
