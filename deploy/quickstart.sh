@@ -39,7 +39,12 @@ echo "\$ $lmap get $store $id --box 0.1,0.2,0.7,0.9 --format sparse"
 port=${LMAP_PORT:-8080}
 cat <<EOT
 
-Serving $store on http://127.0.0.1:$port (Ctrl-C to stop). Try, in another shell:
+Serving $store on http://127.0.0.1:$port (Ctrl-C to stop).
+
+Browse it: open http://127.0.0.1:$port/ in a browser (the ids, the maps, a crop box
+and its soft label, live).
+
+Or try, in another shell:
   curl -s 'http://127.0.0.1:$port/v1/labels/$id?box=0.1,0.2,0.7,0.9&format=sparse'
   curl -s -XPOST http://127.0.0.1:$port/v1/labels \\
        -d '{"queries":[{"id":"$id","box":[0,0,1,1],"flip":false}],"format":"sparse"}'

@@ -31,10 +31,16 @@ static int colour(dynbuf *b, uint32_t c, double p) {
   return lmap_dynbuf_printf(b, "hsl(%.0f,70%%,%.0f%%)", hue, light);
 }
 
-/* Text with &, <, > and " escaped. */
+/* Text with &, <, > and " escaped, and the control characters that XML
+ * forbids (even as references) shown as '?'. */
 static int text(dynbuf *b, const char *s) {
   int rc = 0;
   for (; rc == 0 && *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
+      rc = lmap_dynbuf_add(b, "?", 1);
+      continue;
+    }
     switch (*s) {
     case '&': rc = lmap_dynbuf_addstr(b, "&amp;"); break;
     case '<': rc = lmap_dynbuf_addstr(b, "&lt;"); break;
@@ -136,6 +142,20 @@ static int draw_coordinates(dynbuf *b, const layout *L) {
     rc = lmap_dynbuf_printf(b, "<text x=\"%.2f\" y=\"%.2f\">%u</text>\n",
                             L->ox - 12, L->oy + (r + 0.5) * L->cell + 3.5, r);
   return rc ? rc : lmap_dynbuf_addstr(b, "</g>\n");
+}
+
+/* The legend's lines: one per top-1 class present, up to LEGEND_MAX, and
+ * one for the rest. Uses `top1` (one entry per cell) as scratch. */
+static size_t legend_rows(const mapsvg_input *in, uint32_t *top1) {
+  const labelmap *m = in->map;
+  size_t cells = (size_t)m->h * m->w, n = 0;
+  double p;
+  for (size_t i = 0; i < cells; i++)
+    cell_top1(m, in->num_classes, i, &top1[i], &p);
+  qsort(top1, cells, sizeof *top1, by_class);
+  for (size_t i = 0; i < cells; i++)
+    n += i == 0 || top1[i] != top1[i - 1];
+  return n > LEGEND_MAX ? LEGEND_MAX + 1 : n;
 }
 
 /* The top-1 classes present, most cells first; returns the panel's next y. */
@@ -307,12 +327,15 @@ int mapsvg_write(dynbuf *out, const mapsvg_input *in, pool_ws *ws) {
   L.ox = 40;
   L.oy = 56;
   L.px = L.ox + m->w * L.cell + 28;
-  double width = L.px + PANEL_PX, gh = L.oy + m->h * L.cell + 24;
-  double panel_h = L.oy + 18 + 16.0 * (LEGEND_MAX + 1) + 30 + 30.0 * (BARS + 1);
-  double height = gh > panel_h ? gh : panel_h;
   uint32_t *top1 = malloc((cells ? cells : 1) * sizeof *top1);
   if (top1 == NULL)
     return LMAP_ENOMEM;
+  /* The panel is as tall as its legend and bars (draw_legend, draw_bars). */
+  size_t rows = legend_rows(in, top1);
+  double width = L.px + PANEL_PX, gh = L.oy + m->h * L.cell + 24;
+  double panel_h = L.oy + 10 + 18 + 16.0 * rows + 12 +
+                   (in->query ? 18 + 30.0 * BARS + 16 : 0) + 12;
+  double height = gh > panel_h ? gh : panel_h;
   int rc = lmap_dynbuf_printf(
       out,
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"

@@ -343,7 +343,7 @@ try {
     const docs = path.join(root, "docs/images");
     fs.mkdirSync(docs, { recursive: true });
     fs.copyFileSync(path.join(TMP, "browser.png"), path.join(docs, "browser.png"));
-    const b = s.request.queries[0].box.join(",");
+    const b = s.request.queries[0].box.map((v) => +v.toFixed(6)).join(",");
     run(LMAP, ["render", store, id, "--box", b, "--box-format", "relabel", "-o", path.join(docs, "map.svg")]);
     console.log("wrote docs/images/browser.png and docs/images/map.svg (" + id + ", relabel box " + b + ")");
   }
