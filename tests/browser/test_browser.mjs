@@ -7,7 +7,8 @@
 // - a box dragged over the map gives bars with the classes and
 //   probabilities that POST /v1/labels answers for the box the page shows;
 //   moving and resizing it, relabel (whose dashed region is the crop
-//   mirrored across the diagonal), flip and a 3 x 3 token grid too;
+//   mirrored across the diagonal), flip and a 3 x 3 token grid too; the
+//   box moves and resizes from the keyboard as well;
 // - the side panel shows the store and live figures from /metrics;
 // - every control has a label; no console error, no CSP violation, and no
 //   request leaves 127.0.0.1.
@@ -270,6 +271,19 @@ try {
   check(near(s.box, [before[0] + 0.2, before[1] - 0.1, Math.min(1, before[2] + 0.3), before[3] - 0.05], 0.02),
         "dragging a corner resizes the box: " + s.box + " (grid " + Math.round(g.width) + " px)");
   await checkBars(s, "resized box");
+
+  // The box from the keyboard: arrows move it, Shift with arrows resizes it.
+  const k0 = s.box;
+  await page.locator(".ui-box").focus();
+  for (const key of ["ArrowRight", "ArrowRight", "ArrowRight", "ArrowDown", "Shift+ArrowLeft", "Shift+ArrowLeft"])
+    await page.keyboard.press(key);
+  s = await settledBars("keyboard");
+  const kWant = [k0[0] + 0.03, k0[1] + 0.01, k0[2] + 0.01, k0[3] + 0.01];
+  check(near(s.box, kWant, 1e-6) &&
+        await page.evaluate(() => document.activeElement.classList.contains("ui-box")),
+        "arrow keys move the focused box, Shift+arrows resize it, and it keeps the focus: " + s.box +
+        " from " + k0 + ", focus on " + await page.evaluate(() => document.activeElement.outerHTML.slice(0, 80)));
+  await checkBars(s, "box moved by the keyboard");
 
   // Back to the first box by the inputs, then relabel.
   for (const [k, v] of [["x0", 0.12], ["y0", 0.3], ["x1", 0.55], ["y1", 0.85]]) {

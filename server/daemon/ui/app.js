@@ -176,6 +176,7 @@ async function showMap(id) {
   state.overlay.id = "ui-overlay";
   svg.append(state.overlay);
   svg.addEventListener("pointerdown", onPointerDown);
+  svg.addEventListener("keydown", onBoxKey);
   $("map-figure").replaceChildren(svg);
   boxChanged();
 }
@@ -218,6 +219,7 @@ function svgEl(name, attrs, parent) {
 function drawBox() {
   const g = state.grid, o = state.overlay, b = state.box;
   if (!o) return;
+  const focused = o.contains(document.activeElement);
   o.replaceChildren();
   const px = (fx) => g.x + fx * g.columns * g.cell; // image fraction -> SVG
   const py = (fy) => g.y + fy * g.rows * g.cell;
@@ -243,13 +245,35 @@ function drawBox() {
   const box = svgEl("rect", { x: px(b.x0), y: py(b.y0), width: px(b.x1) - px(b.x0),
                               height: py(b.y1) - py(b.y0), fill: "rgba(255,255,255,0.08)",
                               stroke: "#000", "stroke-width": 2.5, class: "ui-box",
-                              "data-drag": "move" }, o);
+                              "data-drag": "move", tabindex: "0", role: "img",
+                              "aria-label": "crop box: arrow keys move it, " +
+                                "Shift with arrow keys resizes it" }, o);
   svgEl("title", {}, box).textContent = "the crop box: drag to move";
   for (const [name, fx, fy] of [["nw", b.x0, b.y0], ["ne", b.x1, b.y0],
                                 ["sw", b.x0, b.y1], ["se", b.x1, b.y1]])
     svgEl("rect", { x: px(fx) - 5, y: py(fy) - 5, width: 10, height: 10, fill: "#fff",
                     stroke: "#000", "stroke-width": 1.5, class: "ui-handle " + name,
                     "data-drag": name }, o);
+  if (focused) box.focus(); // redrawn: keep the keyboard on it
+}
+
+// Arrow keys move the focused box by 1% of the image; with Shift they
+// move its bottom-right corner.
+function onBoxKey(ev) {
+  if (!ev.target.classList || !ev.target.classList.contains("ui-box")) return;
+  const step = { ArrowLeft: [-0.01, 0], ArrowRight: [0.01, 0],
+                 ArrowUp: [0, -0.01], ArrowDown: [0, 0.01] }[ev.key];
+  if (!step) return;
+  ev.preventDefault();
+  const b = state.box, [dx, dy] = step;
+  if (ev.shiftKey) {
+    setBox({ x0: b.x0, y0: b.y0, x1: b.x1 + dx, y1: b.y1 + dy });
+    return;
+  }
+  const w = b.x1 - b.x0, h = b.y1 - b.y0;
+  const x0 = Math.min(1 - w, Math.max(0, b.x0 + dx));
+  const y0 = Math.min(1 - h, Math.max(0, b.y0 + dy));
+  setBox({ x0, y0, x1: x0 + w, y1: y0 + h });
 }
 
 // Pointer position as an image fraction.
