@@ -167,6 +167,10 @@ async function showMap(id) {
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", "label map of " + id);
   const cells = svg.querySelector("#cells");
+  if (!cells) {
+    $("map-title").textContent = id + ": the server's drawing could not be read";
+    return;
+  }
   state.grid = {
     x: +cells.dataset.x, y: +cells.dataset.y, cell: +cells.dataset.cell,
     rows: +cells.dataset.rows, columns: +cells.dataset.columns,
