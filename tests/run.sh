@@ -23,7 +23,7 @@ packages=(
   wrk nginx-light gnuplot-nox
   libxxhash-dev libsystemd-dev clang libclang-rt-14-dev clang-format-14
   docker.io docker-compose debootstrap haproxy gettext-base openssl python3-yaml
-  chromium
+  chromium python3-build python3-venv python3-pip python3-setuptools python3-wheel
 )
 deploy/install-deps.sh "${packages[@]}"
 # The store browser's test drives Chromium with playwright-core (npm, the

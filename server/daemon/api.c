@@ -21,6 +21,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "lmap/version.h"
 #include "pool/itemjson.h"
 #include "pool/mapsvg.h"
 #include "pool/npy.h"
@@ -1090,6 +1091,16 @@ static json_t *serving_info(const api *a, generation *g) {
 
 static api_response *get_info(api_worker *w) {
   json_t *meta = store_info(w->g->s);
+  /* The software's version and the API's, apart from the store's format
+   * (format_version, from the store). */
+  if (meta != NULL &&
+      json_object_set_new(meta, "server",
+                          json_pack("{s:s, s:i}", "version",
+                                    LMAP_VERSION_STRING, "api_version",
+                                    LMAP_API_VERSION)) != 0) {
+    json_decref(meta);
+    meta = NULL;
+  }
   if (meta != NULL &&
       json_object_set_new(meta, "serving", serving_info(w->a, w->g)) != 0) {
     json_decref(meta);

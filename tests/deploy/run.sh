@@ -40,7 +40,7 @@ else
   # The replica test of tests/e2e with the replicas as containers of that
   # image, then the one-box lab.
   LMAP_BIN="$build/lmap" LMAPD_BIN="$build/lmapd" LMAP_TEST_TMP="$build/tests/tmp/deploy" \
-    LMAP_LIBRARY="$build/client/liblmap.so.0" \
+    LMAP_LIBRARY="$build/client/liblmap.so.1" \
     $py tests/e2e/test_e2e_replicas.py --containers lmap:test
   $py tests/deploy/test_compose.py "$build/lmap"
 fi

@@ -5,6 +5,7 @@ at start), and every usage error exits 2 with a message. A flag listed in
 --help but unknown to this test fails it, so new flags get tested.
 (Issue 10 item 6: --max-per-ip once printed the usage and exited 0.)
 Loopback only; every process is stopped by its PID."""
+import json
 import os
 import re
 import subprocess
@@ -72,6 +73,19 @@ def main():
         check(envs.get(flag) == env, "%s lists %s (got %s)" % (flag, env, envs.get(flag)))
     v = subprocess.run([LMAPD, "--version"], capture_output=True, text=True, timeout=30)
     check(v.returncode == 0 and v.stdout.startswith("lmapd "), "--version exits 0")
+    # One version everywhere: lmap --version, and /v1/info's server block.
+    version = v.stdout.split()[1]
+    lv = subprocess.run([LMAP, "--version"], capture_output=True, text=True, timeout=30)
+    check(lv.stdout.split() == ["lmap", version], "lmap --version is lmapd's %s (%r)" % (version, lv.stdout))
+    p, port, _ = launch([LMAPD, "--store", store, "--listen", "127.0.0.1:0"])
+    try:
+        import urllib.request
+        with urllib.request.urlopen("http://127.0.0.1:%d/v1/info" % port, timeout=5) as r:
+            info = json.loads(r.read())
+        check(info["server"] == {"version": version, "api_version": 1} and info["format_version"] == 2,
+              "/v1/info: server %s, store format_version %s" % (info["server"], info["format_version"]))
+    finally:
+        check(stop_daemon(p) == 0, "exit 0 (version daemon)")
 
     base = [LMAPD, "--store", store, "--listen", "127.0.0.1:0"]
     # Every numeric flag, all at once, then every variable, all at once.

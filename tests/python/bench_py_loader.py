@@ -19,7 +19,7 @@ figures are what one trainer host gets when lmapd runs next to it.
 
     /usr/bin/python3 tests/python/bench_py_loader.py [--images N] [--seconds S]
 
-Uses build/lmap, build/lmapd and build/client/liblmap.so.0 unless LMAP_BIN,
+Uses build/lmap, build/lmapd and build/client/liblmap.so.1 unless LMAP_BIN,
 LMAPD_BIN, LMAP_LIBRARY say otherwise. Not run by ctest (not a test_*.py).
 """
 

@@ -27,7 +27,7 @@ os.environ.setdefault("LMAP_BIN", os.path.join(BUILD, "lmap"))
 os.environ.setdefault("LMAPD_BIN", os.path.join(BUILD, "lmapd"))
 os.environ.setdefault("LMAP_TEST_TMP", os.path.join(BUILD, "tests", "tmp", "python"))
 if not os.environ.get("LMAP_LIBRARY"):
-    os.environ["LMAP_LIBRARY"] = os.path.join(BUILD, "client", "liblmap.so.0")
+    os.environ["LMAP_LIBRARY"] = os.path.join(BUILD, "client", "liblmap.so.1")
 
 for p in (os.path.join(ROOT, "client", "python"), os.path.join(ROOT, "tests", "e2e"),
           os.path.join(ROOT, "tests", "oracle")):

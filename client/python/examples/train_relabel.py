@@ -12,7 +12,7 @@ soft-label cross entropy of ReLabel's LabelPooling.
     lmapd --store demo.lmap --listen 127.0.0.1:8080 &
     # images whose file names are ids of the store (here: made up)
     lmap ids demo.lmap | head -64 > ids.txt
-    LMAP_LIBRARY=build/client/liblmap.so.0 PYTHONPATH=client/python \\
+    LMAP_LIBRARY=build/client/liblmap.so.1 PYTHONPATH=client/python \\
         python3 client/python/examples/train_relabel.py --url http://127.0.0.1:8080 \\
         --images /tmp/demo-images --make-demo ids.txt
 

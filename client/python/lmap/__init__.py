@@ -4,8 +4,8 @@
     with lmap.Client("http://127.0.0.1:8080") as c:
         probs = c.labels(["n01440764_10026"], [[0.1, 0.2, 0.7, 0.9]])  # [1, 1000]
 
-The core (Client, errors) needs only numpy and liblmap (found through
-LMAP_LIBRARY, or the dynamic loader). lmap.torch holds the PyTorch helpers:
+The core (Client, errors) needs only numpy and liblmap (LMAP_LIBRARY, the
+copy a wheel carries, or the dynamic loader's). lmap.torch holds the PyTorch helpers:
 crop transforms that record the crop box and a Dataset wrapper that fetches
 a whole batch's soft labels in one request. See docs/PYTHON.md.
 """
@@ -16,7 +16,7 @@ from .errors import (BadBoxError, BadIdError, BadRequestError, ClientClosedError
                      NotFoundError, ProtocolError, ServerError, TooLargeError, UnauthorizedError,
                      UnavailableError, UsedAfterForkError)
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Client", "SparseLabel", "library_version", "LibraryNotFound", "LmapError", "BadRequestError", "BadBoxError",

@@ -8,8 +8,9 @@ numpy structured dtype laid out exactly like `lmap_query`, so a whole batch of
 queries is filled with vectorised numpy assignments instead of a Python loop
 over ctypes structures.
 
-Lookup order: the environment variable LMAP_LIBRARY (a path), then
-ctypes.util.find_library("lmap"), then the soname "liblmap.so.0" through the
+Lookup order: the environment variable LMAP_LIBRARY (a path, and then no
+other), then the copy a wheel carries (lmap/_libs/liblmap.so.*), then
+ctypes.util.find_library("lmap"), then the soname "liblmap.so.1" through the
 dynamic loader's search path (LD_LIBRARY_PATH, ld.so.cache).
 
 Invariant: the library is loaded at most once per process and only when a
@@ -18,10 +19,15 @@ Client is created (importing the package never needs it).
 
 import ctypes
 import ctypes.util
+import glob
 import os
 import threading
 
 import numpy as np
+
+from ._version import __version__
+
+_BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_libs")
 
 # Error codes of include/lmap/error.h, the few the binding itself needs.
 EINVAL = -1
@@ -146,9 +152,11 @@ def _candidates():
     if env:
         # An explicit path is a promise: do not fall back to another copy.
         return [env], True
+    # A wheel's own copy, built with the package (setup.py).
+    names = sorted(glob.glob(os.path.join(_BUNDLED, "liblmap.so.*")))[:1]
     found = ctypes.util.find_library("lmap")
-    names = [found] if found else []
-    names.append("liblmap.so.0")
+    names += [found] if found else []
+    names.append("liblmap.so.1")
     return names, False
 
 
@@ -177,10 +185,17 @@ def load():
                 fn = getattr(lib, fname)
                 fn.restype = restype
                 fn.argtypes = argtypes
+            # The structures above are this version's: another minor
+            # version's library may lay them out otherwise.
+            have = text(lib.lmap_version())
+            if have.split(".")[:2] != __version__.split(".")[:2]:
+                errors.append("%s: liblmap %s, but this package is %s (the structures differ)"
+                              % (name, have, __version__))
+                continue
             _lib = lib
             return lib
         hint = ("LMAP_LIBRARY=%s could not be loaded" % names[0]) if explicit else \
-            "set LMAP_LIBRARY to the path of liblmap.so (e.g. build/client/liblmap.so.0)"
+            "set LMAP_LIBRARY to the path of liblmap.so (e.g. build/client/liblmap.so.1)"
         raise LibraryNotFound("liblmap not found (%s); tried: %s" % (hint, "; ".join(errors)))
 
 
