@@ -49,9 +49,9 @@ static const char query_help[] =
     "      --ready                exit 0 when a server answers /readyz 200, 1 with\n"
     "                             its reason otherwise (a health check); without\n"
     "                             URLS, this host's lmapd: the address LMAPD_LISTEN\n"
-    "                             names (0.0.0.0 asked as 127.0.0.1), else\n"
-    "                             127.0.0.1:8080; https when LMAPD_TLS_CERT is set,\n"
-    "                             verified against that certificate\n"
+    "                             names (0.0.0.0 asked as 127.0.0.1, [::] as [::1]),\n"
+    "                             else 127.0.0.1:8080; https when LMAPD_TLS_CERT is\n"
+    "                             set, verified against that certificate\n"
     "      --map ID               fetch a raw map as float32 [2,K,H,W]; needs -o\n"
     "  -o, --output FILE.npy      where --map writes\n"
     "      --token-file PATH      bearer token: the file's first line\n"
@@ -218,8 +218,9 @@ static int seconds_ms(const char *s, long *ms) {
 }
 
 /* The URL of this host's lmapd for --ready without URLS: LMAPD_LISTEN
- * (lmapd's own setting; a wildcard host asked on loopback) or lmapd's
- * default. */
+ * (lmapd's own setting, in a URL's syntax already, [IPV6]:PORT included; a
+ * wildcard host asked on loopback: [::] on ::1, which answers even where
+ * [::] takes no IPv4) or lmapd's default. */
 static void local_url(char *out, size_t cap) {
   const char *listen = getenv("LMAPD_LISTEN");
   const char *scheme = getenv("LMAPD_TLS_CERT") ? "https" : "http";
@@ -228,6 +229,8 @@ static void local_url(char *out, size_t cap) {
   const char *colon = strrchr(listen, ':');
   if (colon != NULL && (strncmp(listen, "0.0.0.0:", 8) == 0 || colon == listen))
     snprintf(out, cap, "%s://127.0.0.1%s", scheme, colon);
+  else if (strncmp(listen, "[::]:", 5) == 0)
+    snprintf(out, cap, "%s://[::1]%s", scheme, listen + 4);
   else
     snprintf(out, cap, "%s://%s", scheme, listen);
 }

@@ -13,6 +13,8 @@
  */
 #include "http.h"
 
+#include "lmap/version.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -420,6 +422,8 @@ static enum MHD_Result respond(http_server *s, struct MHD_Connection *c,
     return MHD_NO;
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
   MHD_add_response_header(resp, "X-Request-Id", rq->id);
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_SERVER,
+                          "lmapd/" LMAP_VERSION_STRING);
   if (r->allow)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
   if (r->store_id[0])
@@ -767,14 +771,46 @@ static void http_unmake(http_server *s, api *a) {
   free(s);
 }
 
+/* The socket address for `c` into *addr, and the MHD flags its family
+ * needs. An IPv6 address is bound with MHD_USE_DUAL_STACK (IPV6_V6ONLY
+ * off): then [::] takes IPv4 clients too, as ::ffff:a.b.c.d, where the
+ * system allows it (MHD only logs when it cannot), and a specific address
+ * is served as it would be anyway. */
+static int listen_address(const http_config *c, struct sockaddr_storage *addr,
+                          unsigned *flags, diag *d) {
+  memset(addr, 0, sizeof *addr);
+  if (strchr(c->host, ':') == NULL) {
+    struct sockaddr_in *v4 = (struct sockaddr_in *)addr;
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(c->port);
+    if (inet_pton(AF_INET, c->host, &v4->sin_addr) != 1)
+      return diag_field(d, LMAP_EINVAL, "listen",
+                        "'%s' is not a numeric IPv4 address", c->host);
+    *flags = 0;
+    return 0;
+  }
+  struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)addr;
+  v6->sin6_family = AF_INET6;
+  v6->sin6_port = htons(c->port);
+  if (inet_pton(AF_INET6, c->host, &v6->sin6_addr) != 1)
+    return diag_field(d, LMAP_EINVAL, "listen",
+                      "'%s' is not a numeric IPv6 address", c->host);
+  if (MHD_is_feature_supported(MHD_FEATURE_IPv6) != MHD_YES)
+    return diag_field(d, LMAP_EINVAL, "listen",
+                      "this libmicrohttpd was built without IPv6: [%s] "
+                      "cannot be served",
+                      c->host);
+  *flags = MHD_USE_DUAL_STACK;
+  return 0;
+}
+
 int http_start(const http_config *c, api *a, http_server **out,
                uint16_t *port_out, diag *d) {
-  struct sockaddr_in addr = {0};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(c->port);
-  if (inet_pton(AF_INET, c->host, &addr.sin_addr) != 1)
-    return diag_field(d, LMAP_EINVAL, "listen",
-                      "'%s' is not a numeric IPv4 address", c->host);
+  struct sockaddr_storage addr;
+  unsigned family_flags = 0;
+  int rc = listen_address(c, &addr, &family_flags, d);
+  if (rc != 0)
+    return rc;
   http_server *s = calloc(1, sizeof *s);
   if (s == NULL)
     return diag_set(d, LMAP_ENOMEM, "out of memory");
@@ -818,7 +854,7 @@ int http_start(const http_config *c, api *a, http_server **out,
    * see test_e2e_limits.py's abandoned_requests). poll served as many
    * requests a second as epoll from 16 to 1,000 connections. */
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
-                   MHD_USE_ITC | MHD_USE_ERROR_LOG;
+                   MHD_USE_ITC | MHD_USE_ERROR_LOG | family_flags;
   struct MHD_OptionItem extra[4];
   size_t n = 0;
   if (c->threads > 1)
@@ -840,8 +876,8 @@ int http_start(const http_config *c, api *a, http_server **out,
   extra[n] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
   s->mhd = MHD_start_daemon(
       flags, c->port, NULL, NULL, handle, s, MHD_OPTION_EXTERNAL_LOGGER,
-      mhd_log, s, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_ARRAY, extra,
-      MHD_OPTION_CONNECTION_TIMEOUT, c->idle_timeout,
+      mhd_log, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+      MHD_OPTION_ARRAY, extra, MHD_OPTION_CONNECTION_TIMEOUT, c->idle_timeout,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
       MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
       MHD_OPTION_PER_IP_CONNECTION_LIMIT, c->max_per_ip,
@@ -850,12 +886,13 @@ int http_start(const http_config *c, api *a, http_server **out,
       MHD_OPTION_END);
   if (s->mhd == NULL) {
     http_unmake(s, a);
+    int v6 = addr.ss_family == AF_INET6;
     return diag_field(d, LMAP_EIO, "listen",
-                      c->tls_cert ? "cannot listen with TLS on %s:%u (is the "
-                                    "key the certificate's? libmicrohttpd's "
-                                    "message is logged above)"
-                                  : "cannot listen on %s:%u",
-                      c->host, (unsigned)c->port);
+                      c->tls_cert ? "cannot listen with TLS on %s%s%s:%u (is "
+                                    "the key the certificate's? "
+                                    "libmicrohttpd's message is logged above)"
+                                  : "cannot listen on %s%s%s:%u",
+                      v6 ? "[" : "", c->host, v6 ? "]" : "", (unsigned)c->port);
   }
   const union MHD_DaemonInfo *info =
       MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);

@@ -51,7 +51,9 @@ typedef struct http_access {
 #define HTTP_HANDOVER_BYTES ((size_t)1 << 20)
 
 typedef struct http_config {
-  const char *host;      /* numeric IPv4 address to bind */
+  /* Numeric address to bind: IPv4, or IPv6 without brackets (bound dual
+   * stack: [::] takes IPv4 clients too where the system allows). */
+  const char *host;
   uint16_t port;         /* 0 = an ephemeral port */
   unsigned threads;      /* MHD pool threads */
   size_t max_body;       /* bytes */
@@ -89,7 +91,8 @@ int http_reserve_files(const http_config *c, unsigned long *before,
                        unsigned long *after, diag *d);
 
 /* Starts serving `a` (borrowed). On success *port_out is the bound port.
- * Returns 0, LMAP_EINVAL (bad address) or LMAP_EIO (cannot bind). */
+ * Returns 0, LMAP_EINVAL (bad address, or IPv6 with a libmicrohttpd built
+ * without it) or LMAP_EIO (cannot bind). */
 int http_start(const http_config *c, api *a, http_server **out,
                uint16_t *port_out, diag *d);
 

@@ -5,9 +5,11 @@
  * (signals and drain). Every flag has an environment variable; a flag wins
  * over the environment, which wins over the default.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,8 +32,11 @@ static const char usage[] =
     "Each option also reads an environment variable (shown); a flag wins.\n"
     "\n"
     "  --store PATH             LMAPD_STORE        the store (required)\n"
-    "  --listen HOST:PORT       LMAPD_LISTEN       default 127.0.0.1:8080 (port 0:\n"
-    "                                              any free port, logged)\n"
+    "  --listen ADDRESS         LMAPD_LISTEN       HOST:PORT or [IPV6]:PORT, numeric\n"
+    "                                              hosts (default 127.0.0.1:8080; [::]\n"
+    "                                              takes IPv4 clients too where the\n"
+    "                                              system allows; port 0: any free\n"
+    "                                              port, logged)\n"
     "  --threads N              LMAPD_THREADS      HTTP worker threads (default 2)\n"
     "  --max-body BYTES         LMAPD_MAX_BODY     request body cap (default 8388608)\n"
     "  --max-batch N            LMAPD_MAX_BATCH    queries per request (default 4096)\n"
@@ -199,15 +204,33 @@ static int bad(const char *what, const char *value) {
   return 2;
 }
 
-/* "host:port" with a numeric IPv4 host. */
+/* The listen address: "HOST:PORT" with a numeric IPv4 host, or
+ * "[IPV6]:PORT" with a numeric IPv6 one (brackets, as in a URL, because the
+ * address holds colons itself). `host` receives the address without
+ * brackets. An unbracketed IPv6 address ("::1:80") is refused, not guessed
+ * at: its last group could be the port or part of the address. */
 static int split_listen(const char *s, char *host, size_t cap,
                         unsigned long *port) {
-  const char *colon = strrchr(s, ':');
-  if (colon == NULL || (size_t)(colon - s) >= cap || colon == s)
+  int family = AF_INET;
+  const char *start = s, *end;
+  if (*s == '[') {
+    family = AF_INET6;
+    start = s + 1;
+    end = strchr(start, ']');
+    if (end == NULL || end[1] != ':')
+      return -1;
+  } else if ((end = strrchr(s, ':')) == NULL) {
     return -1;
-  memcpy(host, s, (size_t)(colon - s));
-  host[colon - s] = '\0';
-  return parse_ulong(colon + 1, 0, 65535, port);
+  }
+  size_t n = (size_t)(end - start);
+  if (n == 0 || n >= cap)
+    return -1;
+  memcpy(host, start, n);
+  host[n] = '\0';
+  struct in6_addr addr; /* large enough for either family */
+  if (inet_pton(family, host, &addr) != 1)
+    return -1;
+  return parse_ulong(end + (family == AF_INET6 ? 2 : 1), 0, 65535, port);
 }
 
 /* Long options get codes above every character, so that none can be
@@ -366,8 +389,14 @@ int main(int argc, char **argv) {
   log_set_text(c.log_format && strcmp(c.log_format, "text") == 0);
   char host[64];
   unsigned long port;
-  if (split_listen(c.listen, host, sizeof host, &port))
-    return bad("listen", c.listen);
+  if (split_listen(c.listen, host, sizeof host, &port)) {
+    fprintf(stderr,
+            "lmapd: listen: '%s' is not valid: expected HOST:PORT with a "
+            "numeric IPv4 HOST, or [IPV6]:PORT, and a PORT from 0 to 65535\n"
+            "Try 'lmapd --help'.\n",
+            c.listen);
+    return 2;
+  }
 
   /* A client that disconnects mid-answer must not kill the daemon. */
   signal(SIGPIPE, SIG_IGN);
