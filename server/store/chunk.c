@@ -190,7 +190,7 @@ int store_chunk_entry(const store_chunk *c, uint32_t i, char *id,
 int store_chunk_check(const store_chunk *c, const void *key, size_t key_len,
                       char *last, size_t *last_len, diag *d) {
   char id[LABELMAP_MAX_ID_LEN];
-  size_t len, rec_len;
+  size_t len = 0, rec_len = 0; /* set by store_chunk_entry */
   const uint8_t *rec;
   for (uint32_t i = 0; i < c->n; i++) {
     int rc = store_chunk_entry(c, i, id, &len, &rec, &rec_len, d);

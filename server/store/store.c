@@ -1058,7 +1058,7 @@ static int reader_ids(void *p) {
   diag *d = a->d;
   MDB_val key, val;
   char id[LABELMAP_MAX_ID_LEN], t[STORE_ID_TEXT], pre[340];
-  size_t id_len, rec_len, given = 0;
+  size_t id_len = 0, rec_len = 0, given = 0;
   const uint8_t *rec;
   int exact, e = MDB_NOTFOUND, past = 0;
   /* The first chunk that can hold a wanted id: the one that would hold the

@@ -629,8 +629,10 @@ static int write_errno(store_writer *w, int e) {
     return e;
   ssize_t k = pwrite(fd, zeros, sizeof zeros, st.st_size);
   int err = errno;
-  if (k >= 0)
-    (void)ftruncate(fd, st.st_size);
+  if (k >= 0 && ftruncate(fd, st.st_size) != 0) {
+    /* The probe's zeros stay past LMDB's end: harmless, as the file is
+     * removed when the commit fails. */
+  }
   if (k < 0 && err != EIO && err != EINTR)
     return err;
   if ((k >= 0 && (size_t)k < sizeof zeros) ||
