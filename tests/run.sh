@@ -24,6 +24,7 @@ packages=(
   libxxhash-dev libsystemd-dev clang libclang-rt-14-dev clang-format-14
   docker.io docker-compose debootstrap haproxy gettext-base openssl python3-yaml
   chromium python3-build python3-venv python3-pip python3-setuptools python3-wheel
+  help2man lintian dpkg-dev
 )
 deploy/install-deps.sh "${packages[@]}"
 # The store browser's test drives Chromium with playwright-core (npm, the

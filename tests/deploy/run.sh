@@ -2,7 +2,8 @@
 # The deploy suite: what lmap ships for running it as a service, each piece
 # run here. The systemd unit (test_systemd.sh), the Kubernetes objects
 # (test_k8s.sh; rendered and validated, no cluster). Containers: the image built
-# from the Dockerfile and run (test_container.py), three replicas as its
+# from the Dockerfile and run (test_container.py), the Debian packages
+# installed into a clean Debian 12 and removed (test_deb.sh), three replicas as its
 # containers behind HAProxy (test_e2e_replicas.py --containers), the one-box
 # lab (test_compose.py: docker-compose), on a Docker engine
 # tests/deploy/docker-env.sh makes available; where no engine can run, one
@@ -37,6 +38,8 @@ elif [ "$rc" -ne 0 ]; then
   exit "$rc"
 else
   $py tests/deploy/test_container.py "$build/lmap"
+  # The Debian packages, installed into a clean Debian 12 container.
+  tests/deploy/test_deb.sh "$build"
   # The replica test of tests/e2e with the replicas as containers of that
   # image, then the one-box lab.
   LMAP_BIN="$build/lmap" LMAPD_BIN="$build/lmapd" LMAP_TEST_TMP="$build/tests/tmp/deploy" \

@@ -77,6 +77,9 @@ def main():
     version = v.stdout.split()[1]
     lv = subprocess.run([LMAP, "--version"], capture_output=True, text=True, timeout=30)
     check(lv.stdout.split() == ["lmap", version], "lmap --version is lmapd's %s (%r)" % (version, lv.stdout))
+    spec = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "openapi.yaml")
+    spec_version = re.search(r"^  version: (\S+)$", open(spec).read(), re.M).group(1)
+    check(spec_version == version, "docs/openapi.yaml's info.version is %s (%s)" % (version, spec_version))
     p, port, _ = launch([LMAPD, "--store", store, "--listen", "127.0.0.1:0"])
     try:
         import urllib.request
