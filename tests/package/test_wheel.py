@@ -9,7 +9,7 @@ metadata). Then, with no environment variable of lmap's set and no loader
 path, `import lmap` and lmap.Client(...).labels(...) against a real lmapd
 on 127.0.0.1 answer what `lmap get` computes from the store; the library
 loaded is the wheel's own copy; lmap.__version__, lmap.library_version()
-and `lmapd --version` agree. The sdist builds offline into a pure-Python
+and `lmapd --version` agree; a library of another minor version is refused. The sdist builds offline into a pure-Python
 wheel of the same version without a library. Stops lmapd by its PID."""
 import glob
 import json
@@ -100,6 +100,16 @@ def main():
             check(got["version"] == version and got["library"] == version,
                   "lmap.__version__ %s and lmap.library_version() %s are lmapd --version's %s"
                   % (got["version"], got["library"], version))
+        # A library of another minor version is refused, naming both.
+        script = ("import lmap, lmap._lib as L\n"
+                  "L.__version__ = '9.9.0'\n"
+                  "try:\n"
+                  "    lmap.Client('http://127.0.0.1:%d')\n"
+                  "except lmap.LibraryNotFound as e:\n"
+                  "    print(e)\n" % port)
+        r = subprocess.run([py, "-c", script], capture_output=True, text=True, env=clean_env(), cwd=TMP)
+        check("liblmap %s, but this package is 9.9.0" % version in r.stdout,
+              "a liblmap of another version is refused, naming both (%s)" % (r.stdout + r.stderr)[-300:])
     finally:
         check(stop_daemon(p) == 0, "lmapd exit 0")
 
