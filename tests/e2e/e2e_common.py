@@ -104,6 +104,17 @@ def log_events(log, name=None):
     return out
 
 
+def closed_by_server(s, wait):
+    """True when the server closes `s` within `wait` seconds."""
+    s.settimeout(wait)
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
 def raw_exchange(port, data, wait=5.0, source=None):
     """Sends raw bytes on a new connection (from `source`, a loopback
     address, if given) and reads until the server closes or `wait` seconds

@@ -22,7 +22,8 @@ import time
 import urllib.error
 import urllib.request
 
-from e2e_common import LMAP, LMAPD, TMP, check, launch, log_events, stop_daemon, summary
+from e2e_common import (LMAP, LMAPD, TMP, check, closed_by_server, launch, log_events, stop_daemon,
+                        summary)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # A sanitizer build's liblmap cannot be loaded into Python (its runtime must
@@ -56,17 +57,6 @@ def connect(host, port):
     s.settimeout(5)
     s.connect((host, port))
     return s
-
-
-def closed_by_server(s, wait):
-    """True when the server closes `s` within `wait` seconds."""
-    s.settimeout(wait)
-    try:
-        return s.recv(100) == b""
-    except ConnectionResetError:
-        return True
-    except socket.timeout:
-        return False
 
 
 def served(s):

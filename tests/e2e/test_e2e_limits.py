@@ -14,8 +14,8 @@ import urllib.request
 import numpy as np
 import torch
 
-from e2e_common import (LMAP, LMAPD, TMP, check, launch, log_events, raw_exchange, start_daemon,
-                        stop_daemon, summary)
+from e2e_common import (LMAP, LMAPD, TMP, check, closed_by_server, launch, log_events, raw_exchange,
+                        start_daemon, stop_daemon, summary)
 
 GOOD = b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
@@ -26,17 +26,6 @@ def connect_from(source, port):
     s.settimeout(5)
     s.connect(("127.0.0.1", port))
     return s
-
-
-def closed_by_server(s, wait):
-    """True when the server closes `s` within `wait` seconds."""
-    s.settimeout(wait)
-    try:
-        return s.recv(100) == b""
-    except ConnectionResetError:
-        return True
-    except socket.timeout:
-        return False
 
 
 def flood_and_probe(synth):
