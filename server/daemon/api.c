@@ -1215,9 +1215,11 @@ static api_response *get_ids(api_worker *w, const api_request *req) {
     char *end;
     errno = 0;
     limit = strtoll(v, &end, 10);
-    if (end == v || *end || errno || limit < 1 || limit > IDS_LIMIT_MAX)
-      return fail_msg(w, LMAP_EINVAL, "limit",
-                      "limit must be an integer in [1, %s]", "1000");
+    if (end == v || *end || errno || limit < 1 || limit > IDS_LIMIT_MAX) {
+      diag_field(&d, LMAP_EINVAL, "limit",
+                 "limit must be an integer in [1, %d]", IDS_LIMIT_MAX);
+      return fail(w, LMAP_EINVAL, &d);
+    }
   }
   if ((prefix && id_arg(prefix, 1, "prefix", &d)) ||
       (after_id && id_arg(after_id, 0, "after", &d)))

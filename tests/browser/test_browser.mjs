@@ -133,9 +133,10 @@ async function bars() {
   });
 }
 
-// Waits until the page has drawn the answer to the box its inputs show.
+// Waits (up to 15 s: sanitizer builds are slow) until the page has drawn the
+// answer to the box its inputs show.
 async function settledBars(what) {
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < 600; i++) {
     const state = await page.evaluate(() => ({
       inputs: ["x0", "y0", "x1", "y1"].map((k) => +document.getElementById("box-" + k).value),
       format: document.getElementById("format-relabel").checked ? "relabel" : "xyxy",
