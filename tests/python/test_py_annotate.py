@@ -6,8 +6,8 @@ differ, in nested folders) are annotated by randomly initialised models
 (fixed seeds; no weights can be downloaded here): ResNet-18 (a ResNet: fc)
 and DenseNet-121 (features/classifier; random MobileNetV2 and EfficientNet
 give logits of 1e-9 and less, below binary16's range), each with both resize
-policies, one
-of them through `python3 -m lmap.annotate` and a --weights file. The test
+policies, one of them through `python3 -m lmap.annotate`, each with a
+--weights file. The test
 computes every map itself: its own resize (PIL, as torchvision defines
 Resize and CenterCrop), the network's last feature map taken by
 torchvision's feature extractor, the final linear layer applied per cell
