@@ -130,8 +130,27 @@ def build_model(name, weights=None, seed=0):
     ...) or "module:function" returning an nn.Module; with `weights` a
     state_dict saved by torch.save, else random weights from `seed`."""
     import torch
+    # The seed decides random weights without touching the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _new_model(name)
+    if weights:
+        try:
+            state = torch.load(weights, map_location="cpu")
+        except Exception as e:
+            raise AnnotateError("--weights %s: cannot load it with torch.load: %s" % (weights, e))
+        if not isinstance(state, dict):
+            raise AnnotateError("--weights %s: holds a %s, not a state_dict" % (weights, type(state).__name__))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise AnnotateError("--weights %s: not the weights of %s: %s" % (weights, name, str(e)[:500]))
+    return model.eval()
+
+
+def _new_model(name):
+    import torch
     import torchvision
-    torch.manual_seed(seed)
     if ":" in name:
         module, _, function = name.partition(":")
         try:
@@ -146,18 +165,7 @@ def build_model(name, weights=None, seed=0):
                                 "list_models() lists them), nor module:function" % name)
     if not isinstance(model, torch.nn.Module):
         raise AnnotateError("--model %s: returned %s, not a torch.nn.Module" % (name, type(model).__name__))
-    if weights:
-        try:
-            state = torch.load(weights, map_location="cpu")
-        except Exception as e:
-            raise AnnotateError("--weights %s: cannot load it with torch.load: %s" % (weights, e))
-        if not isinstance(state, dict):
-            raise AnnotateError("--weights %s: holds a %s, not a state_dict" % (weights, type(state).__name__))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise AnnotateError("--weights %s: not the weights of %s: %s" % (weights, name, str(e)[:500]))
-    return model.eval()
+    return model
 
 
 def split_classifier(model, name="the model"):
@@ -302,6 +310,20 @@ def run(images, output, model, weights=None, input_size=480, resize="squash", to
     --skip-bad), seconds, images_per_second, grid [H, W], num_classes,
     annotator (the metadata text). Raises AnnotateError naming the problem."""
     import torch
+    # torch's default here can be one thread on a machine with more (3x
+    # slower on 2 CPUs): every CPU unless told otherwise, for this run only.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        return _run(images, output, model, weights, input_size, resize, topk, batch_size, device,
+                    classes, workers, mean, std, encoding, force, skip_bad, seed, lmap, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(images, output, model, weights, input_size, resize, topk, batch_size, device, classes,
+         workers, mean, std, encoding, force, skip_bad, seed, lmap, progress):
+    import torch
     if resize not in RESIZE_POLICIES:
         raise AnnotateError("--resize %s: one of %s" % (resize, ", ".join(RESIZE_POLICIES)))
     if input_size < 32 or topk < 1 or batch_size < 1 or workers < 0:
@@ -314,9 +336,6 @@ def run(images, output, model, weights=None, input_size=480, resize="squash", to
         raise AnnotateError("--device %s: CUDA is not available here" % device)
     lmap_bin = find_lmap(lmap)
     items = list_images(images)
-    # torch's default here can be one thread on a machine with more (3x
-    # slower on 2 CPUs): every CPU unless told otherwise.
-    torch.set_num_threads(threads or os.cpu_count() or 1)
     net = build_model(model, weights, seed)
     annotator = DenseAnnotator(net, model, check_size=input_size).to(device)
     C = annotator.num_classes
