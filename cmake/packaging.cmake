@@ -15,12 +15,12 @@
 # pages), which a plain `cmake --install --prefix DIR` leaves out.
 
 set(pkg_dir ${PROJECT_SOURCE_DIR}/deploy/debian)
+set(doc_dir ${CMAKE_INSTALL_DATADIR}/doc)
 
 # Debian's hardening: fortified libc calls, read-only relocations bound at
 # start.
 target_compile_definitions(lmap_flags INTERFACE _FORTIFY_SOURCE=2)
 target_link_options(lmap_flags INTERFACE -Wl,-z,relro -Wl,-z,now)
-set(doc_dir ${CMAKE_INSTALL_DATADIR}/doc)
 
 # Man pages from --help (help2man), compressed as Debian wants them; the
 # NAME line is a short summary per program.
