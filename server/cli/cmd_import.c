@@ -9,19 +9,22 @@
 #include "import/importer.h"
 
 static const char help[] =
-    "usage: lmap import SRC -o STORE [options]\n"
+    "usage: lmap import SRC... -o STORE [options]\n"
     "\n"
     "Imports label maps saved with torch.save (zip or legacy format; float32,\n"
     "float16 or bfloat16; shape [2, K, H, W]: plane 0 scores, plane 1 class\n"
-    "indices) into a new store. SRC is a directory tree of .pt files, a .tar of\n"
-    "them (optionally compressed), or - for a tar on stdin. The id of each map\n"
-    "is its file name without .pt. The store appears only when the import\n"
-    "succeeds.\n"
+    "indices) into a new store. Each SRC is a directory tree of .pt files, a\n"
+    ".tar of them (optionally compressed), - for a tar on stdin, or an lmap\n"
+    "store, whose maps are copied (merging stores); the sources are read one\n"
+    "after the other, and an id in two of them is an error. The id of each\n"
+    "map is its file name without .pt. The store appears only when the\n"
+    "import succeeds.\n"
     "\n"
     "options:\n"
     "  -o, --output STORE        the store to create (required)\n"
     "  -C, --num-classes C       number of classes (default 1000, or the\n"
-    "                            number of names in --classes)\n"
+    "                            number of names in --classes, or the first\n"
+    "                            store SRC's, whose names it takes too)\n"
     "      --classes FILE        class names: one per line, or a JSON array\n"
     "  -e, --encoding f16|f32    score encoding (default f16)\n"
     "  -l, --level N             zstd level 1..19 (default 15, the smallest\n"
@@ -102,12 +105,17 @@ int cmd_import(int argc, char **argv) {
     default: return cli_usage("import", "bad option");
     }
   }
-  if (optind + 1 != argc)
-    return cli_usage("import",
-                     optind == argc ? "missing SRC" : "one SRC expected");
+  if (optind == argc)
+    return cli_usage("import", "missing SRC");
   if (o.out == NULL)
     return cli_usage("import", "missing -o STORE");
-  const char *src = argv[optind];
+  const char *const *srcs = (const char *const *)argv + optind;
+  size_t nsrc = (size_t)(argc - optind);
+  for (size_t i = 0; i < nsrc; i++)
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(srcs[i], "-") == 0 && strcmp(srcs[j], "-") == 0)
+        return cli_usage("import", "stdin (-) given twice");
+  const char *src = srcs[0];
 
   diag d;
   diag_clear(&d);
@@ -123,6 +131,11 @@ int cmd_import(int argc, char **argv) {
     }
     num_classes = named;
   }
+  /* Without -C or --classes, a store source decides both. */
+  for (size_t i = 0; !num_classes && i < nsrc; i++)
+    if (importer_is_store(srcs[i]) &&
+        importer_store_classes(srcs[i], &num_classes, &classes_json, &d))
+      return cli_fail("import", &d);
   o.num_classes = num_classes ? num_classes : 1000;
   o.classes_json = classes_json;
   o.input = strcmp(src, "-") ? src : "<stdin>";
@@ -130,7 +143,7 @@ int cmd_import(int argc, char **argv) {
     o.source_desc = src;
 
   build_stats st;
-  int rc = importer_run(src, &o, &st, &d);
+  int rc = importer_run(srcs, nsrc, &o, &st, &d);
   free(classes_json);
   if (rc)
     return cli_fail("import", &d);

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "ptfile.h"
+#include "store/store.h"
 
 /* ---- shared: a file name -> id, and the worker's parse ---- */
 
@@ -307,43 +308,238 @@ static int tar_open(tar_source *s, const char *path, diag *d) {
   return 0;
 }
 
-int importer_run(const char *src, const build_opts *o, build_stats *st,
-                 diag *d) {
-  struct stat sb;
-  int is_dir =
-      strcmp(src, "-") != 0 && stat(src, &sb) == 0 && S_ISDIR(sb.st_mode);
-  if (strcmp(src, "-") != 0 && access(src, R_OK) != 0)
-    return diag_set(d, LMAP_EIO, "%s: %s", src, strerror(errno));
-  build_source bs = {
-      .worker_new = parser_new, .worker_free = parser_free, .load = parse_item};
-  int rc;
-  if (is_dir) {
-    dir_source ds = {0};
-    rc = walk(&ds, src, 0, d);
-    if (rc == 0 && ds.count == 0)
-      rc = diag_set(d, LMAP_EFORMAT, "%s: no .pt files found", src);
-    if (rc == 0) {
-      qsort(ds.paths, ds.count, sizeof *ds.paths, cmp_str);
-      bs.ctx = &ds;
-      bs.next = dir_next;
-      bs.progress = dir_progress;
-      rc = build_run(o, &bs, st, d);
-    }
-    for (size_t i = 0; i < ds.count; i++)
-      free(ds.paths[i]);
-    free(ds.paths);
+/* ---- store source: the records of an lmap store, decoded ---- */
+
+typedef struct store_source {
+  const char *path;
+  store *s;
+  store_iter *it;
+  uint64_t given;
+} store_source;
+
+int importer_is_store(const char *path) {
+  /* LMDB's meta page: a 16-byte page header, then its magic. */
+  unsigned char head[20];
+  FILE *f = strcmp(path, "-") ? fopen(path, "rb") : NULL;
+  size_t n = f ? fread(head, 1, sizeof head, f) : 0;
+  if (f)
+    fclose(f);
+  return n == sizeof head && head[16] == 0xDE && head[17] == 0xC0 &&
+         head[18] == 0xEF && head[19] == 0xBE;
+}
+
+static int store_next(void *ctx, build_item *it, diag *d) {
+  store_source *s = ctx;
+  const char *id;
+  const uint8_t *rec;
+  size_t len;
+  int rc = store_iter_next(s->it, &id, &rec, &len, d);
+  if (rc < 0)
+    diag_prefix(d, s->path);
+  if (rc <= 0)
     return rc;
+  snprintf(it->name, sizeof it->name, "%s: record '%s'", s->path, id);
+  snprintf(it->id, sizeof it->id, "%s", id);
+  it->blob = malloc(len ? len : 1);
+  if (it->blob == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory");
+  memcpy(it->blob, rec, len);
+  it->len = len;
+  s->given++;
+  return 1;
+}
+
+/* A reader per worker, for its codec context and buffers; NULL when it
+ * cannot be had (load says so). */
+static void *store_worker_new(void *ctx) {
+  store_source *s = ctx;
+  store_reader *r = NULL;
+  diag d;
+  return store_reader_new(s->s, &r, &d) == 0 ? r : NULL;
+}
+
+static void store_worker_free(void *wstate) {
+  store_reader_free(wstate);
+}
+
+static int store_load(void *ctx, void *wstate, const build_item *it,
+                      labelmap *out, diag *d) {
+  (void)ctx;
+  int rc = labelmap_id_check(it->id, strlen(it->id), d);
+  return rc ? rc : store_reader_decode(wstate, it->blob, it->len, out, d);
+}
+
+static double store_progress(void *ctx) {
+  store_source *s = ctx;
+  uint64_t n = store_get_meta(s->s)->record_count;
+  return n ? (double)s->given / (double)n : -1;
+}
+
+/* ---- the sources of one import, read one after the other ---- */
+
+typedef struct source {
+  build_source bs;
+  dir_source dir;
+  tar_source tar;
+  store_source st;
+} source;
+
+static int source_open(source *src, const char *path, diag *d) {
+  struct stat sb;
+  if (strcmp(path, "-") != 0 && access(path, R_OK) != 0)
+    return diag_set(d, LMAP_EIO, "%s: %s", path, strerror(errno));
+  build_source pt = {
+      .worker_new = parser_new, .worker_free = parser_free, .load = parse_item};
+  src->bs = pt;
+  if (strcmp(path, "-") != 0 && stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+    int rc = walk(&src->dir, path, 0, d);
+    if (rc == 0 && src->dir.count == 0)
+      rc = diag_set(d, LMAP_EFORMAT, "%s: no .pt files found", path);
+    if (rc)
+      return rc;
+    qsort(src->dir.paths, src->dir.count, sizeof *src->dir.paths, cmp_str);
+    src->bs.ctx = &src->dir;
+    src->bs.next = dir_next;
+    src->bs.progress = dir_progress;
+    return 0;
   }
-  tar_source ts = {0};
-  rc = tar_open(&ts, src, d);
+  if (importer_is_store(path)) {
+    src->st.path = path;
+    int rc = store_open(path, &src->st.s, d);
+    if (rc == 0)
+      rc = store_iter_new(src->st.s, &src->st.it, d);
+    if (rc)
+      return rc;
+    build_source bs = {.ctx = &src->st,
+                       .next = store_next,
+                       .worker_new = store_worker_new,
+                       .worker_free = store_worker_free,
+                       .load = store_load,
+                       .progress = store_progress};
+    src->bs = bs;
+    return 0;
+  }
+  int rc = tar_open(&src->tar, path, d);
+  src->bs.ctx = &src->tar;
+  src->bs.next = tar_next;
+  src->bs.progress = tar_progress;
+  return rc;
+}
+
+static void source_close(source *src) {
+  for (size_t i = 0; i < src->dir.count; i++)
+    free(src->dir.paths[i]);
+  free(src->dir.paths);
+  if (src->tar.a)
+    archive_read_free(src->tar.a);
+  store_iter_free(src->st.it);
+  store_close(src->st.s);
+}
+
+typedef struct chain {
+  source *srcs;
+  size_t n, cur;
+} chain;
+
+/* Items carry their source's number in `index` (no source here uses it). */
+static int chain_next(void *ctx, build_item *it, diag *d) {
+  chain *c = ctx;
+  for (; c->cur < c->n; c->cur++) {
+    build_source *bs = &c->srcs[c->cur].bs;
+    int rc = bs->next(bs->ctx, it, d);
+    if (rc > 0)
+      it->index = c->cur;
+    if (rc != 0)
+      return rc;
+  }
+  return 0;
+}
+
+static void chain_worker_free(void *wstate) {
+  void **ws = wstate;
+  if (ws == NULL)
+    return;
+  chain *c = ws[0];
+  for (size_t i = 0; i < c->n && ws[i + 1]; i++)
+    c->srcs[i].bs.worker_free(ws[i + 1]);
+  free(ws);
+}
+
+/* A worker's state: the chain, then one state per source. */
+static void *chain_worker_new(void *ctx) {
+  chain *c = ctx;
+  void **ws = calloc(c->n + 1, sizeof *ws);
+  if (ws == NULL)
+    return NULL;
+  ws[0] = c;
+  for (size_t i = 0; i < c->n; i++) {
+    ws[i + 1] = c->srcs[i].bs.worker_new(c->srcs[i].bs.ctx);
+    if (ws[i + 1] == NULL) { /* the pipeline fails the build */
+      chain_worker_free(ws);
+      return NULL;
+    }
+  }
+  return ws;
+}
+
+static int chain_load(void *ctx, void *wstate, const build_item *it,
+                      labelmap *out, diag *d) {
+  chain *c = ctx;
+  void **ws = wstate;
+  if (ws == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory");
+  build_source *bs = &c->srcs[it->index].bs;
+  return bs->load(bs->ctx, ws[it->index + 1], it, out, d);
+}
+
+/* Fraction done: the sources done, plus the current one's fraction. */
+static double chain_progress(void *ctx) {
+  chain *c = ctx;
+  if (c->cur >= c->n)
+    return 1;
+  build_source *bs = &c->srcs[c->cur].bs;
+  double f = bs->progress ? bs->progress(bs->ctx) : -1;
+  return f < 0 ? -1 : ((double)c->cur + f) / (double)c->n;
+}
+
+int importer_run(const char *const *srcs, size_t n, const build_opts *o,
+                 build_stats *st, diag *d) {
+  source *s = calloc(n ? n : 1, sizeof *s);
+  if (s == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory");
+  int rc = 0;
+  size_t opened = 0;
+  for (; rc == 0 && opened < n; opened++)
+    rc = source_open(&s[opened], srcs[opened], d);
   if (rc == 0) {
-    bs.ctx = &ts;
-    bs.next = tar_next;
-    bs.progress = tar_progress;
+    chain c = {s, n, 0};
+    build_source bs = {.ctx = &c,
+                       .next = chain_next,
+                       .worker_new = chain_worker_new,
+                       .worker_free = chain_worker_free,
+                       .load = chain_load,
+                       .progress = chain_progress};
     rc = build_run(o, &bs, st, d);
   }
-  archive_read_free(ts.a);
+  for (size_t i = 0; i < opened; i++)
+    source_close(&s[i]);
+  free(s);
   return rc;
+}
+
+int importer_store_classes(const char *path, uint32_t *num_classes,
+                           char **names_json, diag *d) {
+  store *s;
+  int rc = store_open(path, &s, d);
+  if (rc)
+    return rc;
+  *num_classes = store_get_meta(s)->shape.num_classes;
+  const char *names = store_class_names_json(s);
+  *names_json = names ? strdup(names) : NULL;
+  store_close(s);
+  return names && *names_json == NULL
+             ? diag_set(d, LMAP_ENOMEM, "out of memory")
+             : 0;
 }
 
 /* ---- class names ---- */

@@ -1120,6 +1120,119 @@ int store_reader_ids(store_reader *r, const char *prefix, size_t prefix_len,
   return fault_diag(r->s, 1, d);
 }
 
+/* A pull-style walk (store_iter_next), with the checks of store_foreach. */
+struct store_iter {
+  store *s;
+  MDB_txn *txn;
+  MDB_cursor *cur;
+  store_chunk chunk; /* the chunk being read; i entries of it given */
+  uint32_t i;
+  int started, ended;
+  uint64_t chunks;
+  char last[LABELMAP_MAX_ID_LEN]; /* the previous chunk's last id */
+  size_t last_len;
+  /* the record being handed out */
+  char id[LABELMAP_MAX_ID_LEN + 1];
+  size_t id_len;
+  const uint8_t *rec;
+  size_t rec_len;
+  diag *d;
+};
+
+int store_iter_new(store *s, store_iter **out, diag *d) {
+  *out = NULL;
+  if (file_shrank(s))
+    return fault_diag(s, 1, d);
+  store_iter *it = calloc(1, sizeof *it);
+  if (it == NULL)
+    return diag_set(d, LMAP_ENOMEM, "out of memory");
+  it->s = s;
+  int e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &it->txn);
+  if (e != 0) {
+    free(it);
+    return store_lmdb_fail(d, LMAP_EIO, "cannot begin a read transaction", e);
+  }
+  if ((e = mdb_cursor_open(it->txn, s->maps, &it->cur)) != 0) {
+    mdb_txn_abort(it->txn);
+    free(it);
+    return store_lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
+  }
+  *out = it;
+  return 0;
+}
+
+void store_iter_free(store_iter *it) {
+  if (it == NULL)
+    return;
+  mdb_cursor_close(it->cur);
+  mdb_txn_abort(it->txn);
+  free(it);
+}
+
+/* The step of store_iter_next; every read of the mapping is in here. */
+static int iter_step(void *p) {
+  store_iter *it = p;
+  diag *d = it->d;
+  char t[STORE_ID_TEXT], pre[340];
+  while (!it->started || it->i == it->chunk.n) {
+    MDB_val key, val;
+    int e =
+        mdb_cursor_get(it->cur, &key, &val, it->started ? MDB_NEXT : MDB_FIRST);
+    it->started = 1;
+    if (e == MDB_NOTFOUND) {
+      it->ended = 1;
+      if (it->chunks != it->s->meta.chunk_count)
+        return diag_set(d, LMAP_ECORRUPT,
+                        "walked %llu chunks but the store holds %llu "
+                        "(corrupt tree)",
+                        (unsigned long long)it->chunks,
+                        (unsigned long long)it->s->meta.chunk_count);
+      return 0;
+    }
+    if (e != 0)
+      return lmdb_read_fail(d, "cannot walk the chunks", e);
+    int rc = store_chunk_parse(val.mv_data, val.mv_size, &it->chunk, d);
+    if (rc == 0)
+      rc = store_chunk_check(&it->chunk, key.mv_data, key.mv_size, it->last,
+                             &it->last_len, d);
+    if (rc != 0) {
+      snprintf(pre, sizeof pre, "chunk '%s'",
+               store_id_text(t, key.mv_data, key.mv_size));
+      diag_prefix(d, pre);
+      return rc;
+    }
+    it->chunks++;
+    it->i = 0;
+  }
+  /* Checked with its chunk: cannot fail. */
+  int rc = store_chunk_entry(&it->chunk, it->i++, it->id, &it->id_len, &it->rec,
+                             &it->rec_len, d);
+  if (rc != 0)
+    return rc;
+  it->id[it->id_len] = '\0';
+  return 1;
+}
+
+int store_iter_next(store_iter *it, const char **id, const uint8_t **rec,
+                    size_t *rec_len, diag *d) {
+  if (it->ended)
+    return 0;
+  it->d = d;
+  int rc = guarded(iter_step, it);
+  if (rc == GUARD_FAULT) {
+    it->ended = 1;
+    return fault_diag(it->s, 1, d);
+  }
+  if (rc < 0)
+    it->ended = 1;
+  if (rc == 1) {
+    *id = it->id;
+    *rec = it->rec;
+    *rec_len = it->rec_len;
+  }
+  return rc;
+}
+
 /* store_foreach's state, outside the guarded walk so that a SIGBUS does not
  * lose the transaction and cursor it has to release. */
 typedef struct walk_args {

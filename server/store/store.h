@@ -218,6 +218,20 @@ typedef int (*store_visit_fn)(void *ctx, const char *id, size_t id_len,
                               const uint8_t *rec, size_t rec_len);
 int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d);
 
+/* A walk of every record in id order, pulled one at a time (an importer
+ * reading a store as a source), with store_foreach's checks: each chunk in
+ * full before its first record, ids strictly increasing, the chunk count.
+ * One read transaction for the iterator's life; not thread-safe. */
+typedef struct store_iter store_iter;
+int store_iter_new(store *s, store_iter **out, diag *d);
+/* The next record: 1 with *id (NUL-terminated) and *rec (into the
+ * mapping) valid until the next call or store_iter_free; 0 at the end; or
+ * LMAP_ECORRUPT (a damaged chunk, named), LMAP_EBADSTORE (the file was cut)
+ * or LMAP_EIO, after which it stays ended. */
+int store_iter_next(store_iter *it, const char **id, const uint8_t **rec,
+                    size_t *rec_len, diag *d);
+void store_iter_free(store_iter *it); /* accepts NULL */
+
 /* Decodes one record with the store's shape and dictionary using the
  * reader's codec context (for verify). `rec` may point into the store's
  * mapping (store_foreach): a SIGBUS while reading it is LMAP_EBADSTORE. */

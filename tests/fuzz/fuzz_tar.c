@@ -63,7 +63,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   build_stats st;
   diag d;
   diag_clear(&d);
-  int rc = importer_run(in, &o, &st, &d);
+  const char *srcs[] = {in};
+  int rc = importer_run(srcs, 1, &o, &st, &d);
   if (rc != 0) {
     if (d.msg[0] == '\0' || rc == LMAP_EINTERNAL)
       abort();

@@ -15,8 +15,9 @@ with einsum, then torch.topk. Each stored map (`lmap export`) must hold,
 per cell, K classes whose reference logits are the K largest and equal the
 stored scores within binary16's precision. Also: the store's metadata
 (model, weights digest, input size, resize, extent, lmap version), ids are
-file stems, an image that does not decode fails the run naming it (no
-store) or is skipped with --skip-bad, heads that are not one linear layer
+file stems, a run killed midway goes on with --resume and gives the same
+maps, an image that does not decode fails the run naming it (no store)
+or is skipped with --skip-bad, heads that are not one linear layer
 and unknown models are refused, and one image folder served by lmapd gives
 the soft label the reference map pools to with torchvision's roi_align.
 Loopback only; lmapd is stopped by its PID."""
@@ -27,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 
 import numpy as np
@@ -135,6 +137,19 @@ def check_maps(store, model, family, resize, paths, what):
     check(not bad, line + ((": " + bad[0]) if bad else ""))
 
 
+def importers_of(path):
+    """The pids of lmap processes whose command line names `path`."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        try:
+            argv = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"lmap" and any(path.encode() in a for a in argv):
+            pids.append(int(pid))
+    return pids
+
+
 def info(store):
     return json.loads(subprocess.run([LMAP, "info", "--json", store], capture_output=True, text=True,
                                      check=True).stdout)
@@ -184,6 +199,47 @@ def main():
         ids = subprocess.run([LMAP, "ids", store], capture_output=True, text=True).stdout.split()
         check(ids == sorted(paths), "%s: ids are the file stems" % what)
 
+    # An interrupted run (killed while its third shard of 6 is made) and
+    # --resume: the maps already made are not made again, and the store is
+    # the one an uninterrupted run makes.
+    store = os.path.join(work, "resumed.lmap")
+    weights = os.path.join(work, "resnet18-1.pth")
+    cmd = [sys.executable, "-m", "lmap.annotate", images, "-o", store, "--model", "resnet18",
+           "--weights", weights, "--input-size", str(SIZE), "--batch-size", "2", "--workers", "0",
+           "--shard-size", "6", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=os.path.join(HERE, "..", "..", "client", "python"))
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    part = os.path.join(store + ".annotate", "part-00001.lmap")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(part) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    # Its lmap import sees the stream end: it refuses a cut tar, or keeps
+    # the maps it got when the cut fell between two of them.
+    deadline = time.monotonic() + 30
+    while importers_of(store + ".annotate") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kept = [os.path.join(store + ".annotate", n) for n in os.listdir(store + ".annotate")
+            if n.startswith("part-") and n.endswith(".lmap")]
+    before = sum(len(subprocess.run([LMAP, "ids", k], capture_output=True, text=True).stdout.split())
+                 for k in kept)
+    check(len(kept) >= 2 and before >= 12 and not os.path.exists(store),
+          "killed during its third shard: %d shards of %d maps kept, no store at the target"
+          % (len(kept), before))
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    check(r.returncode == 1 and store + ".annotate" in r.stderr and "--resume" in r.stderr,
+          "without --resume, the interrupted run's work is named (%s)" % r.stderr.strip()[-200:])
+    out = annotate.run(images, store, "resnet18", weights=weights, input_size=SIZE, batch_size=5,
+                       workers=0, lmap=LMAP, progress=False, resume=True, shard_size=6)
+    check(out["resumed"] == before and out["images"] == 30 - before and
+          not os.path.exists(store + ".annotate") and info(store)["record_count"] == 30,
+          "--resume: %d images done before, %d annotated now, 30 maps, the work removed"
+          % (out["resumed"], out["images"]))
+    torch.manual_seed(1)
+    check_maps(store, torchvision.models.get_model("resnet18", weights=None).eval(), "resnet",
+               "squash", paths, "resumed run")
+
     # An image that does not decode: named, and no store; --skip-bad goes on.
     broken = os.path.join(images, "class_1", "broken_01.jpg")
     open(broken, "wb").write(b"\xff\xd8 not a jpeg at all")
@@ -192,8 +248,9 @@ def main():
         annotate.run(images, store, "resnet18", input_size=SIZE, workers=0, lmap=LMAP, progress=False)
         check(False, "a broken image fails the run")
     except annotate.AnnotateError as e:
-        check(broken in str(e) and "cannot decode" in str(e) and not os.path.exists(store),
-              "a broken image fails the run naming it, and no store appears (%s)" % e)
+        check(broken in str(e) and "cannot decode" in str(e) and not os.path.exists(store) and
+              not os.path.exists(store + ".annotate"),
+              "a broken image fails the run naming it, and no store (nor work) is left (%s)" % e)
     out = annotate.run(images, store, "resnet18", input_size=SIZE, workers=2, lmap=LMAP, progress=False,
                        skip_bad=True)
     check(out["skipped"] == [broken] and info(store)["record_count"] == 30,

@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import importlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -303,7 +304,7 @@ def find_lmap(explicit=None):
 def run(images, output, model, weights=None, input_size=480, resize="squash", topk=5,
         batch_size=32, device="cpu", classes=None, workers=2, mean=IMAGENET_MEAN,
         std=IMAGENET_STD, encoding="f16", force=False, skip_bad=False, seed=0, lmap=None,
-        progress=None, threads=None):
+        progress=None, threads=None, resume=False, shard_size=10000):
     """Annotates every image under `images` and writes the store `output`
     (see the module's doc; the arguments are the command's options).
     Returns a dict: images, skipped (the files that did not decode, with
@@ -316,18 +317,20 @@ def run(images, output, model, weights=None, input_size=480, resize="squash", to
     torch.set_num_threads(threads or os.cpu_count() or 1)
     try:
         return _run(images, output, model, weights, input_size, resize, topk, batch_size, device,
-                    classes, workers, mean, std, encoding, force, skip_bad, seed, lmap, progress)
+                    classes, workers, mean, std, encoding, force, skip_bad, seed, lmap, progress,
+                    resume, shard_size)
     finally:
         torch.set_num_threads(before)
 
 
 def _run(images, output, model, weights, input_size, resize, topk, batch_size, device, classes,
-         workers, mean, std, encoding, force, skip_bad, seed, lmap, progress):
+         workers, mean, std, encoding, force, skip_bad, seed, lmap, progress, resume, shard_size):
     import torch
     if resize not in RESIZE_POLICIES:
         raise AnnotateError("--resize %s: one of %s" % (resize, ", ".join(RESIZE_POLICIES)))
-    if input_size < 32 or topk < 1 or batch_size < 1 or workers < 0:
-        raise AnnotateError("--input-size >= 32, --topk >= 1, --batch-size >= 1 and --workers >= 0")
+    if input_size < 32 or topk < 1 or batch_size < 1 or workers < 0 or shard_size < 1:
+        raise AnnotateError("--input-size >= 32, --topk >= 1, --batch-size >= 1, --workers >= 0 "
+                            "and --shard-size >= 1")
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise AnnotateError("--mean and --std: three numbers each, std > 0")
     if os.path.exists(output) and not force:
@@ -347,27 +350,110 @@ def _run(images, output, model, weights, input_size, resize, topk, batch_size, d
             % (__version__, model, ("sha256:" + digest) if weights else digest, input_size, resize,
                topk, ",".join("%g" % v for v in mean), ",".join("%g" % v for v in std)))
 
-    loader = torch.utils.data.DataLoader(
-        _Images(items, preprocess(resize, input_size, mean, std)), batch_size=batch_size,
-        num_workers=workers, collate_fn=_collate)
-    cmd = [lmap_bin, "import", "-", "-o", output, "--num-classes", str(C), "--encoding", encoding,
-           "--source", "lmap.annotate of %s" % os.path.abspath(images), "--annotator", text,
-           "--extent", EXTENT[resize], "--no-progress"]
-    if classes:
-        cmd += ["--classes", classes]
-    if force:
-        cmd += ["--force"]
-    err = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
-    bar = Progress(len(items), sys.stderr.isatty() if progress is None else progress)
+    # The work: shard stores of `shard_size` maps in OUTPUT.annotate/, each
+    # complete when it appears; a resumed run skips their ids. The target
+    # appears only when every shard is in.
+    work = output + ".annotate"
+    stamp = os.path.join(work, "annotator.txt")
+    done_ids = set()
+    if os.path.isdir(work):
+        if not resume:
+            raise AnnotateError("%s holds an interrupted run's maps: --resume goes on with them "
+                                "(or remove it)" % work)
+        with open(stamp) as f:
+            if f.read() != text:
+                raise AnnotateError("%s was made by another annotator (%s): remove it, or resume "
+                                    "with the same options" % (work, stamp))
+        for part in shard_paths(work):
+            done_ids.update(subprocess.run([lmap_bin, "ids", part], capture_output=True, text=True,
+                                           check=True).stdout.split())
+    else:
+        os.makedirs(work)
+        with open(stamp, "w") as f:
+            f.write(text)
+    todo = [it for it in items if it[0] not in done_ids]
+    try:
+        return _annotate(todo, len(items), work, images, output, annotator, text, lmap_bin, C,
+                         input_size, resize, topk, batch_size, device, classes, workers, mean, std,
+                         encoding, force, skip_bad, progress, shard_size)
+    except BaseException:
+        if not shard_paths(work):  # nothing to resume: no trace
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _annotate(todo, total, work, images, output, annotator, text, lmap_bin, C, input_size, resize,
+              topk, batch_size, device, classes, workers, mean, std, encoding, force, skip_bad,
+              progress, shard_size):
+    import torch
+    bar = Progress(len(todo), sys.stderr.isatty() if progress is None else progress)
     skipped, done, grid = [], 0, None
     t0 = time.monotonic()
+    transform = preprocess(resize, input_size, mean, std)
+    for first in range(0, len(todo), shard_size):
+        shard = todo[first:first + shard_size]
+        loader = torch.utils.data.DataLoader(_Images(shard, transform), batch_size=batch_size,
+                                             num_workers=workers, collate_fn=_collate)
+        part = os.path.join(work, "part-%05d.lmap" % len(shard_paths(work)))
+        out = write_shard(loader, shard, part, annotator, topk, device, skip_bad,
+                          import_command(lmap_bin, part, C, encoding, images, text, resize, classes),
+                          bar, done)
+        skipped += out["skipped"]
+        done += len(shard)
+        grid = out["grid"] or grid
+    bar.update(done, final=True)
+    if done and done == len(skipped):
+        raise AnnotateError("%s: no image decoded" % images)
+    parts = shard_paths(work)
+    if not parts:
+        raise AnnotateError("%s: no map was made" % images)
+    if len(parts) == 1:  # already the store, metadata and all
+        os.replace(parts[0], output)
+    else:
+        cmd = import_command(lmap_bin, output, C, encoding, images, text, resize, classes)
+        cmd[2:3] = parts
+        r = subprocess.run(cmd + (["--force"] if force else []), capture_output=True, text=True)
+        if r.returncode != 0:
+            raise AnnotateError("lmap import of the shards in %s failed (exit %d): %s"
+                                % (work, r.returncode, r.stderr.strip()))
+    shutil.rmtree(work)
+    seconds = time.monotonic() - t0
+    if grid is None:
+        info = json.loads(subprocess.run([lmap_bin, "info", "--json", output], capture_output=True,
+                                         text=True, check=True).stdout)
+        grid = [info["grid_h"], info["grid_w"]]
+    made = done - len(skipped)
+    return {"images": made, "resumed": total - len(todo), "skipped": skipped,
+            "seconds": seconds, "images_per_second": made / seconds if seconds > 0 else 0.0,
+            "grid": grid, "num_classes": C, "annotator": text}
+
+
+def shard_paths(work):
+    return sorted(os.path.join(work, n) for n in os.listdir(work)
+                  if n.startswith("part-") and n.endswith(".lmap"))
+
+
+def import_command(lmap_bin, output, num_classes, encoding, images, text, resize, classes):
+    cmd = [lmap_bin, "import", "-", "-o", output, "--num-classes", str(num_classes),
+           "--encoding", encoding, "--source", "lmap.annotate of %s" % os.path.abspath(images),
+           "--annotator", text, "--extent", EXTENT[resize], "--no-progress"]
+    return cmd + (["--classes", classes] if classes else [])
+
+
+def write_shard(loader, items, part, annotator, topk, device, skip_bad, cmd, bar, done):
+    """Annotates `items` into the store `part`, streamed through `cmd`
+    (lmap import -): it appears only when complete."""
+    import torch
+    err = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
+    skipped, grid = [], None
     try:
         with tarfile.open(fileobj=proc.stdin, mode="w|") as tar, torch.no_grad():
             for batch in loader:
                 bad = [e for _, x, e in batch if x is None]
                 if bad and not skip_bad:
-                    raise AnnotateError(bad[0] + " (--skip-bad goes on without it)")
+                    raise AnnotateError(bad[0] + " (--skip-bad goes on without it; --resume keeps "
+                                        "the maps already made)")
                 skipped += [items[i][1] for i, x, _ in batch if x is None]
                 good = [(i, x) for i, x, _ in batch if x is not None]
                 if good:
@@ -387,21 +473,14 @@ def _run(images, output, model, weights, input_size, resize, topk, batch_size, d
     except BrokenPipeError:
         pass  # lmap import stopped: its message follows
     except BaseException:
-        proc.kill()  # the store never appears: the importer commits only at the end
+        proc.kill()  # this shard never appears: the importer commits only at the end
         proc.wait()
         raise
     rc = proc.wait()
     err.seek(0)
-    message = err.read().strip()
-    if rc != 0:
-        raise AnnotateError("lmap import failed (exit %d): %s" % (rc, message))
-    bar.update(done, final=True)
-    seconds = time.monotonic() - t0
-    if done == len(skipped):
-        raise AnnotateError("%s: no image decoded" % images)
-    return {"images": done - len(skipped), "skipped": skipped, "seconds": seconds,
-            "images_per_second": (done - len(skipped)) / seconds if seconds > 0 else 0.0,
-            "grid": grid, "num_classes": C, "annotator": text}
+    if rc != 0 and len(skipped) < len(items):
+        raise AnnotateError("lmap import failed (exit %d): %s" % (rc, err.read().strip()))
+    return {"skipped": skipped, "grid": grid}
 
 
 # ---- the command ----
@@ -444,6 +523,12 @@ def main(argv=None):
     p.add_argument("--encoding", choices=("f16", "f32"), default="f16", help="score encoding")
     p.add_argument("--seed", type=int, default=0, help="for --weights none (default 0)")
     p.add_argument("--skip-bad", action="store_true", help="report images that do not decode and go on")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with an interrupted run's maps (STORE.annotate/): its images are "
+                        "not annotated again")
+    p.add_argument("--shard-size", type=int, default=10000, metavar="N",
+                   help="maps per shard of the work in STORE.annotate/ (default 10000): what an "
+                        "interruption can lose")
     p.add_argument("-f", "--force", action="store_true", help="replace STORE if it exists")
     p.add_argument("--lmap", metavar="PATH", help="the lmap tool (default $LMAP_BIN, or on PATH)")
     p.add_argument("--progress", dest="progress", action="store_true", default=None)
@@ -453,12 +538,15 @@ def main(argv=None):
         out = run(a.images, a.output, a.model, None if a.weights == "none" else a.weights,
                   a.input_size, a.resize, a.topk, a.batch_size, a.device, a.classes, a.workers,
                   a.mean, a.std, a.encoding, a.force, a.skip_bad, a.seed, a.lmap, a.progress,
-                  a.threads)
+                  a.threads, a.resume, a.shard_size)
     except AnnotateError as e:
         print("lmap.annotate: %s" % e, file=sys.stderr)
         return 1
     for path in out["skipped"]:
         print("lmap.annotate: skipped %s (does not decode)" % path, file=sys.stderr)
+    if out["resumed"]:
+        print("lmap.annotate: %d images were annotated by the interrupted run" % out["resumed"],
+              file=sys.stderr)
     print("lmap.annotate: %d images in %.1f s (%.1f images/s), %d x %d maps of %d classes -> %s"
           % (out["images"], out["seconds"], out["images_per_second"], out["grid"][0],
              out["grid"][1], out["num_classes"], a.output), file=sys.stderr)
