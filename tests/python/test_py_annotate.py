@@ -230,6 +230,13 @@ def main():
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     check(r.returncode == 1 and store + ".annotate" in r.stderr and "--resume" in r.stderr,
           "without --resume, the interrupted run's work is named (%s)" % r.stderr.strip()[-200:])
+    try:
+        annotate.run(images, store, "resnet18", weights=weights, input_size=SIZE, topk=3, workers=0,
+                     lmap=LMAP, progress=False, resume=True, shard_size=6)
+        check(False, "--resume with another --topk is refused")
+    except annotate.AnnotateError as e:
+        check("another annotator" in str(e) and len(os.listdir(store + ".annotate")) == len(kept) + 1,
+              "--resume with another --topk is refused, the work kept (%s)" % e)
     out = annotate.run(images, store, "resnet18", weights=weights, input_size=SIZE, batch_size=5,
                        workers=0, lmap=LMAP, progress=False, resume=True, shard_size=6)
     check(out["resumed"] == before and out["images"] == 30 - before and

@@ -360,10 +360,14 @@ def _run(images, output, model, weights, input_size, resize, topk, batch_size, d
         if not resume:
             raise AnnotateError("%s holds an interrupted run's maps: --resume goes on with them "
                                 "(or remove it)" % work)
-        with open(stamp) as f:
-            if f.read() != text:
-                raise AnnotateError("%s was made by another annotator (%s): remove it, or resume "
-                                    "with the same options" % (work, stamp))
+        try:
+            with open(stamp) as f:
+                made_by = f.read()
+        except OSError:
+            made_by = None  # not lmap.annotate's folder
+        if made_by != text:
+            raise AnnotateError("%s was made by another annotator, or is not lmap.annotate's (%s): "
+                                "remove it, or resume with the same options" % (work, stamp))
         for part in shard_paths(work):
             done_ids.update(subprocess.run([lmap_bin, "ids", part], capture_output=True, text=True,
                                            check=True).stdout.split())
