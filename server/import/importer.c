@@ -350,7 +350,7 @@ static int store_next(void *ctx, build_item *it, diag *d) {
 }
 
 /* A reader per worker, for its codec context and buffers; NULL when it
- * cannot be had (load says so). */
+ * cannot be had (the pipeline then fails the build). */
 static void *store_worker_new(void *ctx) {
   store_source *s = ctx;
   store_reader *r = NULL;

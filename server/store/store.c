@@ -1131,11 +1131,11 @@ struct store_iter {
   uint64_t chunks;
   char last[LABELMAP_MAX_ID_LEN]; /* the previous chunk's last id */
   size_t last_len;
-  /* the record being handed out */
+  /* the record being handed out, copied out of the mapping */
   char id[LABELMAP_MAX_ID_LEN + 1];
   size_t id_len;
-  const uint8_t *rec;
-  size_t rec_len;
+  uint8_t *rec;
+  size_t rec_len, rec_cap;
   diag *d;
 };
 
@@ -1166,6 +1166,7 @@ void store_iter_free(store_iter *it) {
     return;
   mdb_cursor_close(it->cur);
   mdb_txn_abort(it->txn);
+  free(it->rec);
   free(it);
 }
 
@@ -1205,11 +1206,23 @@ static int iter_step(void *p) {
     it->i = 0;
   }
   /* Checked with its chunk: cannot fail. */
-  int rc = store_chunk_entry(&it->chunk, it->i++, it->id, &it->id_len, &it->rec,
-                             &it->rec_len, d);
+  const uint8_t *rec;
+  size_t len;
+  int rc = store_chunk_entry(&it->chunk, it->i++, it->id, &it->id_len, &rec,
+                             &len, d);
   if (rc != 0)
     return rc;
   it->id[it->id_len] = '\0';
+  /* Copied here, under the guard: the caller may read it after a cut. */
+  if (len > it->rec_cap) {
+    uint8_t *grown = realloc(it->rec, len);
+    if (grown == NULL)
+      return diag_set(d, LMAP_ENOMEM, "out of memory");
+    it->rec = grown;
+    it->rec_cap = len;
+  }
+  memcpy(it->rec, rec, len);
+  it->rec_len = len;
   return 1;
 }
 

@@ -224,7 +224,7 @@ int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d);
  * One read transaction for the iterator's life; not thread-safe. */
 typedef struct store_iter store_iter;
 int store_iter_new(store *s, store_iter **out, diag *d);
-/* The next record: 1 with *id (NUL-terminated) and *rec (into the
+/* The next record: 1 with *id (NUL-terminated) and *rec (a copy, not the
  * mapping) valid until the next call or store_iter_free; 0 at the end; or
  * LMAP_ECORRUPT (a damaged chunk, named), LMAP_EBADSTORE (the file was cut)
  * or LMAP_EIO, after which it stays ended. */
