@@ -1120,17 +1120,58 @@ int store_reader_ids(store_reader *r, const char *prefix, size_t prefix_len,
   return fault_diag(r->s, 1, d);
 }
 
+/* A walk over the chunks in key order (store_foreach, store_iter). */
+typedef struct chunk_walk {
+  MDB_cursor *cur;
+  int started;
+  uint64_t chunks;
+  char last[LABELMAP_MAX_ID_LEN]; /* the previous chunk's last id */
+  size_t last_len;
+} chunk_walk;
+
+/* The walk's next chunk into *c, checked in full before any of its
+ * records is read (structure, directory checksum, ids valid and strictly
+ * increasing across the store, first id equal to the key). Returns 1, 0 at
+ * the end (after checking the chunk count), or an error naming the chunk.
+ * Reads the mapping: call it under the guard. */
+static int next_chunk(const store *s, chunk_walk *w, store_chunk *c, diag *d) {
+  char t[STORE_ID_TEXT], pre[340];
+  MDB_val key, val;
+  int e = mdb_cursor_get(w->cur, &key, &val, w->started ? MDB_NEXT : MDB_FIRST);
+  w->started = 1;
+  if (e == MDB_NOTFOUND) {
+    if (w->chunks != s->meta.chunk_count)
+      return diag_set(d, LMAP_ECORRUPT,
+                      "walked %llu chunks but the store holds %llu (corrupt "
+                      "tree)",
+                      (unsigned long long)w->chunks,
+                      (unsigned long long)s->meta.chunk_count);
+    return 0;
+  }
+  if (e != 0)
+    return lmdb_read_fail(d, "cannot walk the chunks", e);
+  int rc = store_chunk_parse(val.mv_data, val.mv_size, c, d);
+  if (rc == 0)
+    rc = store_chunk_check(c, key.mv_data, key.mv_size, w->last, &w->last_len,
+                           d);
+  if (rc != 0) {
+    snprintf(pre, sizeof pre, "chunk '%s'",
+             store_id_text(t, key.mv_data, key.mv_size));
+    diag_prefix(d, pre);
+    return rc;
+  }
+  w->chunks++;
+  return 1;
+}
+
 /* A pull-style walk (store_iter_next), with the checks of store_foreach. */
 struct store_iter {
   store *s;
   MDB_txn *txn;
-  MDB_cursor *cur;
+  chunk_walk walk;
   store_chunk chunk; /* the chunk being read; i entries of it given */
   uint32_t i;
-  int started, ended;
-  uint64_t chunks;
-  char last[LABELMAP_MAX_ID_LEN]; /* the previous chunk's last id */
-  size_t last_len;
+  int ended;
   /* the record being handed out, copied out of the mapping */
   char id[LABELMAP_MAX_ID_LEN + 1];
   size_t id_len;
@@ -1152,7 +1193,7 @@ int store_iter_new(store *s, store_iter **out, diag *d) {
     free(it);
     return store_lmdb_fail(d, LMAP_EIO, "cannot begin a read transaction", e);
   }
-  if ((e = mdb_cursor_open(it->txn, s->maps, &it->cur)) != 0) {
+  if ((e = mdb_cursor_open(it->txn, s->maps, &it->walk.cur)) != 0) {
     mdb_txn_abort(it->txn);
     free(it);
     return store_lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
@@ -1164,7 +1205,7 @@ int store_iter_new(store *s, store_iter **out, diag *d) {
 void store_iter_free(store_iter *it) {
   if (it == NULL)
     return;
-  mdb_cursor_close(it->cur);
+  mdb_cursor_close(it->walk.cur);
   mdb_txn_abort(it->txn);
   free(it->rec);
   free(it);
@@ -1174,35 +1215,12 @@ void store_iter_free(store_iter *it) {
 static int iter_step(void *p) {
   store_iter *it = p;
   diag *d = it->d;
-  char t[STORE_ID_TEXT], pre[340];
-  while (!it->started || it->i == it->chunk.n) {
-    MDB_val key, val;
-    int e =
-        mdb_cursor_get(it->cur, &key, &val, it->started ? MDB_NEXT : MDB_FIRST);
-    it->started = 1;
-    if (e == MDB_NOTFOUND) {
+  while (!it->walk.started || it->i == it->chunk.n) {
+    int rc = next_chunk(it->s, &it->walk, &it->chunk, d);
+    if (rc <= 0) {
       it->ended = 1;
-      if (it->chunks != it->s->meta.chunk_count)
-        return diag_set(d, LMAP_ECORRUPT,
-                        "walked %llu chunks but the store holds %llu "
-                        "(corrupt tree)",
-                        (unsigned long long)it->chunks,
-                        (unsigned long long)it->s->meta.chunk_count);
-      return 0;
-    }
-    if (e != 0)
-      return lmdb_read_fail(d, "cannot walk the chunks", e);
-    int rc = store_chunk_parse(val.mv_data, val.mv_size, &it->chunk, d);
-    if (rc == 0)
-      rc = store_chunk_check(&it->chunk, key.mv_data, key.mv_size, it->last,
-                             &it->last_len, d);
-    if (rc != 0) {
-      snprintf(pre, sizeof pre, "chunk '%s'",
-               store_id_text(t, key.mv_data, key.mv_size));
-      diag_prefix(d, pre);
       return rc;
     }
-    it->chunks++;
     it->i = 0;
   }
   /* Checked with its chunk: cannot fail. */
@@ -1261,52 +1279,31 @@ static int walk_chunks(void *p) {
   walk_args *a = p;
   store *s = a->s;
   diag *d = a->d;
-  MDB_val key, val;
-  char id[LABELMAP_MAX_ID_LEN], last[LABELMAP_MAX_ID_LEN], t[STORE_ID_TEXT],
-      pre[340];
-  size_t id_len = 0, last_len = 0, rec_len = 0;
+  char id[LABELMAP_MAX_ID_LEN];
+  size_t id_len = 0, rec_len = 0;
   const uint8_t *rec;
-  uint64_t chunks = 0;
-  int rc = 0;
   int e = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &a->txn);
   if (e != 0) {
     a->txn = NULL;
     return store_lmdb_fail(d, LMAP_EIO, "cannot begin a read transaction", e);
   }
+  chunk_walk w = {0};
   if ((e = mdb_cursor_open(a->txn, s->maps, &a->cur)) != 0) {
     a->cur = NULL;
     return store_lmdb_fail(d, LMAP_EIO, "cannot open a cursor", e);
   }
-  for (e = mdb_cursor_get(a->cur, &key, &val, MDB_FIRST); e == 0;
-       e = mdb_cursor_get(a->cur, &key, &val, MDB_NEXT)) {
-    store_chunk c;
-    /* The whole chunk is checked before any of its records is visited. */
-    if ((rc = store_chunk_parse(val.mv_data, val.mv_size, &c, d)) != 0 ||
-        (rc = store_chunk_check(&c, key.mv_data, key.mv_size, last, &last_len,
-                                d)) != 0) {
-      snprintf(pre, sizeof pre, "chunk '%s'",
-               store_id_text(t, key.mv_data, key.mv_size));
-      diag_prefix(d, pre);
-      return rc;
-    }
-    chunks++;
+  w.cur = a->cur;
+  store_chunk c;
+  int rc;
+  while ((rc = next_chunk(s, &w, &c, d)) == 1)
     for (uint32_t i = 0; i < c.n; i++) {
-      /* Checked above: cannot fail. */
+      /* Checked with its chunk: cannot fail. */
       if ((rc = store_chunk_entry(&c, i, id, &id_len, &rec, &rec_len, d)) !=
               0 ||
           (rc = a->fn(a->ctx, id, id_len, rec, rec_len)) != 0)
         return rc;
     }
-  }
-  if (e != MDB_NOTFOUND)
-    return lmdb_read_fail(d, "cannot walk the chunks", e);
-  if (chunks != s->meta.chunk_count)
-    return diag_set(d, LMAP_ECORRUPT,
-                    "walked %llu chunks but the store holds %llu (corrupt "
-                    "tree)",
-                    (unsigned long long)chunks,
-                    (unsigned long long)s->meta.chunk_count);
-  return 0;
+  return rc;
 }
 
 int store_foreach(store *s, store_visit_fn fn, void *ctx, diag *d) {

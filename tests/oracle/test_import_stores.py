@@ -11,27 +11,14 @@
 import io
 import os
 import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import torch
 
-LMAP = os.environ.get("LMAP_BIN", "build/lmap")
-TMP = os.environ.get("LMAP_TEST_TMP", "/tmp")
-failures = []
-counted = [0]
-
-
-def check(cond, what):
-    counted[0] += 1
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-
-
-def summary():
-    print("%d passed, %d failed" % (counted[0] - len(failures), len(failures)))
-    return 1 if failures else 0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from e2e_common import LMAP, TMP, check, summary  # noqa: E402
 
 
 def run(*args):
