@@ -24,6 +24,7 @@
 
 #include "lmap/client.h"
 #include "shared/dynbuf.h"
+#include "shared/sparsebin.h"
 #include "transport.h"
 #include "wire.h"
 
@@ -50,8 +51,9 @@ struct lmap_client {
   int retries;
   long backoff_ms, down_ms;
   dynbuf url, request, body;
-  int json_queries;      /* lmap_client_options.json_queries */
-  char labels_path[160]; /* POST /v1/labels with the batch's options */
+  int json_queries;         /* lmap_client_options.json_queries */
+  lmap_answer_form answers; /* lmap_client_set_answer_form */
+  char labels_path[160];    /* POST /v1/labels with the batch's options */
   /* The last call. */
   const char *answered; /* base of the endpoint that answered, or "" */
   int err;
@@ -61,8 +63,8 @@ struct lmap_client {
   char request_id[64];
   const char *tried; /* base of the last endpoint tried, or "" */
   dynbuf message;
-  size_t npy_shape[4]; /* of the last .npy answer */
-  int npy_differs;     /* the last .npy answer was refused for its shape,
+  size_t npy_shape[4]; /* of the last array answer (.npy or sparse) */
+  int npy_differs;     /* the last array answer was refused for its shape,
                           which npy_shape then holds */
   /* The store's description, from the last /v1/info answer: what labels,
    * maps and sparse answers are checked against. */
@@ -298,8 +300,8 @@ void lmap_client_free(lmap_client *c) {
 
 /* ---- one call with failover --------------------------------------------- */
 
-/* What a call sends and where a .npy answer goes (dest NULL: JSON, which
- * lands in c->body). */
+/* What a call sends and where an array answer goes (dest NULL: JSON,
+ * which lands in c->body). */
 typedef struct call {
   const char *path;
   const dynbuf *post;
@@ -312,6 +314,7 @@ typedef struct call {
   int ndim;
   lmap_npy_values values;
   uint32_t classes;
+  int sparse_ok; /* a sparse binary answer may fill dest */
 } call;
 
 /* The order of a pass: from the endpoint that answered last, those not
@@ -385,20 +388,30 @@ static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons,
                 "the request URL is longer than %zu bytes", c->url.max);
   c->npy_differs = 0;
   lmap_npy_sink sink;
+  lmap_sparsebin_sink sparse;
+  lmap_http_sinks sinks = {k->dest ? &sink : NULL,
+                           k->dest && k->sparse_ok ? &sparse : NULL};
   if (k->dest) {
     lmap_npy_sink_init(&sink, k->dest, k->dest_len, k->expect, k->ndim);
     lmap_npy_sink_values(&sink, k->values, k->classes);
   }
+  if (sinks.sparse)
+    lmap_sparsebin_sink_init(&sparse, k->dest, k->dest_len, k->expect,
+                             k->values);
   lmap_http_outcome o;
   int rc = lmap_http_perform(c->http, c->url.data, k->post, k->binary_post,
-                             k->max_ok, &c->body, k->dest ? &sink : NULL, &o);
+                             k->max_ok, &c->body, k->dest ? &sinks : NULL, &o);
   c->status = o.status;
   snprintf(c->request_id, sizeof c->request_id, "%s", o.request_id);
   char reason[600] = "";
   *how = FAIL_NONE;
   size_t shape[4] = {0};
   int npy = strncasecmp(o.content_type, "application/x-npy", 17) == 0;
-  if (rc == 0 && o.too_large && !(k->dest && o.status == 200 && !npy)) {
+  int binsparse =
+      sinks.sparse && strncasecmp(o.content_type, LMAP_SPARSEBIN_TYPE,
+                                  strlen(LMAP_SPARSEBIN_TYPE)) == 0;
+  if (rc == 0 && o.too_large &&
+      !(k->dest && o.status == 200 && !npy && !binsparse)) {
     /* Not what was asked for, whatever its status: abandoned unread. */
     snprintf(reason, sizeof reason, "%s (%s)", o.error,
              o.status != 200 ? "the cap on error answers"
@@ -406,23 +419,28 @@ static int attempt(lmap_client *c, size_t i, const call *k, dynbuf *reasons,
                              : "the cap on this answer");
     *how = FAIL_ANSWER;
   } else if (rc == 0 && !o.transport_failed && o.status == 200 && k->dest) {
-    if (!npy) {
+    const char *sink_err = binsparse ? sparse.err : sink.err;
+    int differs = binsparse ? sparse.shape_differs : sink.shape_differs;
+    const size_t *got = binsparse ? sparse.shape : sink.shape;
+    if (!npy && !binsparse) {
       snprintf(reason, sizeof reason,
-               "the answer is not .npy (Content-Type: %.60s)",
+               "the answer is not %s (Content-Type: %.60s)",
+               sinks.sparse ? ".npy or sparse binary" : ".npy",
                o.content_type[0] ? o.content_type : "none");
       *how = FAIL_ANSWER;
-    } else if ((rc = lmap_npy_finish(&sink)) == LMAP_ERANGE) {
-      fail(c, rc, NULL, "%s",
-           sink.err); /* the caller's buffer, not the answer */
+    } else if ((rc = binsparse ? lmap_sparsebin_finish(&sparse)
+                               : lmap_npy_finish(&sink)) == LMAP_ERANGE) {
+      fail(c, rc, NULL, "%s", sink_err); /* the caller's buffer, not the
+                                            answer */
     } else if (rc) {
-      snprintf(reason, sizeof reason, "%s", sink.err);
+      snprintf(reason, sizeof reason, "%s", sink_err);
       *how = FAIL_ANSWER;
       rc = 0;
     }
-    memcpy(shape, sink.shape, sizeof shape);
-    if (sink.shape_differs) {
+    memcpy(shape, got, sizeof shape);
+    if (differs) {
       c->npy_differs = 1;
-      memcpy(c->npy_shape, sink.shape, sizeof c->npy_shape);
+      memcpy(c->npy_shape, got, sizeof c->npy_shape);
     }
   }
   if (k->dest)
@@ -652,8 +670,16 @@ int lmap_client_labels(lmap_client *c, const lmap_query *queries, size_t n,
             .dest_len = out_len,
             .expect = {n, classes, G, G},
             .ndim = G == 1 ? 2 : 4,
-            .values = o.softmax ? LMAP_NPY_PROB : LMAP_NPY_FINITE};
+            .values = o.softmax ? LMAP_NPY_PROB : LMAP_NPY_FINITE,
+            .sparse_ok = c->answers == LMAP_ANSWER_SPARSE};
   return shape_refused(c, perform(c, &k), &k, n, G);
+}
+
+int lmap_client_set_answer_form(lmap_client *c, lmap_answer_form form) {
+  if (c == NULL || (form != LMAP_ANSWER_SPARSE && form != LMAP_ANSWER_NPY))
+    return LMAP_EINVAL;
+  c->answers = form;
+  return 0;
 }
 
 int lmap_client_sparse(lmap_client *c, const lmap_query *queries, size_t n,

@@ -10,6 +10,7 @@
 #include "transport.h"
 
 #include "shared/querybin.h"
+#include "shared/sparsebin.h"
 
 #include <curl/curl.h>
 #include <pthread.h>
@@ -18,18 +19,39 @@
 #include <string.h>
 #include <strings.h>
 
+/* The Accept headers a request may carry: JSON; .npy; the sparse binary
+ * form preferred and .npy next, which an lmapd without sparse answers
+ * (0.2.0) answers as .npy, since it looks for .npy in Accept alone. */
+enum { ACCEPT_JSON, ACCEPT_NPY, ACCEPT_SPARSE, ACCEPT_FORMS };
+static const char *const accept_header[ACCEPT_FORMS] = {
+    "Accept: application/json",
+    "Accept: application/x-npy",
+    "Accept: " LMAP_SPARSEBIN_TYPE ", application/x-npy;q=0.5",
+};
+
+/* Where an answer's body goes. */
+enum stream_target { INTO_BODY, INTO_NPY, INTO_SPARSE };
+
+/* Whether Content-Type `ct` is the media type `type` (parameters
+ * allowed). */
+static int is_type(const char *ct, const char *type) {
+  size_t n = strlen(type);
+  return strncasecmp(ct, type, n) == 0 &&
+         (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
 struct lmap_http {
   CURL *curl;
-  /* The request headers: [accept .npy][body of binary queries]. */
-  struct curl_slist *headers[2][2];
+  /* The request headers: [answer accepted][body of binary queries]. */
+  struct curl_slist *headers[ACCEPT_FORMS][2];
   char errbuf[CURL_ERROR_SIZE];
   /* The exchange in progress. */
   dynbuf *body;
-  lmap_npy_sink *npy;
-  size_t max_ok;  /* cap of a 200 answer's body */
-  long status;    /* of the answer whose headers are arriving */
-  int streaming;  /* -1 undecided, 0 into body, 1 into npy */
-  int sink_error; /* the body or the sink refused bytes */
+  lmap_http_sinks sinks; /* none when both are NULL */
+  size_t max_ok;         /* cap of a 200 answer's body */
+  long status;           /* of the answer whose headers are arriving */
+  int streaming;         /* -1 undecided, else a stream_target */
+  int sink_error;        /* the body or the sink refused bytes */
   lmap_http_outcome *out;
 };
 
@@ -74,19 +96,29 @@ static void header_value(const char *line, size_t len, const char *name,
 }
 
 /* Where the answer's body goes and what caps it, decided once its headers
- * are in (or at its first byte): a .npy 200 answer into the sink, anything
- * else into `body`. Returns 0, or -1 when the answer is refused already. */
+ * are in (or at its first byte): a 200 answer in a form a sink reads into
+ * that sink, anything else into `body`. Returns 0, or -1 when the answer
+ * is refused already. */
 static int decide(lmap_http *h) {
   lmap_http_outcome *out = h->out;
-  h->streaming = h->npy && h->status == 200 &&
-                 strncasecmp(out->content_type, "application/x-npy", 17) == 0;
-  if (h->streaming) {
-    if (lmap_npy_sink_declare(h->npy, out->declared) != 0) {
-      h->sink_error = LMAP_EPROTOCOL;
-      return -1;
-    }
-    return 0;
+  const char *ct = out->content_type;
+  h->streaming = INTO_BODY;
+  if (h->status == 200 && h->sinks.npy && is_type(ct, "application/x-npy"))
+    h->streaming = INTO_NPY;
+  else if (h->status == 200 && h->sinks.sparse &&
+           is_type(ct, LMAP_SPARSEBIN_TYPE))
+    h->streaming = INTO_SPARSE;
+  int refused = 0;
+  if (h->streaming == INTO_NPY)
+    refused = lmap_npy_sink_declare(h->sinks.npy, out->declared);
+  else if (h->streaming == INTO_SPARSE)
+    refused = lmap_sparsebin_sink_declare(h->sinks.sparse, out->declared);
+  if (refused) {
+    h->sink_error = LMAP_EPROTOCOL;
+    return -1;
   }
+  if (h->streaming != INTO_BODY)
+    return 0;
   out->cap = h->status == 200 ? h->max_ok : LMAP_WIRE_ERROR_MAX;
   h->body->max = out->cap;
   if (out->declared >= 0 && (unsigned long long)out->declared > out->cap) {
@@ -140,8 +172,10 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg) {
       return 0;
   }
   h->out->received += len;
-  int rc = h->streaming ? lmap_npy_feed(h->npy, p, len)
-                        : lmap_dynbuf_add(h->body, p, len);
+  int rc = h->streaming == INTO_NPY ? lmap_npy_feed(h->sinks.npy, p, len)
+           : h->streaming == INTO_SPARSE
+               ? lmap_sparsebin_feed(h->sinks.sparse, p, len)
+               : lmap_dynbuf_add(h->body, p, len);
   if (rc == LMAP_ETOOBIG) {
     h->out->too_large = 1;
     return 0;
@@ -209,14 +243,14 @@ int lmap_http_new(const lmap_http_config *cfg, lmap_http **out, char err[256]) {
   }
   h->curl = curl_easy_init();
   int lists_made = 1;
-  for (int npy = 0; npy < 2; npy++)
+  for (int form = 0; form < ACCEPT_FORMS; form++)
     for (int bin = 0; bin < 2; bin++) {
-      h->headers[npy][bin] = header_list(
-          npy ? "Accept: application/x-npy" : "Accept: application/json",
-          bin ? "Content-Type: " LMAP_QUERYBIN_TYPE
-              : "Content-Type: application/json",
-          auth);
-      lists_made &= h->headers[npy][bin] != NULL;
+      h->headers[form][bin] =
+          header_list(accept_header[form],
+                      bin ? "Content-Type: " LMAP_QUERYBIN_TYPE
+                          : "Content-Type: application/json",
+                      auth);
+      lists_made &= h->headers[form][bin] != NULL;
     }
   if (auth) {
     memset(auth, 0, strlen(auth)); /* the token is a secret */
@@ -255,19 +289,22 @@ void lmap_http_free(lmap_http *h) {
   if (h == NULL)
     return;
   curl_easy_cleanup(h->curl);
-  for (int npy = 0; npy < 2; npy++)
+  for (int form = 0; form < ACCEPT_FORMS; form++)
     for (int bin = 0; bin < 2; bin++)
-      curl_slist_free_all(h->headers[npy][bin]);
+      curl_slist_free_all(h->headers[form][bin]);
   free(h);
 }
 
 int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
                       int binary_post, size_t max_ok, dynbuf *body,
-                      lmap_npy_sink *npy, lmap_http_outcome *out) {
+                      const lmap_http_sinks *sinks, lmap_http_outcome *out) {
   *out = (lmap_http_outcome){.declared = -1};
   lmap_dynbuf_reset(body);
   h->body = body;
-  h->npy = npy;
+  h->sinks = sinks ? *sinks : (lmap_http_sinks){NULL, NULL};
+  int accept = h->sinks.sparse ? ACCEPT_SPARSE
+               : h->sinks.npy  ? ACCEPT_NPY
+                               : ACCEPT_JSON;
   h->max_ok = max_ok < LMAP_HTTP_MAX_ANSWER ? max_ok : LMAP_HTTP_MAX_ANSWER;
   h->status = 0;
   h->streaming = -1;
@@ -277,7 +314,7 @@ int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
   CURL *c = h->curl;
   curl_easy_setopt(c, CURLOPT_URL, url);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER,
-                   h->headers[npy != NULL][post != NULL && binary_post]);
+                   h->headers[accept][post != NULL && binary_post]);
   if (post) {
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, post->data);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)post->len);

@@ -47,18 +47,27 @@ int lmap_http_check_url(const char *url, char err[256]);
 int lmap_http_new(const lmap_http_config *cfg, lmap_http **out, char err[256]);
 void lmap_http_free(lmap_http *h);
 
+/* Where a 200 answer holding an array may stream instead of into a
+ * buffer: a .npy answer into `npy`; with `sparse` set, lmapd is also
+ * offered sparse binary answers (client/shared/sparsebin.h), which stream
+ * into it. Each sink is told the Content-Length and refuses what its array
+ * cannot hold. */
+typedef struct lmap_http_sinks {
+  lmap_npy_sink *npy;
+  lmap_sparsebin_sink *sparse; /* NULL: .npy only */
+} lmap_http_sinks;
+
 /* GET `url` (POST when `post` is not NULL: JSON, or binary queries with
  * `binary_post`, client/shared/querybin.h). A 200 answer goes to `body`,
- * at most `max_ok` bytes, or, when `npy` is not NULL and the answer is
- * .npy, streamed into `npy` (which is told the Content-Length and refuses
- * what its array cannot hold). Any other answer goes to `body`, at most
- * LMAP_WIRE_ERROR_MAX bytes. An answer whose Content-Length is over its
- * cap is abandoned when its headers arrive, one without a Content-Length
- * when its bytes pass the cap (out->too_large). Returns 0 whenever the
- * exchange could be attempted (the outcome tells how it went; a refusal of
- * the npy sink is in its err), or LMAP_ENOMEM. */
+ * at most `max_ok` bytes, or, when `sinks` is not NULL and the answer is
+ * in a form they read, streamed into its sink. Any other answer goes to
+ * `body`, at most LMAP_WIRE_ERROR_MAX bytes. An answer whose
+ * Content-Length is over its cap is abandoned when its headers arrive, one
+ * without a Content-Length when its bytes pass the cap (out->too_large).
+ * Returns 0 whenever the exchange could be attempted (the outcome tells
+ * how it went; a sink's refusal is in its err), or LMAP_ENOMEM. */
 int lmap_http_perform(lmap_http *h, const char *url, const dynbuf *post,
                       int binary_post, size_t max_ok, dynbuf *body,
-                      lmap_npy_sink *npy, lmap_http_outcome *out);
+                      const lmap_http_sinks *sinks, lmap_http_outcome *out);
 
 #endif /* LMAP_CLIENT_TRANSPORT_H */

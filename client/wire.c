@@ -10,6 +10,7 @@
 #include "wire.h"
 
 #include "shared/querybin.h"
+#include "shared/sparsebin.h"
 
 #include "shared/fmtfloat.h"
 
@@ -451,6 +452,244 @@ int lmap_npy_finish(lmap_npy_sink *s) {
   if (s->header_len == 0 || s->head.len < s->header_len ||
       s->data_off != s->dest_len * sizeof(float))
     return npy_fail(s, LMAP_EPROTOCOL, "the .npy answer was cut short");
+  return 0;
+}
+
+/* ---- sparse binary answers --------------------------------------------- */
+
+static int sb_fail(lmap_sparsebin_sink *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int sb_fail(lmap_sparsebin_sink *s, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(s->err, sizeof s->err, fmt, ap);
+  va_end(ap);
+  s->failed = LMAP_EPROTOCOL;
+  return s->failed;
+}
+
+static uint32_t sb_le32(const unsigned char *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+         (uint32_t)p[3] << 24;
+}
+
+static float sb_f32(const unsigned char *p) {
+  uint32_t bits = sb_le32(p);
+  float v;
+  memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+/* The most bytes an answer of the expected shape can take: every cell
+ * listing every class. Saturates at SIZE_MAX. */
+static size_t sb_most(const lmap_sparsebin_sink *s) {
+  size_t cells = s->expect[2] * s->expect[3], C = s->expect[1];
+  if (cells && s->expect[0] > SIZE_MAX / cells)
+    return SIZE_MAX;
+  size_t all = s->expect[0] * cells;
+  if (C && all > SIZE_MAX / C)
+    return SIZE_MAX;
+  return lmap_sparsebin_size(s->expect[0], cells, all * C);
+}
+
+void lmap_sparsebin_sink_init(lmap_sparsebin_sink *s, float *dest,
+                              size_t dest_len, const size_t expect[4],
+                              lmap_npy_values values) {
+  memset(s, 0, sizeof *s);
+  s->dest = dest;
+  s->dest_len = dest_len;
+  memcpy(s->expect, expect, sizeof s->expect);
+  s->values = values;
+  s->declared = -1;
+}
+
+int lmap_sparsebin_sink_declare(lmap_sparsebin_sink *s, long long length) {
+  s->declared = length;
+  /* The upper bound waits for the header: an answer of another shape
+   * (the store was replaced) must get as far as saying so. */
+  if (length < 0 ||
+      ((unsigned long long)length >= LMAP_SPARSEBIN_HEADER &&
+       (length - LMAP_SPARSEBIN_HEADER) % LMAP_SPARSEBIN_UNIT == 0))
+    return 0;
+  return sb_fail(s,
+                 "the sparse answer's Content-Length is %lld bytes, which no "
+                 "sparse answer takes (16 + 8 * k)",
+                 length);
+}
+
+/* After the header: the declared length against the most an answer of
+ * this shape can take. */
+static int sb_declared_fits(lmap_sparsebin_sink *s) {
+  size_t most = sb_most(s);
+  if (s->declared < 0 || (unsigned long long)s->declared <= most)
+    return 0;
+  return sb_fail(s,
+                 "the sparse answer's Content-Length is %lld bytes, more "
+                 "than the %zu an answer of %zu item(s) of %zu cell(s) of "
+                 "%zu classes can take",
+                 s->declared, most, s->expect[0], s->expect[2] * s->expect[3],
+                 s->expect[1]);
+}
+
+/* Whether `v` is a value the sink accepts. */
+static int sb_value_ok(const lmap_sparsebin_sink *s, float v) {
+  if (s->values == LMAP_NPY_PROB)
+    return v >= (float)-LMAP_WIRE_PROB_SLACK &&
+           v <= (float)(1 + LMAP_WIRE_PROB_SLACK);
+  if (s->values == LMAP_NPY_FINITE)
+    return isfinite(v);
+  return 1;
+}
+
+static const char *sb_value_why(const lmap_sparsebin_sink *s) {
+  return s->values == LMAP_NPY_PROB ? "not a probability in [0, 1]"
+                                    : "not a finite number";
+}
+
+/* The two header units: magic and count, then classes and G. */
+static int sb_header(lmap_sparsebin_sink *s, const unsigned char *u) {
+  if (s->units == 0) {
+    if (memcmp(u, LMAP_SPARSEBIN_MAGIC, 4) != 0)
+      return sb_fail(s,
+                     "the answer does not start with \"%s\": not a sparse "
+                     "binary answer (or another version of it)",
+                     LMAP_SPARSEBIN_MAGIC);
+    s->shape[0] = sb_le32(u + 4);
+    return 0;
+  }
+  size_t G = sb_le32(u + 4);
+  s->shape[1] = sb_le32(u);
+  s->shape[2] = s->shape[3] = G;
+  s->ndim = G == 1 ? 2 : 4;
+  if (memcmp(s->shape, s->expect, sizeof s->shape) != 0) {
+    s->shape_differs = 1;
+    return sb_fail(s,
+                   "the sparse answer holds %zu item(s) of %zu classes on a "
+                   "%zu x %zu grid, not the %zu of %zu classes on %zu x %zu "
+                   "asked for",
+                   s->shape[0], s->shape[1], G, G, s->expect[0], s->expect[1],
+                   s->expect[2], s->expect[3]);
+  }
+  s->cells = G * G;
+  s->stride = s->cells;
+  return sb_declared_fits(s);
+}
+
+/* Names where the sink is, for errors: "item 3, cell 0". */
+static void sb_where(const lmap_sparsebin_sink *s, char out[64]) {
+  size_t cell = s->cells_in - 1;
+  snprintf(out, 64, "item %zu, cell %zu", cell / s->cells, cell % s->cells);
+}
+
+/* A cell's first unit: its entry count and its rest, written to every
+ * class of the cell. */
+static int sb_cell(lmap_sparsebin_sink *s, const unsigned char *u) {
+  size_t total = s->shape[0] * s->cells, C = s->shape[1];
+  if (s->cells_in == total)
+    return sb_fail(s, "the sparse answer goes on after its %zu cell(s)", total);
+  s->cells_in++;
+  uint32_t n = sb_le32(u);
+  float rest = sb_f32(u + 4);
+  char at[64];
+  if (n > C) {
+    sb_where(s, at);
+    return sb_fail(s,
+                   "the sparse answer's %s lists %" PRIu32
+                   " classes, more than the store's %zu",
+                   at, n, C);
+  }
+  if (!sb_value_ok(s, rest)) {
+    sb_where(s, at);
+    return sb_fail(s, "the sparse answer's %s has rest %g, %s", at,
+                   (double)rest, sb_value_why(s));
+  }
+  size_t cell = s->cells_in - 1, item = cell / s->cells;
+  s->cell_base = s->dest + item * C * s->cells + cell % s->cells;
+  if (s->stride == 1) {
+    for (size_t c = 0; c < C; c++)
+      s->cell_base[c] = rest;
+  } else {
+    for (size_t c = 0; c < C; c++)
+      s->cell_base[c * s->stride] = rest;
+  }
+  s->left = n;
+  s->entry = 0;
+  return 0;
+}
+
+/* One entry of the current cell: a class and its value. */
+static int sb_entry(lmap_sparsebin_sink *s, const unsigned char *u) {
+  uint32_t cls = sb_le32(u);
+  float v = sb_f32(u + 4);
+  if (cls >= s->shape[1] || !sb_value_ok(s, v)) {
+    char at[64];
+    sb_where(s, at);
+    if (cls >= s->shape[1])
+      return sb_fail(s,
+                     "the sparse answer's %s, entry %" PRIu32 ": class %" PRIu32
+                     " is not below the store's %zu",
+                     at, s->entry, cls, s->shape[1]);
+    return sb_fail(s,
+                   "the sparse answer's %s, entry %" PRIu32 " (class %" PRIu32
+                   ") is %g, %s",
+                   at, s->entry, cls, (double)v, sb_value_why(s));
+  }
+  s->cell_base[(size_t)cls * s->stride] = v;
+  s->left--;
+  s->entry++;
+  return 0;
+}
+
+static int sb_unit(lmap_sparsebin_sink *s, const unsigned char *u) {
+  int rc = s->units < 2   ? sb_header(s, u)
+           : s->left == 0 ? sb_cell(s, u)
+                          : sb_entry(s, u);
+  s->units++;
+  return rc;
+}
+
+int lmap_sparsebin_feed(lmap_sparsebin_sink *s, const char *p, size_t n) {
+  if (s->failed)
+    return s->failed;
+  const unsigned char *b = (const unsigned char *)p;
+  if (s->declared >= 0 && s->units * LMAP_SPARSEBIN_UNIT + s->part_len + n >
+                              (unsigned long long)s->declared)
+    return sb_fail(s, "the sparse answer is longer than its Content-Length");
+  /* A unit split across feeds is completed first; whole units are then
+   * read in place. */
+  if (s->part_len) {
+    size_t take = LMAP_SPARSEBIN_UNIT - s->part_len;
+    if (take > n)
+      take = n;
+    memcpy(s->part + s->part_len, b, take);
+    s->part_len += take;
+    b += take;
+    n -= take;
+    if (s->part_len < LMAP_SPARSEBIN_UNIT)
+      return 0;
+    s->part_len = 0;
+    if (sb_unit(s, s->part))
+      return s->failed;
+  }
+  for (; n >= LMAP_SPARSEBIN_UNIT;
+       b += LMAP_SPARSEBIN_UNIT, n -= LMAP_SPARSEBIN_UNIT)
+    if (sb_unit(s, b))
+      return s->failed;
+  memcpy(s->part, b, n);
+  s->part_len = n;
+  return 0;
+}
+
+int lmap_sparsebin_finish(lmap_sparsebin_sink *s) {
+  if (s->failed)
+    return s->failed;
+  if (s->units < 2 || s->part_len || s->left ||
+      s->cells_in != s->shape[0] * s->cells)
+    return sb_fail(s, "the sparse answer was cut short (%zu of %zu cells)",
+                   s->cells_in,
+                   s->units < 2 ? s->expect[0] * s->expect[2] * s->expect[3]
+                                : s->shape[0] * s->cells);
   return 0;
 }
 

@@ -1,10 +1,10 @@
 /*
  * wire: what liblmap sends and reads, without any I/O. Writes the JSON body
- * of POST /v1/labels, reads .npy answers as a stream straight into the
- * caller's float buffer, and reads the JSON answers (errors, sparse labels,
- * store info). Every reader checks the shape of what it gets and every
- * value (finite; probabilities in [0, 1]; class indices below C) and names
- * what is wrong in `err`, since a proxy or another, maybe hostile, server
+ * of POST /v1/labels, reads .npy and sparse binary answers as a stream
+ * straight into the caller's float buffer, and reads the JSON answers (errors,
+ * sparse labels, store info). Every reader checks the shape of what it gets and
+ * every value (finite; probabilities in [0, 1]; class indices below C) and
+ * names what is wrong in `err`, since a proxy or another, maybe hostile, server
  * may answer instead of lmapd. The readers work on byte buffers alone (no
  * handle, no I/O), so they can be fuzzed as they are.
  */
@@ -116,6 +116,51 @@ int lmap_npy_sink_declare(lmap_npy_sink *s, long long length);
 int lmap_npy_feed(lmap_npy_sink *s, const char *p, size_t n);
 /* After the last byte: 0 when the whole array arrived. */
 int lmap_npy_finish(lmap_npy_sink *s);
+
+/* A sparse binary answer (application/x-lmap-sparse, the layout of
+ * client/shared/sparsebin.h) read as it arrives and expanded straight into
+ * `dest`, the dense float32 [N, C] or [N, C, G, G] array the .npy answer
+ * would have filled: each cell's `rest` in all its classes, then its
+ * listed values. The header must give the N, C and G asked for (else
+ * `shape_differs`, as for .npy), every class must be below C, at most C
+ * per cell, and every value (`rest` included) what `values` allows. */
+typedef struct lmap_sparsebin_sink {
+  float *dest;
+  size_t dest_len;  /* floats: N * C * G * G */
+  size_t expect[4]; /* N, C, G, G */
+  lmap_npy_values values;
+  long long declared;    /* the answer's Content-Length, -1 when none */
+  size_t shape[4];       /* the answer's [N, C, G, G], once read */
+  int ndim;              /* 2 (G = 1) or 4, once read */
+  int shape_differs;     /* the header was read and is not `expect` */
+  unsigned char part[8]; /* a unit split across feeds */
+  size_t part_len;
+  size_t units;     /* 8-byte units read, the 2 of the header included */
+  size_t cells;     /* G * G, once read */
+  size_t cells_in;  /* cells begun */
+  uint32_t left;    /* entries of the current cell still to come */
+  uint32_t entry;   /* entries of the current cell read */
+  float *cell_base; /* dest + the current cell's class 0 */
+  size_t stride;    /* floats between one class and the next of a cell */
+  int failed;
+  char err[LMAP_WIRE_ERRLEN];
+} lmap_sparsebin_sink;
+
+/* Arms `s` for one answer into `dest` (`dest_len` floats) for the shape
+ * `expect` ({N, C, G, G}), its values checked as `values` says. */
+void lmap_sparsebin_sink_init(lmap_sparsebin_sink *s, float *dest,
+                              size_t dest_len, const size_t expect[4],
+                              lmap_npy_values values);
+/* Declares the answer's Content-Length (-1: none), before the first byte.
+ * Returns 0, or LMAP_EPROTOCOL when no sparse answer can be that long (the
+ * transfer is then abandoned at once); once the header is read, a length
+ * over the most an answer of its shape can take is refused too. */
+int lmap_sparsebin_sink_declare(lmap_sparsebin_sink *s, long long length);
+/* Feeds bytes. Returns 0 or LMAP_EPROTOCOL with s->err naming the item,
+ * cell and entry at fault; after an error the rest is ignored. */
+int lmap_sparsebin_feed(lmap_sparsebin_sink *s, const char *p, size_t n);
+/* After the last byte: 0 when every cell arrived whole. */
+int lmap_sparsebin_finish(lmap_sparsebin_sink *s);
 
 /* Reads an lmapd error body {"error": {"code", "message", "field"}}.
  * Returns 0 and fills the strings (truncated to their sizes), or

@@ -154,9 +154,10 @@ LMAP_API void lmap_label_options_init(lmap_label_options *opts);
 /** Dense soft labels of `n` queries (1 <= n <= the server's --max-batch),
  *  written as float32 to `out`: [n, C] when G == 1, [n, C, G, G] otherwise,
  *  C-order. `out_len` is the number of floats `out` holds and must equal the
- *  answer's size exactly (C is lmap_info.num_classes). Transported as .npy,
- *  written into `out` as it arrives and checked value by value: with
- *  softmax each is a probability in [0, 1], without it a finite logit.
+ *  answer's size exactly (C is lmap_info.num_classes). Transported as
+ *  sparse binary cells (see lmap_client_set_answer_form) or .npy, written
+ *  into `out` as it arrives and checked value by value: with softmax each
+ *  is a probability in [0, 1], without it a finite logit.
  *  `opts` may be NULL. The first call of a handle also asks /v1/info,
  *  unless lmap_client_info() did.
  *  Returns 0, or:
@@ -179,6 +180,23 @@ LMAP_API void lmap_label_options_init(lmap_label_options *opts);
 LMAP_API int lmap_client_labels(lmap_client *c, const lmap_query *queries,
                                 size_t n, const lmap_label_options *opts,
                                 float *out, size_t out_len);
+
+/** How lmap_client_labels() asks for its dense labels. Both fill `out`
+ *  with the same floats, bit for bit. */
+typedef enum lmap_answer_form {
+  /** Sparse binary cells (application/x-lmap-sparse: each cell's rest and
+   *  the classes its crop touched), expanded into `out` by liblmap: about
+   *  1/30 of the bytes of .npy for 1,000 classes, and the default. A
+   *  server without the form (lmapd 0.2.0) answers .npy, which is read
+   *  as well. */
+  LMAP_ANSWER_SPARSE = 0,
+  /** The dense .npy array, `out` byte for byte. */
+  LMAP_ANSWER_NPY = 1
+} lmap_answer_form;
+
+/** Sets the answer form of the handle's later lmap_client_labels() calls.
+ *  Returns 0, or LMAP_EINVAL for a NULL handle or an unknown form. */
+LMAP_API int lmap_client_set_answer_form(lmap_client *c, lmap_answer_form form);
 
 /** Sparse soft labels: for each query and each of its G*G cells, the classes
  *  with a non-zero pooled logit, by decreasing value, and `rest`, the value

@@ -29,6 +29,7 @@
 #include "pool/queryjson.h"
 #include "pool/queryopt.h"
 #include "shared/querybin.h"
+#include "shared/sparsebin.h"
 
 #include "log.h"
 #include "range.h"
@@ -576,6 +577,18 @@ static int wants_npy(const api_request *req) {
   return req->accept && strstr(req->accept, NPY_TYPE) != NULL;
 }
 
+/* The forms of a batch answer: JSON items, a dense .npy array, or sparse
+ * binary cells (client/shared/sparsebin.h). When Accept names both binary
+ * forms, the sparse one is given: liblmap names both so that an lmapd
+ * without sparse answers still answers it in a form it reads. */
+typedef enum answer_form { ANSWER_JSON, ANSWER_NPY, ANSWER_SPARSE } answer_form;
+
+static answer_form batch_answer_form(const api_request *req) {
+  if (req->accept && strstr(req->accept, LMAP_SPARSEBIN_TYPE) != NULL)
+    return ANSWER_SPARSE;
+  return wants_npy(req) ? ANSWER_NPY : ANSWER_JSON;
+}
+
 /* ---- query options ---- */
 
 typedef struct options {
@@ -699,6 +712,19 @@ static int npy_item(api_worker *w, const labelmap *m, const pool_query *q) {
   for (uint32_t c = 0; rc == 0 && c < C; c++)
     for (size_t cell = 0; cell < cells; cell++)
       *row++ = w->dense[cell * C + c];
+  return rc;
+}
+
+/* Appends one query's cells in the sparse binary answer. */
+static int sparse_item(api_worker *w, const labelmap *m, const pool_query *q) {
+  uint32_t C = w->g->meta->shape.num_classes, G = q->output_size;
+  int rc = 0;
+  for (uint32_t cell = 0; rc == 0 && cell < G * G; cell++) {
+    pool_cell t;
+    rc = pool_cell_touched(m, C, q, cell, w->ws, &t);
+    if (rc == 0)
+      rc = lmap_sparsebin_cell(&w->res.body, t.n, t.rest, t.classes, t.values);
+  }
   return rc;
 }
 
@@ -859,15 +885,25 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
   json_t *root = src.root;
   const codec_shape *sh = &w->g->meta->shape;
   uint32_t C = sh->num_classes, G = o.q.output_size;
-  int npy = wants_npy(req);
+  answer_form form = batch_answer_form(req);
+  int npy = form == ANSWER_NPY;
   size_t shape4[4] = {n, C, G, G};
   if (rc == 0) {
-    /* The .npy size is exact; the JSON one a bound with every id of the
-     * longest length (a comma between items, 14 bytes around them). */
-    size_t bound =
-        npy ? size_mul_add(n, (size_t)C * G * G * sizeof(float),
-                           npy_header_len(shape4, G == 1 ? 2 : 4))
-            : size_mul_add(n,
+    /* The .npy size is exact; the sparse one a bound with every cell
+     * listing the most classes a bin can touch; the JSON one a bound with
+     * every id of the longest length (a comma between items, 14 bytes
+     * around them). */
+    size_t cells = (size_t)G * G, bound;
+    if (form == ANSWER_NPY)
+      bound = size_mul_add(n, cells * C * sizeof(float),
+                           npy_header_len(shape4, G == 1 ? 2 : 4));
+    else if (form == ANSWER_SPARSE)
+      bound = lmap_sparsebin_size(
+          n, cells,
+          size_mul_add(n * cells,
+                       pool_cell_max_entries(C, sh->k, sh->h, sh->w, G), 0));
+    else
+      bound = size_mul_add(n,
                            itemjson_max_len(LABELMAP_MAX_ID_LEN, C, sh->k,
                                             sh->h, sh->w, &o.q, o.format) +
                                1,
@@ -875,7 +911,8 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
     if (bound > w->a->max_answer) {
       char what[96];
       snprintf(what, sizeof what, "%zu %s items of output_size %u", n,
-               npy                       ? "npy"
+               form == ANSWER_NPY        ? "npy"
+               : form == ANSWER_SPARSE   ? "binary sparse"
                : o.format == ITEM_SPARSE ? "sparse"
                                          : "dense",
                G);
@@ -896,6 +933,9 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
   if (npy) {
     rc = npy_header_f32(out, shape4, G == 1 ? 2 : 4);
     w->res.content_type = NPY_TYPE;
+  } else if (form == ANSWER_SPARSE) {
+    rc = lmap_sparsebin_begin(out, (uint32_t)n, C, G);
+    w->res.content_type = LMAP_SPARSEBIN_TYPE;
   } else {
     rc = lmap_dynbuf_addstr(out, "{\"results\":[");
   }
@@ -939,6 +979,8 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
       continue; /* the answer will be a 404: skip the pooling */
     if (npy) {
       rc = npy_item(w, &m, &q);
+    } else if (form == ANSWER_SPARSE) {
+      rc = sparse_item(w, &m, &q);
     } else {
       if (i)
         rc = lmap_dynbuf_add(out, ",", 1);
@@ -960,7 +1002,7 @@ static api_response *post_labels(api_worker *w, const api_request *req) {
   }
   lmap_dynbuf_free(&missing);
   json_decref(root);
-  if (rc == 0 && !npy)
+  if (rc == 0 && form == ANSWER_JSON)
     rc = lmap_dynbuf_addstr(out, "]}");
   if (rc)
     return fail(w, rc, &d);

@@ -240,13 +240,6 @@ static uint32_t digits(uint32_t v) {
   return n;
 }
 
-/* Rows (or columns) of a side-`size` axis that one bin of G touches (see
- * itemjson.h). */
-static uint64_t axis_span(uint32_t size, uint32_t longest, uint32_t G) {
-  uint64_t span = ((uint64_t)longest + G - 1) / G + 4;
-  return span < size ? span : size;
-}
-
 size_t itemjson_max_len(size_t id_len, uint32_t num_classes, uint32_t k,
                         uint32_t h, uint32_t w, const pool_query *q,
                         itemjson_format format) {
@@ -254,10 +247,7 @@ size_t itemjson_max_len(size_t id_len, uint32_t num_classes, uint32_t k,
   uint64_t G = q->output_size ? q->output_size : 1, cells = G * G;
   uint64_t per_cell;
   if (format == ITEM_SPARSE) {
-    uint32_t longest = h > w ? h : w;
-    uint64_t touched = (uint64_t)k * axis_span(h, longest, (uint32_t)G) *
-                       axis_span(w, longest, (uint32_t)G);
-    uint64_t n = touched < num_classes ? touched : num_classes;
+    uint64_t n = pool_cell_max_entries(num_classes, k, h, w, (uint32_t)G);
     uint32_t top = num_classes ? num_classes - 1 : 0;
     /* Per cell: its classes, its values and its rest, each array with its
      * brackets and a comma before it. */

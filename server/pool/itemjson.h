@@ -57,12 +57,8 @@ int itemjson_write_sparse(dynbuf *b, const char *id, uint32_t cells,
  * an answer over its cap without building it:
  *   - every number takes at most ITEMJSON_NUMBER_MAX bytes and a comma;
  *   - a dense cell lists num_classes numbers;
- *   - a sparse cell lists the classes its bin touches: at most k per map
- *     cell it samples. A bin of an output grid of G samples a span of at
- *     most L / G of the region's length L <= max(h, w) on each axis, and a
- *     sample at y touches rows floor(y) and floor(y) + 1: at most
- *     ceil(L / G) + 2 rows (and columns); two more cover float32
- *     rounding. Class indices take as many digits as num_classes - 1.
+ *   - a sparse cell lists at most pool_cell_max_entries classes, whose
+ *     indices take as many digits as num_classes - 1.
  * Saturates at SIZE_MAX. Pure. */
 size_t itemjson_max_len(size_t id_len, uint32_t num_classes, uint32_t k,
                         uint32_t h, uint32_t w, const pool_query *q,

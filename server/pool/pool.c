@@ -324,6 +324,57 @@ int pool_cell_sparse(const labelmap *m, uint32_t num_classes,
   return 0;
 }
 
+/* Rows (or columns) of a side-`size` axis that one bin of G touches (see
+ * pool_cell_max_entries). */
+static uint64_t axis_span(uint32_t size, uint32_t longest, uint32_t G) {
+  uint64_t span = ((uint64_t)longest + G - 1) / G + 4;
+  return span < size ? span : size;
+}
+
+uint64_t pool_cell_max_entries(uint32_t num_classes, uint32_t k, uint32_t h,
+                               uint32_t w, uint32_t G) {
+  uint32_t longest = h > w ? h : w;
+  if (G == 0)
+    G = 1;
+  uint64_t touched =
+      (uint64_t)k * axis_span(h, longest, G) * axis_span(w, longest, G);
+  return touched < num_classes ? touched : num_classes;
+}
+
+/* The values of the classes pool_bin touched (`n` of them, in
+ * ws->touched), as the dense row holds them, into ws->values; `rest` is
+ * every other class's value. */
+static void touched_values(pool_ws *ws, uint32_t n, uint32_t num_classes,
+                           bool softmax, pool_cell *out) {
+  const double *acc = ws->acc;
+  const uint32_t *cls = ws->touched;
+  float rest = 0.f;
+  if (softmax) {
+    double shift, inv_z;
+    softmax_norm(ws, cls, n, num_classes, &shift, &inv_z);
+    rest = (float)(exp(-shift) * inv_z);
+    for (uint32_t i = 0; i < n; i++)
+      ws->values[i] = (float)(exp(acc[cls[i]] - shift) * inv_z);
+  } else {
+    for (uint32_t i = 0; i < n; i++)
+      ws->values[i] = (float)acc[cls[i]];
+  }
+  *out = (pool_cell){n, cls, ws->values, rest};
+}
+
+int pool_cell_touched(const labelmap *m, uint32_t num_classes,
+                      const pool_query *q, uint32_t cell, pool_ws *ws,
+                      pool_cell *out) {
+  if (num_classes != ws->num_classes || cell >= q->output_size * q->output_size)
+    return LMAP_EINVAL;
+  region g = box_region(m, q);
+  uint32_t ph, pw;
+  cell_bin(q, cell, &ph, &pw);
+  uint32_t n = pool_bin(m, &g, q->output_size, ph, pw, ws);
+  touched_values(ws, n, num_classes, q->softmax, out);
+  return 0;
+}
+
 int pool_dense(const labelmap *m, uint32_t num_classes, const pool_query *q,
                pool_ws *ws, float *out) {
   if (num_classes != ws->num_classes)
@@ -333,23 +384,14 @@ int pool_dense(const labelmap *m, uint32_t num_classes, const pool_query *q,
   for (uint32_t cell = 0; cell < G * G; cell++) {
     uint32_t ph, pw;
     cell_bin(q, cell, &ph, &pw);
-    uint32_t n = pool_bin(m, &g, G, ph, pw, ws);
+    pool_cell t;
+    touched_values(ws, pool_bin(m, &g, G, ph, pw, ws), num_classes, q->softmax,
+                   &t);
     float *row = out + (size_t)cell * num_classes;
-    if (q->softmax) {
-      double shift, inv_z;
-      softmax_norm(ws, ws->touched, n, num_classes, &shift, &inv_z);
-      float rest = (float)(exp(-shift) * inv_z);
-      for (uint32_t c = 0; c < num_classes; c++)
-        row[c] = rest;
-      for (uint32_t i = 0; i < n; i++) {
-        uint32_t c = ws->touched[i];
-        row[c] = (float)(exp(ws->acc[c] - shift) * inv_z);
-      }
-    } else {
-      memset(row, 0, (size_t)num_classes * sizeof *row);
-      for (uint32_t i = 0; i < n; i++)
-        row[ws->touched[i]] = (float)ws->acc[ws->touched[i]];
-    }
+    for (uint32_t c = 0; c < num_classes; c++)
+      row[c] = t.rest;
+    for (uint32_t i = 0; i < t.n; i++)
+      row[t.classes[i]] = t.values[i];
   }
   return 0;
 }

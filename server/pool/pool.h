@@ -87,6 +87,26 @@ int pool_cell_sparse(const labelmap *m, uint32_t num_classes,
                      const pool_query *q, uint32_t cell, pool_ws *ws,
                      pool_cell *out);
 
+/* Pools output cell `cell` as pool_cell_sparse does, but unsorted and
+ * with every class the cell's bin touched listed (in the order met, a
+ * pooled logit of 0 included): each listed value and `rest` are the very
+ * floats pool_dense writes, so a dense row rebuilt from them (`rest`
+ * everywhere, then the listed values) equals pool_dense's bit for bit.
+ * For answers that carry cells sparsely without sorting them. */
+int pool_cell_touched(const labelmap *m, uint32_t num_classes,
+                      const pool_query *q, uint32_t cell, pool_ws *ws,
+                      pool_cell *out);
+
+/* The most classes one output cell of an output grid of G can list, for
+ * any box, over a map of k entries per cell on an h x w grid: at most k per
+ * map cell its bin samples. A bin samples a span of at most L / G of the
+ * region's length L <= max(h, w) on each axis, and a sample at y touches
+ * rows floor(y) and floor(y) + 1: at most ceil(L / G) + 2 rows (and
+ * columns); two more cover float32 rounding. Never more than num_classes.
+ * Pure; lets lmapd bound an answer before pooling it. */
+uint64_t pool_cell_max_entries(uint32_t num_classes, uint32_t k, uint32_t h,
+                               uint32_t w, uint32_t G);
+
 /* Pools every output cell densely into `out`: G*G rows of num_classes
  * floats, row-major over the grid. Same contract as pool_cell_sparse. */
 int pool_dense(const labelmap *m, uint32_t num_classes, const pool_query *q,

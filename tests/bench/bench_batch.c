@@ -2,8 +2,9 @@
  * bench_batch: batch soft-label throughput of lmapd through liblmap.
  *
  * K client threads, each with its own handle (a handle has no lock), send
- * `POST /v1/labels` requests of B queries with `.npy` output
- * (lmap_client_labels, float32 [B, C]) for a fixed duration or until each
+ * `POST /v1/labels` requests of B queries for dense labels
+ * (lmap_client_labels, float32 [B, C]; sparse binary answers expanded by
+ * liblmap, or .npy with --answers npy) for a fixed duration or until each
  * thread has sent a request cap, whichever comes first. Queries draw ids
  * uniformly from an id file (one id per line, e.g. `lmap ids STORE`) and
  * RandomResizedCrop-like boxes: area fraction U(0.08, 1), aspect ratio
@@ -48,7 +49,8 @@ static uint32_t num_classes;
 static int batch = 256;
 static double seconds = 3.0;
 static long max_requests = 1000000;
-static int json_queries; /* --queries json */
+static int json_queries;                                  /* --queries json */
+static lmap_answer_form answer_form = LMAP_ANSWER_SPARSE; /* --answers */
 static lmap_client_options client_options;
 static pthread_barrier_t start_barrier;
 
@@ -126,6 +128,7 @@ static void *worker_main(void *arg) {
     snprintf(w->err, sizeof w->err, "lmap_client_new: %s", errbuf);
     w->failed = 1;
   } else {
+    lmap_client_set_answer_form(c, answer_form);
     fill_queries(w, q);
     if (lmap_client_labels(c, q, (size_t)batch, NULL, out, out_len) != 0) {
       snprintf(w->err, sizeof w->err, "warm-up call: %s",
@@ -253,11 +256,13 @@ static void usage(void) {
       stderr,
       "usage: bench_batch --url URL --ids FILE [--clients K] [--batch B]\n"
       "                   [--seconds S] [--max-requests N] [--seed S]\n"
-      "                   [--queries binary|json]\n"
-      "K client threads send POST /v1/labels of B queries (.npy output) for S\n"
-      "seconds or N requests per client; prints one JSON line.\n"
-      "defaults: K 4, B 256, S 3, N 1000000, seed 1, binary queries (liblmap's\n"
-      "default; json: the JSON body)\n");
+      "                   [--queries binary|json] [--answers sparse|npy]\n"
+      "K client threads send POST /v1/labels of B queries (dense float32\n"
+      "labels out) for S seconds or N requests per client; prints one JSON\n"
+      "line.\n"
+      "defaults: K 4, B 256, S 3, N 1000000, seed 1, binary queries and sparse\n"
+      "binary answers (liblmap's defaults; json: the JSON body; npy: dense\n"
+      ".npy answers)\n");
 }
 
 int main(int argc, char **argv) {
@@ -287,6 +292,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--queries") &&
              (!strcmp(v, "binary") || !strcmp(v, "json")))
       json_queries = !strcmp(v, "json");
+    else if (!strcmp(a, "--answers") &&
+             (!strcmp(v, "sparse") || !strcmp(v, "npy")))
+      answer_form = !strcmp(v, "npy") ? LMAP_ANSWER_NPY : LMAP_ANSWER_SPARSE;
     else {
       usage();
       return 2;
@@ -376,11 +384,12 @@ int main(int argc, char **argv) {
       "{\"tool\":\"bench_batch\",\"clients\":%d,\"batch\":%d,\"classes\":%u,"
       "\"requests\":%llu,\"labels\":%llu,\"seconds\":%.3f,\"labels_per_s\":%.0f,"
       "\"requests_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
-      "\"cpu_s\":%.3f,\"failed\":%s}\n",
+      "\"cpu_s\":%.3f,\"answers\":\"%s\",\"failed\":%s}\n",
       clients, batch, num_classes, (unsigned long long)requests,
       (unsigned long long)labels, secs, secs > 0 ? (double)labels / secs : 0.0,
       secs > 0 ? (double)requests / secs : 0.0, pct(lat, nlat, 50),
       pct(lat, nlat, 99), nlat ? lat[nlat - 1] : 0.0, cpu,
+      answer_form == LMAP_ANSWER_NPY ? "npy" : "sparse",
       failed ? "true" : "false");
   free(lat);
   free(w);

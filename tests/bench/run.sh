@@ -12,8 +12,10 @@
 #     lmap's answers, for the same random URLs from the same wrk script. The
 #     two alternate in short rounds (3 of 2 s each; quick: 2 of 1 s), and
 #     every figure is the median of its rounds.
-#  2. POST /v1/labels, 256 queries, .npy, through liblmap from several client
-#     threads (bench_batch): labels/s, p99 per batch, CPU per label. Peer:
+#  2. POST /v1/labels, 256 queries, dense labels through liblmap (sparse
+#     binary answers; also .npy answers and JSON queries, each against the
+#     default) from several client threads (bench_batch): labels/s, p99 per
+#     batch, CPU per label. Peer:
 #     the official ReLabel path (official_peer.py: torch.load of each
 #     sample's .pt from a tmpfs copy of the same maps, dense scatter,
 #     roi_align, softmax) in 2 DataLoader worker processes.
@@ -26,7 +28,8 @@
 #     set, `lmap synth`) against 10,000; and at 1 against 2 server threads.
 #  6-8. lmapd --resident on the main store: single sparse GETs against nginx
 #     (alternating rounds), batches against the official path and against
-#     the default mode, binary queries against JSON, resident memory against
+#     the default mode, binary queries against JSON, sparse answers against
+#     .npy, resident memory against
 #     the arena plus the default mode's, seconds from start to ready.
 #  9. a PyTorch DataLoader's images/s (bench_dataloader.py): hard labels,
 #     lmap soft labels through lmap.torch (resident lmapd), the official
@@ -334,13 +337,15 @@ wrk_run() {
   record "$tag" "{\"tool\":\"wrk\",\"connections\":$c,\"threads\":$th,\"seconds\":$s,\"format\":\"$fmt\",$CPU_JSON,\"wrk\":$js}"
 }
 
-# batch_run TAG CLIENTS BATCH SECONDS [QUERIES]: one bench_batch load
-# (QUERIES: binary, liblmap's default, or json).
+# batch_run TAG CLIENTS BATCH SECONDS [QUERIES [ANSWERS]]: one bench_batch
+# load (QUERIES: binary, liblmap's default, or json; ANSWERS: sparse,
+# liblmap's default, or npy).
 batch_run() {
   local tag=$1 out=$run/batch-$1.txt
   cpu_mark "$LPID"
   if ! bounded $(($(printf '%.0f' "$4") + 60)) "$BB" --url "http://127.0.0.1:$LPORT" --ids "$main_ids" \
       --clients "$2" --batch "$3" --seconds "$4" --max-requests 1000000 --queries "${5:-binary}" \
+      --answers "${6:-sparse}" \
       > "$out" 2> "$out.err"; then
     failed "bench_batch $tag: $(tail -3 "$out.err" | tr '\n' ' ')"
     return 0
@@ -483,9 +488,10 @@ footprint_start get "$main_store"
 for c in $conn_counts; do wrk_run "series.conns.$c" "$url" "$c" $point sparse "" "$LPID"; done
 footprint_end get
 
-say "row 2: batch $batch, $clients clients (binary queries, then JSON)"
+say "row 2: batch $batch, $clients clients (binary queries, then JSON; sparse answers, then .npy)"
 batch_run batch.lmap $clients $batch $secs
 batch_run batch.lmap.json $clients $batch $secs json
+batch_run batch.lmap.npy $clients $batch $secs binary npy
 
 if ((have_torch)); then
   say "row 2 peer: official path, 2 workers ($peer_maps maps to $shm)"
@@ -530,9 +536,10 @@ if ((ready)); then
     ((have_nginx)) && wrk_run "resident.single.sparse.nginx.$r" "$nurl" $conns $round_secs sparse /sparse "${nginx_pids[@]}"
   done
   ((have_nginx)) && stop_proc "$NPID" 10
-  say "row 7: resident batch $batch, $clients clients (binary queries, then JSON)"
+  say "row 7: resident batch $batch, $clients clients (binary queries, then JSON; sparse answers, then .npy)"
   batch_run resident.batch $clients $batch $secs
   batch_run resident.batch.json $clients $batch $secs json
+  batch_run resident.batch.npy $clients $batch $secs binary npy
   record fp.resident "$("$bench_src/footprint.sh" "$LPID" "$main_store" | awk '{ printf "{\"rss_kib\":%d,\"store_rss_kib\":%d,\"other_kib\":%d}", $1, $2, $3 }')"
 else
   failed "lmapd --resident was not ready within 180 s: $(tail -2 "$run/lmapd-resident.log" | tr '\n' ' ')"
@@ -680,6 +687,8 @@ def batch(tag, what):
         return (by[tag]["server_cpu_s"] + r["cpu_s"]) * 1e6 / max(1, r["labels"])
     if what == "server_us":  # lmapd's CPU per label
         return by[tag]["server_cpu_s"] * 1e6 / max(1, r["labels"])
+    if what == "client_us":  # the client's (bench_batch's) CPU per label
+        return r["cpu_s"] * 1e6 / max(1, r["labels"])
     return r[what]
 
 def official(what):
@@ -712,7 +721,7 @@ for fmt, goal in (("sparse", ">= 0.8x"), ("dense", ">= 0.5x")):
     row("single.%s.p99" % fmt, "1 single GET %s: p99" % fmt, wrk(L, "p99"), wrk(N, "p99"), "ms", "<= 2 ms", peer)
     row("single.%s.cpu" % fmt, "1 single GET %s: server CPU/req" % fmt, wrk(L, "cpu_us"), wrk(N, "cpu_us"), "us", "", peer)
 peer = "official path, 2 workers"
-row("batch.labels_per_s", "2 batch %s, .npy, %s clients: labels/s" % (E["BATCH"], E["CLIENTS"]),
+row("batch.labels_per_s", "2 batch %s, %s clients: labels/s" % (E["BATCH"], E["CLIENTS"]),
     batch("batch.lmap", "labels_per_s"), official("labels_per_s"), "labels/s", ">= 100x, >= 250,000", peer)
 row("batch.p99", "2 batch: p99 per batch", batch("batch.lmap", "p99_ms"), official("p99_ms"), "ms", "", peer)
 row("batch.cpu", "2 batch: CPU/label (server+client)", batch("batch.lmap", "cpu_us"), official("cpu_us"), "us", "", peer)
@@ -764,6 +773,13 @@ row("batch.json.rate", "2 batch: binary queries vs JSON body, labels/s", batch("
     batch("batch.lmap.json", "labels_per_s"), "labels/s", "", peer)
 row("batch.json.server_cpu", "2 batch: lmapd CPU/label, binary vs JSON", batch("batch.lmap", "server_us"),
     batch("batch.lmap.json", "server_us"), "us", "", peer)
+peer = "the same batches answered as .npy"
+row("batch.npy.rate", "2 batch: sparse binary vs .npy answers, labels/s", batch("batch.lmap", "labels_per_s"),
+    batch("batch.lmap.npy", "labels_per_s"), "labels/s", "", peer)
+row("batch.npy.server_cpu", "2 batch: lmapd CPU/label, sparse vs .npy answers", batch("batch.lmap", "server_us"),
+    batch("batch.lmap.npy", "server_us"), "us", "", peer)
+row("batch.npy.client_cpu", "2 batch: client CPU/label, sparse vs .npy answers", batch("batch.lmap", "client_us"),
+    batch("batch.lmap.npy", "client_us"), "us", "", peer)
 start = by.get("resident.start") or {}
 arena = (start.get("event") or {})
 peer = "nginx, static %s B file" % get("body.sparse", "mean_body_bytes")
@@ -773,7 +789,7 @@ row("resident.single.p99", "6 resident: single GET sparse p50 / p99",
     "%s / %s" % (fmt_ms(wrk(L, "p50")), fmt_ms(wrk(L, "p99"))),
     "%s / %s" % (fmt_ms(wrk(N, "p50")), fmt_ms(wrk(N, "p99"))), "ms", "", peer)
 row("resident.single.cpu", "6 resident: single GET sparse server CPU/req", wrk(L, "cpu_us"), wrk(N, "cpu_us"), "us", "", peer)
-row("resident.batch.rate", "7 resident: batch %s .npy, %s clients, labels/s" % (E["BATCH"], E["CLIENTS"]),
+row("resident.batch.rate", "7 resident: batch %s, %s clients, labels/s" % (E["BATCH"], E["CLIENTS"]),
     batch("resident.batch", "labels_per_s"), official("labels_per_s"), "labels/s", ">= 100x, >= 250,000",
     "official path, 2 workers")
 row("resident.batch.p99", "7 resident: batch p99", batch("resident.batch", "p99_ms"), official("p99_ms"), "ms", "",
@@ -786,6 +802,13 @@ row("resident.batch.server_cpu", "7 resident vs default mode: lmapd CPU/label", 
     batch("batch.lmap", "server_us"), "us", "", "default mode (mapped, decode per request)")
 row("resident.batch.json", "7 resident: batch labels/s, binary vs JSON queries", batch("resident.batch", "labels_per_s"),
     batch("resident.batch.json", "labels_per_s"), "labels/s", "", "the same batches as JSON")
+peer = "the same batches answered as .npy"
+row("resident.batch.npy", "7 resident: batch labels/s, sparse binary vs .npy answers",
+    batch("resident.batch", "labels_per_s"), batch("resident.batch.npy", "labels_per_s"), "labels/s", "", peer)
+row("resident.batch.npy.server_cpu", "7 resident: lmapd CPU/label, sparse vs .npy answers", batch("resident.batch", "server_us"),
+    batch("resident.batch.npy", "server_us"), "us", "", peer)
+row("resident.batch.npy.client_cpu", "7 resident: client CPU/label, sparse vs .npy answers", batch("resident.batch", "client_us"),
+    batch("resident.batch.npy", "client_us"), "us", "", peer)
 mapped_rss = get("fp.batch", "rss_kib")
 arena_kib = arena.get("arena_bytes", 0) / 1024.0 if arena.get("arena_bytes") else None
 row("resident.rss", "8 resident: RSS after batch load, vs arena + default mode's RSS",

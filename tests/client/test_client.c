@@ -737,6 +737,39 @@ out:
   lmap_client_free(c);
 }
 
+/* The two answer forms of lmap_client_labels against the real lmapd: the
+ * default (sparse binary cells expanded by liblmap) and .npy give the same
+ * floats bit for bit, for every option combination. */
+static void case_answer_forms(void) {
+  g_case = "answer_forms";
+  lmap_client *sparse = connect_to(g_main->url, NULL);
+  lmap_client *npy = connect_to(g_main->url, NULL);
+  REQUIRE(sparse != NULL && npy != NULL);
+  CHECK_RC(lmap_client_set_answer_form(npy, LMAP_ANSWER_NPY), 0, npy);
+  CHECK_RC(lmap_client_set_answer_form(npy, (lmap_answer_form)7), LMAP_EINVAL,
+           NULL);
+  CHECK_RC(lmap_client_set_answer_form(NULL, LMAP_ANSWER_NPY), LMAP_EINVAL,
+           NULL);
+  for (size_t k = 0; k < N_CONFIGS; k++) {
+    const config *cf = &configs[k];
+    size_t n = 40, len = n * g_C * cf->G * cf->G;
+    lmap_label_options o = label_opts(cf->G, cf->f, cf->softmax);
+    lmap_query *q = make_queries(n, cf->f, k * 17 + 3);
+    float *a = malloc(len * sizeof *a), *b = malloc(len * sizeof *b);
+    if (CHECK(q && a && b) &&
+        CHECK_RC(lmap_client_labels(sparse, q, n, &o, a, len), 0, sparse) &&
+        CHECK_RC(lmap_client_labels(npy, q, n, &o, b, len), 0, npy) &&
+        !CHECK(memcmp(a, b, len * sizeof *a) == 0))
+      fprintf(stderr, "  %s: sparse and .npy answers differ\n", cf->name);
+    free(a);
+    free(b);
+    free(q);
+  }
+out:
+  lmap_client_free(sparse);
+  lmap_client_free(npy);
+}
+
 /* Sparse labels against `lmap get --format sparse`. */
 static void case_sparse(void) {
   g_case = "sparse";
@@ -1445,6 +1478,129 @@ static void case_hostile_dense(void) {
 out:
   free(info);
   free(v);
+  free(out);
+}
+
+/* A whole HTTP 200 answer of Content-Type application/x-lmap-sparse for N
+ * items of one cell over C classes: a header of `classes` and G = 1, then
+ * per item `count` entries (classes 0, 1, ...) of value `value` and rest
+ * `rest`, written here byte by byte from the layout in docs/API.md. */
+static char *binsparse_answer(size_t n, uint32_t classes, uint32_t count,
+                              float value, float rest, const char *magic,
+                              size_t *len) {
+  size_t body = 16 + n * 8 * ((size_t)count + 1);
+  char head[200];
+  int hl = snprintf(head, sizeof head,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/x-lmap-sparse"
+                    "\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                    body);
+  unsigned char *a = malloc((size_t)hl + body);
+  if (a == NULL)
+    return NULL;
+  memcpy(a, head, (size_t)hl);
+  unsigned char *p = a + hl;
+  uint32_t words[3] = {(uint32_t)n, classes, 1};
+  memcpy(p, magic, 4);
+  for (int w = 0; w < 3; w++)
+    for (int i = 0; i < 4; i++)
+      p[4 + 4 * w + i] = (unsigned char)(words[w] >> (8 * i));
+  p += 16;
+  uint32_t rbits, vbits;
+  memcpy(&rbits, &rest, 4);
+  memcpy(&vbits, &value, 4);
+  for (size_t item = 0; item < n; item++) {
+    uint32_t unit[2] = {count, rbits};
+    for (uint32_t e = 0; e <= count; e++) {
+      if (e) {
+        unit[0] = e - 1;
+        unit[1] = vbits;
+      }
+      for (int w = 0; w < 2; w++)
+        for (int i = 0; i < 4; i++)
+          p[4 * w + i] = (unsigned char)(unit[w] >> (8 * i));
+      p += 8;
+    }
+  }
+  *len = (size_t)hl + body;
+  return (char *)a;
+}
+
+/* Sparse binary answers that cannot be labels: LMAP_EPROTOCOL naming what
+ * is wrong; a good one expands to rest everywhere and its listed values. */
+static void case_hostile_binsparse(void) {
+  g_case = "hostile_binsparse";
+  char *info = info_answer();
+  size_t n = 2, C = g_C, len = 0;
+  float *out = malloc(n * C * sizeof *out);
+  char msg[600];
+  REQUIRE(info && out && C > 4);
+  lmap_label_options o1 = label_opts(1, LMAP_BOX_XYXY, 1);
+  lmap_label_options raw = label_opts(1, LMAP_BOX_XYXY, 0);
+  static const struct {
+    int classes_delta; /* the header's C against the store's */
+    int count_over;    /* item 0's cell claims C + 1 entries */
+    int entries;       /* entries per item (classes 0..entries-1) */
+    float value, rest;
+    const char *magic;
+    int softmax, ok;
+    const char *needle;
+  } cases[] = {
+      {0, 0, 3, 0.25f, 0.125f, "LMS1", 1, 1, ""},
+      {0, 0, 3, 0.25f, 0.125f, "LMS2", 1, 0, "does not start with \"LMS1\""},
+      {1, 0, 3, 0.25f, 0.125f, "LMS1", 1, 0, "asked for"},
+      {0, 1, 0, 0.25f, 0.125f, "LMS1", 1, 0, "more than the store's"},
+      {0, 0, 3, 1.5f, 0.125f, "LMS1", 1, 0,
+       "item 0, cell 0, entry 0 (class 0) is 1.5, not a probability"},
+      {0, 0, 3, 1.5f, 0.125f, "LMS1", 0, 1, ""},
+      {0, 0, 3, NAN, 0.125f, "LMS1", 0, 0, "is nan, not a finite number"},
+      {0, 0, 3, 0.25f, -INFINITY, "LMS1", 0, 0, "rest -inf"},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    char *a = binsparse_answer(n, (uint32_t)((long)C + cases[k].classes_delta),
+                               (uint32_t)cases[k].entries, cases[k].value,
+                               cases[k].rest, cases[k].magic, &len);
+    if (a && cases[k].count_over) {
+      /* Item 0's cell claims C + 1 entries: refused at its count. */
+      char *p = a + len - 8 * n * ((size_t)cases[k].entries + 1);
+      uint32_t over = (uint32_t)C + 1;
+      for (int i = 0; i < 4; i++)
+        p[i] = (char)(over >> (8 * i));
+    }
+    int rc = a ? labels_from(info, a, len, n, cases[k].softmax ? &o1 : &raw,
+                             out, n * C, msg)
+               : -1;
+    if (!CHECK_RC(rc, cases[k].ok ? 0 : LMAP_EPROTOCOL, NULL))
+      fprintf(stderr, "  case %zu: %s\n", k, msg);
+    if (cases[k].ok) {
+      for (size_t i = 0; i < n; i++)
+        for (size_t c = 0; c < C; c++)
+          CHECK(
+              out[i * C + c] ==
+              (c < (size_t)cases[k].entries ? cases[k].value : cases[k].rest));
+    } else {
+      CHECK_HAS(msg, cases[k].needle);
+    }
+    free(a);
+  }
+  /* A client that asked for .npy refuses a sparse answer by its type. */
+  {
+    char *a = binsparse_answer(n, (uint32_t)C, 1, 0.5f, 0.0f, "LMS1", &len);
+    th_fake *f = a ? th_fake_routed(info, a, len) : NULL;
+    lmap_client *c = f ? connect_once(th_fake_url(f)) : NULL;
+    lmap_query *q = make_queries(n, LMAP_BOX_XYXY, 5);
+    if (CHECK(c && q)) {
+      lmap_client_set_answer_form(c, LMAP_ANSWER_NPY);
+      CHECK_RC(lmap_client_labels(c, q, n, &o1, out, n * C), LMAP_EPROTOCOL,
+               NULL);
+      CHECK_HAS(lmap_client_errmsg(c), "the answer is not .npy");
+    }
+    lmap_client_free(c);
+    th_fake_free(f);
+    free(q);
+    free(a);
+  }
+out:
+  free(info);
   free(out);
 }
 
@@ -2353,6 +2509,7 @@ int main(void) {
     return 1;
   }
   case_labels();
+  case_answer_forms();
   case_sparse();
   case_map();
   case_errors();
@@ -2361,6 +2518,7 @@ int main(void) {
   case_url_forms();
   case_failover();
   case_hostile_dense();
+  case_hostile_binsparse();
   case_hostile_map();
   case_hostile_sparse();
   case_hostile_size();

@@ -244,7 +244,10 @@ static void answer_seeds(api_worker *w, const char *id) {
                {"sparse-2x2", "sparse", "", 2, 2},
                {"sparse-3x3", "sparse", "", 3, 3},
                {"npy-1x1", "dense", "application/x-npy", 2, 1},
-               {"npy-3x2", "dense", "application/x-npy", 3, 2}};
+               {"npy-3x2", "dense", "application/x-npy", 3, 2},
+               {"bin-1x1", "dense", "application/x-lmap-sparse", 2, 1},
+               {"bin-3x2", "dense", "application/x-lmap-sparse", 3, 2},
+               {"bin-4x3", "dense", "application/x-lmap-sparse", 4, 3}};
   for (size_t i = 0; i < sizeof posts / sizeof posts[0]; i++) {
     char text[4096], url[1024];
     int at =
@@ -262,14 +265,19 @@ static void answer_seeds(api_worker *w, const char *id) {
       exit(1);
     uint8_t head[3] = {1, (uint8_t)(posts[i].n - 1), (uint8_t)(posts[i].g - 1)};
     if (posts[i].accept[0]) {
-      head[0] = (uint8_t)((posts[i].g > 1) | (posts[i].n - 1) << 1);
+      /* wire_npy: bit 0 the 4-d shape; wire_sparse: bit 3 a declared
+       * length, bits 4-5 probabilities checked. */
+      int npy = strstr(posts[i].accept, "npy") != NULL;
+      const char *target = npy ? "wire_npy" : "wire_sparse";
+      head[0] = (uint8_t)((posts[i].n - 1) << 1 |
+                          (npy ? posts[i].g > 1 : 1 << 3 | 2 << 4));
       head[1] = (uint8_t)(posts[i].g - 1);
       head[2] = 0;
-      put2("wire_npy", posts[i].name, head, 3, r->body.data, r->body.len);
+      put2(target, posts[i].name, head, 3, r->body.data, r->body.len);
       head[2] = 6; /* pieces of 7 bytes */
       char name[64];
       snprintf(name, sizeof name, "%s-pieces", posts[i].name);
-      put2("wire_npy", name, head, 3, r->body.data, r->body.len);
+      put2(target, name, head, 3, r->body.data, r->body.len);
     } else {
       put2("wire_json", posts[i].name, head, 3, r->body.data, r->body.len);
     }

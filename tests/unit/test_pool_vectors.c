@@ -13,7 +13,10 @@
  *     values equal the dense ones, every unlisted class equals `rest` (0 for
  *     logits), listed = exactly the classes with a non-zero pooled logit
  *     (both lmap's own and torchvision's), and the probabilities sum to 1;
- *   - the sparse answer, expanded with `rest`, against the reference.
+ *   - the sparse answer, expanded with `rest`, against the reference;
+ *   - pool_cell_touched against pool_dense: a row rebuilt from its `rest`
+ *     and listed values equals the dense row bit for bit, its classes are
+ *     distinct and below C, and there are at most pool_cell_max_entries.
  * It also checks that pool_check_query refuses malformed queries and that a
  * workspace of the wrong class count is refused. The max errors are printed.
  * Working directory: tests/ (as ctest runs unit tests).
@@ -178,6 +181,32 @@ static void check_sparse_cell(const pool_cell *pc, const float *dense_row,
     report("probabilities do not sum to 1", cell, -1, 1.0, sum);
 }
 
+/* Cell `cell` of pool_cell_touched, rebuilt into a dense row, against
+ * pool_dense's row. */
+static void check_touched_cell(const labelmap *m, uint32_t c,
+                               const pool_query *q, pool_ws *ws, uint32_t cell,
+                               const float *dense_row, bool *seen) {
+  pool_cell pc;
+  ASSERT_EQ(pool_cell_touched(m, c, q, cell, ws, &pc), 0);
+  ASSERT(pc.n <= pool_cell_max_entries(c, m->k, m->h, m->w, q->output_size));
+  memset(seen, 0, c * sizeof *seen);
+  float *row = malloc(c * sizeof *row);
+  ASSERT(row != NULL);
+  for (uint32_t k = 0; k < c; k++)
+    row[k] = pc.rest;
+  for (uint32_t i = 0; i < pc.n; i++) {
+    ASSERT(pc.classes[i] < c);
+    ASSERT(!seen[pc.classes[i]]);
+    seen[pc.classes[i]] = true;
+    row[pc.classes[i]] = pc.values[i];
+  }
+  for (uint32_t k = 0; k < c; k++)
+    if (memcmp(&row[k], &dense_row[k], sizeof row[k]) != 0)
+      report("touched cell rebuilt vs dense (bitwise)", cell, k, dense_row[k],
+             row[k]);
+  free(row);
+}
+
 static void run_query(const labelmap *m, uint32_t c, pool_ws *ws,
                       const json_t *jq, float *dense, float *dense_logits,
                       double *ref, double *ref_logits, bool *ref_listed,
@@ -258,6 +287,7 @@ static void run_query(const labelmap *m, uint32_t c, pool_ws *ws,
       check_sparse_cell(&pc, out + (size_t)cell * c, r + (size_t)cell * c,
                         ref_listed + (size_t)cell * c,
                         lmap_listed + (size_t)cell * c, c, cell, seen);
+      check_touched_cell(m, c, &q, ws, cell, out + (size_t)cell * c, seen);
     }
   }
 }

@@ -1,13 +1,14 @@
 /* Unit tests of liblmap's wire module: the labels request body, the .npy
- * stream reader fed in every split, and the JSON answer readers on good and
- * malformed documents. The references are numpy's header layout and the
- * answers lmapd writes (docs/API.md). */
+ * and sparse binary stream readers fed in every split, and the JSON answer
+ * readers on good and malformed documents. The references are numpy's header
+ * layout and the answers lmapd writes (docs/API.md). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <jansson.h>
 
+#include "shared/sparsebin.h"
 #include "test.h"
 #include "wire.h"
 
@@ -518,6 +519,182 @@ static void test_error_and_info(void) {
   ASSERT_EQ(lmap_err_from_code("no_such_code"), 0);
 }
 
+/* ---- sparse binary answers ---------------------------------------------- */
+
+/* A sparse answer of N items of G x G cells over C classes, written by
+ * lmapd's writer, and the dense array it stands for, built here from the
+ * same cells: cell (i, j) lists classes j, j + 3, j + 6... (up to C) with
+ * values (i + 1) / 100 + class / 1000, and rest 1e-4 * (j + 1). */
+enum { SB_N = 3, SB_C = 20, SB_G = 2 };
+
+static size_t make_sparse(dynbuf *b, size_t n, size_t g, float *dense) {
+  size_t cells = g * g, entries = 0;
+  lmap_dynbuf_reset(b);
+  ASSERT_EQ(lmap_sparsebin_begin(b, (uint32_t)n, SB_C, (uint32_t)g), 0);
+  for (size_t i = 0; i < n; i++)
+    for (size_t j = 0; j < cells; j++) {
+      uint32_t cls[SB_C];
+      float val[SB_C];
+      uint32_t k = 0;
+      /* Listed in decreasing class order: the reader must not care. */
+      for (int c = SB_C - 1; c >= 0; c--)
+        if ((size_t)c % 3 == j % 3) {
+          cls[k] = (uint32_t)c;
+          val[k++] = (float)(i + 1) / 100 + (float)c / 1000;
+        }
+      float rest = 1e-4f * (float)(j + 1);
+      ASSERT_EQ(lmap_sparsebin_cell(b, k, rest, cls, val), 0);
+      entries += k;
+      for (size_t c = 0; c < SB_C; c++)
+        dense[(i * SB_C + c) * cells + j] = rest;
+      for (uint32_t e = 0; e < k; e++)
+        dense[(i * SB_C + cls[e]) * cells + j] = val[e];
+    }
+  return entries;
+}
+
+/* Feeds `len` bytes in pieces of `piece`; returns the first error or
+ * finish's answer. */
+static int feed_sparse(lmap_sparsebin_sink *s, const char *body, size_t len,
+                       size_t piece) {
+  for (size_t at = 0; at < len; at += piece) {
+    size_t k = len - at < piece ? len - at : piece;
+    int rc = lmap_sparsebin_feed(s, body + at, k);
+    if (rc)
+      return rc;
+  }
+  return lmap_sparsebin_finish(s);
+}
+
+static void test_sparsebin_every_split(void) {
+  dynbuf b;
+  lmap_dynbuf_init(&b, 1 << 20);
+  for (size_t g = 1; g <= SB_G; g++) {
+    size_t floats = SB_N * SB_C * g * g;
+    float want[SB_N * SB_C * SB_G * SB_G], got[SB_N * SB_C * SB_G * SB_G];
+    size_t entries = make_sparse(&b, SB_N, g, want);
+    size_t expect[4] = {SB_N, SB_C, g, g};
+    ASSERT_EQ(b.len, lmap_sparsebin_size(SB_N, g * g, entries));
+    for (size_t piece = 1; piece <= b.len; piece++) {
+      memset(got, 0xff, sizeof got);
+      lmap_sparsebin_sink s;
+      lmap_sparsebin_sink_init(&s, got, floats, expect, LMAP_NPY_PROB);
+      ASSERT_EQ(lmap_sparsebin_sink_declare(&s, (long long)b.len), 0);
+      ASSERT_EQ(feed_sparse(&s, b.data, b.len, piece), 0);
+      ASSERT_EQ(s.ndim, g == 1 ? 2 : 4);
+      ASSERT(memcmp(got, want, floats * sizeof(float)) == 0);
+    }
+  }
+  lmap_dynbuf_free(&b);
+}
+
+/* One refusal: the answer `body` (`len` bytes) for the shape N x C x G x G
+ * is refused with `code` and a message holding `needle`. */
+static void sparse_refused(const char *body, size_t len, size_t g,
+                           long long declared, lmap_npy_values values, int code,
+                           const char *needle) {
+  float out[SB_N * SB_C * SB_G * SB_G];
+  size_t expect[4] = {SB_N, SB_C, g, g};
+  lmap_sparsebin_sink s;
+  lmap_sparsebin_sink_init(&s, out, SB_N * SB_C * g * g, expect, values);
+  int rc = lmap_sparsebin_sink_declare(&s, declared);
+  if (rc == 0)
+    rc = feed_sparse(&s, body, len, 5);
+  ASSERT_EQ(rc, code);
+  ASSERT_CONTAINS(s.err, needle);
+}
+
+static void put32(dynbuf *b, size_t at, uint32_t v) {
+  for (int i = 0; i < 4; i++)
+    b->data[at + (size_t)i] = (char)(v >> (8 * i));
+}
+
+static void test_sparsebin_refusals(void) {
+  dynbuf b;
+  lmap_dynbuf_init(&b, 1 << 20);
+  float dense[SB_N * SB_C * SB_G * SB_G];
+  make_sparse(&b, SB_N, 1, dense);
+  size_t len = b.len;
+  /* The first cell: its count at byte 16, rest at 20, entries from 24. */
+  sparse_refused(b.data, len - 8, 1, -1, LMAP_NPY_PROB, LMAP_EPROTOCOL,
+                 "cut short");
+  sparse_refused(b.data, len - 3, 1, -1, LMAP_NPY_PROB, LMAP_EPROTOCOL,
+                 "cut short");
+  sparse_refused(b.data, 7, 1, -1, LMAP_NPY_PROB, LMAP_EPROTOCOL,
+                 "cut short (0 of 3 cells)");
+  sparse_refused(b.data, len, 1, (long long)len - 8, LMAP_NPY_PROB,
+                 LMAP_EPROTOCOL, "longer than its Content-Length");
+  sparse_refused(b.data, len, 1, 15, LMAP_NPY_PROB, LMAP_EPROTOCOL,
+                 "Content-Length is 15 bytes");
+  sparse_refused(b.data, len, 1, (long long)len + 4, LMAP_NPY_PROB,
+                 LMAP_EPROTOCOL, "16 + 8 * k");
+  /* Over the most the shape can take: refused once the header says the
+   * shape (an answer of another shape says that first). */
+  sparse_refused(b.data, len, 1, 1LL << 40, LMAP_NPY_PROB, LMAP_EPROTOCOL,
+                 "more than the 520 an answer of 3 item(s) of 1 cell(s) of "
+                 "20 classes can take");
+  sparse_refused(b.data, len, 2, 1LL << 40, LMAP_NPY_PROB, LMAP_EPROTOCOL,
+                 "asked for");
+  /* Another shape: refused, and said to differ (client.c then asks
+   * whether the store was replaced). */
+  sparse_refused(b.data, len, 2, -1, LMAP_NPY_PROB, LMAP_EPROTOCOL,
+                 "not the 3 of 20 classes on 2 x 2 asked for");
+  {
+    float out[SB_N * SB_C * 4];
+    size_t expect[4] = {SB_N, SB_C, 2, 2};
+    lmap_sparsebin_sink s;
+    lmap_sparsebin_sink_init(&s, out, SB_N * SB_C * 4, expect, LMAP_NPY_ANY);
+    ASSERT(feed_sparse(&s, b.data, len, len) != 0);
+    ASSERT_EQ(s.shape_differs, 1);
+    ASSERT_EQ(s.shape[1], SB_C);
+  }
+  /* A body that goes on after its cells. */
+  ASSERT_EQ(lmap_dynbuf_add(&b, "\0\0\0\0\0\0\0\0", 8), 0);
+  sparse_refused(b.data, b.len, 1, -1, LMAP_NPY_PROB, LMAP_EPROTOCOL,
+                 "goes on after its 3 cell(s)");
+  b.len = len;
+
+  dynbuf bad;
+  lmap_dynbuf_init(&bad, 1 << 20);
+  struct {
+    size_t at;
+    uint32_t v;
+    lmap_npy_values values;
+    const char *needle;
+  } cases[] = {
+      {0, 0x3153454e, LMAP_NPY_ANY, "does not start with \"LMS1\""},
+      {16, SB_C + 1, LMAP_NPY_ANY, "item 0, cell 0 lists 21 classes"},
+      {24, SB_C, LMAP_NPY_ANY,
+       "item 0, cell 0, entry 0: class 20 is not below the store's 20"},
+      {20, 0x7fc00000, LMAP_NPY_FINITE, "rest nan, not a finite number"},
+      {20, 0x3f800100, LMAP_NPY_PROB, "not a probability in [0, 1]"},
+      {36, 0xff800000, LMAP_NPY_FINITE,
+       "item 0, cell 0, entry 1 (class 15) is -inf"},
+      {36, 0xbf800000, LMAP_NPY_PROB, "entry 1 (class 15) is -1"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    lmap_dynbuf_reset(&bad);
+    ASSERT_EQ(lmap_dynbuf_add(&bad, b.data, len), 0);
+    put32(&bad, cases[i].at, cases[i].v);
+    sparse_refused(bad.data, bad.len, 1, -1, cases[i].values, LMAP_EPROTOCOL,
+                   cases[i].needle);
+  }
+  /* Logits may be any finite number: -1 passes as one. */
+  lmap_dynbuf_reset(&bad);
+  ASSERT_EQ(lmap_dynbuf_add(&bad, b.data, len), 0);
+  put32(&bad, 36, 0xbf800000);
+  {
+    float out[SB_N * SB_C];
+    size_t expect[4] = {SB_N, SB_C, 1, 1};
+    lmap_sparsebin_sink s;
+    lmap_sparsebin_sink_init(&s, out, SB_N * SB_C, expect, LMAP_NPY_FINITE);
+    ASSERT_EQ(feed_sparse(&s, bad.data, bad.len, 3), 0);
+    ASSERT_EQ(out[15], -1.0f);
+  }
+  lmap_dynbuf_free(&bad);
+  lmap_dynbuf_free(&b);
+}
+
 int main(void) {
   test_npy_every_split();
   test_npy_refusals();
@@ -526,6 +703,8 @@ int main(void) {
   test_labels_body();
   test_sparse();
   test_sparse_max();
+  test_sparsebin_every_split();
+  test_sparsebin_refusals();
   test_error_and_info();
   TEST_DONE();
 }

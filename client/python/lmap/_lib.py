@@ -118,6 +118,7 @@ _PROTOTYPES = {
                                              ctypes.POINTER(ClientOptions),
                                              ctypes.POINTER(_VOIDP), ctypes.POINTER(ctypes.c_char)]),
     "lmap_client_free": (None, [_VOIDP]),
+    "lmap_client_set_answer_form": (ctypes.c_int, [_VOIDP, ctypes.c_int]),
     "lmap_label_options_init": (None, [ctypes.POINTER(LabelOptions)]),
     "lmap_client_labels": (ctypes.c_int, [_VOIDP, _VOIDP, _SIZE, ctypes.POINTER(LabelOptions),
                                           _VOIDP, _SIZE]),
@@ -137,6 +138,10 @@ _PROTOTYPES = {
     "lmap_err_from_code": (ctypes.c_int, [_CHARP]),
     "lmap_err_http_status": (ctypes.c_int, [ctypes.c_int]),
 }
+
+# lmap_answer_form (include/lmap/client.h)
+ANSWER_SPARSE = 0
+ANSWER_NPY = 1
 
 _lock = threading.Lock()
 _lib = None

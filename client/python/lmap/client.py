@@ -89,11 +89,14 @@ class Client:
           (default: the system's).
     json_queries: send label batches as a JSON body instead of lmapd's
           binary queries (the default, read about 100x faster; docs/API.md).
+    npy_answers: have dense labels sent as .npy arrays instead of sparse
+          binary cells (the default, about 1/30 of the bytes for 1,000
+          classes, expanded by liblmap into the same floats bit for bit).
     """
 
     def __init__(self, urls: Union[str, Sequence[str]], *, token=None, token_file=None,
                  connect_timeout=2.0, timeout=30.0, retries=1, retry_backoff=0.05,
-                 down_time=1.0, ca_file=None, json_queries=False):
+                 down_time=1.0, ca_file=None, json_queries=False, npy_answers=False):
         self._h = None  # set first, so __del__ works whatever fails below
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -145,6 +148,8 @@ class Client:
             msg = errbuf.value.decode("utf-8", "replace") or _lib.text(lib.lmap_strerror(rc))
             raise error_class(code)(msg, code=code, errno=rc, field="urls")
         self._h = handle.value
+        if npy_answers:
+            lib.lmap_client_set_answer_form(self._h, _lib.ANSWER_NPY)
 
     # ---------------------------------------------------------- lifecycle --
 
