@@ -845,10 +845,11 @@ static int batch_open(api_worker *w, const api_request *req, batch_source *src,
 static int batch_next(batch_source *src, size_t i, pool_query *pq,
                       const char **id, diag *d) {
   char where[32];
-  snprintf(where, sizeof where, "queries[%zu]", i);
-  if (src->root != NULL)
+  if (src->root != NULL) {
+    snprintf(where, sizeof where, "queries[%zu]", i);
     return queryjson_query(json_array_get(src->queries, i), where, false, pq,
                            NULL, id, d);
+  }
   lmap_querybin_query q;
   char err[LMAP_QUERYBIN_ERRLEN];
   if (lmap_querybin_next(&src->bin, &q, err) != 1)
@@ -861,8 +862,10 @@ static int batch_next(batch_source *src, size_t i, pool_query *pq,
   int rc = labelmap_id_check(src->id, q.id_len, d);
   if (rc == 0)
     rc = pool_check_query(pq, d);
-  if (rc) /* named as queryjson_query names a JSON query's */
+  if (rc) { /* named as queryjson_query names a JSON query's */
+    snprintf(where, sizeof where, "queries[%zu]", i);
     diag_prefix(d, where);
+  }
   return rc;
 }
 

@@ -19,6 +19,7 @@ struct pool_ws {
   uint32_t generation;
   uint32_t *stamp;   /* [C] generation in which acc[c] was last touched */
   double *acc;       /* [C] pooled logit of class c in the current bin */
+  double *ex;        /* [C] exp(logit - max) of the i-th class softmaxed */
   uint32_t *touched; /* [C] classes touched in the current bin */
   struct pool_entry {
     float value; /* the value returned, so ties are ties as the user sees */
@@ -28,6 +29,8 @@ struct pool_ws {
   float *values;     /* [C] sparse output: values */
   double wy[LABELMAP_MAX_SIDE];
   double wx[LABELMAP_MAX_SIDE];
+  float *row;     /* binary16 scores of one map row's span, widened */
+  size_t row_cap; /* floats row holds */
 };
 
 pool_ws *pool_ws_new(uint32_t num_classes) {
@@ -39,12 +42,13 @@ pool_ws *pool_ws_new(uint32_t num_classes) {
   ws->num_classes = num_classes;
   ws->stamp = calloc(num_classes, sizeof *ws->stamp);
   ws->acc = calloc(num_classes, sizeof *ws->acc);
+  ws->ex = calloc(num_classes, sizeof *ws->ex);
   ws->touched = calloc(num_classes, sizeof *ws->touched);
   ws->entries = calloc(num_classes, sizeof *ws->entries);
   ws->classes = calloc(num_classes, sizeof *ws->classes);
   ws->values = calloc(num_classes, sizeof *ws->values);
-  if (!ws->stamp || !ws->acc || !ws->touched || !ws->entries || !ws->classes ||
-      !ws->values) {
+  if (!ws->stamp || !ws->acc || !ws->ex || !ws->touched || !ws->entries ||
+      !ws->classes || !ws->values) {
     pool_ws_free(ws);
     return NULL;
   }
@@ -56,10 +60,12 @@ void pool_ws_free(pool_ws *ws) {
     return;
   free(ws->stamp);
   free(ws->acc);
+  free(ws->ex);
   free(ws->touched);
   free(ws->entries);
   free(ws->classes);
   free(ws->values);
+  free(ws->row);
   free(ws);
 }
 
@@ -183,20 +189,38 @@ static int axis_weights(float start, float end, uint32_t size, uint32_t g,
  * accessors. */
 enum map_form { FORM_F32_U32, FORM_F16_U16, FORM_MIXED };
 
+/* The binary16 scores of cells [qlo, qhi] of row r, widened to float32
+ * into ws->row in one pass that the compiler vectorises (exact: every
+ * binary16 value is a float32 one), so that the sum reads each as a float
+ * widened to double: the same double as f16_finite_to_f64, for about a
+ * third of the instructions per entry. */
+static const float *row_f32(const labelmap *m, uint32_t r, uint32_t qlo,
+                            uint32_t qhi, pool_ws *ws) {
+  size_t n = (size_t)(qhi - qlo + 1) * m->k;
+  const uint16_t *src = m->scores16 + ((size_t)r * m->w + qlo) * m->k;
+  float *dst = ws->row;
+  for (size_t i = 0; i < n; i++)
+    dst[i] = f16_finite_to_f32(src[i]);
+  return dst;
+}
+
 /* Adds the weighted entries of the cells in [rlo, rhi] x [qlo, qhi] into
  * ws->acc, listing newly touched classes in ws->touched from `n` on;
- * returns the new count. `form` is a constant at each call, so the
- * compiler emits one loop per form with no test per entry. */
+ * returns the new count. `form` (and `k`, m->k, where it is a constant)
+ * is a constant at each call, so the compiler emits one loop per form
+ * with no test per entry. */
 static inline __attribute__((always_inline)) uint32_t
-bin_sum(const labelmap *m, enum map_form form, uint32_t rlo, uint32_t rhi,
-        uint32_t qlo, uint32_t qhi, double inv, pool_ws *ws) {
-  uint32_t gen = ws->generation, n = 0, k = m->k;
+bin_sum(const labelmap *m, enum map_form form, uint32_t k, uint32_t rlo,
+        uint32_t rhi, uint32_t qlo, uint32_t qhi, double inv, pool_ws *ws) {
+  uint32_t gen = ws->generation, n = 0;
   uint32_t *stamp = ws->stamp, *touched = ws->touched;
   double *acc = ws->acc;
   for (uint32_t r = rlo; r <= rhi; r++) {
     double wr = ws->wy[r] * inv;
     if (wr == 0)
       continue;
+    const float *row =
+        form == FORM_F16_U16 ? row_f32(m, r, qlo, qhi, ws) : NULL;
     for (uint32_t q = qlo; q <= qhi; q++) {
       double wgt = wr * ws->wx[q];
       if (wgt == 0)
@@ -208,7 +232,7 @@ bin_sum(const labelmap *m, enum map_form form, uint32_t rlo, uint32_t rhi,
         double v;
         if (form == FORM_F16_U16) {
           c = m->classes16[i];
-          v = wgt * f16_finite_to_f64(m->scores16[i]);
+          v = wgt * (double)row[(size_t)(q - qlo) * k + e];
         } else if (form == FORM_F32_U32) {
           c = m->classes[i];
           v = wgt * (double)m->scores[i];
@@ -229,6 +253,19 @@ bin_sum(const labelmap *m, enum map_form form, uint32_t rlo, uint32_t rhi,
   return n;
 }
 
+/* Whether ws->row can hold `n` floats (grown when it cannot; when memory
+ * is short the caller takes the accessors' path instead). */
+static bool row_room(pool_ws *ws, size_t n) {
+  if (n <= ws->row_cap)
+    return true;
+  float *p = realloc(ws->row, n * sizeof *p);
+  if (p == NULL)
+    return false;
+  ws->row = p;
+  ws->row_cap = n;
+  return true;
+}
+
 /* Pools bin (ph, pw) of the un-flipped grid into ws->acc for the classes
  * listed in ws->touched; returns how many were touched. */
 static uint32_t pool_bin(const labelmap *m, const region *g, uint32_t G,
@@ -247,11 +284,16 @@ static uint32_t pool_bin(const labelmap *m, const region *g, uint32_t G,
   }
   if (rlo > rhi || qlo > qhi)
     return 0;
-  if (m->scores16 && m->classes16)
-    return bin_sum(m, FORM_F16_U16, rlo, rhi, qlo, qhi, inv, ws);
+  /* K = 5 (ReLabel's top-5) gets its own copies, whose loop over a
+   * cell's entries the compiler unrolls. */
+  uint32_t k = m->k;
+  if (m->scores16 && m->classes16 && row_room(ws, (size_t)m->w * k))
+    return k == 5 ? bin_sum(m, FORM_F16_U16, 5, rlo, rhi, qlo, qhi, inv, ws)
+                  : bin_sum(m, FORM_F16_U16, k, rlo, rhi, qlo, qhi, inv, ws);
   if (!m->scores16 && !m->classes16)
-    return bin_sum(m, FORM_F32_U32, rlo, rhi, qlo, qhi, inv, ws);
-  return bin_sum(m, FORM_MIXED, rlo, rhi, qlo, qhi, inv, ws);
+    return k == 5 ? bin_sum(m, FORM_F32_U32, 5, rlo, rhi, qlo, qhi, inv, ws)
+                  : bin_sum(m, FORM_F32_U32, k, rlo, rhi, qlo, qhi, inv, ws);
+  return bin_sum(m, FORM_MIXED, k, rlo, rhi, qlo, qhi, inv, ws);
 }
 
 /* Order of the sparse output: decreasing value, then increasing class. */
@@ -263,16 +305,20 @@ static int entry_order(const void *pa, const void *pb) {
 }
 
 /* Softmax pieces over C classes of which `n` listed ones carry acc[] and
- * the other C - n have logit 0: returns the shift (max) and 1/Z. */
-static void softmax_norm(const pool_ws *ws, const uint32_t *cls, uint32_t n,
+ * the other C - n have logit 0: returns the shift (max) and 1/Z, and
+ * leaves exp(acc - shift) of listed class i in ws->ex[i], so that each
+ * exponential is computed once. */
+static void softmax_norm(pool_ws *ws, const uint32_t *cls, uint32_t n,
                          uint32_t num_classes, double *shift, double *inv_z) {
   double mx = n < num_classes ? 0.0 : -INFINITY;
   for (uint32_t i = 0; i < n; i++)
     if (ws->acc[cls[i]] > mx)
       mx = ws->acc[cls[i]];
   double z = (double)(num_classes - n) * exp(-mx);
-  for (uint32_t i = 0; i < n; i++)
-    z += exp(ws->acc[cls[i]] - mx);
+  for (uint32_t i = 0; i < n; i++) {
+    ws->ex[i] = exp(ws->acc[cls[i]] - mx);
+    z += ws->ex[i];
+  }
   *shift = mx;
   *inv_z = 1.0 / z;
 }
@@ -308,7 +354,7 @@ int pool_cell_sparse(const labelmap *m, uint32_t num_classes,
     softmax_norm(ws, ws->classes, listed, num_classes, &shift, &inv_z);
   for (uint32_t i = 0; i < listed; i++) {
     uint32_t c = ws->classes[i];
-    double v = q->softmax ? exp(ws->acc[c] - shift) * inv_z : ws->acc[c];
+    double v = q->softmax ? ws->ex[i] * inv_z : ws->acc[c];
     ws->entries[i] = (struct pool_entry){(float)v, c};
   }
   qsort(ws->entries, listed, sizeof *ws->entries, entry_order);
@@ -354,7 +400,7 @@ static void touched_values(pool_ws *ws, uint32_t n, uint32_t num_classes,
     softmax_norm(ws, cls, n, num_classes, &shift, &inv_z);
     rest = (float)(exp(-shift) * inv_z);
     for (uint32_t i = 0; i < n; i++)
-      ws->values[i] = (float)(exp(acc[cls[i]] - shift) * inv_z);
+      ws->values[i] = (float)(ws->ex[i] * inv_z);
   } else {
     for (uint32_t i = 0; i < n; i++)
       ws->values[i] = (float)acc[cls[i]];

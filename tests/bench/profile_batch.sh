@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Where a label's work goes in lmapd's batch path, by stage: lmapd under
 # callgrind (instruction counts: repeatable on a shared machine, unlike
-# time) answers REQUESTS batches of 256 queries (.npy) from one liblmap
+# time) answers REQUESTS batches of 256 queries (dense labels) from one liblmap
 # client (bench_batch); the instructions of the answering phase only (the
 # arena's build and the start are left out) are grouped by stage and
 # printed per label, as a table and one JSON line.
 #
-#   tests/bench/profile_batch.sh STORE [LMAPD [QUERIES [REQUESTS [MODE]]]]
+#   tests/bench/profile_batch.sh STORE [LMAPD [QUERIES [REQUESTS [MODE [ANSWERS]]]]]
 #
 # LMAPD: the lmapd binary (default build/lmapd); QUERIES: binary or json
 # (the request body bench_batch sends); REQUESTS: batches measured
-# (default 40); MODE: resident or mapped (default resident). Kernel time
+# (default 40); MODE: resident or mapped (default resident); ANSWERS:
+# sparse or npy (the answer bench_batch asks for; an lmapd without sparse
+# answers gives .npy either way). Kernel time
 # (TCP, page faults) is not in the counts: callgrind sees user space only.
 # Loopback only; lmapd is stopped by its PID.
 set -euo pipefail
@@ -20,6 +22,7 @@ lmapd=${2:-$src/build/lmapd}
 queries=${3:-binary}
 requests=${4:-40}
 mode=${5:-resident}
+answers=${6:-sparse}
 bb=${BENCH_BATCH_BIN:-$src/build/tests/bench/bench_batch}
 lmap=${LMAP_BIN:-$src/build/lmap}
 command -v valgrind > /dev/null || { echo "profile_batch.sh: valgrind is not installed" >&2; exit 1; }
@@ -45,7 +48,7 @@ for ((i = 0; i < 1200; i++)); do # readiness under valgrind: up to 10 minutes
 done
 callgrind_control -i on "$pid" > /dev/null
 "$bb" --url "http://127.0.0.1:$port" --ids "$work/ids" --clients 1 --batch 256 --seconds 600 \
-  --max-requests "$requests" --queries "$queries" > "$work/bb.json"
+  --max-requests "$requests" --queries "$queries" --answers "$answers" > "$work/bb.json"
 callgrind_control -i off "$pid" > /dev/null
 kill -TERM "$pid"
 wait "$pid" || true
@@ -62,7 +65,7 @@ stages = [
     ("request body (JSON or binary queries)", r"libjansson|queryjson|querybin|strtod|labelmap_id_check|queryopt"),
     ("finding and decoding the record", r"server/store/|libzstd|liblmdb|xxhash|XXH|codec|arena"),
     ("answer copy (libmicrohttpd)", r"memmove|memcpy"),
-    (".npy layout and api", r"server/pool/npy|server/daemon/api|dynbuf|itemjson"),
+    ("answer layout (.npy or sparse) and api", r"server/pool/npy|sparsebin|server/daemon/api|dynbuf|itemjson"),
     ("HTTP (libmicrohttpd, the rest)", r"libmicrohttpd|server/daemon/http"),
 ]
 labels = int(os.environ["LABELS"])
