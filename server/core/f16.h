@@ -52,17 +52,6 @@ static inline float f16_finite_to_f32(uint16_t h) {
   return f;
 }
 
-/* The same straight to double, for sums in double (pooling): the bits
- * shifted into a double's exponent and mantissa give the value times
- * 2^-1008, and the product is exact. One shift and one multiply, against a
- * float conversion and a widening. */
-static inline double f16_finite_to_f64(uint16_t h) {
-  uint64_t bits = (uint64_t)(h & 0x8000u) << 48 | (uint64_t)(h & 0x7fffu) << 42;
-  double v;
-  memcpy(&v, &bits, sizeof v);
-  return v * 0x1p1008;
-}
-
 /* The binary16 bits of `f`, which must be a finite value that binary16
  * holds exactly (an f16 store's decoded score): the inverse of
  * f16_finite_to_f32, without rounding or branches. */

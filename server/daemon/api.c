@@ -167,8 +167,15 @@ int api_new(store *s, uint32_t max_batch, api **out, diag *d) {
    * blocks that size come from the heap and stay in the process once
    * freed: 4 threads of mixed large answers left 133 MB resident when idle
    * (tests/e2e/test_e2e_memory.py). A fixed threshold keeps every block
-   * above KEEP_BYTES out of the heap. */
+   * above KEEP_BYTES out of the heap. Fixing it also keeps glibc's trim
+   * threshold at 128 KiB, so a freed answer just under KEEP_BYTES (256
+   * .npy rows of 1,000 classes: 1,024,128 bytes) gave the heap's top back
+   * to the kernel and the next one faulted it in again: lmapd spent up to
+   * 8 us of kernel time per label on .npy batches, against under 1.3 us
+   * with a trim threshold of 4 MiB (bench_batch --answers npy on the
+   * mapped 10,000-record store, alternating runs). */
   mallopt(M_MMAP_THRESHOLD, (int)KEEP_BYTES);
+  mallopt(M_TRIM_THRESHOLD, (int)(4 * KEEP_BYTES));
   *out = a;
   return 0;
 }
