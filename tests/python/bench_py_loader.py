@@ -6,7 +6,9 @@ top-5), serves it with lmapd (--threads 2) on 127.0.0.1, then measures for a
 few seconds each:
 
 1. Client.labels in a loop, batch 256, dense G=1 (float32 [256, 1000]
-   streamed as .npy into numpy): one process, one connection;
+   streamed into numpy from sparse binary answers, liblmap's default; and
+   from .npy answers, Client(npy_answers=True)): one process, one
+   connection;
 2. the same with Client.sparse (JSON answer, parsed by the C library);
 3. a torch DataLoader(num_workers=2, batch_size=256, persistent_workers) over
    SoftLabelDataset wrapping a dataset that returns only a random crop box
@@ -105,8 +107,9 @@ def main():
     with pc.Daemons() as daemons:
         url, _ = daemons.start(store, "--threads", "2")
         rng = random.Random(1)
-        with lmap.Client(url) as c:
+        with lmap.Client(url) as c, lmap.Client(url, npy_answers=True) as cn:
             c.labels(ids[:1], [[0, 0, 1, 1]])  # warm: info cached, connection open
+            cn.labels(ids[:1], [[0, 0, 1, 1]])
 
             def batch():
                 boxes = [rrc_box(rng) for _ in range(B)]
@@ -121,6 +124,12 @@ def main():
                 c.labels(q[0], q[1], flip=q[2])
                 return B
 
+            def dense_npy():
+                q = batches[k[0] % len(batches)]
+                k[0] += 1
+                cn.labels(q[0], q[1], flip=q[2])
+                return B
+
             def sparse():
                 q = batches[k[0] % len(batches)]
                 k[0] += 1
@@ -128,7 +137,10 @@ def main():
                 return B
 
             n, t = timed(dense, args.seconds)
-            print("Client.labels  (dense [%d,1000] .npy), loop, 1 process : %9.0f labels/s (%.2f ms/batch)"
+            print("Client.labels  (dense [%d,1000], sparse answers), loop  : %9.0f labels/s (%.2f ms/batch)"
+                  % (B, n / t, 1000.0 * t * B / n), flush=True)
+            n, t = timed(dense_npy, args.seconds)
+            print("Client.labels  (dense [%d,1000], .npy answers), loop    : %9.0f labels/s (%.2f ms/batch)"
                   % (B, n / t, 1000.0 * t * B / n), flush=True)
             n, t = timed(sparse, args.seconds)
             print("Client.sparse  (JSON, C-parsed), loop, 1 process         : %9.0f labels/s (%.2f ms/batch)"
