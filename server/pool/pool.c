@@ -333,15 +333,27 @@ static void cell_bin(const pool_query *q, uint32_t cell, uint32_t *ph,
     *pw = G - 1 - *pw;
 }
 
-int pool_cell_sparse(const labelmap *m, uint32_t num_classes,
-                     const pool_query *q, uint32_t cell, pool_ws *ws,
-                     pool_cell *out) {
+/* Pools output cell `cell` of `q` into ws->acc (the classes touched in
+ * ws->touched, *n of them), after the checks the cell functions share. */
+static int pool_one_cell(const labelmap *m, uint32_t num_classes,
+                         const pool_query *q, uint32_t cell, pool_ws *ws,
+                         uint32_t *n) {
   if (num_classes != ws->num_classes || cell >= q->output_size * q->output_size)
     return LMAP_EINVAL;
   region g = box_region(m, q);
   uint32_t ph, pw;
   cell_bin(q, cell, &ph, &pw);
-  uint32_t n = pool_bin(m, &g, q->output_size, ph, pw, ws);
+  *n = pool_bin(m, &g, q->output_size, ph, pw, ws);
+  return 0;
+}
+
+int pool_cell_sparse(const labelmap *m, uint32_t num_classes,
+                     const pool_query *q, uint32_t cell, pool_ws *ws,
+                     pool_cell *out) {
+  uint32_t n;
+  int rc = pool_one_cell(m, num_classes, q, cell, ws, &n);
+  if (rc)
+    return rc;
 
   /* Only classes with a non-zero pooled logit are listed; classes keeps
    * them unsorted while the softmax normaliser is computed. */
@@ -411,14 +423,11 @@ static void touched_values(pool_ws *ws, uint32_t n, uint32_t num_classes,
 int pool_cell_touched(const labelmap *m, uint32_t num_classes,
                       const pool_query *q, uint32_t cell, pool_ws *ws,
                       pool_cell *out) {
-  if (num_classes != ws->num_classes || cell >= q->output_size * q->output_size)
-    return LMAP_EINVAL;
-  region g = box_region(m, q);
-  uint32_t ph, pw;
-  cell_bin(q, cell, &ph, &pw);
-  uint32_t n = pool_bin(m, &g, q->output_size, ph, pw, ws);
-  touched_values(ws, n, num_classes, q->softmax, out);
-  return 0;
+  uint32_t n;
+  int rc = pool_one_cell(m, num_classes, q, cell, ws, &n);
+  if (rc == 0)
+    touched_values(ws, n, num_classes, q->softmax, out);
+  return rc;
 }
 
 int pool_dense(const labelmap *m, uint32_t num_classes, const pool_query *q,

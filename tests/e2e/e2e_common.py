@@ -7,6 +7,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 LMAP = os.environ.get("LMAP_BIN", "build/lmap")
 LMAPD = os.environ.get("LMAPD_BIN", "build/lmapd")
@@ -181,3 +183,17 @@ def stop_daemon(p, timeout=30):
     except subprocess.TimeoutExpired:
         p.kill()
         return "killed"
+
+
+def post_labels(port, body, content_type="application/json", query="", accept=None, timeout=30):
+    """POST /v1/labels`query` with `body`: (status, Content-Type, body
+    bytes), error answers included."""
+    req = urllib.request.Request("http://127.0.0.1:%d/v1/labels%s" % (port, query), data=body,
+                                 method="POST", headers={"Content-Type": content_type})
+    if accept:
+        req.add_header("Accept", accept)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers.get("Content-Type"), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read()

@@ -30,7 +30,7 @@ import urllib.request
 
 import numpy as np
 
-from e2e_common import LMAP, TMP, check, start_daemon, stop_daemon, summary
+from e2e_common import LMAP, TMP, check, post_labels, start_daemon, stop_daemon, summary
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # A sanitizer build's liblmap cannot be loaded into Python (its runtime must
@@ -46,15 +46,7 @@ BOTH = SPARSE + ", " + NPY + ";q=0.5"
 
 
 def post(port, body, accept, query="", content_type="application/json"):
-    req = urllib.request.Request("http://127.0.0.1:%d/v1/labels%s" % (port, query), data=body,
-                                 method="POST", headers={"Content-Type": content_type})
-    if accept:
-        req.add_header("Accept", accept)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.headers.get("Content-Type"), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Content-Type"), e.read()
+    return post_labels(port, body, content_type, query, accept)
 
 
 def expand(body, classes_max_touched=None):

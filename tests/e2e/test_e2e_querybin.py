@@ -16,25 +16,11 @@ import math
 import os
 import struct
 import subprocess
-import urllib.error
-import urllib.request
 
-from e2e_common import LMAP, TMP, check, start_daemon, stop_daemon, summary
+from e2e_common import LMAP, TMP, check, post_labels, start_daemon, stop_daemon, summary
 
 BIN = "application/x-lmap-queries"
 NPY = "application/x-npy"
-
-
-def post(port, body, content_type, query="", accept=None):
-    req = urllib.request.Request("http://127.0.0.1:%d/v1/labels%s" % (port, query), data=body,
-                                 method="POST", headers={"Content-Type": content_type})
-    if accept:
-        req.add_header("Accept", accept)
-    try:
-        with urllib.request.urlopen(req, timeout=20) as r:
-            return r.status, r.headers.get("Content-Type"), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Content-Type"), e.read()
 
 
 def one(id_, box, flip=False, id_len=None, flags=None):
@@ -72,19 +58,19 @@ def main():
         relabel = [(i, (0.1, 0.2, 0.5, 0.6), f) for i, _, f in queries]
         for opts, query in cases:
             for accept in (None, NPY):
-                j = post(port, as_json(queries, opts), "application/json", "", accept)
-                b = post(port, binary(queries), BIN, query, accept)
+                j = post_labels(port, as_json(queries, opts), "application/json", "", accept)
+                b = post_labels(port, binary(queries), BIN, query, accept)
                 check(j[0] == 200 and j == b, "binary = JSON for %s, Accept %s (%s / %s)"
                       % (opts, accept, j[:2], b[:2]))
-        j = post(port, as_json(relabel, {"box_format": "relabel"}), "application/json", "", NPY)
-        b = post(port, binary(relabel), BIN, "?box_format=relabel", NPY)
+        j = post_labels(port, as_json(relabel, {"box_format": "relabel"}), "application/json", "", NPY)
+        b = post_labels(port, binary(relabel), BIN, "?box_format=relabel", NPY)
         check(j[0] == 200 and j == b, "binary = JSON for relabel boxes")
-        b = post(port, binary(queries[:3]), BIN + "; charset=binary", "?format=sparse")
-        j = post(port, as_json(queries[:3], {"format": "sparse"}), "application/json")
+        b = post_labels(port, binary(queries[:3]), BIN + "; charset=binary", "?format=sparse")
+        j = post_labels(port, as_json(queries[:3], {"format": "sparse"}), "application/json")
         check(b == j, "a Content-Type with parameters is read as binary queries")
         missing = queries[:2] + [("n99999999_1", (0, 0, 1, 1), False)]
-        j = post(port, as_json(missing, {}), "application/json")
-        b = post(port, binary(missing), BIN)
+        j = post_labels(port, as_json(missing, {}), "application/json")
+        b = post_labels(port, binary(missing), BIN)
         check(j[0] == 404 and j == b, "an unknown id: the same 404 (%s)" % (b[2][:120],))
 
         good = binary(queries[:2])
@@ -104,19 +90,19 @@ def main():
             (binary([(ids[0], (0, 0, 1, 1), False)] * 65), 413, "65 queries, more than the 64"),
         ]
         for body, status, words in refused:
-            s, ctype, text = post(port, body, BIN)
+            s, ctype, text = post_labels(port, body, BIN)
             try:
                 message = json.loads(text)["error"]["message"]
             except (ValueError, KeyError):
                 message = text[:100]
             check(s == status and ctype == "application/json" and words in message,
                   "refused %d naming '%s' (got %d: %s)" % (status, words, s, message))
-        s, _, text = post(port, good, BIN, "?output_size=0")
+        s, _, text = post_labels(port, good, BIN, "?output_size=0")
         check(s == 400 and json.loads(text)["error"].get("field") == "output_size",
               "a bad option in the query string is named (%s)" % text[:120])
-        s, _, text = post(port, good, "application/json")
+        s, _, text = post_labels(port, good, "application/json")
         check(s == 400 and b"invalid JSON" in text, "binary queries sent as JSON: invalid JSON")
-        check(post(port, good, BIN)[0] == 200, "the daemon serves on after every refusal")
+        check(post_labels(port, good, BIN)[0] == 200, "the daemon serves on after every refusal")
     finally:
         check(stop_daemon(p) == 0, "lmapd stops cleanly")
     return summary()
