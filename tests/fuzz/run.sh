@@ -23,7 +23,7 @@ cd "$(dirname "$0")/../.."
 
 seconds=${1:-20}
 shift || true
-all=(api ptfile tar chunk codec store_open wire_json wire_npy)
+all=(api ptfile tar chunk codec store_open wire_json wire_npy wire_sparse)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 build=${LMAP_FUZZ_BUILD:-build-fuzz}
@@ -50,7 +50,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0}
 
 max_len() {
   case $1 in
-    api | wire_json | wire_npy) echo 8192 ;;
+    api | wire_json | wire_npy | wire_sparse) echo 8192 ;;
     chunk | codec) echo 16384 ;;
     *) echo 65536 ;;
   esac
@@ -71,6 +71,7 @@ for t in "${targets[@]}"; do
   case $t in
     api | wire_json) dict=(-dict=tests/fuzz/json.dict) ;;
     wire_npy) dict=(-dict=tests/fuzz/npy.dict) ;;
+    wire_sparse) dict=(-dict=tests/fuzz/sparse.dict) ;;
   esac
   keep=()
   [ -n "${LMAP_FUZZ_KEEP_GOING:-}" ] &&
